@@ -1,0 +1,97 @@
+"""Fixes for the third-party stack on current numpy / setuptools / PyTorch, in one place.
+
+Import what you need from here instead of the raw package:
+
+* ``from projects.mv2d_xray.compat import pylidc`` -- pylidc 0.2.3 with
+  - numpy >= 1.24: it uses the removed aliases ``np.int`` / ``np.float`` at call time
+    (``Contour.to_matrix``, ``Annotation.boolean_mask``, ``surface_area``...); they are
+    restored as the builtins they aliased;
+  - setuptools >= 82: ``import pkg_resources`` (only used for ``resource_filename`` of its
+    bundled database) is stubbed when the real module is missing;
+  - Python >= 3.12: ``configparser.SafeConfigParser`` is restored;
+  - :func:`set_pylidc_dicom_root` points pylidc at a DICOM folder without ``~/.pylidcrc``
+    (pylidc would otherwise write a template config file into the user's home).
+* :func:`enable_trusted_checkpoint_loading` -- PyTorch >= 2.6 loads with
+  ``weights_only=True``, which rejects mmengine checkpoints (they pickle the message hub's
+  ``HistoryBuffer`` and numpy arrays), so ``--resume`` and ``load_from`` fail. This
+  re-registers mmengine's loader for local files to load with ``weights_only=False``:
+  only the checkpoint files a user passes to the tools, which they trust, go through it.
+  The plugin calls it on import.
+"""
+import configparser
+import importlib
+import os
+import sys
+import types
+
+import numpy as np
+
+__all__ = ['pylidc', 'set_pylidc_dicom_root', 'enable_trusted_checkpoint_loading']
+
+
+def _install_pkg_resources_stub() -> None:
+    """Provide the one ``pkg_resources`` function pylidc uses when setuptools lacks it."""
+    try:
+        import pkg_resources  # noqa: F401
+        return
+    except ImportError:
+        pass
+    stub = types.ModuleType('pkg_resources')
+
+    def resource_filename(package: str, resource: str) -> str:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f'cannot locate package {package!r}')
+        return os.path.join(list(spec.submodule_search_locations)[0], resource)
+
+    stub.resource_filename = resource_filename
+    stub.__mv2d_xray_stub__ = True
+    sys.modules['pkg_resources'] = stub
+
+
+def _import_pylidc():
+    for alias, builtin in (('int', int), ('float', float), ('bool', bool)):
+        if alias not in np.__dict__:
+            setattr(np, alias, builtin)
+    if not hasattr(configparser, 'SafeConfigParser'):
+        configparser.SafeConfigParser = configparser.ConfigParser
+    _install_pkg_resources_stub()
+    import warnings
+    with warnings.catch_warnings():
+        # pkg_resources / sqlalchemy deprecation chatter from pylidc's import.
+        warnings.simplefilter('ignore')
+        import pylidc as module
+    return module
+
+
+pylidc = _import_pylidc()
+
+
+def set_pylidc_dicom_root(path: str) -> None:
+    """Make pylidc look for DICOM series under ``path`` (``<path>/LIDC-IDRI-xxxx/...``)
+    instead of reading (or writing) ``~/.pylidcrc``."""
+    root = os.path.abspath(os.fspath(path))
+    scan_module = sys.modules['pylidc.Scan']
+    scan_module._get_dicom_file_path_from_config_file = lambda: root
+
+
+_trusted_loading_enabled = False
+
+
+def enable_trusted_checkpoint_loading() -> None:
+    """Load local mmengine checkpoints with ``weights_only=False`` (see module docstring).
+    Idempotent."""
+    global _trusted_loading_enabled
+    if _trusted_loading_enabled:
+        return
+    import torch
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):
+        filename = os.path.expanduser(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+    _trusted_loading_enabled = True

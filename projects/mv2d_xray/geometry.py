@@ -1,0 +1,303 @@
+"""Camera geometry of the simulated X-ray views: the single source of truth for camera
+matrices. Nothing else in the project builds a camera matrix; everything composes these.
+
+Frames (all lengths in mm):
+
+* ``ct``  -- the world frame. Right-handed, origin at the centre of the CT volume (the
+  midpoint between the first and last voxel centres on each axis), axes along DICOM LPS:
+  x -> patient left, y -> posterior, z -> superior. 3D boxes, reference points and
+  predictions live here. (mmdet3d calls its world frame ``lidar``; the matrix names keep
+  mmdet3d's spelling, so ``lidar2img`` *is* ``ct2img``.)
+* ``cam`` -- one per view, mmdet3d's camera convention: origin at the X-ray source, x to the
+  image right, y to the image bottom, z along the central ray (depth = distance from the
+  source along the central ray).
+* ``img`` -- continuous pixel coordinates ``(u, v) = (column, row)``; the centre of pixel
+  ``(r, c)`` is at ``(c + 0.5, r + 0.5)``, as in COCO and mmdet.
+
+Acquisition: ``num_views`` views on a circle about the ct z axis. View ``i`` has the angle
+``theta_i = 2 pi i / num_views`` and its source at ``sod_mm * (sin theta, -cos theta, 0)``
+(view 0 anterior, view N/4 on the patient's left); the flat detector is ``sdd_mm`` from the
+source, centred on the central ray, ``image_size = (H, W)`` pixels of ``pixel_spacing_mm``.
+This is exactly DiffDRR 0.6.1's ``DRR(subject, sdd=sdd_mm, height=H, width=W,
+delx=dely=pixel_spacing_mm, reverse_x_axis=True)`` with the pose
+``convert(rotation=(theta, 0, 0), translation=(0, sod_mm, 0), parameterization="euler_angles",
+convention="ZXY")`` on a subject read with ``orientation="AP"`` and centred (DiffDRR's world
+is RAS: ``diag(-1, -1, 1) @ ct``); ``tests/test_geometry.py`` checks it against DiffDRR's
+renders and its own projection.
+
+Matrices per view are 4x4 (homogeneous, invertible), column convention
+(``p_img = lidar2img @ [x, y, z, 1]``, then divide by the third row):
+
+* ``cam2img``   -- intrinsics ``[[f, 0, W/2], [0, f, H/2], [0, 0, 1]]`` padded with the
+  identity, ``f = sdd_mm / pixel_spacing_mm`` in pixels;
+* ``lidar2cam`` -- ct -> cam, a proper rigid transform (det +1);
+* ``lidar2img`` -- ``cam2img @ lidar2cam``.
+
+Image-space augmentations (resize, crop, flip) act on ``img`` by a 4x4 affine ``A``
+(:func:`image_aug_matrix`); the augmented view has ``cam2img' = A @ cam2img`` and
+``lidar2img' = A @ lidar2img`` (:func:`apply_image_aug`), so projection stays exact.
+
+The functions below accept numpy arrays or torch tensors (any leading batch dimensions)
+and return the same kind.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+#: Width of the default detector in mm (the paper: 1024 px at 0.78125 mm). At other image
+#: sizes the default pixel spacing keeps this detector size along the longer image side.
+DEFAULT_DETECTOR_MM = 800.0
+WORLD_FRAME = 'ct'
+
+
+def view_name(index: int, num_views: int) -> str:
+    """Name of view ``index``: ``VIEW_00`` .. ``VIEW_09`` (3 digits from 100 views on)."""
+    return f'VIEW_{index:0{max(2, len(str(num_views - 1)))}d}'
+
+
+@dataclass(frozen=True)
+class XrayGeometry:
+    """A circular acquisition of ``num_views`` cone-beam X-ray views around the ct z axis.
+
+    Args:
+        num_views (int): number of views, evenly spaced over 360 degrees. Defaults to 10.
+        sod_mm (float): source to isocentre (ct origin) distance. Defaults to 300.
+        sdd_mm (float): source to detector distance. Defaults to 600.
+        image_size (tuple[int, int]): detector size ``(H, W)`` in pixels. Defaults to
+            ``(1024, 1024)``.
+        pixel_spacing_mm (float, optional): detector pixel pitch. Defaults to
+            ``800 / max(H, W)`` (an 800 mm detector).
+    """
+    num_views: int = 10
+    sod_mm: float = 300.0
+    sdd_mm: float = 600.0
+    image_size: Tuple[int, int] = (1024, 1024)
+    pixel_spacing_mm: Optional[float] = field(default=None)
+
+    def __post_init__(self):
+        height, width = (int(s) for s in self.image_size)
+        object.__setattr__(self, 'image_size', (height, width))
+        if self.pixel_spacing_mm is None:
+            object.__setattr__(self, 'pixel_spacing_mm',
+                               DEFAULT_DETECTOR_MM / max(height, width))
+        object.__setattr__(self, 'pixel_spacing_mm', float(self.pixel_spacing_mm))
+        problems = []
+        if int(self.num_views) != self.num_views or self.num_views < 1:
+            problems.append(f'num_views must be a positive integer, got {self.num_views}')
+        if not self.sod_mm > 0:
+            problems.append(f'sod_mm must be > 0, got {self.sod_mm}')
+        if not self.sdd_mm > self.sod_mm:
+            problems.append(f'sdd_mm ({self.sdd_mm}) must exceed sod_mm ({self.sod_mm})')
+        if height < 1 or width < 1:
+            problems.append(f'image_size must be positive, got {self.image_size}')
+        if not self.pixel_spacing_mm > 0:
+            problems.append(f'pixel_spacing_mm must be > 0, got {self.pixel_spacing_mm}')
+        if problems:
+            raise ValueError('; '.join(problems))
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def angles_rad(self) -> Tuple[float, ...]:
+        """View angles ``2 pi i / N`` in radians."""
+        return tuple(2 * math.pi * i / self.num_views for i in range(self.num_views))
+
+    @property
+    def view_names(self) -> Tuple[str, ...]:
+        return tuple(view_name(i, self.num_views) for i in range(self.num_views))
+
+    @property
+    def focal_px(self) -> float:
+        return self.sdd_mm / self.pixel_spacing_mm
+
+    @property
+    def magnification(self) -> float:
+        """Magnification at the isocentre, ``sdd / sod``."""
+        return self.sdd_mm / self.sod_mm
+
+    def to_metainfo(self) -> dict:
+        """The geometry as recorded in the info pickles' ``metainfo['geometry']``."""
+        info = asdict(self)
+        info['image_size'] = list(self.image_size)
+        info.update(angles_rad=list(self.angles_rad),
+                    angles_deg=[math.degrees(a) for a in self.angles_rad],
+                    view_names=list(self.view_names), world_frame=WORLD_FRAME, units='mm')
+        return info
+
+    @classmethod
+    def from_metainfo(cls, info: dict) -> 'XrayGeometry':
+        return cls(num_views=int(info['num_views']), sod_mm=float(info['sod_mm']),
+                   sdd_mm=float(info['sdd_mm']), image_size=tuple(info['image_size']),
+                   pixel_spacing_mm=float(info['pixel_spacing_mm']))
+
+    # -- matrices ----------------------------------------------------------------------
+    def source_position(self, view: int) -> np.ndarray:
+        """Position of view ``view``'s X-ray source in ct, shape (3,)."""
+        theta = self.angles_rad[view]
+        return self.sod_mm * np.array([math.sin(theta), -math.cos(theta), 0.0])
+
+    def cam2img(self) -> np.ndarray:
+        """Intrinsics (same for every view), 4x4 float64."""
+        height, width = self.image_size
+        mat = np.eye(4)
+        mat[0, 0] = mat[1, 1] = self.focal_px
+        mat[0, 2], mat[1, 2] = width / 2.0, height / 2.0
+        return mat
+
+    def lidar2cam(self, view: int) -> np.ndarray:
+        """ct -> cam rigid transform of view ``view``, 4x4 float64 (det +1)."""
+        theta = self.angles_rad[view]
+        c, s = math.cos(theta), math.sin(theta)
+        rot = np.array([[c, s, 0.0],        # x_cam: image right
+                        [0.0, 0.0, -1.0],   # y_cam: image down = inferior
+                        [-s, c, 0.0]])      # z_cam: central ray, source -> isocentre
+        mat = np.eye(4)
+        mat[:3, :3] = rot
+        mat[:3, 3] = -rot @ self.source_position(view)
+        return mat
+
+    def lidar2img(self, view: int) -> np.ndarray:
+        """ct -> img projection (``ct2img``) of view ``view``, 4x4 float64."""
+        return self.cam2img() @ self.lidar2cam(view)
+
+    def view_matrices(self) -> Dict[str, np.ndarray]:
+        """All views' matrices, each ``(num_views, 4, 4)`` float64."""
+        cams = np.stack([self.lidar2cam(i) for i in range(self.num_views)])
+        intr = np.broadcast_to(self.cam2img(), cams.shape).copy()
+        return dict(cam2img=intr, lidar2cam=cams, lidar2img=intr @ cams)
+
+
+# -- projection helpers (numpy or torch) ---------------------------------------------------
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith('torch')
+
+
+def _homogeneous(points):
+    if _is_torch(points):
+        import torch
+        return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
+    points = np.asarray(points, dtype=np.float64)
+    return np.concatenate([points, np.ones_like(points[..., :1])], axis=-1)
+
+
+def project_points(lidar2img, points):
+    """Project ct points into an image.
+
+    Args:
+        lidar2img: ``(..., 4, 4)`` ct -> img matrices.
+        points: ``(..., P, 3)`` ct points in mm (leading dims broadcast with the matrices).
+
+    Returns:
+        tuple: ``uv`` ``(..., P, 2)`` continuous image coordinates and ``depth``
+        ``(..., P)``, the cam z in mm (positive in front of the source).
+    """
+    hom = _homogeneous(points)
+    proj = (lidar2img[..., None, :3, :] @ hom[..., None])[..., 0]      # (..., P, 3)
+    depth = proj[..., 2]
+    return proj[..., :2] / depth[..., None], depth
+
+
+def unproject_points(lidar2img, uv, depth):
+    """Inverse of :func:`project_points`: lift image points with known depth to ct.
+
+    Args:
+        lidar2img: ``(..., 4, 4)`` ct -> img matrices.
+        uv: ``(..., P, 2)`` image coordinates.
+        depth: ``(..., P)`` cam z in mm.
+
+    Returns:
+        ``(..., P, 3)`` ct points in mm.
+    """
+    if _is_torch(uv):
+        import torch
+        hom = torch.cat([uv * depth[..., None], depth[..., None],
+                         torch.ones_like(depth[..., None])], dim=-1)
+        inv = torch.linalg.inv(lidar2img)
+    else:
+        uv, depth = np.asarray(uv, np.float64), np.asarray(depth, np.float64)
+        hom = np.concatenate([uv * depth[..., None], depth[..., None],
+                              np.ones_like(depth[..., None])], axis=-1)
+        inv = np.linalg.inv(lidar2img)
+    return (inv[..., None, :, :] @ hom[..., None])[..., :3, 0]
+
+
+def box3d_corners(boxes):
+    """Corners of 3D boxes ``[x, y, z, dx, dy, dz, yaw]`` (centre, full extents, yaw about
+    z), shape ``(..., 7)`` -> ``(..., 8, 3)``."""
+    signs = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5)
+                      for sz in (-0.5, 0.5)])
+    if _is_torch(boxes):
+        import torch
+        signs = torch.as_tensor(signs, dtype=boxes.dtype, device=boxes.device)
+        cos, sin = torch.cos(boxes[..., 6]), torch.sin(boxes[..., 6])
+        offsets = signs * boxes[..., None, 3:6]
+        x = offsets[..., 0] * cos[..., None] - offsets[..., 1] * sin[..., None]
+        y = offsets[..., 0] * sin[..., None] + offsets[..., 1] * cos[..., None]
+        return torch.stack([x, y, offsets[..., 2]], dim=-1) + boxes[..., None, :3]
+    boxes = np.asarray(boxes, dtype=np.float64)
+    cos, sin = np.cos(boxes[..., 6]), np.sin(boxes[..., 6])
+    offsets = signs * boxes[..., None, 3:6]
+    x = offsets[..., 0] * cos[..., None] - offsets[..., 1] * sin[..., None]
+    y = offsets[..., 0] * sin[..., None] + offsets[..., 1] * cos[..., None]
+    return np.stack([x, y, offsets[..., 2]], axis=-1) + boxes[..., None, :3]
+
+
+def project_boxes3d(lidar2img, boxes):
+    """Image-space bounding boxes ``[x1, y1, x2, y2]`` of the projections of 3D boxes.
+
+    Args:
+        lidar2img: ``(..., 4, 4)``.
+        boxes: ``(..., M, 7)`` ct boxes.
+
+    Returns:
+        ``(..., M, 4)`` boxes (not clipped to the image).
+    """
+    corners = box3d_corners(boxes)                                   # (..., M, 8, 3)
+    uv, _ = project_points(lidar2img[..., None, :, :], corners)      # (..., M, 8, 2)
+    if _is_torch(uv):
+        import torch
+        return torch.cat([uv.amin(dim=-2), uv.amax(dim=-2)], dim=-1)
+    return np.concatenate([uv.min(axis=-2), uv.max(axis=-2)], axis=-1)
+
+
+def image_aug_matrix(scale: Sequence[float] = (1.0, 1.0),
+                     crop_offset: Sequence[float] = (0.0, 0.0),
+                     flip_width: Optional[float] = None) -> np.ndarray:
+    """4x4 affine on ``img`` coordinates for resize -> crop -> horizontal flip.
+
+    ``u' = sx * u - x0``, ``v' = sy * v - y0``, then (if ``flip_width`` is given, the width
+    of the cropped image) ``u'' = flip_width - u'``. With continuous coordinates (pixel
+    centres at ``c + 0.5``) this is exact for ``cv2.resize`` and integer crops.
+    """
+    sx, sy = scale
+    x0, y0 = crop_offset
+    mat = np.eye(4)
+    mat[0, 0], mat[1, 1] = sx, sy
+    mat[0, 3], mat[1, 3] = -x0, -y0
+    if flip_width is not None:
+        flip = np.eye(4)
+        flip[0, 0], flip[0, 3] = -1.0, float(flip_width)
+        mat = flip @ mat
+    return mat
+
+
+def apply_image_aug(aug_matrix, *matrices):
+    """Left-multiply ``cam2img`` / ``lidar2img`` (``(..., 4, 4)`` each) by an image-space
+    affine from :func:`image_aug_matrix`; returns them in the same order."""
+    out = tuple(aug_matrix @ m for m in matrices)
+    return out if len(out) > 1 else out[0]
+
+
+def transform_boxes2d(aug_matrix, boxes):
+    """Apply an image-space affine to ``(..., 4)`` ``[x1, y1, x2, y2]`` boxes (re-sorted so
+    ``x1 <= x2`` after a flip)."""
+    a = np.asarray(aug_matrix)
+    xs = boxes[..., 0::2] * a[0, 0] + a[0, 3]
+    ys = boxes[..., 1::2] * a[1, 1] + a[1, 3]
+    if _is_torch(boxes):
+        import torch
+        return torch.stack([xs.amin(-1), ys.amin(-1), xs.amax(-1), ys.amax(-1)], dim=-1)
+    return np.stack([xs.min(-1), ys.min(-1), xs.max(-1), ys.max(-1)], axis=-1)

@@ -1,0 +1,45 @@
+"""Helpers shared by the tools: make the repository importable and load configs with one
+clear line on bad input."""
+import os
+import os.path as osp
+import sys
+
+REPO_ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
+if REPO_ROOT not in sys.path:
+    # `custom_imports = dict(imports=['projects.mv2d_xray.mv2d_xray'])` resolves from the
+    # repository root, so the tools run from anywhere without PYTHONPATH.
+    sys.path.insert(0, REPO_ROOT)
+
+
+def fail(message: str, status: int = 2):
+    """Print ``message`` as one line on stderr and exit (no traceback)."""
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(status)
+
+
+def load_config(path: str, cfg_options=None):
+    """``Config.fromfile`` with one clear error line for a missing or broken config."""
+    from mmengine.config import Config
+    if not osp.isfile(path):
+        fail(f'config file not found: {path}')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as exc:  # syntax errors, missing bases, failed custom_imports
+        fail(f'cannot load config {path}: {type(exc).__name__}: {exc}')
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def set_local_rank(local_rank: int) -> None:
+    # torchrun / torch.distributed.launch pass --local-rank; mmengine reads LOCAL_RANK.
+    os.environ.setdefault('LOCAL_RANK', str(local_rank))
+
+
+def default_work_dir(cfg, config_path: str, work_dir=None) -> str:
+    """CLI > config's ``work_dir`` > ``work_dirs/<config name>``."""
+    if work_dir is not None:
+        return work_dir
+    if cfg.get('work_dir', None) is not None:
+        return cfg.work_dir
+    return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])

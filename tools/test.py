@@ -1,0 +1,64 @@
+"""Test (and evaluate) a checkpoint with mmengine's Runner (the flags of mmdet3d 1.4's tool).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options ...]
+        [--launcher ...]
+
+The metrics are printed as a table and, for the project's metric, written to
+``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``).
+"""
+import argparse
+import inspect
+import os.path as osp
+
+from _common import default_work_dir, fail, load_config, set_local_rank
+
+
+def parse_args():
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Test a checkpoint (mmengine Runner).')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file (.pth)')
+    parser.add_argument('--work-dir', help='where to write logs and metrics.json')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    set_local_rank(args.local_rank)
+    return args
+
+
+def _route_metrics_json(evaluator_cfg, path: str) -> None:
+    """Point metrics that can write a JSON file (an ``out_file`` argument) at ``path``."""
+    from mmengine.registry import DefaultScope
+    from mmdet3d.registry import METRICS
+    metrics = evaluator_cfg if isinstance(evaluator_cfg, list) else [evaluator_cfg]
+    with DefaultScope.overwrite_default_scope('mmdet3d'):
+        for metric in metrics:
+            cls = METRICS.get(metric.get('type')) if isinstance(metric, dict) else None
+            if cls is not None and 'out_file' in inspect.signature(cls).parameters \
+                    and metric.get('out_file') is None:
+                metric['out_file'] = path
+
+
+def main():
+    args = parse_args()
+    if not osp.isfile(args.checkpoint):
+        fail(f'checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+    cfg.load_from = args.checkpoint
+    if cfg.get('test_evaluator') is not None:
+        _route_metrics_json(cfg.test_evaluator, osp.join(cfg.work_dir, 'metrics.json'))
+
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,72 @@
+"""Train a model from a config with mmengine's Runner (the flags of mmdet3d 1.4's tool).
+
+    python tools/train.py configs/mv2d_xray/CONFIG.py [--work-dir DIR] [--amp]
+        [--resume [CKPT]] [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
+
+Run it from anywhere; the repository root is put on ``sys.path``. For several GPUs or
+processes use ``tools/dist_train.sh CONFIG NPROC``.
+"""
+import argparse
+import logging
+
+from _common import default_work_dir, fail, load_config, set_local_rank
+
+
+def parse_args():
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description='Train a detector (mmengine Runner).',
+        epilog='Checkpoints and logs go to the work dir (default work_dirs/<config name>).')
+    parser.add_argument('config', help='config file, e.g. configs/mv2d_xray/...py')
+    parser.add_argument('--work-dir', help='where to save logs and checkpoints')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from this checkpoint, or without a value from the '
+                        'latest checkpoint in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (e.g. '
+                        'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=1e-4)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher (dist_train.sh uses pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    set_local_rank(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+
+    if args.amp:
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper == 'AmpOptimWrapper':
+            from mmengine.logging import print_log
+            print_log('AMP is already enabled in the config.', logger='current',
+                      level=logging.WARNING)
+        elif wrapper != 'OptimWrapper':
+            fail(f'--amp needs optim_wrapper.type OptimWrapper, the config has {wrapper}')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        import os.path as osp
+        if not osp.isfile(args.resume):
+            fail(f'checkpoint to resume from not found: {args.resume}')
+        cfg.resume, cfg.load_from = True, args.resume
+
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
