@@ -31,8 +31,11 @@ __all__ = ['pylidc', 'set_pylidc_dicom_root', 'enable_trusted_checkpoint_loading
 
 def _install_pkg_resources_stub() -> None:
     """Provide the one ``pkg_resources`` function pylidc uses when setuptools lacks it."""
+    import warnings
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():  # its own "pkg_resources is deprecated" warning
+            warnings.simplefilter('ignore')
+            import pkg_resources  # noqa: F401
         return
     except ImportError:
         pass

