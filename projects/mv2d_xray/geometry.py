@@ -271,15 +271,20 @@ def image_aug_matrix(scale: Sequence[float] = (1.0, 1.0),
     ``u' = sx * u - x0``, ``v' = sy * v - y0``, then (if ``flip_width`` is given, the width
     of the cropped image) ``u'' = flip_width - u'``. With continuous coordinates (pixel
     centres at ``c + 0.5``) this is exact for ``cv2.resize`` and integer crops.
+
+    The matrix acts on the homogeneous image vector ``(u * d, v * d, d, 1)`` that
+    ``lidar2img`` produces, so the translation sits in column 2 (it scales with the depth
+    ``d``); column 3 stays ``(0, 0, 0, 1)``. For a plain image point use ``d = 1``
+    (:func:`transform_boxes2d`).
     """
     sx, sy = scale
     x0, y0 = crop_offset
     mat = np.eye(4)
     mat[0, 0], mat[1, 1] = sx, sy
-    mat[0, 3], mat[1, 3] = -x0, -y0
+    mat[0, 2], mat[1, 2] = -x0, -y0
     if flip_width is not None:
         flip = np.eye(4)
-        flip[0, 0], flip[0, 3] = -1.0, float(flip_width)
+        flip[0, 0], flip[0, 2] = -1.0, float(flip_width)
         mat = flip @ mat
     return mat
 
@@ -295,8 +300,8 @@ def transform_boxes2d(aug_matrix, boxes):
     """Apply an image-space affine to ``(..., 4)`` ``[x1, y1, x2, y2]`` boxes (re-sorted so
     ``x1 <= x2`` after a flip)."""
     a = np.asarray(aug_matrix)
-    xs = boxes[..., 0::2] * a[0, 0] + a[0, 3]
-    ys = boxes[..., 1::2] * a[1, 1] + a[1, 3]
+    xs = boxes[..., 0::2] * a[0, 0] + a[0, 2]
+    ys = boxes[..., 1::2] * a[1, 1] + a[1, 2]
     if _is_torch(boxes):
         import torch
         return torch.stack([xs.amin(-1), ys.amin(-1), xs.amax(-1), ys.amax(-1)], dim=-1)
