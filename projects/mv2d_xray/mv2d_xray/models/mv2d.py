@@ -1,0 +1,287 @@
+"""MV2D ("Object as Query", ICCV 2023) for multi-view X-ray: the detector.
+
+Data flow for a batch of ``B`` scenes with ``V`` views each:
+
+1. ``imgs (B, V, 3, H, W)`` -> ``(B * V, 3, H, W)`` -> backbone + FPN of the 2D detector
+   (optionally GridMask in training);
+2. 2D stage (:class:`MV2DXrayTwoStage2D`, Faster R-CNN by default): its RPN and R-CNN
+   losses on the per-view GT boxes, then (without gradients) per-view detections with
+   ``detection_proposal`` settings; in training, GT boxes the detector missed are added
+   (``complement_2d_gt``) so every finding yields queries;
+3. 3D stage (:class:`MV2DXrayRoIHead`): one query per detection, sparse multi-view
+   attention, 3D boxes in ``ct`` mm.
+
+Losses (the paper's ``L = L_2D + 0.1 L_3D``, in MV2D's configuration):
+
+* ``det_loss_rpn_cls`` + ``det_loss_rpn_bbox`` + ``det_loss_cls`` + ``det_loss_bbox``:
+  the 2D detector's own losses at their mmdet weights (1 each): ``L_2D``;
+* ``l{i}.loss_cls`` and ``l{i}.loss_bbox`` for every decoder layer ``i`` (6), each with
+  its own Hungarian matching: ``stage_loss_weights[i] * (2.0 * focal + 0.25 * L1)``
+  with ``stage_loss_weights = [0.1] * 6``, ``loss_cls`` = sigmoid focal loss
+  (alpha 0.25, gamma 2, ``loss_weight`` 2.0) and ``loss_bbox`` = L1 (``loss_weight``
+  0.25) on code-weighted box codes. The 0.1 of the paper is the per-layer stage
+  weight; 2.0 / 0.25 are the head's loss weights, matched by the assigner's cost
+  weights (``FocalLossCost`` 2.0, ``MV2DXrayBBox3DL1Cost`` 0.25), as in MV2D's
+  configs.
+
+Inference: the last layer's queries are decoded NMS-free, then duplicates of the same
+finding coming from different views are suppressed by centre distance
+(``test_cfg.rcnn.nms``, see :func:`center_distance_nms`).
+"""
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from mmdet.structures import DetDataSample
+from mmdet.structures.bbox import bbox2roi, bbox_overlaps
+from mmengine.config import ConfigDict
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from mmdet3d.models.detectors import Base3DDetector
+from mmdet3d.registry import MODELS
+from mmdet3d.structures import Det3DDataSample
+from .grid_mask import XrayGridMask
+from .mv2d_roi_head import _as_hw
+
+
+@MODELS.register_module()
+class MV2DXray(Base3DDetector):
+    """MV2D on X-ray views.
+
+    Args:
+        base_detector (dict): The 2D detector, e.g. ``dict(type='MV2DXrayTwoStage2D',
+            backbone=dict(type='mmdet.ResNet', ...), neck=dict(type='mmdet.FPN', ...),
+            rpn_head=..., roi_head=..., train_cfg=..., test_cfg=...)``.
+        roi_head (dict): :class:`MV2DXrayRoIHead` config.
+        neck (dict, optional): Extra neck applied to the detector's features before
+            the 3D head (MV2D re-projects one FPN level). Defaults to None: the
+            detector's FPN levels are used directly.
+        use_grid_mask (dict, optional): :class:`XrayGridMask` arguments; None (the
+            default) disables it.
+        train_cfg (dict): ``detection_proposal`` (R-CNN test settings for the
+            detections that become queries: ``score_thr``, ``nms``, ``max_per_img``,
+            plus ``min_bbox_size`` in px), ``complement_2d_gt`` (IoU below which a
+            GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
+            head's ``assigner`` and ``stage_loss_weights``).
+        test_cfg (dict): ``detection_proposal`` (as above) and ``rcnn``
+            (``score_thr``, ``max_per_scene``, ``nms``).
+        data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
+        init_cfg (dict, optional): Defaults to None.
+    """
+
+    def __init__(self,
+                 base_detector: dict,
+                 roi_head: dict,
+                 neck: Optional[dict] = None,
+                 use_grid_mask: Optional[dict] = None,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg=None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        # mmdet reads its configs by attribute (``train_cfg.rpn``): ConfigDict
+        self.base_detector = MODELS.build(ConfigDict(base_detector))
+        self.neck = MODELS.build(neck) if neck is not None else None
+        self.train_cfg = train_cfg if train_cfg is not None else dict()
+        self.test_cfg = test_cfg if test_cfg is not None else dict()
+        roi_head = copy.deepcopy(dict(roi_head))
+        roi_head.update(train_cfg=self.train_cfg.get('rcnn'),
+                        test_cfg=self.test_cfg.get('rcnn'))
+        self.roi_head = MODELS.build(roi_head)
+        self.grid_mask = (XrayGridMask(**use_grid_mask)
+                          if use_grid_mask is not None else None)
+
+    # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _view_samples(batch_data_samples: List[Det3DDataSample],
+                      num_views: int, with_gt: bool) -> List[DetDataSample]:
+        """One mmdet sample per view (scene-major), with that view's 2D GT."""
+        view_samples = []
+        for sample in batch_data_samples:
+            meta = sample.metainfo
+            img_shape = _as_hw(meta['img_shape'])
+            pad_shape = _as_hw(meta.get('pad_shape', img_shape))
+            view_meta = dict(
+                img_shape=img_shape, pad_shape=pad_shape,
+                batch_input_shape=_as_hw(meta.get('batch_input_shape',
+                                                  pad_shape)),
+                scale_factor=(1.0, 1.0))
+            gts = sample.get('gt_instances', None) if with_gt else None
+            ignored = sample.get('ignored_instances', None) if with_gt else None
+            for view in range(num_views):
+                view_sample = DetDataSample(metainfo=view_meta)
+                if with_gt:
+                    view_sample.gt_instances = MV2DXray._select_view(gts, view)
+                    view_sample.ignored_instances = MV2DXray._select_view(
+                        ignored, view)
+                view_samples.append(view_sample)
+        return view_samples
+
+    @staticmethod
+    def _select_view(instances: Optional[InstanceData],
+                     view: int) -> InstanceData:
+        """``bboxes`` / ``labels`` of one view from flattened all-view instances."""
+        if instances is None or len(instances) == 0 or \
+                'view_ids' not in instances:
+            return InstanceData(bboxes=torch.zeros((0, 4)),
+                                labels=torch.zeros((0, ), dtype=torch.long))
+        keep = instances.view_ids == view
+        return InstanceData(bboxes=instances.bboxes[keep].float(),
+                            labels=instances.labels[keep].long())
+
+    def extract_feat(self, imgs: Tensor) -> Tuple[Tensor]:
+        """``(B, V, 3, H, W)`` -> the 2D detector's multi-level features, each
+        ``(B * V, C, h, w)``; GridMask in training if configured."""
+        imgs = imgs.flatten(0, 1)
+        if self.grid_mask is not None and self.training:
+            imgs = self.grid_mask(imgs)
+        return self.base_detector.extract_feat(imgs)
+
+    def _feats_3d(self, feats: Tuple[Tensor]) -> Tuple[Tensor]:
+        return tuple(self.neck(feats)) if self.neck is not None else feats
+
+    @torch.no_grad()
+    def detect_2d(self, feats: Tuple[Tensor], view_samples: List[DetDataSample],
+                  cfg: dict) -> List[InstanceData]:
+        """Per-view detections (``bboxes``, ``scores``, ``labels``) with a
+        ``detection_proposal`` config; boxes thinner than ``min_bbox_size`` px are
+        dropped."""
+        dets = self.base_detector.predict_by_feat(feats, view_samples, cfg)
+        min_size = cfg.get('min_bbox_size', 0)
+        if min_size > 0:
+            for i, det in enumerate(dets):
+                size = det.bboxes[:, 2:4] - det.bboxes[:, 0:2]
+                dets[i] = det[(size >= min_size).all(dim=1)]
+        return dets
+
+    @staticmethod
+    def complement_2d_gt(dets: List[InstanceData],
+                         view_samples: List[DetDataSample], iou_thr: float,
+                         min_size: float = 0.0) -> List[InstanceData]:
+        """Add (with score 1) the GT boxes of each view whose best IoU with the
+        detections is below ``iou_thr``, so every finding gets queries."""
+        out = []
+        for det, sample in zip(dets, view_samples):
+            gt = sample.gt_instances
+            gt_boxes = gt.bboxes.to(det.bboxes)
+            size = gt_boxes[:, 2:4] - gt_boxes[:, 0:2]
+            missed = (size >= min_size).all(dim=1)
+            if len(det) and len(gt_boxes):
+                missed &= bbox_overlaps(gt_boxes, det.bboxes).amax(dim=1) < iou_thr
+            extra = InstanceData(
+                bboxes=gt_boxes[missed],
+                scores=gt_boxes.new_ones(int(missed.sum())),
+                labels=gt.labels[missed].to(det.labels.device))
+            out.append(InstanceData.cat([det, extra]) if len(extra) else det)
+        return out
+
+    @staticmethod
+    def _ensure_queries(dets: List[InstanceData], num_views: int,
+                        img_shape: Tuple[int, int]) -> List[InstanceData]:
+        """Give every scene at least one detection (a box at the centre of its first
+        view): a scene without queries would drop out of the 3D losses."""
+        height, width = img_shape
+        for start in range(0, len(dets), num_views):
+            if sum(len(d) for d in dets[start:start + num_views]):
+                continue
+            det = dets[start]
+            half = max(min(height, width) / 16.0, 1.0)
+            box = det.bboxes.new_tensor([[width / 2 - half, height / 2 - half,
+                                          width / 2 + half, height / 2 + half]])
+            dets[start] = InstanceData(bboxes=box, scores=box.new_zeros(1),
+                                       labels=det.labels.new_zeros(1))
+        return dets
+
+    # -- modes ---------------------------------------------------------------------------
+    def loss(self, batch_inputs_dict: dict,
+             batch_data_samples: List[Det3DDataSample]) -> Dict[str, Tensor]:
+        """2D and 3D losses.
+
+        Args:
+            batch_inputs_dict (dict): ``imgs`` ``(B, V, 3, H, W)``.
+            batch_data_samples (list[Det3DDataSample]): metainfo ``lidar2img``,
+                ``cam2img`` ``(V, 4, 4)``, ``img_shape``...; ``gt_instances_3d``
+                (``bboxes_3d``, ``labels_3d``); ``gt_instances`` (``bboxes``,
+                ``labels``, ``view_ids``) and ``ignored_instances`` of all views.
+
+        Returns:
+            dict[str, Tensor]: ``det_*`` (2D) and ``l{i}.loss_*`` (3D) terms.
+        """
+        imgs = batch_inputs_dict['imgs']
+        num_views = imgs.shape[1]
+        metas = [sample.metainfo for sample in batch_data_samples]
+        view_samples = self._view_samples(batch_data_samples, num_views, True)
+        for view_sample in view_samples:
+            view_sample.gt_instances = view_sample.gt_instances.to(imgs.device)
+            view_sample.ignored_instances = \
+                view_sample.ignored_instances.to(imgs.device)
+        feats = self.extract_feat(imgs)
+
+        losses = {
+            f'det_{key}': value for key, value in
+            self.base_detector.loss_by_feat(feats, view_samples).items()
+        }
+        cfg = self.train_cfg['detection_proposal']
+        dets = self.detect_2d(feats, view_samples, cfg)
+        if self.train_cfg.get('complement_2d_gt', -1) > 0:
+            dets = self.complement_2d_gt(dets, view_samples,
+                                         self.train_cfg['complement_2d_gt'],
+                                         cfg.get('min_bbox_size', 0))
+        dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))
+        rois = bbox2roi([det.bboxes for det in dets])
+        losses.update(
+            self.roi_head.loss(self._feats_3d(feats), rois, metas,
+                               [s.gt_instances_3d for s in batch_data_samples],
+                               num_views))
+        return losses
+
+    def predict(self, batch_inputs_dict: dict,
+                batch_data_samples: List[Det3DDataSample],
+                **kwargs) -> List[Det3DDataSample]:
+        """3D detections and the 2D detections they came from.
+
+        Returns:
+            list[Det3DDataSample]: each with ``pred_instances_3d``
+            (``bboxes_3d`` gravity-centred LiDAR-type boxes in ct mm, ``scores_3d``,
+            ``labels_3d``) and ``pred_instances`` (``bboxes`` ``(K, 4)``, ``scores``,
+            ``labels``, ``view_ids`` of all views).
+        """
+        imgs = batch_inputs_dict['imgs']
+        num_views = imgs.shape[1]
+        metas = [sample.metainfo for sample in batch_data_samples]
+        view_samples = self._view_samples(batch_data_samples, num_views, False)
+        feats = self.extract_feat(imgs)
+        dets = self.detect_2d(feats, view_samples,
+                              self.test_cfg['detection_proposal'])
+        rois = bbox2roi([det.bboxes for det in dets])
+        results_3d = self.roi_head.predict(self._feats_3d(feats), rois, metas,
+                                           num_views)
+        results_2d = []
+        for start in range(0, len(dets), num_views):
+            views = dets[start:start + num_views]
+            scene = InstanceData.cat([
+                InstanceData(bboxes=d.bboxes, scores=d.scores, labels=d.labels,
+                             view_ids=d.labels.new_full((len(d), ), view))
+                for view, d in enumerate(views)
+            ])
+            results_2d.append(scene)
+        return self.add_pred_to_datasample(batch_data_samples, results_3d,
+                                           results_2d)
+
+    def _forward(self, batch_inputs_dict: dict,
+                 batch_data_samples: Optional[List[Det3DDataSample]] = None,
+                 **kwargs) -> Tuple[Tensor, Tensor]:
+        """Raw head outputs ``(all_cls_scores, all_codes)`` (tensor mode)."""
+        imgs = batch_inputs_dict['imgs']
+        num_views = imgs.shape[1]
+        metas = [sample.metainfo for sample in batch_data_samples]
+        view_samples = self._view_samples(batch_data_samples, num_views, False)
+        feats = self.extract_feat(imgs)
+        dets = self.detect_2d(feats, view_samples,
+                              self.test_cfg['detection_proposal'])
+        dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))
+        out = self.roi_head(self._feats_3d(feats),
+                            bbox2roi([det.bboxes for det in dets]), metas,
+                            num_views)
+        return out['all_cls_scores'], out['all_codes']

@@ -1,0 +1,280 @@
+"""Unit tests of the MV2D building blocks on hand-made geometry (CPU, seconds)."""
+import numpy as np
+import pytest
+import torch
+from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
+
+import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
+from mmdet3d.registry import MODELS, TASK_UTILS
+from projects.mv2d_xray.geometry import (XrayGeometry, apply_image_aug,
+                                         image_aug_matrix, project_boxes3d,
+                                         project_points)
+from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation,
+                                                 MV2DXrayNMSFreeCoder,
+                                                 center_distance_nms)
+from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
+from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
+from mv2d_test_utils import DEPTH_RANGE, PC_RANGE, make_geometry
+
+init_default_scope('mmdet3d')
+
+
+def _augmented_lidar2img(geometry: XrayGeometry, aug: bool) -> np.ndarray:
+    """All views' ``lidar2img``; with ``aug``, after a resize + crop + flip."""
+    lidar2img = geometry.view_matrices()['lidar2img']
+    if aug:
+        matrix = image_aug_matrix(scale=(0.5, 0.5), crop_offset=(12.0, 7.0),
+                                  flip_width=geometry.image_size[1] / 2 - 12)
+        lidar2img = apply_image_aug(matrix, lidar2img)
+    return lidar2img
+
+
+# -- query generator ------------------------------------------------------------------
+@pytest.mark.parametrize('aug', [False, True])
+def test_lift_roi_points_recovers_known_points(aug):
+    """A point seen at a known RoI position and depth lifts back to itself, in every
+    view, also after a flip (a reflection on top of the DRR mirror geometry)."""
+    geometry = XrayGeometry(num_views=10)
+    lidar2img = _augmented_lidar2img(geometry, aug)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-120, 120, size=(10, 3))               # one per view
+    uv, depth = project_points(lidar2img, points[:, None])       # (V, 1, 2)
+    uv, depth = uv[:, 0], depth[:, 0]
+    size = np.array([14.0, 9.0])
+    uv_roi = np.array([0.2, -0.3])                              # off-centre
+    centre = uv - uv_roi * size
+    bboxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    lifted = lift_roi_points(
+        torch.from_numpy(bboxes), torch.from_numpy(lidar2img),
+        torch.from_numpy(np.tile(uv_roi, (10, 1))), torch.from_numpy(depth))
+    assert np.abs(lifted.numpy() - points).max() <= 1e-4
+
+
+def test_query_generator_starts_on_the_ray_at_the_isocentre_depth():
+    """With a zero regression the reference point is the box centre at the depth of
+    the isocentre (``sod_mm`` here) and it moves with the regressed offset."""
+    geometry = XrayGeometry(num_views=4, image_size=(128, 128))
+    mats = geometry.view_matrices()
+    generator = MODELS.build(
+        dict(type='MV2DXrayQueryGenerator', in_channels=8, conv_out_channels=8,
+             fc_out_channels=16, extra_encoding_channels=(16, 8),
+             depth_scale_mm=100.0))
+    generator.init_weights()
+    torch.nn.init.zeros_(generator.fc_center.weight)
+    bboxes = torch.tensor([[40., 50., 60., 62.], [10., 80., 18., 90.],
+                           [70., 20., 90., 30.], [60., 60., 63., 66.]])
+    lidar2img = torch.from_numpy(mats['lidar2img'])
+    cam2img = torch.from_numpy(mats['cam2img'])
+    feats = torch.randn(4, 8, 7, 7)
+    ref, aux = generator(feats, bboxes, lidar2img, cam2img)
+    uv, depth = project_points(lidar2img, ref.double()[:, None])
+    centre = (bboxes[:, :2] + bboxes[:, 2:]) / 2
+    assert torch.allclose(uv[:, 0].float(), centre, atol=1e-3)
+    assert torch.allclose(depth[:, 0].float(), torch.full((4, ), 300.0),
+                          atol=1e-3)
+    with torch.no_grad():
+        generator.fc_center.bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
+    _, aux = generator(feats, bboxes, lidar2img, cam2img)
+    assert torch.allclose(aux['depth'], torch.full((4, ), 350.0), atol=1e-3)
+    # tiny boxes carry no intrinsics feature
+    assert generator.intrinsic_feats(bboxes, cam2img)[3].abs().sum() == 0
+    assert generator.intrinsic_feats(bboxes, cam2img)[0].abs().sum() > 0
+
+
+# -- box correlation ------------------------------------------------------------------
+def _scene_boxes(num_views: int, aug: bool = False):
+    """Three findings at well separated heights, their 2D boxes in every view
+    (shuffled), the views' ``lidar2img`` and the image shape."""
+    geometry = make_geometry(num_views, image_size=(256, 256),
+                             pixel_spacing_mm=1.5625)
+    lidar2img = _augmented_lidar2img(geometry, aug)
+    height, width = geometry.image_size
+    if aug:
+        height, width = height // 2 - 7, width // 2 - 12
+    boxes3d = np.array([[-25., 20., -60., 10., 10., 10., 0.],
+                        [30., -15., 0., 12., 10., 10., 0.],
+                        [5., 25., 60., 10., 12., 10., 0.]])
+    boxes2d = project_boxes3d(lidar2img, boxes3d)                  # (V, M, 4)
+    view_ids = np.repeat(np.arange(num_views), len(boxes3d))
+    instance_ids = np.tile(np.arange(len(boxes3d)), num_views)
+    order = np.random.default_rng(1).permutation(len(view_ids))
+    return (torch.from_numpy(boxes2d.reshape(-1, 4)[order]).float(),
+            torch.from_numpy(view_ids[order]),
+            torch.from_numpy(instance_ids[order]),
+            torch.from_numpy(lidar2img), (height, width))
+
+
+@pytest.mark.parametrize('num_views,aug', [(3, False), (10, False), (20, False),
+                                           (10, True)])
+@pytest.mark.parametrize('mode', ['topk_matched:1', 'all_matched'])
+def test_box_correlation_selects_the_same_finding(num_views, aug, mode):
+    bboxes, view_ids, instance_ids, lidar2img, shape = _scene_boxes(
+        num_views, aug)
+    correlation = MV2DXrayBoxCorrelation(correlation_mode=mode, num_depth=64,
+                                         depth_range=DEPTH_RANGE)
+    corr, mask = correlation(bboxes, view_ids, lidar2img, shape)
+    assert corr.shape == mask.shape and corr.shape[0] == len(bboxes)
+    assert torch.equal(corr[:, 0], torch.arange(len(bboxes)))
+    for i in range(len(bboxes)):
+        partners = corr[i][mask[i]][1:]
+        # exactly the same finding, once in every other view
+        assert (instance_ids[partners] == instance_ids[i]).all()
+        assert sorted(view_ids[partners].tolist()) == [
+            v for v in range(num_views) if v != view_ids[i]
+        ]
+
+
+def test_box_correlation_topk_keeps_k_per_view_and_handles_empty_input():
+    bboxes, view_ids, _, lidar2img, shape = _scene_boxes(10)
+    correlation = MV2DXrayBoxCorrelation(correlation_mode='topk_matched:2',
+                                         depth_range=DEPTH_RANGE)
+    corr, mask = correlation(bboxes, view_ids, lidar2img, shape)
+    assert (mask.sum(1) <= 1 + 2 * 9).all()
+    corr, mask = correlation(bboxes[:0], view_ids[:0], lidar2img, shape)
+    assert corr.shape == (0, 1) and mask.shape == (0, 1)
+    with pytest.raises(ValueError, match='correlation_mode'):
+        MV2DXrayBoxCorrelation(correlation_mode='topk:1')
+
+
+# -- assignment -----------------------------------------------------------------------
+def _assigner():
+    return TASK_UTILS.build(
+        dict(type='MV2DXrayHungarianAssigner3D',
+             match_costs=[dict(type='mmdet.FocalLossCost', weight=2.0),
+                          dict(type='MV2DXrayBBox3DL1Cost', weight=0.25)]))
+
+
+def test_assigner_matches_the_obvious_pairs():
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.rand(3, 6, generator=gen) * 10
+    preds = torch.rand(6, 6, generator=gen) * 10 + 50       # far away
+    preds[4], preds[1], preds[2] = gt[0] + 0.1, gt[1] - 0.1, gt[2] + 0.05
+    result = _assigner().assign(
+        InstanceData(scores=torch.zeros(6, 1), bboxes=preds),
+        InstanceData(labels=torch.zeros(3, dtype=torch.long), bboxes=gt))
+    assert result.gt_inds.tolist() == [0, 2, 3, 0, 1, 0]
+    assert result.labels.tolist() == [-1, 0, 0, -1, 0, -1]
+
+
+def test_focal_cost_prefers_confident_queries():
+    """Two queries on the GT box: the confident one is matched (the earlier X-ray
+    port's ``binary_input`` cost picked the unconfident one)."""
+    gt = torch.tensor([[1.0, 2.0, 3.0, 0.5, 0.5, 0.5]])
+    preds = gt.repeat(2, 1)
+    assigner = _assigner()
+    for logits, expected in (([-3.0, 3.0], [0, 1]), ([3.0, -3.0], [1, 0])):
+        result = assigner.assign(
+            InstanceData(scores=torch.tensor(logits)[:, None], bboxes=preds),
+            InstanceData(labels=torch.zeros(1, dtype=torch.long), bboxes=gt))
+        assert result.gt_inds.tolist() == expected
+    cost = assigner.match_costs[0](
+        InstanceData(scores=torch.tensor([[3.0], [0.0], [-3.0]])),
+        InstanceData(labels=torch.zeros(1, dtype=torch.long)))
+    assert cost[0, 0] < cost[1, 0] < cost[2, 0]
+
+
+def test_assigner_survives_non_finite_predictions():
+    preds = torch.zeros(3, 6)
+    preds[1] = float('nan')
+    result = _assigner().assign(
+        InstanceData(scores=torch.tensor([[0.0], [float('nan')], [0.0]]),
+                     bboxes=preds),
+        InstanceData(labels=torch.zeros(2, dtype=torch.long),
+                     bboxes=torch.zeros(2, 6)))
+    assert (result.gt_inds > 0).sum() == 2
+
+
+# -- box coding and post-processing ----------------------------------------------------
+def test_coder_round_trip_and_decode_filters():
+    coder = MV2DXrayNMSFreeCoder(pc_range=PC_RANGE,
+                                 post_center_range=[-100.] * 3 + [100.] * 3,
+                                 max_num=3, score_threshold=0.2)
+    boxes = torch.tensor([[10., -20., 30., 8., 12., 20.],
+                          [-149., 0., 149., 1., 2., 3.]])
+    codes = coder.encode(boxes)
+    assert torch.allclose(codes[0, :3], torch.tensor([160., 130., 180.]) / 300)
+    assert torch.allclose(coder.decode_bboxes(codes)[:, :6], boxes, atol=1e-4)
+    logits = torch.tensor([[2.0], [3.0], [-3.0], [1.0]])
+    codes = torch.cat([codes, codes[:1], codes[:1]])
+    out = coder.decode(logits, codes)
+    # top-3 by score, minus the box outside post_center_range
+    assert torch.allclose(out['scores'], torch.sigmoid(torch.tensor([2.0, 1.0])))
+    assert out['bboxes'].shape == (2, 7) and (out['bboxes'][:, 6] == 0).all()
+
+
+def test_center_distance_nms():
+    boxes = torch.tensor([[0., 0., 0., 10., 10., 10., 0.],
+                          [3., 0., 0., 10., 10., 10., 0.],     # inside box 0
+                          [40., 0., 0., 10., 10., 10., 0.],
+                          [8., 0., 0., 4., 4., 4., 0.]])       # 8 mm from box 0
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    labels = torch.zeros(4, dtype=torch.long)
+    out = center_distance_nms(boxes, scores, labels, dist_thr_mm=0.0)
+    assert out['scores'].tolist() == pytest.approx([0.9, 0.7, 0.6])
+    out = center_distance_nms(boxes, scores, labels, dist_thr_mm=10.0)
+    assert out['scores'].tolist() == pytest.approx([0.9, 0.7])
+    merged = center_distance_nms(boxes, scores, labels, merge=True)
+    assert merged['bboxes'][0, 0] == pytest.approx(0.8 * 3 / 1.7)
+    other_class = center_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]))
+    assert len(other_class['scores']) == 4
+
+
+# -- position encoding, decoder, grid mask ---------------------------------------------
+def test_positional_encoding_samples_the_viewing_rays():
+    geometry = XrayGeometry(num_views=4, image_size=(128, 128))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    pe = MODELS.build(dict(type='MV2DXrayPositionalEncoding', embed_dims=8,
+                           depth_num=5, depth_range=(100., 500.),
+                           sine_num_feats=4))
+    bboxes = torch.tensor([[10., 20., 38., 41.], [60., 60., 67., 70.]])
+    cells = roi_cell_centres(bboxes, (7, 7))
+    assert cells.shape == (2, 49, 2)
+    assert torch.allclose(cells[0, 0], torch.tensor([12., 21.5]))
+    assert torch.allclose(cells[0, 8], torch.tensor([16., 24.5]))
+    view_ids = torch.tensor([1, 3])
+    points = pe.frustum_points(cells.double(),
+                               torch.linalg.inv(lidar2img[view_ids]))
+    uv, depth = project_points(lidar2img[view_ids][:, None],
+                               points.flatten(1, 2).view(2, 49, 5, 3))
+    assert torch.allclose(uv, cells.double()[:, :, None].expand_as(uv),
+                          atol=1e-6)
+    assert torch.allclose(depth[0, 0], torch.linspace(100, 500, 5).double())
+    out = pe(torch.randn(2, 49, 8), cells, torch.linalg.inv(lidar2img[view_ids]),
+             view_ids, 4, torch.tensor([[128., 128.]] * 2))
+    assert out.shape == (2, 49, 8) and torch.isfinite(out).all()
+
+
+def test_decoder_keeps_scenes_and_padding_apart():
+    torch.manual_seed(0)
+    decoder = MODELS.build(dict(type='MV2DXrayTransformer', num_layers=2,
+                                embed_dims=8, num_heads=2,
+                                feedforward_channels=16))
+    decoder.init_weights()
+    decoder.eval()
+    query_pos = torch.randn(4, 8)
+    key, key_pos = torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+    padding = torch.zeros(4, 6, dtype=torch.bool)
+    padding[:, 4:] = True
+    scenes = torch.tensor([0, 0, 1, 1])
+    mask = scenes[:, None] != scenes[None]
+    out = decoder(query_pos, key, key_pos, padding, mask)
+    assert out.shape == (2, 4, 8)
+    key2 = key.clone()
+    key2[2:] += 5.0           # another scene's tokens
+    key2[:, 4:] += 5.0        # padding tokens
+    out2 = decoder(query_pos, key2, key_pos, padding, mask)
+    assert torch.allclose(out[:, :2], out2[:, :2], atol=1e-5)
+    assert not torch.allclose(out[:, 2:], out2[:, 2:], atol=1e-3)
+
+
+def test_grid_mask():
+    grid = MODELS.build(dict(type='XrayGridMask', prob=1.0, rotate=10))
+    imgs = torch.ones(2, 3, 32, 32)
+    grid.train()
+    masked = grid(imgs)
+    assert masked.shape == imgs.shape
+    assert 0 < (masked == 0).float().mean() < 1
+    assert torch.equal(masked[0], masked[1])
+    grid.eval()
+    assert torch.equal(grid(imgs), imgs)
