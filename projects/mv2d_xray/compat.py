@@ -53,6 +53,8 @@ def _install_pkg_resources_stub() -> None:
 
 
 def _import_pylidc():
+    """Import pylidc with the fixes above (done lazily: pylidc costs ~3 s to import and
+    only the converter needs it)."""
     for alias, builtin in (('int', int), ('float', float), ('bool', bool)):
         if alias not in np.__dict__:
             setattr(np, alias, builtin)
@@ -67,13 +69,20 @@ def _import_pylidc():
     return module
 
 
-pylidc = _import_pylidc()
+def __getattr__(name: str):
+    # PEP 562: ``from projects.mv2d_xray.compat import pylidc`` imports it on first use.
+    if name == 'pylidc':
+        module = _import_pylidc()
+        globals()['pylidc'] = module
+        return module
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def set_pylidc_dicom_root(path: str) -> None:
     """Make pylidc look for DICOM series under ``path`` (``<path>/LIDC-IDRI-xxxx/...``)
     instead of reading (or writing) ``~/.pylidcrc``."""
     root = os.path.abspath(os.fspath(path))
+    __getattr__('pylidc')
     scan_module = sys.modules['pylidc.Scan']
     scan_module._get_dicom_file_path_from_config_file = lambda: root
 
