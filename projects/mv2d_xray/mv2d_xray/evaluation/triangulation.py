@@ -1,0 +1,455 @@
+"""Triangulation baseline: 3D boxes from per-view 2D detections and each view's
+``lidar2img`` -- no learning, so it shows what the 2D stage alone is worth in 3D.
+
+For one case and one class:
+
+1. **Detections**: those scoring ``>= score_thr``, at most ``max_per_view`` per view (by
+   score). Each has a centre ``c`` (the 2D box centre, px), a size and a *gate*
+   ``max(gate_px, gate_frac * max(w, h))`` px: how far a projection may fall from ``c``
+   and still be that detection.
+2. **Hypotheses** (epipolar consistency): every pair of detections in two views whose rays
+   meet at more than ``min_ray_angle_deg`` (opposite views see along nearly the same line
+   and cannot fix depth) is triangulated by linear least squares; a pair is kept when the
+   point lies in front of both sources and reprojects into both gates -- for two views
+   this is the epipolar constraint. The point then collects *support*: in every other view
+   the detection nearest to its projection, if within that detection's gate.
+3. **Greedy association**: the hypothesis with the most supporting views (then the highest
+   summed score, then the smallest reprojection error) is refined and accepted; its
+   detections leave the pool (each detection belongs to at most one finding), and step 2
+   repeats on the rest until no hypothesis has ``min_views`` views.
+4. **Refinement**: linear least squares over all supporting views, then Levenberg-Marquardt
+   on the reprojection error of the box centres (``scipy.optimize.least_squares``); support
+   is gathered again around the refined point and the point refined once more.
+5. **Size** from the 2D extents: each supporting view measures the object's extent along its
+   image axes (box width and height times the mm-per-pixel at the point's depth, from
+   :func:`~projects.mv2d_xray.geometry.unproject_points`); an axis-aligned ellipsoid
+   ``width^2 = sum_k a_k^2 d_k^2`` (``a`` the measured direction in ct) is fitted by
+   non-negative least squares, and its axis extents ``d_k`` are the box size. An axis no
+   view constrains gets the mean of the others.
+6. **Score**: the summed score of the supporting detections divided by the number of views
+   of the case (1 for a finding detected with confidence 1 in every view, 0.2 for a pair
+   of views out of ten), times the consistency ``exp(-(rms / gate_px)^2 / 2)`` of the
+   reprojection error ``rms`` (px) of the box centres: a badly triangulated point ranks
+   below a consistent one seen as often.
+
+Box centres of an irregular finding's projections are not exactly projections of its 3D box
+centre, so even exact 2D boxes give centres off by a fraction of the finding's size (about
+2 mm for a 30 mm nodule); 2D centres a pixel off move the 3D point by about a pixel's size
+at the isocentre (``pixel_spacing_mm * sod / sdd``).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from projects.mv2d_xray.geometry import project_points, unproject_points
+
+
+@dataclass
+class TriangulationConfig:
+    """Settings of :func:`triangulate_case` (see the module docstring).
+
+    Args:
+        score_thr (float): detections scoring below are dropped. Defaults to 0.05.
+        max_per_view (int): detections kept per view and class. Defaults to 30.
+        gate_px (float): smallest gate, px. Defaults to 3.
+        gate_frac (float): gate as a fraction of the detection's larger side. Defaults to 0.5.
+        min_views (int): views a finding needs (>= 2). Defaults to 2.
+        min_ray_angle_deg (float): smallest angle between the two rays of a seed pair.
+            Defaults to 20.
+        bounds_margin_mm (float): with known CT bounds, findings must lie within the
+            volume grown by this margin. Defaults to 10.
+    """
+    score_thr: float = 0.05
+    max_per_view: int = 30
+    gate_px: float = 3.0
+    gate_frac: float = 0.5
+    min_views: int = 2
+    min_ray_angle_deg: float = 20.0
+    bounds_margin_mm: float = 10.0
+
+    def __post_init__(self):
+        if self.min_views < 2:
+            raise ValueError(f'min_views must be >= 2, got {self.min_views}')
+        if not 0 < self.min_ray_angle_deg < 90:
+            raise ValueError('min_ray_angle_deg must be in (0, 90)')
+
+
+# -- elementary geometry -------------------------------------------------------------------
+def _project(lidar2img: np.ndarray, points: np.ndarray) -> tuple:
+    """One point per matrix: ``lidar2img`` ``(..., 4, 4)``, ``points`` ``(..., 3)`` ->
+    ``uv`` ``(..., 2)`` and ``depth`` ``(...)`` (:func:`project_points`)."""
+    uv, depth = project_points(lidar2img, points[..., None, :])
+    return uv[..., 0, :], depth[..., 0]
+
+
+def _planes(lidar2img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """The two planes through the source and image point ``uv`` of each view, as rows
+    ``[n, -d]`` with ``|n| = 1``: ``(..., 2, 4)`` for ``lidar2img`` ``(..., 4, 4)`` and
+    ``uv`` ``(..., 2)``. ``n . X + row[3]`` is the signed distance (mm) of X to a plane."""
+    p = lidar2img[..., :3, :]
+    rows = np.stack([uv[..., 0, None] * p[..., 2, :] - p[..., 0, :],
+                     uv[..., 1, None] * p[..., 2, :] - p[..., 1, :]], axis=-2)
+    return rows / np.linalg.norm(rows[..., :3], axis=-1, keepdims=True)
+
+
+def triangulate_linear(lidar2img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Linear least-squares triangulation: the ct point closest (in mm) to the planes
+    through each view's source and image point.
+
+    Args:
+        lidar2img: ``(..., V, 4, 4)`` (V >= 2 views).
+        uv: ``(..., V, 2)`` image points.
+
+    Returns:
+        ``(..., 3)`` ct points.
+    """
+    rows = _planes(lidar2img, uv).reshape(*uv.shape[:-2], -1, 4)       # (..., 2V, 4)
+    a, b = rows[..., :3], -rows[..., 3]
+    ata = np.swapaxes(a, -1, -2) @ a
+    atb = (np.swapaxes(a, -1, -2) @ b[..., None])[..., 0]
+    return np.linalg.solve(ata + 1e-9 * np.eye(3), atb[..., None])[..., 0]
+
+
+def refine_point(lidar2img: np.ndarray, uv: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Minimise the reprojection error (px) of one point over ``V >= 2`` views with
+    Levenberg-Marquardt, from ``point`` (3,). ``lidar2img`` ``(V, 4, 4)``, ``uv`` ``(V, 2)``."""
+    from scipy.optimize import least_squares
+
+    def residuals(x):
+        return (_project(lidar2img, np.broadcast_to(x, (len(uv), 3)))[0] - uv).ravel()
+
+    return least_squares(residuals, np.asarray(point, np.float64), method='lm').x
+
+
+def reprojection_errors(lidar2img: np.ndarray, uv: np.ndarray,
+                        point: np.ndarray) -> np.ndarray:
+    """Pixel distances ``(V,)`` between the projections of ``point`` and ``uv``."""
+    point = np.broadcast_to(np.asarray(point, np.float64), (len(uv), 3))
+    return np.linalg.norm(_project(lidar2img, point)[0] - uv, axis=-1)
+
+
+def source_positions(lidar2img: np.ndarray) -> np.ndarray:
+    """X-ray source (camera centre) of each view in ct, ``(V, 3)``."""
+    zeros = np.zeros((len(lidar2img), 1, 2))
+    return unproject_points(lidar2img, zeros, np.zeros((len(lidar2img), 1)))[:, 0]
+
+
+def fit_box_size(lidar2img: np.ndarray, boxes: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Axis extents ``(3,)`` mm of the axis-aligned ellipsoid at ``point`` whose silhouettes
+    best match the 2D box sizes (non-negative least squares on squared extents).
+
+    Args:
+        lidar2img: ``(V, 4, 4)``.
+        boxes: ``(V, 4)`` xyxy boxes of the object in those views.
+        point: ``(3,)`` ct centre.
+    """
+    from scipy.optimize import nnls
+    num = len(boxes)
+    _, depth = _project(lidar2img, np.broadcast_to(point, (num, 3)))           # (V,)
+    centre = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    offsets = np.stack([centre, centre + [1.0, 0.0], centre + [0.0, 1.0]], axis=1)
+    pts = unproject_points(lidar2img, offsets, np.repeat(depth[:, None], 3, axis=1))  # (V,3,3)
+    du, dv = pts[:, 1] - pts[:, 0], pts[:, 2] - pts[:, 0]      # mm per px along u, v
+    extents = np.concatenate([(boxes[:, 2] - boxes[:, 0]) * np.linalg.norm(du, axis=1),
+                              (boxes[:, 3] - boxes[:, 1]) * np.linalg.norm(dv, axis=1)])
+    dirs = np.concatenate([du / np.linalg.norm(du, axis=1, keepdims=True),
+                           dv / np.linalg.norm(dv, axis=1, keepdims=True)])
+    design = dirs ** 2                                          # (2V, 3)
+    sq, _ = nnls(design, extents ** 2)
+    dims = np.sqrt(sq)
+    seen = design.sum(0) > 0.5
+    if seen.any() and not seen.all():
+        dims[~seen] = dims[seen].mean()
+    # a degenerate fit (two views) may zero an axis: no box is thinner than half the
+    # smallest extent seen
+    return np.maximum(dims, 0.5 * extents.min())
+
+
+# -- association ---------------------------------------------------------------------------
+@dataclass
+class _Dets:
+    """Detections of one class in one case, padded per view: ``(V, K)`` arrays."""
+    centre: np.ndarray     # (V, K, 2)
+    gate: np.ndarray       # (V, K)
+    score: np.ndarray      # (V, K)
+    box: np.ndarray        # (V, K, 4)
+    index: np.ndarray      # (V, K) index into the input detections, -1 = padding
+
+
+def _pad_detections(boxes, scores, view_ids, num_views, cfg) -> Optional[_Dets]:
+    keep = [np.flatnonzero((view_ids == v) & (scores >= cfg.score_thr)) for v in
+            range(num_views)]
+    keep = [k[np.argsort(-scores[k], kind='stable')][:cfg.max_per_view] for k in keep]
+    width = max((len(k) for k in keep), default=0)
+    if width == 0:
+        return None
+    index = np.full((num_views, width), -1, np.int64)
+    for v, k in enumerate(keep):
+        index[v, :len(k)] = k
+    safe = np.maximum(index, 0)
+    box = boxes[safe]
+    centre = np.stack([(box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2], -1)
+    side = np.maximum(box[..., 2] - box[..., 0], box[..., 3] - box[..., 1])
+    gate = np.maximum(cfg.gate_px, cfg.gate_frac * side)
+    return _Dets(centre, gate, np.where(index >= 0, scores[safe], 0.0), box, index)
+
+
+def _support(points: np.ndarray, lidar2img: np.ndarray, dets: _Dets,
+             pool: np.ndarray, chunk: int = 4096) -> tuple:
+    """For points ``(M, 3)``: in every view the nearest available detection within its gate.
+
+    Returns:
+        tuple: ``member`` ``(M, V)`` detection slot per view (-1 = none) and ``error``
+        ``(M, V)`` its reprojection error (px; inf = none).
+    """
+    if len(points) > chunk:
+        parts = [_support(points[i:i + chunk], lidar2img, dets, pool, chunk)
+                 for i in range(0, len(points), chunk)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    num_views = len(lidar2img)
+    uv, depth = _project(lidar2img[None], np.repeat(points[:, None], num_views, 1))  # (M, V)
+    dist = np.linalg.norm(uv[:, :, None] - dets.centre[None], axis=-1)  # (M, V, K)
+    ok = pool[None] & (dist <= dets.gate[None]) & (depth[..., None] > 0)
+    dist = np.where(ok, dist, np.inf)
+    member = dist.argmin(-1)
+    error = np.take_along_axis(dist, member[..., None], -1)[..., 0]
+    return np.where(np.isfinite(error), member, -1), error
+
+
+def _refine(lidar2img, dets, member, point, pool):
+    """Refine a point from its members, then gather support again and refine once more."""
+    for _ in range(2):
+        views = np.flatnonzero(member >= 0)
+        uv = dets.centre[views, member[views]]
+        point = triangulate_linear(lidar2img[views], uv)
+        point = refine_point(lidar2img[views], uv, point)
+        new_member, error = _support(point[None], lidar2img, dets, pool)
+        if (new_member[0] >= 0).sum() < 2:
+            break
+        member = new_member[0]
+    views = np.flatnonzero(member >= 0)
+    uv = dets.centre[views, member[views]]
+    point = refine_point(lidar2img[views], uv, triangulate_linear(lidar2img[views], uv))
+    return point, member, reprojection_errors(lidar2img[views], uv, point)
+
+
+def ct_bounds(info: dict) -> Optional[np.ndarray]:
+    """``(3, 2)`` ct extent (mm, voxel centres) of a case's CT from its info ``ct`` entry
+    (``shape`` ``[rows, cols, slices]``, ``spacing_mm``; x runs along columns, y along
+    rows, z along slices), or None when the info has none."""
+    ct = info.get('ct') or {}
+    if not ct.get('shape') or not ct.get('spacing_mm'):
+        return None
+    rows, cols, slices = (float(s) for s in ct['shape'][:3])
+    s_row, s_col, s_slice = (float(s) for s in ct['spacing_mm'][:3])
+    half = np.array([(cols - 1) * s_col, (rows - 1) * s_row, (slices - 1) * s_slice]) / 2
+    return np.stack([-half, half], axis=1)
+
+
+def triangulate_case(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                     labels: np.ndarray, view_ids: np.ndarray,
+                     cfg: Optional[TriangulationConfig] = None,
+                     bounds_mm: Optional[np.ndarray] = None) -> List[dict]:
+    """3D findings of one case from its 2D detections (see the module docstring).
+
+    Args:
+        lidar2img: ``(V, 4, 4)`` ct -> img of each view.
+        boxes: ``(K, 4)`` xyxy detections in the views' (original) pixels.
+        scores: ``(K,)``.
+        labels: ``(K,)`` class indices.
+        view_ids: ``(K,)`` view index of each detection (into ``lidar2img``).
+        cfg: settings; defaults to :class:`TriangulationConfig`.
+        bounds_mm: optional ``(3, 2)`` ct box (min, max per axis) the findings lie in
+            (grown by ``cfg.bounds_margin_mm``), e.g. :func:`ct_bounds`.
+
+    Returns:
+        list[dict]: per finding ``bbox_3d`` (7 floats, ct mm, yaw 0), ``score``, ``label``,
+        ``views`` (view indices used), ``detections`` (indices into the inputs),
+        ``reproj_px`` (mean reprojection error of the box centres).
+    """
+    cfg = cfg or TriangulationConfig()
+    lidar2img = np.asarray(lidar2img, np.float64)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    view_ids = np.asarray(view_ids, np.int64).reshape(-1)
+    num_views = len(lidar2img)
+    sources = source_positions(lidar2img)
+    cos_max = math.cos(math.radians(cfg.min_ray_angle_deg))
+    if bounds_mm is not None:
+        bounds_mm = np.asarray(bounds_mm, np.float64).reshape(3, 2) + \
+            np.array([-cfg.bounds_margin_mm, cfg.bounds_margin_mm])
+    findings = []
+    for label in np.unique(labels):
+        sel = labels == label
+        dets = _pad_detections(boxes[sel], scores[sel], view_ids[sel], num_views, cfg)
+        if dets is None:
+            continue
+        orig_index = np.flatnonzero(sel)
+        pool = dets.index >= 0
+        hypotheses = _Hypotheses(lidar2img, sources, dets, pool, cos_max, bounds_mm)
+        while True:
+            best = hypotheses.best(cfg.min_views)
+            if best is None:
+                break
+            point, member, errors = _refine(lidar2img, dets, best[1], best[0], pool)
+            views = np.flatnonzero(member >= 0)
+            if len(views) < cfg.min_views or not _inside(point[None], bounds_mm)[0]:
+                # refinement lost support: retire the seed's detections and go on
+                seed_views = np.flatnonzero(best[1] >= 0)
+                hypotheses.remove(seed_views, best[1][seed_views])
+                continue
+            slots = member[views]
+            hypotheses.remove(views, slots)
+            dims = fit_box_size(lidar2img[views], dets.box[views, slots], point)
+            consistency = math.exp(-0.5 * (float(np.sqrt(np.mean(errors ** 2))) /
+                                           cfg.gate_px) ** 2)
+            findings.append(dict(
+                bbox_3d=[*map(float, point), *map(float, dims), 0.0],
+                score=float(dets.score[views, slots].sum() / num_views * consistency),
+                label=int(label), views=views.tolist(),
+                detections=orig_index[dets.index[views, slots]].tolist(),
+                reproj_px=float(errors.mean())))
+    findings.sort(key=lambda f: -f['score'])
+    return findings
+
+
+def _inside(points: np.ndarray, bounds_mm: Optional[np.ndarray]) -> np.ndarray:
+    if bounds_mm is None:
+        return np.ones(len(points), bool)
+    return ((points >= bounds_mm[:, 0]) & (points <= bounds_mm[:, 1])).all(-1)
+
+
+class _Hypotheses:
+    """The pair-seeded hypotheses of one case and class (steps 2-3 of the module docstring).
+
+    Seed points are triangulated once; each keeps its support (the detection slot taken in
+    every view). When detections leave the pool, only the seeds that used them (as seed
+    pair or as support) are updated, so the greedy loop costs little per finding.
+    """
+
+    def __init__(self, lidar2img, sources, dets: _Dets, pool, cos_max, bounds_mm):
+        self.lidar2img, self.dets, self.pool = lidar2img, dets, pool
+        points, pairs = [], []
+        for a, b in itertools.combinations(range(pool.shape[0]), 2):
+            ia, ib = np.flatnonzero(pool[a]), np.flatnonzero(pool[b])
+            if len(ia) == 0 or len(ib) == 0:
+                continue
+            ka, kb = (k.ravel() for k in np.meshgrid(ia, ib, indexing='ij'))
+            mats = np.stack([lidar2img[a], lidar2img[b]])[None].repeat(len(ka), 0)
+            uv = np.stack([dets.centre[a, ka], dets.centre[b, kb]], axis=1)
+            seeds = triangulate_linear(mats, uv)                              # (P, 3)
+            ray_a, ray_b = seeds - sources[a], seeds - sources[b]
+            cos = np.sum(ray_a * ray_b, -1) / (np.linalg.norm(ray_a, axis=-1) *
+                                               np.linalg.norm(ray_b, axis=-1) + 1e-12)
+            proj, depth = _project(mats, seeds[:, None].repeat(2, 1))
+            err = np.linalg.norm(proj - uv, axis=-1)                          # (P, 2)
+            ok = (np.abs(cos) < cos_max) & (depth > 0).all(1) & _inside(seeds, bounds_mm) \
+                & (err[:, 0] <= dets.gate[a, ka]) & (err[:, 1] <= dets.gate[b, kb])
+            points.append(seeds[ok])
+            pairs.append(np.stack([np.full(ok.sum(), a), ka[ok], np.full(ok.sum(), b),
+                                   kb[ok]], axis=1))
+        self.points = np.concatenate(points) if points else np.zeros((0, 3))
+        self.pairs = np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64)
+        self.member, self.error = _support(self.points, lidar2img, dets, pool)
+
+    def best(self, min_views: int):
+        """``(point, member)`` of the best live hypothesis, or None below ``min_views``."""
+        p = self.pairs
+        alive = self.pool[p[:, 0], p[:, 1]] & self.pool[p[:, 2], p[:, 3]]
+        if not alive.any():
+            return None
+        idx = np.flatnonzero(alive)
+        member, error = self.member[idx], self.error[idx]
+        has = member >= 0
+        count = has.sum(1)
+        score = np.where(has, np.take_along_axis(self.dets.score, np.maximum(member, 0).T,
+                                                 1).T, 0.0).sum(1)
+        mean_err = np.where(has, error, 0.0).sum(1) / np.maximum(count, 1)
+        # lexicographic: most views, highest summed score, smallest error
+        best = np.lexsort((mean_err, -score, -count))[0]
+        if count[best] < min_views:
+            return None
+        return self.points[idx[best]], member[best]
+
+    def remove(self, views: np.ndarray, slots: np.ndarray) -> None:
+        """Take detections out of the pool and update the hypotheses that used them."""
+        self.pool[views, slots] = False
+        used = np.zeros(len(self.points), bool)
+        for v, k in zip(views, slots):
+            used |= self.member[:, v] == k
+        idx = np.flatnonzero(used)
+        if len(idx):
+            self.member[idx], self.error[idx] = _support(self.points[idx], self.lidar2img,
+                                                         self.dets, self.pool)
+
+
+def triangulate_dataset(infos: dict, dets_by_case: dict,
+                        cfg: Optional[TriangulationConfig] = None,
+                        progress: bool = False) -> dict:
+    """Triangulate every case of an info pickle.
+
+    Args:
+        infos: loaded info pickle (``data_list`` items with ``images`` and ``lidar2img``).
+        dets_by_case: ``{token: dict(boxes (K, 4) xyxy, scores, labels, view_ids)}`` with
+            ``view_ids`` indexing the case's ``images`` in their order; a case missing here
+            has no detections.
+        cfg: settings.
+        progress: show a tqdm bar.
+
+    Returns:
+        dict: ``{token: [finding dicts of triangulate_case]}`` for every case.
+    """
+    items = infos['data_list']
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, desc='triangulating', unit='case')
+    out = {}
+    for info in items:
+        mats = np.stack([np.asarray(view['lidar2img'], np.float64)
+                         for view in info['images'].values()])
+        d = dets_by_case.get(info['token'])
+        if d is None or len(d['scores']) == 0:
+            out[info['token']] = []
+            continue
+        out[info['token']] = triangulate_case(mats, d['boxes'], d['scores'], d['labels'],
+                                              d['view_ids'], cfg, ct_bounds(info))
+    return out
+
+
+def coco_annotations_as_detections(coco: dict, include_crowd: bool = True) -> List[dict]:
+    """The COCO file's 2D ground truth as COCO-results detections (score 1): the input for
+    checking the baseline on exact 2D boxes."""
+    return [dict(image_id=a['image_id'], category_id=a['category_id'],
+                 bbox=[float(v) for v in a['bbox']], score=1.0)
+            for a in coco['annotations'] if include_crowd or not a.get('iscrowd', 0)]
+
+
+def group_detections(coco: dict, dets: Sequence[dict], infos: dict) -> dict:
+    """COCO-results detections (resolved ``image_id``) -> ``{token: dict(boxes, scores,
+    labels, view_ids)}`` for :func:`triangulate_dataset` (``labels`` = category_id - 1)."""
+    images = {img['id']: img for img in coco['images']}
+    view_pos = {info['token']: {name: i for i, name in enumerate(info['images'])}
+                for info in infos['data_list']}
+    grouped = {}
+    for i, det in enumerate(dets):
+        img = images[det['image_id']]
+        token, view = img.get('token'), img.get('view')
+        if token not in view_pos:
+            raise KeyError(f'detection [{i}]: case {token!r} (image {det["image_id"]}) is '
+                           'not in the info pickle')
+        if view not in view_pos[token]:
+            raise KeyError(f'detection [{i}]: view {view!r} is not a view of case {token!r}')
+        g = grouped.setdefault(token, dict(boxes=[], scores=[], labels=[], view_ids=[]))
+        x, y, w, h = det['bbox']
+        g['boxes'].append([x, y, x + w, y + h])
+        g['scores'].append(float(det['score']))
+        g['labels'].append(int(det['category_id']) - 1)
+        g['view_ids'].append(view_pos[token][view])
+    return {t: {k: np.asarray(v, np.float64 if k in ('boxes', 'scores') else np.int64)
+                for k, v in g.items()} for t, g in grouped.items()}

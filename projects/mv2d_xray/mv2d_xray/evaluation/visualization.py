@@ -1,0 +1,337 @@
+"""Pictures for judging a detector at a glance (matplotlib, Agg backend, PNG).
+
+* :func:`draw_case`: a case's N views in a grid, each view twice -- whole, and zoomed on
+  the findings -- with the ground-truth 2D boxes, the predicted 2D boxes, and the
+  ground-truth and predicted 3D boxes projected through the view's ``lidar2img`` (as
+  wireframes): if the red wireframes sit on the green ones in every view, the 3D boxes are
+  right.
+* :func:`plot_metrics`: FROC curves and per-size-band bars from metrics JSON files
+  (``tools/evaluate.py`` / ``tools/test.py``'s ``metrics.json``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import os.path as osp
+import tempfile
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from projects.mv2d_xray.geometry import box3d_corners, project_points
+
+#: Colours: ground truth green (drawn wide, under the predictions), ignore regions yellow,
+#: predictions magenta (3D) / cyan (2D): a 3D box on its finding shows as magenta in green.
+GT_COLOR, IGNORE_COLOR, PRED3D_COLOR, PRED2D_COLOR = '#2ee62e', '#ffcc00', '#ff33cc', '#33ccff'
+#: The 12 edges of a box from :func:`box3d_corners` (corner index = 4 ix + 2 iy + iz).
+BOX_EDGES = [(i, j) for i in range(8) for j in range(i + 1, 8) if bin(i ^ j).count('1') == 1]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg', force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure_atomic(fig, path: str, dpi: int = 110) -> None:
+    """Save a figure as PNG through a temporary file and a rename."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.png',
+                               dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format='png')
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def project_box_edges(lidar2img: np.ndarray, box: Sequence[float]) -> Optional[np.ndarray]:
+    """``(12, 2, 2)`` image segments of a 3D box's edges, or None if a corner is behind
+    the source."""
+    corners = box3d_corners(np.asarray(box, np.float64))                 # (8, 3)
+    uv, depth = project_points(np.asarray(lidar2img, np.float64), corners)
+    if (depth <= 0).any():
+        return None
+    return np.stack([uv[[i, j]] for i, j in BOX_EDGES])
+
+
+def _read_view(path: str) -> np.ndarray:
+    import cv2
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FileNotFoundError(f'cannot read view image {path}')
+    return img
+
+
+def _zoom_window(info: dict, preds: List[dict], lidar2img: np.ndarray,
+                 image_hw: Tuple[int, int], min_half_px: float,
+                 finding: Optional[int] = None) -> Tuple[float, float, float]:
+    """``(u, v, half)`` of a square window in one view: around finding ``finding`` if
+    given, else around all findings (ignore regions only without findings, else the top
+    prediction), or around the largest finding when they spread over half the image."""
+    instances = info.get('instances') or []
+    if finding is not None:
+        boxes = [instances[finding]['bbox_3d']]
+    else:
+        boxes = [i['bbox_3d'] for i in instances if not i.get('ignore_flag')] or \
+            [i['bbox_3d'] for i in instances] or [p['bbox_3d'] for p in preds[:1]]
+    h, w = image_hw
+    if not boxes:
+        return w / 2, h / 2, max(w, h) / 2
+
+    def window(selected):
+        corners = box3d_corners(np.asarray(selected, np.float64)).reshape(-1, 3)
+        uv, _ = project_points(lidar2img, corners)
+        lo, hi = uv.min(0), uv.max(0)
+        centre = (lo + hi) / 2
+        return float(centre[0]), float(centre[1]), \
+            max(min_half_px, 1.2 * float((hi - lo).max()))
+
+    u, v, half = window(boxes)
+    if half > max(h, w) / 4 and len(boxes) > 1:
+        u, v, half = window([max(boxes, key=lambda b: float(np.prod(b[3:6])))])
+    return u, v, half
+
+
+def draw_case(info: dict, data_root: str, out_file: str,
+              preds3d: Sequence[dict] = (), dets2d: Sequence[dict] = (),
+              score_thr: float = 0.1, max_preds: int = 5, columns: int = 5,
+              zoom_min_half_px: Optional[float] = None, zoom_finding: Optional[int] = None,
+              title: Optional[str] = None) -> dict:
+    """Draw a case's views with ground truth and predictions (see the module docstring).
+
+    Args:
+        info: the case's info pickle item (``images``, ``instances``, ``cam_instances``).
+        data_root: the dataset directory (``img_path`` is relative to it).
+        out_file: PNG path.
+        preds3d: README-format predictions of the case (``bbox_3d``, ``score``, ``label``).
+        dets2d: 2D detections: ``view`` (name), ``bbox`` ``[x, y, w, h]`` (original pixels),
+            ``score``.
+        score_thr: predictions (3D and 2D) below are not drawn.
+        max_preds: at most this many 3D predictions (highest scores) are drawn; the
+            highest is opaque, lower ones fade with their score relative to it.
+        columns: views per row.
+        zoom_min_half_px: smallest half-size of the zoom windows, px (default: 4 % of the
+            image's larger side, at least 6 px).
+        zoom_finding: index (into ``info['instances']``) of the finding to zoom on;
+            default: all findings, or the largest one when they are far apart.
+        title: figure title (default: the case id and a summary).
+
+    Returns:
+        dict: per finding, the distance (mm) from its centre to the nearest drawn
+        prediction's centre and that prediction's score (``None`` without predictions).
+    """
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+    views = list(info['images'].items())
+    preds = sorted([p for p in preds3d if p['score'] >= score_thr],
+                   key=lambda p: -p['score'])[:max_preds]
+    dets2d = [d for d in dets2d if d['score'] >= score_thr]
+    top_score = max([float(p['score']) for p in preds] + [1e-12])
+    instances = info.get('instances') or []
+    if zoom_finding is not None and not 0 <= zoom_finding < len(instances):
+        raise IndexError(f'case {info.get("token")} has no finding {zoom_finding} '
+                         f'({len(instances)} findings)')
+    num_rows = math.ceil(len(views) / columns)
+    cols = min(columns, len(views))
+    fig, axes = plt.subplots(2 * num_rows, cols, figsize=(3.1 * cols, 6.4 * num_rows),
+                             squeeze=False)
+    for n, (name, view) in enumerate(views):
+        row, col = divmod(n, columns)
+        ax_full, ax_zoom = axes[2 * row, col], axes[2 * row + 1, col]
+        img = _read_view(osp.join(data_root, view['img_path']))
+        lidar2img = np.asarray(view['lidar2img'], np.float64)
+        min_half = zoom_min_half_px or max(6.0, 0.04 * max(img.shape[:2]))
+        zu, zv, half = _zoom_window(info, preds, lidar2img, img.shape[:2], min_half,
+                                    zoom_finding)
+        for ax, lw in ((ax_full, 0.8), (ax_zoom, 1.4)):
+            ax.imshow(img, cmap='gray', vmin=0, vmax=255, interpolation='nearest',
+                      extent=(0, img.shape[1], img.shape[0], 0))
+            for cam in (info.get('cam_instances') or {}).get(name, []):
+                x1, y1, x2, y2 = cam['bbox']
+                color = IGNORE_COLOR if cam.get('ignore_flag') else GT_COLOR
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color,
+                                       lw=lw, ls=':' if cam.get('ignore_flag') else '--'))
+            for inst in instances:
+                edges = project_box_edges(lidar2img, inst['bbox_3d'])
+                if edges is not None:
+                    color = IGNORE_COLOR if inst.get('ignore_flag') else GT_COLOR
+                    for seg in edges:
+                        ax.plot(seg[:, 0], seg[:, 1], color=color, lw=lw * 2.2, alpha=0.8,
+                                solid_capstyle='round')
+            for det in dets2d:
+                if det.get('view') == name:
+                    x, y, w, h = det['bbox']
+                    ax.add_patch(Rectangle((x, y), w, h, fill=False, ec=PRED2D_COLOR,
+                                           lw=lw, ls='--'))
+            for p in preds:
+                edges = project_box_edges(lidar2img, p['bbox_3d'])
+                if edges is None:
+                    continue
+                for seg in edges:
+                    ax.plot(seg[:, 0], seg[:, 1], color=PRED3D_COLOR, lw=lw,
+                            alpha=0.35 + 0.65 * float(p['score']) / top_score)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_full.set_xlim(0, img.shape[1])
+        ax_full.set_ylim(img.shape[0], 0)
+        ax_full.add_patch(Rectangle((zu - half, zv - half), 2 * half, 2 * half, fill=False,
+                                    ec='white', lw=0.6, ls='-', alpha=0.6))
+        for p in preds[:3]:   # score labels on the zoom
+            (u, v), = project_points(lidar2img, np.asarray([p['bbox_3d'][:3]]))[0]
+            ax_zoom.text(u, v - 0.15 * half, f'{p["score"]:.2f}', color=PRED3D_COLOR,
+                         fontsize=7, ha='center', va='bottom', clip_on=True)
+        ax_zoom.set_xlim(zu - half, zu + half)
+        ax_zoom.set_ylim(zv + half, zv - half)
+        theta = view.get('theta_rad')
+        ax_full.set_title(f'{name}' + (f'  {math.degrees(theta):.0f}°'
+                                       if theta is not None else ''), fontsize=9)
+        ax_zoom.set_title(f'zoom ×{img.shape[1] / (2 * half):.1f}', fontsize=8)
+    for n in range(len(views), num_rows * columns):
+        row, col = divmod(n, columns)
+        if col < cols:
+            axes[2 * row, col].axis('off')
+            axes[2 * row + 1, col].axis('off')
+
+    summary = _finding_summary(instances, preds)
+    lines = [title or f'{info.get("token", "")}: {len(views)} views, '
+             f'{sum(1 for i in instances if not i.get("ignore_flag"))} finding(s), '
+             f'{len(preds)} prediction(s) drawn (score >= {score_thr:g})']
+    for k, s in summary.items():
+        if s['nearest_mm'] is None:
+            lines.append(f'finding {k} (⌀ {s["diameter_mm"]:.1f} mm): no prediction drawn')
+        else:
+            lines.append(f'finding {k} (⌀ {s["diameter_mm"]:.1f} mm): nearest drawn '
+                         f'prediction {s["nearest_mm"]:.1f} mm away (score {s["score"]:.2f})')
+    fig.suptitle('\n'.join(lines[:6]), fontsize=10)
+    handles = [Line2D([], [], color=GT_COLOR, lw=1.5, ls='--', label='ground-truth 2D box'),
+               Line2D([], [], color=GT_COLOR, lw=3, label='ground-truth 3D box'),
+               Line2D([], [], color=IGNORE_COLOR, lw=1.5, ls=':', label='ignore region'),
+               Line2D([], [], color=PRED3D_COLOR, lw=1.5, label='predicted 3D box'),
+               Line2D([], [], color=PRED2D_COLOR, lw=1.5, ls='--', label='predicted 2D box')]
+    fig.legend(handles=handles, loc='lower center', ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.02, 1, 1 - 0.14 * min(len(lines), 6) / fig.get_figheight()))
+    save_figure_atomic(fig, out_file)
+    plt.close(fig)
+    return summary
+
+
+def _finding_summary(instances: Sequence[dict], preds: Sequence[dict]) -> dict:
+    out = {}
+    for k, inst in enumerate(instances):
+        if inst.get('ignore_flag'):
+            continue
+        box = np.asarray(inst['bbox_3d'], np.float64)
+        diameter = inst.get('diameter_mm') or float(box[3:6].max())
+        if preds:
+            dist = [float(np.linalg.norm(np.asarray(p['bbox_3d'][:3]) - box[:3]))
+                    for p in preds]
+            j = int(np.argmin(dist))
+            out[k] = dict(diameter_mm=float(diameter), nearest_mm=dist[j],
+                          score=float(preds[j]['score']))
+        else:
+            out[k] = dict(diameter_mm=float(diameter), nearest_mm=None, score=None)
+    return out
+
+
+def plot_metrics(metrics: Sequence[Tuple[str, dict]], out_file: str) -> None:
+    """FROC curves and per-size-band bars from one or more metrics JSON results.
+
+    Left: FROC (sensitivity against FPs per scan, log2 axis from 1/8 to 8; dotted where
+    the curve ends and its last sensitivity is held). With one result: the overall curve
+    and each size band's; with several: each result's overall curve. Markers: the
+    sensitivities of the CPM. Right: CPM, mAP_dist and AP_iou at the smallest IoU per size
+    band (bars; absent bands are left empty and marked 'n/a').
+
+    Args:
+        metrics: ``(label, result)`` pairs, ``result`` as written by ``tools/evaluate.py``.
+        out_file: PNG path.
+    """
+    plt = _pyplot()
+    fig, (ax_froc, ax_bar) = plt.subplots(1, 2, figsize=(13, 5))
+    curves = []
+    if len(metrics) == 1:
+        label, result = metrics[0]
+        curves.append((f'all (CPM {_fmt(result.get("CPM"))})', result))
+        for band, block in (result.get('by_size') or {}).items():
+            if block is not None:
+                curves.append((f'{band} (CPM {_fmt(block.get("CPM"))})', block))
+    else:
+        curves = [(f'{label} (CPM {_fmt(result.get("CPM"))})', result)
+                  for label, result in metrics]
+    rates = [float(r) for r in metrics[0][1]['settings']['froc_fp_rates']]
+    lo, hi = min(rates), max(rates)
+    for n, (label, block) in enumerate(curves):
+        color = f'C{n}'
+        curve = block.get('froc_curve')
+        if curve:
+            fps = np.asarray(curve['fp_per_scan'], np.float64)
+            sens = np.asarray(curve['sensitivity'], np.float64)
+            xs = np.clip(fps, lo / 2, None)
+            ax_froc.step(xs, sens, where='post', color=color, label=label)
+            if fps[-1] < hi:
+                ax_froc.plot([max(fps[-1], lo / 2), hi * 1.5], [sens[-1]] * 2, ':',
+                             color=color)
+        froc = block.get('FROC') or {}
+        pts = [(float(r), froc[k]) for k, r in zip(froc, rates) if froc.get(k) is not None]
+        if pts:
+            ax_froc.plot(*zip(*pts), 'o', color=color, ms=4,
+                         label=None if curve else label)
+    ax_froc.set_xscale('log', base=2)
+    ax_froc.set_xlim(lo / 2, hi * 1.5)
+    ax_froc.set_ylim(0, 1.02)
+    ax_froc.set_xticks(rates)
+    ax_froc.set_xticklabels([_rate_label(r) for r in rates])
+    ax_froc.set_xlabel('false positives per scan')
+    ax_froc.set_ylabel('sensitivity')
+    ax_froc.set_title('FROC')
+    ax_froc.grid(alpha=0.3)
+    ax_froc.legend(fontsize=8, loc='lower right')
+
+    iou_key = f'AP_iou@{metrics[0][1]["settings"]["iou_thrs"][0]:g}'
+    keys = ['CPM', 'mAP_dist', iou_key]
+    bands = ['all'] + list(metrics[0][1].get('by_size') or {})
+    width = 0.8 / (len(keys) * len(metrics))
+    x = np.arange(len(bands))
+    for m, (label, result) in enumerate(metrics):
+        for k, key in enumerate(keys):
+            offset = (m * len(keys) + k - (len(keys) * len(metrics) - 1) / 2) * width
+            values = []
+            for band in bands:
+                block = result if band == 'all' else (result.get('by_size') or {}).get(band)
+                values.append(None if block is None else block.get(key))
+            heights = [v if v is not None else 0.0 for v in values]
+            name = key if len(metrics) == 1 else f'{label}: {key}'
+            bars = ax_bar.bar(x + offset, heights, width, label=name, color=f'C{k}',
+                              alpha=1.0 - 0.35 * m)
+            for bar, v in zip(bars, values):
+                ax_bar.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
+                            'n/a' if v is None else f'{v:.2f}', ha='center', va='bottom',
+                            fontsize=7, rotation=90)
+    counts = []
+    for band in bands:
+        block = metrics[0][1] if band == 'all' else (metrics[0][1].get('by_size') or {}).get(band)
+        counts.append(0 if block is None else block.get('num_gt', 0))
+    ax_bar.set_xticks(x)
+    ax_bar.set_xticklabels([f'{b}\n(n={c})' for b, c in zip(bands, counts)])
+    ax_bar.set_ylim(0, 1.3)
+    ax_bar.set_title('by size band')
+    ax_bar.legend(fontsize=8, loc='upper center', ncol=len(keys))
+    ax_bar.grid(axis='y', alpha=0.3)
+    fig.tight_layout()
+    save_figure_atomic(fig, out_file)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    return 'n/a' if value is None else f'{value:.3f}'
+
+
+def _rate_label(rate: float) -> str:
+    return f'1/{round(1 / rate)}' if rate < 1 else f'{rate:g}'

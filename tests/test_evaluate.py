@@ -1,0 +1,163 @@
+"""``tools/evaluate.py`` and ``tools/evaluate_2d.py``: the table and JSON they write, and one
+clear error line (no traceback) for bad input."""
+import json
+
+import pytest
+
+from xray_eval_fake_data import run_tool, write_eval_dataset
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    return write_eval_dataset(str(tmp_path_factory.mktemp('evaluate_data')))
+
+
+def perfect_predictions(infos_path):
+    import mmengine
+    infos = mmengine.load(infos_path)
+    return {'results': {d['token']: [dict(bbox_3d=i['bbox_3d'], score=0.9, label=0)
+                                     for i in d['instances']] for d in infos['data_list']}}
+
+
+def write(tmp_path, name, obj):
+    path = tmp_path / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+def test_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
+    pred = write(tmp_path, 'pred.json', perfect_predictions(dataset['infos']))
+    out = str(tmp_path / 'sub' / 'metrics.json')
+    assert run_tool('evaluate', '--gt', dataset['infos'], '--pred', pred, '--out', out) == 0
+    printed = capsys.readouterr().out
+    assert '| all ' in printed and 'FROC: sensitivity at FP/scan' in printed
+    with open(out) as f:
+        result = json.load(f)
+    assert result['CPM'] == 1.0 and result['FROC']['8'] == 1.0
+    assert set(result['by_size']) == {'3-6mm', '6-10mm', '>10mm'}
+    # a missing case is an error unless --allow-missing (then it has no detections)
+    preds = perfect_predictions(dataset['infos'])
+    del preds['results']['evalfake-0002']
+    pred = write(tmp_path, 'partial.json', preds)
+    assert run_tool('evaluate', '--gt', dataset['infos'], '--pred', pred) == 2
+    err = capsys.readouterr().err
+    assert "'evalfake-0002'" in err and 'has no entry in the predictions' in err
+    out2 = str(tmp_path / 'partial_metrics.json')
+    assert run_tool('evaluate', '--gt', dataset['infos'], '--pred', pred, '--allow-missing',
+                    '--out', out2) == 0
+    with open(out2) as f:
+        assert json.load(f)['CPM'] == pytest.approx(0.75)   # 3 of 4 findings
+
+
+BAD = [
+    ('not json', '{"results": {', 'not valid JSON'),
+    ('no results', {'predictions': {}}, '"results"'),
+    ('list not dict', {'results': {'evalfake-0000': {'bbox_3d': []}}},
+     "results['evalfake-0000']: expected a list"),
+    ('unknown case', {'results': {'LIDC-IDRI-9999': []}}, "'LIDC-IDRI-9999'"),
+    ('nan', {'results': {'evalfake-0000': [
+        {'bbox_3d': [0, 0, float('nan'), 1, 1, 1, 0], 'score': 0.5, 'label': 0}]}},
+     "results['evalfake-0000'][0]: bbox_3d has a non-finite value"),
+    ('negative size', {'results': {'evalfake-0000': [
+        {'bbox_3d': [0, 0, 0, 1, 1, 1, 0], 'score': 0.5, 'label': 0},
+        {'bbox_3d': [0, 0, 0, 1, -2, 1, 0], 'score': 0.5, 'label': 0}]}},
+     "results['evalfake-0000'][1]: bbox_3d has a negative size (dy = -2)"),
+    ('six numbers', {'results': {'evalfake-0000': [
+        {'bbox_3d': [0, 0, 0, 1, 1, 1], 'score': 0.5, 'label': 0}]}}, 'must be 7 numbers'),
+    ('bad label', {'results': {'evalfake-0000': [
+        {'bbox_3d': [0, 0, 0, 1, 1, 1, 0], 'score': 0.5, 'label': 3}]}},
+     'label 3 is not a class index'),
+    ('no score', {'results': {'evalfake-0000': [{'bbox_3d': [0, 0, 0, 1, 1, 1, 0],
+                                                  'label': 0}]}}, 'missing score'),
+]
+
+
+@pytest.mark.parametrize('name,content,message', BAD, ids=[b[0] for b in BAD])
+def test_evaluate_bad_input_one_clear_line(dataset, tmp_path, capsys, name, content,
+                                           message):
+    if not isinstance(content, str):
+        content = json.dumps(content)     # NaN is written as the (non-standard) NaN token
+    pred = write(tmp_path, 'bad.json', content)
+    out = tmp_path / 'never.json'
+    code = run_tool('evaluate', '--gt', dataset['infos'], '--pred', pred, '--allow-missing',
+                    '--out', str(out))
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    assert message in lines[0], lines[0]
+    assert 'Traceback' not in err
+    assert not out.exists()
+
+
+def test_evaluate_missing_files(dataset, tmp_path, capsys):
+    assert run_tool('evaluate', '--gt', str(tmp_path / 'nope.pkl'), '--pred', 'x.json') == 2
+    assert 'info pickle not found' in capsys.readouterr().err
+    assert run_tool('evaluate', '--gt', dataset['infos'], '--pred',
+                    str(tmp_path / 'nope.json')) == 2
+    assert 'prediction file not found' in capsys.readouterr().err
+
+
+def _gt_as_dets(coco_path, shift_px=0.0, score=0.9):
+    with open(coco_path) as f:
+        coco = json.load(f)
+    return [dict(image_id=a['image_id'], category_id=a['category_id'],
+                 bbox=[a['bbox'][0] + shift_px, *a['bbox'][1:]], score=score)
+            for a in coco['annotations'] if not a['iscrowd']]
+
+
+def test_evaluate_2d_per_view(dataset, tmp_path, capsys):
+    dets = write(tmp_path, 'dets.json', _gt_as_dets(dataset['coco']))
+    out = str(tmp_path / 'm2d.json')
+    assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets,
+                    '--out', out) == 0
+    printed = capsys.readouterr().out
+    assert 'VIEW_09' in printed and '| all ' in printed
+    with open(out) as f:
+        result = json.load(f)
+    assert result['overall']['AP'] == pytest.approx(1.0)
+    assert len(result['by_view']) == 10
+    assert all(v['AP@0.5'] == pytest.approx(1.0) and v['num_gt'] == 4
+               for v in result['by_view'].values())
+
+    # boxes shifted by a third of their width: IoU 0.5 -> fails 0.75+, passes 0.25
+    with open(dataset['coco']) as f:
+        coco = json.load(f)
+    shifted = [dict(d, bbox=[d['bbox'][0] + d['bbox'][2] / 3, *d['bbox'][1:]])
+               for d in _gt_as_dets(dataset['coco'])]
+    dets = write(tmp_path, 'shifted.json', shifted)
+    assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets,
+                    '--out', out) == 0
+    with open(out) as f:
+        result = json.load(f)
+    assert result['overall']['AP@0.25'] == pytest.approx(1.0)
+    assert result['overall']['AP@0.1'] == pytest.approx(1.0)
+    assert result['overall']['AP'] < 0.2                  # only IoU 0.5 of 0.5:0.95
+    # a detection on an ignore region (iscrowd) is not a false positive
+    crowd = [a for a in coco['annotations'] if a['iscrowd']][0]
+    extra = _gt_as_dets(dataset['coco']) + [dict(image_id=crowd['image_id'], category_id=1,
+                                                 bbox=crowd['bbox'], score=0.99)]
+    dets = write(tmp_path, 'crowd.json', extra)
+    assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets,
+                    '--out', out) == 0
+    with open(out) as f:
+        assert json.load(f)['overall']['AP'] == pytest.approx(1.0)
+    # empty detections: AP 0, no crash
+    dets = write(tmp_path, 'empty.json', [])
+    assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets,
+                    '--out', out) == 0
+    with open(out) as f:
+        assert json.load(f)['overall']['AP@0.1'] == 0.0
+
+
+def test_evaluate_2d_bad_input(dataset, tmp_path, capsys):
+    dets = write(tmp_path, 'bad2d.json', [dict(image_id=99999, category_id=1,
+                                               bbox=[0, 0, 1, 1], score=0.5)])
+    assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'detection [0]: image_id 99999' in err[0]
+    dets = write(tmp_path, 'bad2d.json', [dict(token='evalfake-0000', view='VIEW_01',
+                                               category_id=1, bbox=[0, 0, -1, 1],
+                                               score=0.5)])
+    assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
+    assert 'bbox must be 4 finite numbers' in capsys.readouterr().err

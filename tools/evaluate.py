@@ -1,0 +1,73 @@
+"""Score 3D predictions of any method against a converted dataset's ground truth.
+
+    python tools/evaluate.py --gt data/demo/demo_infos_val.pkl --pred PRED.json \\
+        [--out metrics.json] [--allow-missing]
+
+The prediction file follows README "Prediction format" (``{"results": {case id: [{"bbox_3d",
+"score", "label"}, ...]}}``, boxes in ct mm). The metric is the one of ``tools/test.py``
+(``XrayDet3DMetric``): LUNA16 FROC / CPM, AP at centre distance (2, 4, 8, 16 mm) and at
+axis-aligned 3D IoU (0.1, 0.25, 0.5), centre error, by size band (3-6, 6-10, >10 mm) and
+class; definitions in ``projects/mv2d_xray/mv2d_xray/evaluation/xray_eval.py``. It prints
+the tables and writes the full result as JSON (``null`` = absent: no ground truth).
+"""
+import argparse
+
+from _common import fail
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Evaluate 3D predictions (README prediction format) against an info '
+        'pickle: FROC/CPM, centre-distance AP, 3D IoU AP, centre error, by size band.',
+        epilog='Every scan of --gt is evaluated (negative scans included in the FP rate); '
+        'a case of the predictions that is not in --gt is an error.')
+    parser.add_argument('--gt', required=True, metavar='INFOS.pkl',
+                        help='info pickle of the split (ground truth, ignore regions)')
+    parser.add_argument('--pred', required=True, metavar='PRED.json',
+                        help='predictions in the README prediction format')
+    parser.add_argument('--out', metavar='metrics.json',
+                        help='write the full metrics JSON here')
+    parser.add_argument('--allow-missing', action='store_true',
+                        help='score cases of --gt that the predictions lack as cases '
+                        'without detections (default: an error)')
+    parser.add_argument('--dist-thrs', type=float, nargs='+', metavar='MM',
+                        default=[2.0, 4.0, 8.0, 16.0],
+                        help='centre-distance thresholds in mm (default: 2 4 8 16)')
+    parser.add_argument('--iou-thrs', type=float, nargs='+', metavar='IOU',
+                        default=[0.1, 0.25, 0.5],
+                        help='3D IoU thresholds (default: 0.1 0.25 0.5)')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if any(t <= 0 for t in args.dist_thrs) or any(not 0 < t <= 1 for t in args.iou_thrs):
+        fail('--dist-thrs must be > 0 and --iou-thrs in (0, 1]')
+    from projects.mv2d_xray.mv2d_xray.evaluation.formats import (
+        PredictionFormatError, check_cases, load_gt_cases, load_predictions,
+        write_json_atomic)
+    from projects.mv2d_xray.mv2d_xray.evaluation.xray_eval import (evaluate_detections,
+                                                                   format_table)
+    try:
+        cases, classes = load_gt_cases(args.gt)
+        preds = load_predictions(args.pred, len(classes))
+        check_cases(preds, cases, args.allow_missing, gt_name=args.gt)
+        if not cases:
+            fail(f'{args.gt} has no cases')
+        result = evaluate_detections(cases, preds, classes, dist_thrs_mm=args.dist_thrs,
+                                     iou_thrs=args.iou_thrs)
+    except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
+        fail(str(exc))
+    except KeyError as exc:
+        fail(exc.args[0] if exc.args else str(exc))
+    print(format_table(result))
+    if args.out:
+        try:
+            write_json_atomic(result, args.out)
+        except OSError as exc:
+            fail(f'cannot write {args.out}: {exc}')
+        print(f'\nmetrics written to {args.out}')
+
+
+if __name__ == '__main__':
+    main()

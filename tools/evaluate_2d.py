@@ -1,0 +1,64 @@
+"""Per-view COCO evaluation of 2D detections, to judge a 2D stage on its own.
+
+    python tools/evaluate_2d.py --coco data/demo/demo_infos_val_2d.coco.json \\
+        --dets DETS.json [--out metrics_2d.json] [--iou-thrs 0.1 0.25 0.5]
+
+``DETS.json`` is a list of COCO results (``image_id``, ``category_id`` = class index + 1,
+``bbox`` ``[x, y, w, h]`` in original image pixels, ``score``); instead of ``image_id`` an
+item may name ``token`` and ``view``. ``tools/test.py`` writes the model's 2D detections in
+this form (``dets2d.json`` beside ``metrics.json``). Prints AP (COCO 0.5:0.95), AP and AR
+at each ``--iou-thrs`` per view and overall (pycocotools); ignore regions (``iscrowd``)
+count neither way; a view without ground truth is shown as ``-``.
+"""
+import argparse
+import json
+import os.path as osp
+
+from _common import fail
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='COCO AP / AR of 2D detections per view (pycocotools).')
+    parser.add_argument('--coco', required=True, metavar='GT.coco.json',
+                        help="the converter's COCO file of the split")
+    parser.add_argument('--dets', required=True, metavar='DETS.json',
+                        help='2D detections as a JSON list of COCO results')
+    parser.add_argument('--out', metavar='metrics_2d.json', help='write the figures here')
+    parser.add_argument('--iou-thrs', type=float, nargs='+', default=[0.1, 0.25, 0.5],
+                        metavar='IOU', help='IoU thresholds besides COCO 0.5:0.95 '
+                        '(default: 0.1 0.25 0.5)')
+    parser.add_argument('--max-dets', type=int, default=100,
+                        help='detections kept per image (default: 100)')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if any(not 0 < t <= 1 for t in args.iou_thrs) or args.max_dets < 1:
+        fail('--iou-thrs must be in (0, 1] and --max-dets >= 1')
+    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d,
+                                                                format_table_2d)
+    from projects.mv2d_xray.mv2d_xray.evaluation.formats import write_json_atomic
+    if not osp.isfile(args.dets):
+        fail(f'detections file not found: {args.dets}')
+    try:
+        with open(args.dets, encoding='utf-8') as f:
+            dets = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(f'{args.dets} is not valid JSON: {exc}')
+    try:
+        result = evaluate_coco_2d(args.coco, dets, args.iou_thrs, args.max_dets)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f'{exc}')
+    print(format_table_2d(result))
+    if args.out:
+        try:
+            write_json_atomic(result, args.out)
+        except OSError as exc:
+            fail(f'cannot write {args.out}: {exc}')
+        print(f'\nmetrics written to {args.out}')
+
+
+if __name__ == '__main__':
+    main()
