@@ -5,3 +5,64 @@ import sys
 REPO_ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..'))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+
+# -- a small demo dataset, built once per test session (data_converters demo) --------------
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoData:
+    """The session's demo dataset (``python -m data_converters demo``; see README "Data
+    format"). ``os.fspath(demo_dataset)`` and ``str(demo_dataset)`` give ``root``.
+
+    Attributes:
+        root (str): the dataset folder (``data_root``).
+        train_pkl, val_pkl (str): the info pickles (absolute paths).
+        train_coco, val_coco (str): the COCO files (absolute paths).
+        prefix (str): the split files' prefix, ``'demo'``.
+        geometry: its ``projects.mv2d_xray.geometry.XrayGeometry``.
+        tokens (dict): ``{'train': [...], 'val': [...]}`` case ids.
+    """
+    root: str
+    train_pkl: str
+    val_pkl: str
+    train_coco: str
+    val_coco: str
+    prefix: str
+    geometry: object
+    tokens: dict
+
+    def __fspath__(self):
+        return self.root
+
+    def __str__(self):
+        return self.root
+
+
+#: What the ``demo_dataset`` fixture builds: 6 cases (LIDC-IDRI-0001 and one synthetic case
+#: in val, four in train), 10 views of 96 x 96 px (default 800 mm detector, sod 300,
+#: sdd 600), up to 3 inserted nodules per synthetic case.
+DEMO_FIXTURE_SETTINGS = dict(num_cases=6, num_views=10, image_size=(96, 96),
+                             val_fraction=0.34, seed=0, max_nodules=3)
+
+
+@pytest.fixture(scope='session')
+def demo_dataset(tmp_path_factory) -> DemoData:
+    """Build a small demo dataset once per session (about a minute on 2 CPU cores)."""
+    from data_converters.demo import DemoSource
+    from data_converters.runner import run_conversion, split_file_paths
+    from projects.mv2d_xray.geometry import XrayGeometry
+    cfg = DEMO_FIXTURE_SETTINGS
+    geometry = XrayGeometry(num_views=cfg['num_views'], image_size=cfg['image_size'])
+    root = str(tmp_path_factory.mktemp('demo_dataset'))
+    source = DemoSource(geometry, num_cases=cfg['num_cases'], max_nodules=cfg['max_nodules'],
+                        seed=cfg['seed'], val_fraction=cfg['val_fraction'])
+    report = run_conversion(source, root, workers=1, progress=False)
+    paths = split_file_paths(root, source.default_prefix)
+    return DemoData(root=root, train_pkl=paths['train']['pkl'], val_pkl=paths['val']['pkl'],
+                    train_coco=paths['train']['coco'], val_coco=paths['val']['coco'],
+                    prefix=source.default_prefix, geometry=geometry,
+                    tokens={k: [i['token'] for i in v] for k, v in report.lists.items()})

