@@ -1,3 +1,9 @@
 """mv2d-xray plugin: datasets (imported by the plugin package; each module registers itself)."""
+from .transforms import (LoadXrayAnnotations3D, LoadXrayMultiViewImages,
+                         PackMV2DXrayInputs, XrayPhotoMetricDistortion, XrayResizeCropFlip)
+from .xray_dataset import MV2DXrayDataset, XrayDataError
 
-__all__ = []
+__all__ = [
+    'MV2DXrayDataset', 'XrayDataError', 'LoadXrayMultiViewImages', 'LoadXrayAnnotations3D',
+    'XrayPhotoMetricDistortion', 'XrayResizeCropFlip', 'PackMV2DXrayInputs'
+]

@@ -1,0 +1,109 @@
+"""Loading transforms: the N grey views of a case and its annotations."""
+from typing import Optional
+
+import mmcv
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmengine.fileio import get
+
+from mmdet3d.registry import TRANSFORMS
+
+#: 2D box arrays that the pipeline carries, each with the per-box arrays that travel (and
+#: are filtered) with it. ``*_view_ids`` say which view a box lies in.
+BOX2D_FIELDS = {
+    'gt_bboxes': ('gt_bboxes_labels', 'gt_bboxes_view_ids', 'gt_bboxes_instance_ids_3d'),
+    'ignore_bboxes': ('ignore_bboxes_labels', 'ignore_bboxes_view_ids'),
+}
+#: Annotation keys copied from ``ann_info`` by :class:`LoadXrayAnnotations3D`.
+ANN_KEYS = ('gt_bboxes_3d', 'gt_labels_3d') + tuple(
+    key for box_key, extra in BOX2D_FIELDS.items() for key in (box_key, *extra))
+
+
+@TRANSFORMS.register_module()
+class LoadXrayMultiViewImages(BaseTransform):
+    """Load every view of a case as a 3-channel float32 image.
+
+    The DRRs are 8-bit grey PNGs. Each file is decoded as grey (a colour file would be
+    converted to grey) and the grey channel is replicated into **3 identical channels**, so
+    that 3-channel backbones (and ``Det3DDataPreprocessor`` with a 3-value mean/std) take it
+    unchanged; the photometric augmentations keep the channels identical. mmdet3d's
+    ``LoadMultiViewImageFromFiles`` is not used: with ``color_type='unchanged'`` a grey PNG
+    gives ``(H, W)`` arrays that its packing cannot stack, and it neither checks the image
+    size against the matrices nor keeps ``lidar2img``.
+
+    Required keys: ``img_path`` (list of N paths), ``view_names``, ``images`` (the
+    pickle's per-view dicts, for ``height``/``width``), ``cam2img``, ``lidar2img``
+    (``(N, 4, 4)``).
+
+    Added keys:
+
+    * ``img`` (list of N ``(H, W, 3)`` float32 arrays, values 0..255);
+    * ``img_shape``, ``ori_shape`` (``(H, W)``), ``num_views``;
+    * ``ori_cam2img``, ``ori_lidar2img`` (copies before augmentation) and
+      ``img_aug_matrix`` (``(N, 4, 4)`` identity; image-space augmentations compose into
+      it, see ``projects/mv2d_xray/geometry.py``).
+
+    Args:
+        backend_args (dict, optional): mmengine file backend arguments.
+    """
+
+    def __init__(self, backend_args: Optional[dict] = None) -> None:
+        self.backend_args = backend_args
+
+    def _read(self, path: str, view: str) -> np.ndarray:
+        try:
+            data = get(path, backend_args=self.backend_args)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file of view '{view}' not found: {path}") \
+                from None
+        grey = mmcv.imfrombytes(data, flag='grayscale', backend='cv2')
+        if grey is None:
+            raise ValueError(f"cannot decode the image of view '{view}': {path}")
+        return grey
+
+    def transform(self, results: dict) -> dict:
+        imgs = []
+        for view, path in zip(results['view_names'], results['img_path']):
+            grey = self._read(path, view)
+            expected = results['images'][view]
+            if grey.shape != (expected['height'], expected['width']):
+                raise ValueError(f"image {path} is {grey.shape[0]}x{grey.shape[1]} (HxW), "
+                                 f"the info pickle says {expected['height']}x"
+                                 f"{expected['width']}")
+            # explicit grey -> 3 identical float32 channels (see the class docstring)
+            img = np.empty(grey.shape + (3,), np.float32)
+            img[...] = grey[:, :, None]
+            imgs.append(img)
+        shapes = {img.shape[:2] for img in imgs}
+        if len(shapes) != 1:
+            raise ValueError(f'the views of case {results.get("token")} differ in size: '
+                             f'{sorted(shapes)}')
+        num_views = len(imgs)
+        results['img'] = imgs
+        results['img_shape'] = results['ori_shape'] = imgs[0].shape[:2]
+        results['num_views'] = num_views
+        results['ori_cam2img'] = results['cam2img'].copy()
+        results['ori_lidar2img'] = results['lidar2img'].copy()
+        results['img_aug_matrix'] = np.tile(np.eye(4), (num_views, 1, 1))
+        return results
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(backend_args={self.backend_args})'
+
+
+@TRANSFORMS.register_module()
+class LoadXrayAnnotations3D(BaseTransform):
+    """Copy a case's annotations from ``ann_info`` to the top level of ``results``.
+
+    Added keys (see ``MV2DXrayDataset.parse_ann_info``): ``gt_bboxes_3d``
+    (``LiDARInstance3DBoxes`` ``(M, 7)``), ``gt_labels_3d`` ``(M,)``; the findings' 2D boxes
+    ``gt_bboxes`` ``(K, 4)`` with ``gt_bboxes_labels``, ``gt_bboxes_view_ids``,
+    ``gt_bboxes_instance_ids_3d`` ``(K,)``; ignore-region 2D boxes ``ignore_bboxes``
+    ``(J, 4)`` with ``ignore_bboxes_labels``, ``ignore_bboxes_view_ids`` ``(J,)``.
+    """
+
+    def transform(self, results: dict) -> dict:
+        ann_info = results['ann_info']
+        for key in ANN_KEYS:
+            results[key] = ann_info[key]
+        return results
