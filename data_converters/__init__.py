@@ -9,8 +9,8 @@ Modules:
 * ``volume`` -- CT volumes in pylidc's index order, the ``ct`` frame, DICOM and NIfTI
   readers;
 * ``findings`` -- nodules as voxel masks, their 3D / 2D boxes, pylidc labels;
-* ``render`` -- DRR rendering (DiffDRR); ``subvolume`` -- renders of small density
-  differences placed in a volume (the demo's linearity trick);
+* ``render`` -- DRR rendering (DiffDRR), one linear operator of the CT's densities (a
+  block of a volume renders on its own: the demo's linearity trick);
 * ``lidc`` / ``demo`` -- the two sources of cases; ``runner`` -- parallel, resumable,
   sharded runs and the split files; ``storage`` -- atomic writes and per-case results.
 """

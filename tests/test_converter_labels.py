@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_converters.findings import Finding, LabelRule, scan_nodules
-from data_converters.subvolume import render_subvolume
+from data_converters.render import XrayRenderer
 from data_converters.volume import index_to_ct, load_example_ct
 from projects.mv2d_xray.compat import pylidc as pl
 from projects.mv2d_xray.geometry import XrayGeometry, project_boxes3d, project_points
@@ -97,8 +97,10 @@ def test_2d_box_is_tight_against_a_render_of_the_mask():
     image every pixel, so a box edge may lie up to about a pixel beyond the last hit)."""
     geometry = XrayGeometry(num_views=6, image_size=(128, 128))
     (nodule,) = scan_nodules(_scan('LIDC-IDRI-0001'), LabelRule(), 'LIDC-IDRI-0001')
-    images = render_subvolume(nodule.mask.astype(np.float32), nodule.offset, SHAPE, SPACING,
-                              geometry)
+    # exact voxel-by-voxel line integrals (Siddon at full resolution) of the mask alone
+    renderer = XrayRenderer(geometry, renderer='siddon', resample=False)
+    images = renderer.render_density(nodule.mask.astype(np.float32), SPACING,
+                                     offset=nodule.offset, volume_shape=SHAPE)
     boxes = nodule.boxes2d(geometry, geometry.view_matrices()['lidar2img'], SHAPE, SPACING)
     for image, box in zip(images, boxes):
         rows, cols = np.nonzero(image > 1e-4)
