@@ -9,3 +9,6 @@ install:  ## create or reuse .venv and install the stack (idempotent)
 
 test: install  ## run the test suite
 	$(PYTHON) -m pytest tests
+
+demo: install  ## offline demo: demo dataset -> training -> test -> picture (work_dirs/demo)
+	PYTHON=$(PYTHON) bash tools/demo.sh

@@ -31,6 +31,30 @@ def load_config(path: str, cfg_options=None):
     return cfg
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the dataset's "data and config disagree" error."""
+    try:
+        from projects.mv2d_xray.mv2d_xray.datasets import XrayDataError
+    except ImportError:
+        return False
+    return isinstance(exc, XrayDataError)
+
+
+def run_main(main) -> None:
+    """Run a tool's ``main``. Known input errors -- a missing file, data that disagree
+    with the config (number of views, classes, format version) -- end as one line on
+    stderr; anything else keeps its traceback."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, ValueError) and not _is_data_error(exc):
+            raise
+        # errors raised in a data-loader worker arrive with the worker's traceback in
+        # the message: its last line is the original error
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        fail(lines[-1])
+
+
 def set_local_rank(local_rank: int) -> None:
     # torchrun / torch.distributed.launch pass --local-rank; mmengine reads LOCAL_RANK.
     os.environ.setdefault('LOCAL_RANK', str(local_rank))

@@ -10,7 +10,7 @@ import argparse
 import inspect
 import os.path as osp
 
-from _common import default_work_dir, fail, load_config, set_local_rank
+from _common import default_work_dir, fail, load_config, run_main, set_local_rank
 
 
 def parse_args():
@@ -61,4 +61,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -9,7 +9,7 @@ processes use ``tools/dist_train.sh CONFIG NPROC``.
 import argparse
 import logging
 
-from _common import default_work_dir, fail, load_config, set_local_rank
+from _common import default_work_dir, fail, load_config, run_main, set_local_rank
 
 
 def parse_args():
@@ -69,4 +69,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -11,18 +11,17 @@ Data flow for a batch of ``B`` scenes with ``V`` views each:
 3. 3D stage (:class:`MV2DXrayRoIHead`): one query per detection, sparse multi-view
    attention, 3D boxes in ``ct`` mm.
 
-Losses (the paper's ``L = L_2D + 0.1 L_3D``, in MV2D's configuration):
+Losses (the paper's ``L = L_2D + 0.1 L_3D``):
 
 * ``det_loss_rpn_cls`` + ``det_loss_rpn_bbox`` + ``det_loss_cls`` + ``det_loss_bbox``:
   the 2D detector's own losses at their mmdet weights (1 each): ``L_2D``;
 * ``l{i}.loss_cls`` and ``l{i}.loss_bbox`` for every decoder layer ``i`` (6), each with
-  its own Hungarian matching: ``stage_loss_weights[i] * (2.0 * focal + 0.25 * L1)``
-  with ``stage_loss_weights = [0.1] * 6``, ``loss_cls`` = sigmoid focal loss
-  (alpha 0.25, gamma 2, ``loss_weight`` 2.0) and ``loss_bbox`` = L1 (``loss_weight``
-  0.25) on code-weighted box codes. The 0.1 of the paper is the per-layer stage
-  weight; 2.0 / 0.25 are the head's loss weights, matched by the assigner's cost
-  weights (``FocalLossCost`` 2.0, ``MV2DXrayBBox3DL1Cost`` 0.25), as in MV2D's
-  configs.
+  its own Hungarian matching: ``stage_loss_weights[i] * (w_cls * focal + w_reg * L1)``
+  with ``loss_cls`` = sigmoid focal loss (alpha 0.25, gamma 2) and ``loss_bbox`` = L1 on
+  code-weighted box codes. The configs in ``configs/mv2d_xray`` use the paper's weights:
+  ``stage_loss_weights = [0.1] * 6``, ``w_cls = 0.25``, ``w_reg = 1.0``, with matching
+  costs that mirror them (``FocalLossCost`` 0.25, ``MV2DXrayBBox3DL1Cost`` 1.0); the
+  head's defaults are those of MV2D's configs (``w_cls = 2.0``, ``w_reg = 0.25``).
 
 Inference: the last layer's queries are decoded NMS-free, then duplicates of the same
 finding coming from different views are suppressed by centre distance
@@ -40,7 +39,7 @@ from torch import Tensor
 
 from mmdet3d.models.detectors import Base3DDetector
 from mmdet3d.registry import MODELS
-from mmdet3d.structures import Det3DDataSample
+from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from .grid_mask import XrayGridMask
 from .mv2d_roi_head import _as_hw
 
@@ -53,7 +52,11 @@ class MV2DXray(Base3DDetector):
         base_detector (dict): The 2D detector, e.g. ``dict(type='MV2DXrayTwoStage2D',
             backbone=dict(type='mmdet.ResNet', ...), neck=dict(type='mmdet.FPN', ...),
             rpn_head=..., roi_head=..., train_cfg=..., test_cfg=...)``.
-        roi_head (dict): :class:`MV2DXrayRoIHead` config.
+        roi_head (dict, optional): :class:`MV2DXrayRoIHead` config. None switches the
+            3D stage off: the model trains and predicts the 2D detector alone
+            (``pred_instances_3d`` empty), with the same parameter names, so its
+            checkpoint initialises a full model through ``load_from`` (the 2D-stage
+            pre-training configs).
         neck (dict, optional): Extra neck applied to the detector's features before
             the 3D head (MV2D re-projects one FPN level). Defaults to None: the
             detector's FPN levels are used directly.
@@ -72,7 +75,7 @@ class MV2DXray(Base3DDetector):
 
     def __init__(self,
                  base_detector: dict,
-                 roi_head: dict,
+                 roi_head: Optional[dict],
                  neck: Optional[dict] = None,
                  use_grid_mask: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
@@ -85,10 +88,12 @@ class MV2DXray(Base3DDetector):
         self.neck = MODELS.build(neck) if neck is not None else None
         self.train_cfg = train_cfg if train_cfg is not None else dict()
         self.test_cfg = test_cfg if test_cfg is not None else dict()
-        roi_head = copy.deepcopy(dict(roi_head))
-        roi_head.update(train_cfg=self.train_cfg.get('rcnn'),
-                        test_cfg=self.test_cfg.get('rcnn'))
-        self.roi_head = MODELS.build(roi_head)
+        self.roi_head = None
+        if roi_head is not None:
+            roi_head = copy.deepcopy(dict(roi_head))
+            roi_head.update(train_cfg=self.train_cfg.get('rcnn'),
+                            test_cfg=self.test_cfg.get('rcnn'))
+            self.roi_head = MODELS.build(roi_head)
         self.grid_mask = (XrayGridMask(**use_grid_mask)
                           if use_grid_mask is not None else None)
 
@@ -222,6 +227,8 @@ class MV2DXray(Base3DDetector):
             f'det_{key}': value for key, value in
             self.base_detector.loss_by_feat(feats, view_samples).items()
         }
+        if self.roi_head is None:  # 2D stage only
+            return losses
         cfg = self.train_cfg['detection_proposal']
         dets = self.detect_2d(feats, view_samples, cfg)
         if self.train_cfg.get('complement_2d_gt', -1) > 0:
@@ -254,9 +261,18 @@ class MV2DXray(Base3DDetector):
         feats = self.extract_feat(imgs)
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
-        rois = bbox2roi([det.bboxes for det in dets])
-        results_3d = self.roi_head.predict(self._feats_3d(feats), rois, metas,
-                                           num_views)
+        if self.roi_head is None:  # 2D stage only: no 3D boxes
+            results_3d = [
+                InstanceData(bboxes_3d=LiDARInstance3DBoxes(
+                    imgs.new_zeros((0, 7)), box_dim=7, with_yaw=False),
+                             scores_3d=imgs.new_zeros((0, )),
+                             labels_3d=imgs.new_zeros((0, ), dtype=torch.long))
+                for _ in batch_data_samples
+            ]
+        else:
+            rois = bbox2roi([det.bboxes for det in dets])
+            results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
+                                               metas, num_views)
         results_2d = []
         for start in range(0, len(dets), num_views):
             views = dets[start:start + num_views]
@@ -272,12 +288,15 @@ class MV2DXray(Base3DDetector):
     def _forward(self, batch_inputs_dict: dict,
                  batch_data_samples: Optional[List[Det3DDataSample]] = None,
                  **kwargs) -> Tuple[Tensor, Tensor]:
-        """Raw head outputs ``(all_cls_scores, all_codes)`` (tensor mode)."""
+        """Raw head outputs ``(all_cls_scores, all_codes)`` (tensor mode); without
+        the 3D stage, the 2D detector's features."""
         imgs = batch_inputs_dict['imgs']
         num_views = imgs.shape[1]
         metas = [sample.metainfo for sample in batch_data_samples]
         view_samples = self._view_samples(batch_data_samples, num_views, False)
         feats = self.extract_feat(imgs)
+        if self.roi_head is None:
+            return feats
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
         dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))

@@ -1,0 +1,27 @@
+# The demo's 2D stage: the Faster R-CNN of mv2d_r18_fpn_1xb1-10e_demo-256.py trained
+# alone, from scratch, on the per-view nodule boxes of the demo dataset (the 3D head is
+# switched off). Its checkpoint starts the full demo model (`load_from`; the parameter
+# names are the same). See mv2d-2d-stage_r50_fpn_1xb1-12e_lidc-1024.py.
+_base_ = ['./mv2d_r18_fpn_1xb1-10e_demo-256.py']
+
+work_dir = 'work_dirs/demo/2d-stage'
+
+model = dict(roi_head=None)
+
+# -- schedule: from scratch, so the backbone learns at the full rate ---------------------------
+max_epochs = 12
+optim_wrapper = dict(
+    optimizer=dict(lr=2e-3),
+    paramwise_cfg=dict(custom_keys={'base_detector.backbone': dict(lr_mult=1.0)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=50),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs,
+        eta_min_ratio=1e-3,
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        convert_to_iter_based=True)
+]
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)

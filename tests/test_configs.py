@@ -1,0 +1,185 @@
+"""The configs in ``configs/mv2d_xray``: they load with their ``custom_imports`` and build,
+their settings agree with each other, and the 2D-stage checkpoint initialises the full
+model's 2D stage."""
+import copy
+import glob
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+from conftest import REPO_ROOT
+
+CONFIG_DIR = osp.join(REPO_ROOT, 'configs', 'mv2d_xray')
+CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, '*.py')))
+PAPER = 'mv2d_r50_fpn_1xb1-24e_lidc-1024.py'
+STAGE_2D = 'mv2d-2d-stage_r50_fpn_1xb1-12e_lidc-1024.py'
+DEMO = 'mv2d_r18_fpn_1xb1-10e_demo-256.py'
+DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py'
+
+
+def load(name: str) -> Config:
+    return Config.fromfile(osp.join(CONFIG_DIR, name))
+
+
+def build_model(cfg: Config):
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401
+    from mmdet3d.registry import MODELS
+    init_default_scope('mmdet3d')
+    torch.manual_seed(0)
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()
+    return model
+
+
+def test_the_configs_are_there():
+    assert {PAPER, STAGE_2D, DEMO, DEMO_2D} <= set(CONFIGS)
+
+
+def test_custom_imports_register_the_plugin_in_a_fresh_process(demo_dataset):
+    """Loading a config is all it takes: its ``custom_imports`` registers the plugin, then
+    the model and the dataset build from the registries (issue 2, item 5)."""
+    code = '\n'.join([
+        'import sys',
+        'from mmdet3d.registry import DATASETS, MODELS',
+        "assert 'MV2DXray' not in MODELS.module_dict",
+        "assert 'projects.mv2d_xray.mv2d_xray' not in sys.modules",
+        'from mmengine.config import Config',
+        'from mmengine.registry import init_default_scope',
+        'cfg = Config.fromfile(sys.argv[1])',
+        'init_default_scope(cfg.default_scope)',
+        'model = MODELS.build(cfg.model)',
+        'cfg.val_dataloader.dataset.data_root = sys.argv[2]',
+        'dataset = DATASETS.build(cfg.val_dataloader.dataset)',
+        'print(type(model).__name__, type(dataset).__name__, len(dataset))',
+    ])
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    out = subprocess.run(
+        [sys.executable, '-c', code, osp.join(CONFIG_DIR, DEMO), demo_dataset.root],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-3:] == ['MV2DXray', 'MV2DXrayDataset',
+                                       str(len(demo_dataset.tokens['val']))]
+
+
+def _find(pipeline, type_name):
+    return [t for t in pipeline if t['type'] == type_name]
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_settings_agree(name):
+    """What the acquisition fixes must agree everywhere it appears: image size in the
+    pipelines, views and classes in the datasets, ranges and class counts in the model,
+    one stage weight per decoder layer, the evaluator on the validation pickle."""
+    cfg = load(name)
+    model = cfg.model
+    assert model.base_detector.roi_head.bbox_head.num_classes == len(cfg.class_names)
+    for split in ('train', 'val', 'test'):
+        dataset = cfg[f'{split}_dataloader'].dataset
+        assert dataset.num_views == cfg.num_views
+        assert list(dataset.metainfo.classes) == list(cfg.class_names)
+        for resize in _find(dataset.pipeline, 'XrayResizeCropFlip'):
+            assert tuple(resize.img_scale) == tuple(cfg.img_size)
+    val = cfg.val_dataloader.dataset
+    assert cfg.val_evaluator.ann_file == val.data_root + val.ann_file
+    assert cfg.test_evaluator == cfg.val_evaluator
+    if model.roi_head is None:
+        return
+    head = model.roi_head
+    depth = (cfg.sod_mm - cfg.body_radius_mm, cfg.sod_mm + cfg.body_radius_mm)
+    assert tuple(head.positional_encoding.depth_range) == depth
+    assert tuple(head.box_correlation.depth_range) == depth
+    coder = head.bbox_head.bbox_coder
+    assert coder.pc_range == head.positional_encoding.position_range == \
+        coder.post_center_range == cfg.point_cloud_range
+    assert head.bbox_head.num_classes == coder.num_classes == len(cfg.class_names)
+    num_layers = head.bbox_head.transformer.num_layers
+    assert len(model.train_cfg.rcnn.stage_loss_weights) == num_layers
+    # the 3D RoI extractor reads the detector's FPN levels
+    strides = model.base_detector.rpn_head.anchor_generator.strides
+    assert set(head.bbox_roi_extractor.featmap_strides) <= set(strides)
+    assert head.bbox_roi_extractor.out_channels == model.base_detector.neck.out_channels
+
+
+def test_paper_config_is_the_paper_setting():
+    cfg = load(PAPER)
+    assert cfg.num_views == 10 and tuple(cfg.img_size) == (1024, 1024)
+    assert cfg.model.base_detector.backbone.depth == 50
+    assert cfg.model.base_detector.backbone.dcn is None
+    assert cfg.train_dataloader.batch_size == 1
+    assert cfg.train_dataloader.dataset.data_root == 'data/lidc/'
+    optim = cfg.optim_wrapper
+    assert (optim.optimizer.type, optim.optimizer.lr, optim.optimizer.weight_decay) == \
+        ('AdamW', 2e-4, 0.01)
+    assert optim.paramwise_cfg.custom_keys['base_detector.backbone'].lr_mult == 0.25
+    assert optim.clip_grad.max_norm == 35
+    warmup, cosine = cfg.param_scheduler
+    assert (warmup.type, warmup.end, warmup.by_epoch) == ('LinearLR', 500, False)
+    assert np.isclose(warmup.start_factor, 1 / 3)
+    assert (cosine.type, cosine.eta_min_ratio, cosine.end) == ('CosineAnnealingLR', 1e-3, 24)
+    assert cfg.train_cfg.max_epochs == 24
+    # L = L_2D + 0.1 L_3D with L_3D = 0.25 L_cls + L_reg, per decoder layer
+    head = cfg.model.roi_head.bbox_head
+    assert set(cfg.model.train_cfg.rcnn.stage_loss_weights) == {0.1}
+    assert (head.loss_cls.loss_weight, head.loss_bbox.loss_weight) == (0.25, 1.0)
+
+
+@pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO)])
+def test_2d_stage_checkpoint_initialises_the_full_model(tmp_path, name_2d, name):
+    """The 2D-stage config's parameters are exactly the full model's 2D stage: a checkpoint
+    of it loads through ``load_from`` (mmengine, non-strict) into every ``base_detector``
+    weight and leaves the 3D head as it was."""
+    from mmengine.runner import load_checkpoint
+    from mmengine.runner.checkpoint import save_checkpoint
+    stage_2d = build_model(load(name_2d))
+    full = build_model(load(name))
+    state_2d, state_full = stage_2d.state_dict(), full.state_dict()
+    assert set(state_2d) == {k for k in state_full if k.startswith('base_detector.')} | \
+        {k for k in state_2d if k.startswith('data_preprocessor.')}
+    assert all(state_2d[k].shape == state_full[k].shape for k in state_2d)
+    assert all(k.startswith(('base_detector.', 'roi_head.', 'data_preprocessor.'))
+               for k in state_full)
+
+    with torch.no_grad():  # make the 2D weights recognisable
+        for param in stage_2d.parameters():
+            param.add_(1.0)
+    head_before = {k: v.clone() for k, v in full.state_dict().items()
+                   if k.startswith('roi_head.')}
+    path = str(tmp_path / 'stage_2d.pth')
+    save_checkpoint({'state_dict': stage_2d.state_dict(), 'meta': {}}, path)
+    load_checkpoint(full, path, map_location='cpu', strict=False)
+    loaded = full.state_dict()
+    for key, value in stage_2d.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+    for key, value in head_before.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_2d_stage_model_trains_and_predicts_2d_only():
+    """With ``roi_head=None`` the model has the 2D losses only and predicts per-view 2D
+    detections with empty 3D results (what the metric's 2D evaluation reads)."""
+    from mv2d_test_utils import make_batch, tiny_mv2d_config
+    cfg = tiny_mv2d_config()
+    cfg['roi_head'] = None
+    model = build_model(Config(dict(model=cfg)))
+    model.train()
+    data = model.data_preprocessor(make_batch(4, [2, 0], seed=3), True)
+    losses = model(**data, mode='loss')
+    assert losses and all(key.startswith('det_') for key in losses)
+    total, _ = model.parse_losses(losses)
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(make_batch(4, [2, 0], seed=3), False),
+                        mode='predict')
+    for result in results:
+        assert len(result.pred_instances_3d.scores_3d) == 0
+        assert result.pred_instances_3d.bboxes_3d.tensor.shape == (0, 7)
+        assert set(result.pred_instances.keys()) >= {'bboxes', 'scores', 'labels',
+                                                       'view_ids'}
