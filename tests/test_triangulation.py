@@ -3,11 +3,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from projects.mv2d_xray.geometry import project_points
+from projects.mv2d_xray.geometry import project_points, triangulate_points
 from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
     TriangulationConfig, ct_bounds, fit_box_size, refine_point, reprojection_errors,
-    source_positions, triangulate_case, triangulate_linear)
+    source_positions, triangulate_case)
 from xray_eval_fake_data import (DEFAULT_EVAL_CASES, eval_geometry, run_tool,
                                  silhouette_box, write_eval_dataset)
 
@@ -27,11 +28,20 @@ def test_linear_triangulation_is_exact_without_noise(lidar2img):
     points = rng.uniform(-80, 80, (20, 3))
     uv, _ = project_points(lidar2img, points[None])                   # (V, P, 2)
     for p in range(len(points)):
-        np.testing.assert_allclose(triangulate_linear(lidar2img, uv[:, p]), points[p],
+        np.testing.assert_allclose(triangulate_points(lidar2img, uv[:, p]), points[p],
                                    atol=1e-6)
         # two views 72 degrees apart suffice
-        np.testing.assert_allclose(triangulate_linear(lidar2img[[0, 2]], uv[[0, 2], p]),
+        np.testing.assert_allclose(triangulate_points(lidar2img[[0, 2]], uv[[0, 2], p]),
                                    points[p], atol=1e-6)
+        # torch, with weights: a zero-weight view with a wrong point is left out
+        wrong = uv[:, p].copy()
+        wrong[1] += 40.0
+        weights = np.ones(len(lidar2img))
+        weights[1] = 0.0
+        point = triangulate_points(torch.from_numpy(lidar2img), torch.from_numpy(wrong),
+                                   torch.from_numpy(weights))
+        assert isinstance(point, torch.Tensor)
+        np.testing.assert_allclose(point.numpy(), points[p], atol=1e-6)
 
 
 def test_sources_and_refinement(lidar2img):
@@ -43,7 +53,7 @@ def test_sources_and_refinement(lidar2img):
     point = np.array([12.0, -7.0, 30.0])
     uv, _ = project_points(lidar2img, point[None].repeat(len(lidar2img), 0)[:, None])
     noisy = uv[:, 0] + rng.normal(0, 1.0, (len(lidar2img), 2))
-    linear = triangulate_linear(lidar2img, noisy)
+    linear = triangulate_points(lidar2img, noisy)
     refined = refine_point(lidar2img, noisy, linear)
     # Levenberg-Marquardt lowers the reprojection error of the linear solution
     assert np.sum(reprojection_errors(lidar2img, noisy, refined) ** 2) <= \

@@ -224,6 +224,56 @@ def unproject_points(lidar2img, uv, depth):
     return (inv[..., None, :, :] @ hom[..., None])[..., :3, 0]
 
 
+def ray_planes(lidar2img, uv):
+    """The two planes through each view's source and image point ``uv``, as rows
+    ``[n, -d]`` with ``|n| = 1``, so that ``n . X + row[3]`` is the signed distance (mm)
+    of a ct point ``X`` to the plane; together they pin down the ray.
+
+    Args:
+        lidar2img: ``(..., 4, 4)`` ct -> img matrices.
+        uv: ``(..., 2)`` image points.
+
+    Returns:
+        ``(..., 2, 4)`` plane rows.
+    """
+    p = lidar2img[..., :3, :]
+    rows = [uv[..., 0, None] * p[..., 2, :] - p[..., 0, :],
+            uv[..., 1, None] * p[..., 2, :] - p[..., 1, :]]
+    if _is_torch(uv):
+        import torch
+        rows = torch.stack(rows, dim=-2)
+        return rows / torch.linalg.norm(rows[..., :3], dim=-1, keepdim=True)
+    rows = np.stack(rows, axis=-2)
+    return rows / np.linalg.norm(rows[..., :3], axis=-1, keepdims=True)
+
+
+def triangulate_points(lidar2img, uv, weights=None):
+    """Linear least-squares triangulation: the ct point closest (in mm, summed squared
+    distances) to the rays through each view's source and image point.
+
+    Args:
+        lidar2img: ``(..., V, 4, 4)`` ct -> img matrices of the views.
+        uv: ``(..., V, 2)`` image points.
+        weights: ``(..., V)`` non-negative weight of each view (0 leaves a view out),
+            optional. At least two views with non-parallel rays must be weighted.
+
+    Returns:
+        ``(..., 3)`` ct points in mm.
+    """
+    rows = ray_planes(lidar2img, uv)                                   # (..., V, 2, 4)
+    if weights is not None:
+        rows = rows * weights[..., None, None]
+    rows = rows.reshape(*rows.shape[:-3], -1, 4)                       # (..., 2V, 4)
+    a, b = rows[..., :3], -rows[..., 3:]
+    if _is_torch(uv):
+        import torch
+        ata = a.transpose(-1, -2) @ a
+        eye = torch.eye(3, dtype=ata.dtype, device=ata.device)
+        return torch.linalg.solve(ata + 1e-9 * eye, a.transpose(-1, -2) @ b)[..., 0]
+    ata = np.swapaxes(a, -1, -2) @ a
+    return np.linalg.solve(ata + 1e-9 * np.eye(3), np.swapaxes(a, -1, -2) @ b)[..., 0]
+
+
 def box3d_corners(boxes):
     """Corners of 3D boxes ``[x, y, z, dx, dy, dz, yaw]`` (centre, full extents, yaw about
     z), shape ``(..., 7)`` -> ``(..., 8, 3)``."""

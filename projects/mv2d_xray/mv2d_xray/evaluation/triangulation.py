@@ -46,7 +46,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import project_points, unproject_points
+from projects.mv2d_xray.geometry import project_points, triangulate_points, unproject_points
 
 
 @dataclass
@@ -85,34 +85,6 @@ def _project(lidar2img: np.ndarray, points: np.ndarray) -> tuple:
     ``uv`` ``(..., 2)`` and ``depth`` ``(...)`` (:func:`project_points`)."""
     uv, depth = project_points(lidar2img, points[..., None, :])
     return uv[..., 0, :], depth[..., 0]
-
-
-def _planes(lidar2img: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """The two planes through the source and image point ``uv`` of each view, as rows
-    ``[n, -d]`` with ``|n| = 1``: ``(..., 2, 4)`` for ``lidar2img`` ``(..., 4, 4)`` and
-    ``uv`` ``(..., 2)``. ``n . X + row[3]`` is the signed distance (mm) of X to a plane."""
-    p = lidar2img[..., :3, :]
-    rows = np.stack([uv[..., 0, None] * p[..., 2, :] - p[..., 0, :],
-                     uv[..., 1, None] * p[..., 2, :] - p[..., 1, :]], axis=-2)
-    return rows / np.linalg.norm(rows[..., :3], axis=-1, keepdims=True)
-
-
-def triangulate_linear(lidar2img: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Linear least-squares triangulation: the ct point closest (in mm) to the planes
-    through each view's source and image point.
-
-    Args:
-        lidar2img: ``(..., V, 4, 4)`` (V >= 2 views).
-        uv: ``(..., V, 2)`` image points.
-
-    Returns:
-        ``(..., 3)`` ct points.
-    """
-    rows = _planes(lidar2img, uv).reshape(*uv.shape[:-2], -1, 4)       # (..., 2V, 4)
-    a, b = rows[..., :3], -rows[..., 3]
-    ata = np.swapaxes(a, -1, -2) @ a
-    atb = (np.swapaxes(a, -1, -2) @ b[..., None])[..., 0]
-    return np.linalg.solve(ata + 1e-9 * np.eye(3), atb[..., None])[..., 0]
 
 
 def refine_point(lidar2img: np.ndarray, uv: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -226,7 +198,7 @@ def _refine(lidar2img, dets, member, point, pool):
     for _ in range(2):
         views = np.flatnonzero(member >= 0)
         uv = dets.centre[views, member[views]]
-        point = triangulate_linear(lidar2img[views], uv)
+        point = triangulate_points(lidar2img[views], uv)
         point = refine_point(lidar2img[views], uv, point)
         new_member, error = _support(point[None], lidar2img, dets, pool)
         if (new_member[0] >= 0).sum() < 2:
@@ -234,7 +206,7 @@ def _refine(lidar2img, dets, member, point, pool):
         member = new_member[0]
     views = np.flatnonzero(member >= 0)
     uv = dets.centre[views, member[views]]
-    point = refine_point(lidar2img[views], uv, triangulate_linear(lidar2img[views], uv))
+    point = refine_point(lidar2img[views], uv, triangulate_points(lidar2img[views], uv))
     return point, member, reprojection_errors(lidar2img[views], uv, point)
 
 
@@ -343,7 +315,7 @@ class _Hypotheses:
             ka, kb = (k.ravel() for k in np.meshgrid(ia, ib, indexing='ij'))
             mats = np.stack([lidar2img[a], lidar2img[b]])[None].repeat(len(ka), 0)
             uv = np.stack([dets.centre[a, ka], dets.centre[b, kb]], axis=1)
-            seeds = triangulate_linear(mats, uv)                              # (P, 3)
+            seeds = triangulate_points(mats, uv)                              # (P, 3)
             ray_a, ray_b = seeds - sources[a], seeds - sources[b]
             cos = np.sum(ray_a * ray_b, -1) / (np.linalg.norm(ray_a, axis=-1) *
                                                np.linalg.norm(ray_b, axis=-1) + 1e-12)
