@@ -114,6 +114,7 @@ def tiny_mv2d_config(num_layers: int = 6) -> dict:
         box_correlation=dict(
             type='MV2DXrayBoxCorrelation', correlation_mode='topk_matched:1',
             num_depth=16, depth_range=DEPTH_RANGE),
+        merge_dist_mm=10.0,
         bbox_head=dict(
             type='MV2DXrayCrossAttentionHead', num_classes=1, embed_dims=dims,
             transformer=dict(type='MV2DXrayTransformer', num_layers=num_layers,

@@ -20,7 +20,7 @@ CONFIG_DIR = osp.join(REPO_ROOT, 'configs', 'mv2d_xray')
 CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, '*.py')))
 PAPER = 'mv2d_r50_fpn_1xb1-24e_lidc-1024.py'
 STAGE_2D = 'mv2d-2d-stage_r50_fpn_1xb1-12e_lidc-1024.py'
-DEMO = 'mv2d_r18_fpn_1xb1-10e_demo-256.py'
+DEMO = 'mv2d_r18_fpn_1xb1-30e_demo-256.py'
 DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py'
 
 

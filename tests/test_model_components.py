@@ -9,13 +9,14 @@ import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from mmdet3d.registry import MODELS, TASK_UTILS
 from projects.mv2d_xray.geometry import (XrayGeometry, apply_image_aug,
                                          image_aug_matrix, project_boxes3d,
-                                         project_points)
+                                         project_points, triangulate_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation,
                                                  MV2DXrayNMSFreeCoder,
                                                  center_distance_nms)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
-from mv2d_test_utils import DEPTH_RANGE, PC_RANGE, make_geometry
+from mv2d_test_utils import (DEPTH_RANGE, PC_RANGE, make_geometry,
+                             tiny_mv2d_config)
 
 init_default_scope('mmdet3d')
 
@@ -80,6 +81,81 @@ def test_query_generator_starts_on_the_ray_at_the_isocentre_depth():
     # tiny boxes carry no intrinsics feature
     assert generator.intrinsic_feats(bboxes, cam2img)[3].abs().sum() == 0
     assert generator.intrinsic_feats(bboxes, cam2img)[0].abs().sum() > 0
+
+
+# -- depth priors and query merging ---------------------------------------------------
+def _prior_scene(num_views: int):
+    """Three findings (ct points) seen in every view as 8 px boxes centred on their
+    exact projections, plus one lone detection (view 0 only). Returns the RoI head of
+    the tiny test config, the boxes ``(R, 4)``, their view ids, all views'
+    ``lidar2img``, the image shape and the points."""
+    geometry = make_geometry(num_views, image_size=(256, 256),
+                             pixel_spacing_mm=1.5625)
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    points = np.array([[-25., 20., -60.], [30., -15., 0.], [5., 25., 60.]])
+    uv, _ = project_points(lidar2img.numpy(), points[None])          # (V, 3, 2)
+    centres = np.concatenate([uv.reshape(-1, 2), [[20.0, 230.0]]])
+    view_ids = np.concatenate([np.repeat(np.arange(num_views), 3), [0]])
+    bboxes = np.concatenate([centres - 4, centres + 4], axis=1)
+    head = MODELS.build(tiny_mv2d_config()['roi_head'])
+    return (head, torch.from_numpy(bboxes).float(), torch.from_numpy(view_ids),
+            lidar2img, geometry.image_size, points)
+
+
+def _priors(head, bboxes, view_ids, lidar2img, shape):
+    scene_ids = torch.zeros_like(view_ids)
+    corr, mask = head.correlate(bboxes, scene_ids, view_ids, lidar2img[None],
+                                [shape], 1)
+    return head.triangulate_priors(bboxes, lidar2img, view_ids, corr, mask)
+
+
+@pytest.mark.parametrize('num_views', [3, 10])
+def test_triangulated_priors_are_exact_and_fall_back_on_the_ray(num_views):
+    head, bboxes, view_ids, lidar2img, shape, points = _prior_scene(num_views)
+    prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
+    assert ok[:-1].all()
+    truth = torch.from_numpy(points).float().repeat(num_views, 1)
+    assert (prior[:-1] - truth).norm(dim=1).max() <= 1e-3
+    # the lone detection has no partner: its box centre's ray at the isocentre depth
+    assert not ok[-1]
+    uv, depth = project_points(lidar2img[0].double(), prior[-1:].double())
+    assert torch.allclose(uv[0].float(), torch.tensor([20.0, 230.0]), atol=1e-3)
+    assert abs(float(depth[0]) - 300.0) <= 1e-3
+
+
+def test_triangulated_prior_resists_a_wrong_partner():
+    """One view's box of a finding is 40 px off (about 30 mm at the isocentre): the
+    reweighted prior stays much closer to the finding than plain least squares."""
+    head, bboxes, view_ids, lidar2img, shape, points = _prior_scene(10)
+    bboxes[3 * 4, [0, 2]] += 40.0                    # finding 0 in view 4
+    prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
+    truth = torch.from_numpy(points[0]).float()
+    robust = (prior[0] - truth).norm()
+    own = bboxes[0:30:3]                             # finding 0 in views 0..9
+    centres = (own[:, :2] + own[:, 2:]) / 2
+    plain = triangulate_points(lidar2img, centres.double()).float()
+    assert ok[0] and robust < 1.0 < (plain - truth).norm()
+
+
+def test_merging_keeps_one_query_per_finding_the_best_scoring():
+    head, bboxes, view_ids, lidar2img, shape, points = _prior_scene(10)
+    prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
+    scene_ids = torch.zeros_like(view_ids)
+    scores = torch.rand(len(bboxes), generator=torch.Generator().manual_seed(0))
+    assert head.merge_dist_mm == 10.0
+    keep = head.merge_queries(prior, ok, scene_ids, scores)
+    finding = torch.arange(len(bboxes)) % 3
+    # one query per finding, its best-scoring detection, and the lone detection
+    assert len(keep) == 4 and keep[-1] == len(bboxes) - 1
+    for k in range(3):
+        members = (finding[:-1] == k).nonzero()[:, 0]
+        assert members[scores[members].argmax()] in keep[:-1]
+    # two scenes never merge; without merge_dist_mm every RoI is a query
+    two_scenes = torch.cat([torch.zeros(15), torch.ones(16)]).long()
+    assert len(head.merge_queries(prior, ok, two_scenes, scores)) > 4
+    head.merge_dist_mm = None
+    assert torch.equal(head.merge_queries(prior, ok, scene_ids, scores),
+                       torch.arange(len(bboxes)))
 
 
 # -- box correlation ------------------------------------------------------------------
@@ -172,6 +248,37 @@ def test_focal_cost_prefers_confident_queries():
         InstanceData(scores=torch.tensor([[3.0], [0.0], [-3.0]])),
         InstanceData(labels=torch.zeros(1, dtype=torch.long)))
     assert cost[0, 0] < cost[1, 0] < cost[2, 0]
+
+
+@pytest.mark.parametrize('extra_pos_radius', [None, 1.0])
+def test_targets_one_to_one_or_every_query_on_a_finding(extra_pos_radius):
+    """One 20 mm finding at (10, 0, 0) mm: query 0 is matched; query 1 sits 6 mm from
+    the finding (within its 10 mm radius), query 2 22 mm away. One-to-one matching
+    makes only query 0 a positive; with ``extra_pos_radius=1`` query 1 is one too,
+    with the finding's box as its target."""
+    head = MODELS.build(
+        dict(type='MV2DXrayCrossAttentionHead', embed_dims=16,
+             transformer=dict(type='MV2DXrayTransformer', num_layers=1,
+                              embed_dims=16, num_heads=2, feedforward_channels=32),
+             bbox_coder=dict(type='MV2DXrayNMSFreeCoder', pc_range=PC_RANGE),
+             train_cfg=dict(assigner=dict(
+                 type='MV2DXrayHungarianAssigner3D',
+                 match_costs=[dict(type='mmdet.FocalLossCost', weight=2.0),
+                              dict(type='MV2DXrayBBox3DL1Cost', weight=0.25)]),
+                 extra_pos_radius=extra_pos_radius)))
+    coder = head.bbox_coder
+    gt = coder.encode(torch.tensor([[10., 0., 0., 20., 20., 20.]]))
+    preds = coder.encode(torch.tensor([[10., 0., 0., 20., 20., 20.],
+                                       [16., 0., 0., 20., 20., 20.],
+                                       [10., 22., 0., 20., 20., 20.]]))
+    labels, targets, weights, num_pos = head.get_targets_single(
+        torch.zeros(3, 1), preds, gt, torch.zeros(1, dtype=torch.long))
+    positives = [0, 1] if extra_pos_radius else [0]
+    assert labels.tolist() == [0 if q in positives else 1 for q in range(3)]
+    assert num_pos == len(positives)
+    for q in positives:
+        assert torch.equal(targets[q], gt[0]) and (weights[q] > 0).all()
+    assert (weights[2] == 0).all()
 
 
 def test_assigner_survives_non_finite_predictions():

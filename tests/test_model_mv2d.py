@@ -65,6 +65,31 @@ def test_loss_forward_backward(num_views):
                    for name, g in grads.items()), prefix
 
 
+def test_frozen_2d_detector_trains_the_3d_stage_only():
+    """``freeze_base_detector``: no 2D losses, no gradients and unchanged BN
+    statistics in the 2D detector, gradients in the 3D stage; a 2D-only model
+    cannot be frozen."""
+    torch.set_num_threads(1)
+    cfg = tiny_mv2d_config()
+    cfg['freeze_base_detector'] = True
+    model = _build(cfg)
+    model.train()
+    assert not model.base_detector.training and model.roi_head.training
+    bn_mean = model.base_detector.backbone.bn1.running_mean.clone()
+    data = model.data_preprocessor(make_batch(4, [2, 1], seed=3), True)
+    losses = model(**data, mode='loss')
+    assert not any(key.startswith('det_') for key in losses)
+    _total_loss(model, losses).backward()
+    assert all(p.grad is None for p in model.base_detector.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.roi_head.bbox_head.cls_branches.parameters())
+    assert torch.equal(model.base_detector.backbone.bn1.running_mean, bn_mean)
+    cfg = tiny_mv2d_config()
+    cfg.update(roi_head=None, freeze_base_detector=True)
+    with pytest.raises(ValueError, match='freeze_base_detector'):
+        MODELS.build(cfg)
+
+
 def test_predict_batch_of_two():
     torch.set_num_threads(1)
     model = _build()

@@ -19,7 +19,7 @@ from mmengine.registry import init_default_scope
 
 from conftest import REPO_ROOT
 
-DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'mv2d_xray', 'mv2d_r18_fpn_1xb1-10e_demo-256.py')
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'mv2d_xray', 'mv2d_r18_fpn_1xb1-30e_demo-256.py')
 NUM_LAYERS = 2   # decoder layers of the small test model
 
 

@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 CONFIG_2D=configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py
-CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-10e_demo-256.py
+CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_demo-256.py
 DATA=data/demo
 WORK_DIR_2D=work_dirs/demo/2d-stage
 WORK_DIR=work_dirs/demo

@@ -1,12 +1,13 @@
-# The demo's 2D stage: the Faster R-CNN of mv2d_r18_fpn_1xb1-10e_demo-256.py trained
+# The demo's 2D stage: the Faster R-CNN of mv2d_r18_fpn_1xb1-30e_demo-256.py trained
 # alone, from scratch, on the per-view nodule boxes of the demo dataset (the 3D head is
 # switched off). Its checkpoint starts the full demo model (`load_from`; the parameter
 # names are the same). See mv2d-2d-stage_r50_fpn_1xb1-12e_lidc-1024.py.
-_base_ = ['./mv2d_r18_fpn_1xb1-10e_demo-256.py']
+_base_ = ['./mv2d_r18_fpn_1xb1-30e_demo-256.py']
 
 work_dir = 'work_dirs/demo/2d-stage'
 
-model = dict(roi_head=None)
+model = dict(roi_head=None, freeze_base_detector=False)
+train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
 
 # -- schedule: from scratch, so the backbone learns at the full rate ---------------------------
 max_epochs = 12

@@ -178,7 +178,7 @@ model = dict(
             conv_out_channels=embed_dims,
             fc_out_channels=1024,
             extra_encoding_channels=(512, embed_dims),
-            depth_scale_mm=body_radius_mm),   # depth = depth of isocentre + 200 mm * delta
+            depth_scale_mm=body_radius_mm),   # depth = prior depth + 200 mm * delta
         positional_encoding=dict(
             type='MV2DXrayPositionalEncoding',
             embed_dims=embed_dims,
@@ -190,6 +190,11 @@ model = dict(
             correlation_mode='topk_matched:1',
             num_depth=64,
             depth_range=depth_range),
+        # ours, not MV2D's: depth prior triangulated from the relevant boxes, and one
+        # query per finding (detections whose priors lie within 10 mm are merged)
+        triangulate_prior=True,
+        prior_outlier_mm=10.0,
+        merge_dist_mm=10.0,
         bbox_head=dict(
             type='MV2DXrayCrossAttentionHead',
             num_classes=len(class_names),
@@ -227,7 +232,10 @@ model = dict(
                     dict(type='mmdet.FocalLossCost', weight=0.25),
                     dict(type='MV2DXrayBBox3DL1Cost', weight=1.0)
                 ]),
-            stage_loss_weights=[0.1] * num_decoder_layers)),
+            stage_loss_weights=[0.1] * num_decoder_layers,
+            # ours, not MV2D's: an unmatched query already on a finding (within its
+            # radius) is a positive too; test-time NMS removes the duplicates
+            extra_pos_radius=1.0)),
     test_cfg=dict(
         detection_proposal=dict(detection_proposal, max_per_img=20),
         rcnn=dict(

@@ -8,10 +8,12 @@ depth ``d = d0 + depth_scale_mm * delta`` mapped back to ``ct`` through the inve
 
 * nothing decomposes ``lidar2img`` into K and [R|t]: reflections (DRRs are mirror
   images, det = -1) and flips from augmentation are handled as they are;
-* ``d0`` is the depth of a ct anchor point (the isocentre by default) in that view,
-  read from ``lidar2img`` itself: at initialisation (``delta`` ~ 0, ``(u', v')`` ~ 0)
-  every query lies on its detection's ray at the isocentre's depth, inside the
-  patient, instead of at depth ~0 (on the source) as a raw regression would start.
+* ``d0`` is a depth prior given by the caller -- the RoI head triangulates it from the
+  detection's partners in the other views -- or else the depth of a ct anchor point
+  (the isocentre by default) in that view, read from ``lidar2img`` itself: at
+  initialisation (``delta`` ~ 0, ``(u', v')`` ~ 0) every query lies on its detection's
+  ray at that depth, inside the patient, instead of at depth ~0 (on the source) as a
+  raw regression would start.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -165,7 +167,9 @@ class MV2DXrayQueryGenerator(BaseModule):
         return depth[:, 0]
 
     def forward(self, roi_feats: Tensor, bboxes: Tensor, lidar2img: Tensor,
-                cam2img: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+                cam2img: Tensor,
+                depth_prior: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Generate reference points.
 
         Args:
@@ -173,6 +177,9 @@ class MV2DXrayQueryGenerator(BaseModule):
             bboxes (Tensor): ``(R, 4)`` detection boxes in px.
             lidar2img (Tensor): ``(R, 4, 4)`` ct -> img of each RoI's view.
             cam2img (Tensor): ``(R, 4, 4)`` intrinsics of each RoI's view.
+            depth_prior (Tensor, optional): ``(R,)`` camera depth (mm) to use as
+                ``d0`` instead of the anchor's, e.g. triangulated from the RoI's
+                partners in other views (:class:`MV2DXrayRoIHead`).
 
         Returns:
             tuple: ``(R, 3)`` reference points in ct mm, and a dict with
@@ -188,8 +195,9 @@ class MV2DXrayQueryGenerator(BaseModule):
         x = self.extra_enc(x.clamp(min=-5e3, max=5e3))
         center = self.fc_center(x)
         uv_roi = center[:, :2]
-        depth = self.anchor_depth(lidar2img).to(center) + \
-            self.depth_scale_mm * center[:, 2]
+        if depth_prior is None:
+            depth_prior = self.anchor_depth(lidar2img)
+        depth = depth_prior.to(center) + self.depth_scale_mm * center[:, 2]
         depth = depth.clamp(min=1.0)
         ref = lift_roi_points(bboxes, lidar2img, uv_roi, depth)
         return ref, dict(uv_roi=uv_roi, depth=depth)
