@@ -220,13 +220,13 @@ class MV2DXrayRoIHead(BaseModule):
             query_rois = self.merge_queries(prior_points, prior_ok, scene_ids,
                                             roi_scores)
 
-            # queries: one per kept RoI, at depth d0 = its prior's (or the anchor's)
+            # queries: one per kept RoI, at depth d0 = its prior's (a prior that is
+            # not valid lies at the anchor's depth)
             depth_prior = None
             if self.triangulate_prior:
-                depth_prior = torch.where(
-                    prior_ok,
-                    project_points(lidar2img, prior_points.double()[:, None])[1][:, 0],
-                    self.query_generator.anchor_depth(lidar2img))[query_rois]
+                depth_prior = project_points(
+                    lidar2img[query_rois],
+                    prior_points[query_rois].double()[:, None])[1][:, 0]
             ref_points, _ = self.query_generator(roi_feats[query_rois],
                                                  bboxes[query_rois],
                                                  lidar2img[query_rois],
