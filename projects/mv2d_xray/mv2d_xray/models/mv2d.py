@@ -203,6 +203,13 @@ class MV2DXray(Base3DDetector):
         return out
 
     @staticmethod
+    def _rois(dets: List[InstanceData]) -> Tuple[Tensor, Tensor]:
+        """``(R, 5)`` RoIs ``[image index, x1, y1, x2, y2]`` and ``(R,)`` 2D scores of
+        the per-image detections."""
+        return (bbox2roi([det.bboxes for det in dets]),
+                torch.cat([det.scores for det in dets]))
+
+    @staticmethod
     def _ensure_queries(dets: List[InstanceData], num_views: int,
                         img_shape: Tuple[int, int]) -> List[InstanceData]:
         """Give every scene at least one detection (a box at the centre of its first
@@ -261,11 +268,11 @@ class MV2DXray(Base3DDetector):
                                          self.train_cfg['complement_2d_gt'],
                                          cfg.get('min_bbox_size', 0))
         dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))
-        rois = bbox2roi([det.bboxes for det in dets])
+        rois, roi_scores = self._rois(dets)
         losses.update(
             self.roi_head.loss(self._feats_3d(feats), rois, metas,
                                [s.gt_instances_3d for s in batch_data_samples],
-                               num_views, torch.cat([d.scores for d in dets])))
+                               num_views, roi_scores))
         return losses
 
     def predict(self, batch_inputs_dict: dict,
@@ -295,10 +302,9 @@ class MV2DXray(Base3DDetector):
                 for _ in batch_data_samples
             ]
         else:
-            rois = bbox2roi([det.bboxes for det in dets])
+            rois, roi_scores = self._rois(dets)
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
-                                               metas, num_views,
-                                               torch.cat([d.scores for d in dets]))
+                                               metas, num_views, roi_scores)
         results_2d = []
         for start in range(0, len(dets), num_views):
             views = dets[start:start + num_views]
@@ -326,7 +332,7 @@ class MV2DXray(Base3DDetector):
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
         dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))
-        out = self.roi_head(self._feats_3d(feats),
-                            bbox2roi([det.bboxes for det in dets]), metas,
-                            num_views, torch.cat([d.scores for d in dets]))
+        rois, roi_scores = self._rois(dets)
+        out = self.roi_head(self._feats_3d(feats), rois, metas, num_views,
+                            roi_scores)
         return out['all_cls_scores'], out['all_codes']
