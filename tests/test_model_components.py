@@ -328,6 +328,17 @@ def test_center_distance_nms():
 
 
 # -- position encoding, decoder, grid mask ---------------------------------------------
+def test_depth_bins_uniform_and_linear_increasing():
+    from projects.mv2d_xray.mv2d_xray.models.positional_encoding import depth_bins
+    uniform = depth_bins((100.0, 500.0), 5, dtype=torch.float64)
+    assert torch.allclose(uniform, torch.tensor([100., 200., 300., 400., 500.],
+                                                dtype=torch.float64))
+    lid = depth_bins((100.0, 500.0), 8, lid=True)
+    gaps = lid.diff()
+    assert lid[0] == 100.0 and lid[-1] < 500.0 and lid.dtype == torch.float32
+    assert torch.allclose(gaps.diff(), gaps.diff()[:1].expand(6)) and gaps[0] > 0
+
+
 def test_positional_encoding_samples_the_viewing_rays():
     geometry = XrayGeometry(num_views=4, image_size=(128, 128))
     lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])

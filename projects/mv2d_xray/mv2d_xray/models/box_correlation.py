@@ -26,6 +26,7 @@ from mmdet.structures.bbox import bbox_overlaps
 from torch import Tensor
 
 from mmdet3d.registry import TASK_UTILS
+from .positional_encoding import depth_bins
 
 
 @TASK_UTILS.register_module()
@@ -81,15 +82,6 @@ class MV2DXrayBoxCorrelation:
                          f"'topk_matched:k[:iou_thr[:ratio]]' with k >= 1, "
                          f'got {mode!r}')
 
-    def depth_bins(self, device: torch.device) -> Tensor:
-        """``(num_depth,)`` float64 camera depths in mm."""
-        near, far = self.depth_range
-        index = torch.arange(self.num_depth, dtype=torch.float64, device=device)
-        if self.lid:
-            step = (far - near) / (self.num_depth * (self.num_depth + 1))
-            return near + step * index * (index + 1)
-        return near + (far - near) * index / (self.num_depth - 1)
-
     def footprints(self, bboxes: Tensor, view_ids: Tensor, lidar2img: Tensor,
                    target_view: int, img_shape: Tuple[int, int]) -> Tensor:
         """Images of every detection's frustum slabs in one view.
@@ -113,7 +105,8 @@ class MV2DXrayBoxCorrelation:
             torch.stack([x1, y1], -1), torch.stack([x2, y1], -1),
             torch.stack([x1, y2], -1), torch.stack([x2, y2], -1)
         ], dim=1)                                                # (R, 4, 2)
-        depth = self.depth_bins(bboxes.device)
+        depth = depth_bins(self.depth_range, self.num_depth, self.lid,
+                           dtype=torch.float64, device=bboxes.device)
         hom = torch.cat([
             corners[:, None] * depth[None, :, None, None],
             depth[None, :, None, None].expand(len(bboxes), -1, 4, 1),

@@ -14,7 +14,7 @@ the same result up to the bilinear interpolation of the encoding, and it costs
 full-map version does not fit in memory at stride 8.
 """
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from mmdet.models.layers.transformer import inverse_sigmoid
@@ -22,6 +22,20 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from mmdet3d.registry import MODELS
+
+
+def depth_bins(depth_range: Sequence[float], num: int, lid: bool = False,
+               dtype: torch.dtype = torch.float32,
+               device: Optional[torch.device] = None) -> Tensor:
+    """``(num,)`` camera depths (mm) sampled in ``depth_range = (near, far)``:
+    uniformly from near to far, or linear-increasing (``lid``, PETR's: the gaps grow
+    linearly with depth). Shared by the position encoding and the box correlation."""
+    near, far = depth_range
+    index = torch.arange(num, dtype=dtype, device=device)
+    if lid:
+        step = (far - near) / (num * (num + 1))
+        return near + step * index * (index + 1)
+    return near + (far - near) * index / max(num - 1, 1)
 
 
 def sine_embedding(pos: Tensor, num_feats: int,
@@ -124,15 +138,6 @@ class MV2DXrayPositionalEncoding(BaseModule):
                 nn.Linear(3 * sine_num_feats, 4 * embed_dims),
                 nn.ReLU(inplace=True), nn.Linear(4 * embed_dims, embed_dims))
 
-    def depth_bins(self, device: torch.device) -> Tensor:
-        """``(depth_num,)`` sampled camera depths in mm."""
-        near, far = self.depth_range
-        index = torch.arange(self.depth_num, dtype=torch.float32, device=device)
-        if self.lid:
-            step = (far - near) / (self.depth_num * (self.depth_num + 1))
-            return near + step * index * (index + 1)
-        return near + (far - near) * index / max(self.depth_num - 1, 1)
-
     def frustum_points(self, cell_uv: Tensor, img2lidar: Tensor) -> Tensor:
         """ct points along the rays through RoI cells.
 
@@ -143,7 +148,8 @@ class MV2DXrayPositionalEncoding(BaseModule):
         Returns:
             Tensor: ``(R, P, depth_num, 3)`` ct points in mm.
         """
-        depth = self.depth_bins(cell_uv.device)
+        depth = depth_bins(self.depth_range, self.depth_num, self.lid,
+                           device=cell_uv.device)
         img2lidar = img2lidar.to(cell_uv.dtype)
         uv1 = torch.cat([cell_uv, torch.ones_like(cell_uv[..., :1])], dim=-1)
         # img2lidar @ [u d, v d, d, 1] = d * (M @ [u, v, 1]) + t
