@@ -17,6 +17,16 @@ def fail(message: str, status: int = 2):
     sys.exit(status)
 
 
+def write_metrics(result: dict, path: str) -> None:
+    """Write a metrics dict as JSON (atomically) and say where; one line on failure."""
+    from projects.mv2d_xray.mv2d_xray.evaluation.formats import write_json_atomic
+    try:
+        write_json_atomic(result, path)
+    except OSError as exc:
+        fail(f'cannot write {path}: {exc}')
+    print(f'\nmetrics written to {path}')
+
+
 def load_config(path: str, cfg_options=None):
     """``Config.fromfile`` with one clear error line for a missing or broken config."""
     from mmengine.config import Config

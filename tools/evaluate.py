@@ -12,7 +12,7 @@ the tables and writes the full result as JSON (``null`` = absent: no ground trut
 """
 import argparse
 
-from _common import fail
+from _common import fail, write_metrics
 
 
 def parse_args():
@@ -44,8 +44,7 @@ def main():
     if any(t <= 0 for t in args.dist_thrs) or any(not 0 < t <= 1 for t in args.iou_thrs):
         fail('--dist-thrs must be > 0 and --iou-thrs in (0, 1]')
     from projects.mv2d_xray.mv2d_xray.evaluation.formats import (
-        PredictionFormatError, check_cases, load_gt_cases, load_predictions,
-        write_json_atomic)
+        PredictionFormatError, check_cases, load_gt_cases, load_predictions)
     from projects.mv2d_xray.mv2d_xray.evaluation.xray_eval import (evaluate_detections,
                                                                    format_table)
     try:
@@ -62,11 +61,7 @@ def main():
         fail(exc.args[0] if exc.args else str(exc))
     print(format_table(result))
     if args.out:
-        try:
-            write_json_atomic(result, args.out)
-        except OSError as exc:
-            fail(f'cannot write {args.out}: {exc}')
-        print(f'\nmetrics written to {args.out}')
+        write_metrics(result, args.out)
 
 
 if __name__ == '__main__':

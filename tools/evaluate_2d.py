@@ -11,10 +11,8 @@ at each ``--iou-thrs`` per view and overall (pycocotools); ignore regions (``isc
 count neither way; a view without ground truth is shown as ``-``.
 """
 import argparse
-import json
-import os.path as osp
 
-from _common import fail
+from _common import fail, write_metrics
 
 
 def parse_args():
@@ -39,25 +37,15 @@ def main():
         fail('--iou-thrs must be in (0, 1] and --max-dets >= 1')
     from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d,
                                                                 format_table_2d)
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import write_json_atomic
-    if not osp.isfile(args.dets):
-        fail(f'detections file not found: {args.dets}')
+    from projects.mv2d_xray.mv2d_xray.evaluation.formats import read_json
     try:
-        with open(args.dets, encoding='utf-8') as f:
-            dets = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        fail(f'{args.dets} is not valid JSON: {exc}')
-    try:
+        dets = read_json(args.dets, 'detections file')
         result = evaluate_coco_2d(args.coco, dets, args.iou_thrs, args.max_dets)
     except (FileNotFoundError, ValueError) as exc:
         fail(f'{exc}')
     print(format_table_2d(result))
     if args.out:
-        try:
-            write_json_atomic(result, args.out)
-        except OSError as exc:
-            fail(f'cannot write {args.out}: {exc}')
-        print(f'\nmetrics written to {args.out}')
+        write_metrics(result, args.out)
 
 
 if __name__ == '__main__':

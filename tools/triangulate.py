@@ -17,8 +17,6 @@ summed score over the number of views; see
 prediction format, ready for ``tools/evaluate.py``.
 """
 import argparse
-import json
-import os.path as osp
 
 from _common import fail
 
@@ -55,7 +53,8 @@ def parse_args():
 def main():
     args = parse_args()
     from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import load_infos, write_json_atomic
+    from projects.mv2d_xray.mv2d_xray.evaluation.formats import (load_infos, read_json,
+                                                                 write_json_atomic)
     from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
         TriangulationConfig, coco_annotations_as_detections, group_detections,
         triangulate_dataset)
@@ -75,14 +74,7 @@ def main():
         if args.gt_2d:
             dets = coco_annotations_as_detections(coco)
         else:
-            if not osp.isfile(args.dets2d):
-                fail(f'detections file not found: {args.dets2d}')
-            try:
-                with open(args.dets2d, encoding='utf-8') as f:
-                    dets = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                fail(f'{args.dets2d} is not valid JSON: {exc}')
-            dets = resolve_detections(coco, dets)
+            dets = resolve_detections(coco, read_json(args.dets2d, 'detections file'))
         grouped = group_detections(coco, dets, infos)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -15,7 +15,6 @@
 cyan dashed: predicted 2D boxes.
 """
 import argparse
-import json
 import os.path as osp
 
 from _common import fail
@@ -52,13 +51,12 @@ def parse_args():
 
 
 def _load_json(path: str):
-    if not osp.isfile(path):
-        fail(f'file not found: {path}')
+    """:func:`read_json`, failing with its one-line message."""
+    from projects.mv2d_xray.mv2d_xray.evaluation.formats import read_json
     try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        fail(f'{path} is not valid JSON: {exc}')
+        return read_json(path)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
 
 
 def draw_case(args):

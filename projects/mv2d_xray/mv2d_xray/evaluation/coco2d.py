@@ -22,27 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os.path as osp
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+from .formats import read_json
 
 DEFAULT_IOU_THRS_2D = (0.1, 0.25, 0.5)
 
 
 def load_coco(coco_gt: Union[str, dict]) -> dict:
     """A COCO dataset dict from a path or as loaded (clear errors for bad files)."""
-    if isinstance(coco_gt, dict):
-        data = coco_gt
-    else:
-        if not osp.isfile(coco_gt):
-            raise FileNotFoundError(f'COCO file not found: {coco_gt}')
-        try:
-            with open(coco_gt, encoding='utf-8') as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f'{coco_gt} is not valid JSON: {exc}') from exc
+    data = coco_gt if isinstance(coco_gt, dict) else read_json(coco_gt, 'COCO file')
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in
                                              ('images', 'annotations', 'categories')):
         raise ValueError('not a COCO file: expected images, annotations and categories')

@@ -143,15 +143,24 @@ def parse_predictions(obj: Any, num_classes: int) -> Dict[str, CasePred]:
     return preds
 
 
-def load_predictions(path: str, num_classes: int) -> Dict[str, CasePred]:
-    """Read and validate a prediction JSON file (README "Prediction format")."""
+def read_json(path: str, what: str = 'file') -> Any:
+    """Load a JSON file with one clear error: ``FileNotFoundError('<what> not found:
+    <path>')`` or ``ValueError('<path> is not valid JSON: ...')``."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'prediction file not found: {path}')
+        raise FileNotFoundError(f'{what} not found: {path}')
     try:
         with open(path, encoding='utf-8') as f:
-            obj = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PredictionFormatError(f'{path} is not valid JSON: {exc}') from exc
+        raise ValueError(f'{path} is not valid JSON: {exc}') from exc
+
+
+def load_predictions(path: str, num_classes: int) -> Dict[str, CasePred]:
+    """Read and validate a prediction JSON file (README "Prediction format")."""
+    try:
+        obj = read_json(path, 'prediction file')
+    except ValueError as exc:
+        raise PredictionFormatError(str(exc)) from exc
     try:
         return parse_predictions(obj, num_classes)
     except PredictionFormatError as exc:
