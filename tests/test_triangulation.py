@@ -123,6 +123,44 @@ def test_exact_2d_ground_truth_recovers_centres(dataset, tmp_path):
     assert m['CPM'] == 1.0 and m['AP_dist@2mm'] == 1.0 and m['AP_iou@0.5'] == 1.0
 
 
+def _triangulate_noisy(info, rng, image_size, seed, jitter_px, num_spurious,
+                       spurious_px):
+    """Triangulate one case from its true 2D boxes with every edge jittered by up to
+    ``jitter_px``, 20 % of them dropped and ``num_spurious`` boxes of
+    ``spurious_px`` sides per view (scores 0.05-0.6; true boxes 0.5-1). Asserts that
+    every finding is found within max(1 mm, 10 %) + 3 mm; returns the findings and the
+    indices of those nearest the true ones."""
+    height, width = image_size
+    mats = np.stack([v['lidar2img'] for v in info['images'].values()])
+    boxes, views, scores = [], [], []
+    for v, name in enumerate(info['images']):
+        for cam in info['cam_instances'][name]:
+            if rng.uniform() < 0.2:
+                continue
+            b = np.asarray(cam['bbox']) + rng.uniform(-jitter_px, jitter_px, 4)
+            b[2:] = np.maximum(b[2:], b[:2] + 0.5)
+            boxes.append(b)
+            views.append(v)
+            scores.append(rng.uniform(0.5, 1.0))
+        largest = spurious_px[1]
+        for _ in range(num_spurious):
+            xy = rng.uniform([0, 0], [width - largest, height - largest])
+            boxes.append(np.concatenate([xy, xy + rng.uniform(*spurious_px, 2)]))
+            views.append(v)
+            scores.append(rng.uniform(0.05, 0.6))
+    found = triangulate_case(mats, np.asarray(boxes), scores, np.zeros(len(boxes)),
+                             views, TriangulationConfig(), ct_bounds(info))
+    centres = np.array([f['bbox_3d'][:3] for f in found]).reshape(-1, 3)
+    true_hits = set()
+    for inst in info['instances']:
+        gt = np.asarray(inst['bbox_3d'])
+        dist = np.linalg.norm(centres - gt[:3], axis=1) if len(centres) else np.inf
+        assert np.min(dist) <= tolerance_mm(gt[3:6]) + 3.0, (seed, info['token'],
+                                                             np.min(dist))
+        true_hits.add(int(np.argmin(dist)))
+    return found, true_hits
+
+
 @pytest.mark.parametrize('seed', [0, 1, 2])
 def test_degrades_gracefully_with_noisy_2d_detections(dataset, seed):
     """Jitter every box edge by up to 2 px, drop 20 % of the boxes, add 3 spurious boxes
@@ -134,30 +172,9 @@ def test_degrades_gracefully_with_noisy_2d_detections(dataset, seed):
     infos = mmengine.load(dataset['infos'])
     height, width = infos['metainfo']['geometry']['image_size']
     for info in infos['data_list']:
-        mats = np.stack([v['lidar2img'] for v in info['images'].values()])
-        boxes, views, scores = [], [], []
-        for v, name in enumerate(info['images']):
-            for cam in info['cam_instances'][name]:
-                if rng.uniform() < 0.2:
-                    continue
-                boxes.append(np.asarray(cam['bbox']) + rng.uniform(-2, 2, 4))
-                views.append(v)
-                scores.append(rng.uniform(0.5, 1.0))
-            for _ in range(3):
-                xy = rng.uniform([0, 0], [width - 12, height - 12])
-                boxes.append(np.concatenate([xy, xy + rng.uniform(2, 12, 2)]))
-                views.append(v)
-                scores.append(rng.uniform(0.05, 0.6))
-        found = triangulate_case(mats, np.asarray(boxes), scores, np.zeros(len(boxes)),
-                                 views, TriangulationConfig(), ct_bounds(info))
-        centres = np.array([f['bbox_3d'][:3] for f in found]).reshape(-1, 3)
-        true_hits = set()
-        for inst in info['instances']:
-            gt = np.asarray(inst['bbox_3d'])
-            dist = np.linalg.norm(centres - gt[:3], axis=1) if len(centres) else np.inf
-            assert np.min(dist) <= tolerance_mm(gt[3:6]) + 3.0, (seed, info['token'],
-                                                                 np.min(dist))
-            true_hits.add(int(np.argmin(dist)))
+        found, true_hits = _triangulate_noisy(info, rng, (height, width), seed,
+                                              jitter_px=2.0, num_spurious=3,
+                                              spurious_px=(2, 12))
         spurious = [f['score'] for i, f in enumerate(found) if i not in true_hits]
         true = [found[i]['score'] for i in true_hits]
         if spurious and true:
@@ -203,31 +220,8 @@ def test_demo_noisy_2d_boxes(demo_dataset, seed):
     infos = mmengine.load(demo_dataset.val_pkl)
     height, width = infos['metainfo']['geometry']['image_size']
     for info in infos['data_list']:
-        mats = np.stack([v['lidar2img'] for v in info['images'].values()])
-        boxes, views, scores = [], [], []
-        for v, name in enumerate(info['images']):
-            for cam in info['cam_instances'][name]:
-                if rng.uniform() < 0.2:
-                    continue
-                b = np.asarray(cam['bbox']) + rng.uniform(-1, 1, 4)
-                b[2:] = np.maximum(b[2:], b[:2] + 0.5)
-                boxes.append(b)
-                views.append(v)
-                scores.append(rng.uniform(0.5, 1.0))
-            for _ in range(2):
-                xy = rng.uniform([0, 0], [width - 6, height - 6])
-                boxes.append(np.concatenate([xy, xy + rng.uniform(1, 6, 2)]))
-                views.append(v)
-                scores.append(rng.uniform(0.05, 0.6))
-        found = triangulate_case(mats, np.asarray(boxes), scores, np.zeros(len(boxes)),
-                                 views, TriangulationConfig(), ct_bounds(info))
-        centres = np.array([f['bbox_3d'][:3] for f in found]).reshape(-1, 3)
-        true_hits = set()
-        for inst in info['instances']:
-            gt = np.asarray(inst['bbox_3d'])
-            dist = np.linalg.norm(centres - gt[:3], axis=1)
-            assert dist.min() <= tolerance_mm(gt[3:6]) + 3.0, (seed, info['token'],
-                                                              dist.min())
-            true_hits.add(int(dist.argmin()))
+        found, true_hits = _triangulate_noisy(info, rng, (height, width), seed,
+                                              jitter_px=1.0, num_spurious=2,
+                                              spurious_px=(1, 6))
         spurious = [f['score'] for i, f in enumerate(found) if i not in true_hits]
         assert max(spurious, default=0.0) < min(found[i]['score'] for i in true_hits)
