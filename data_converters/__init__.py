@@ -4,7 +4,7 @@ Run ``python -m data_converters --help`` (``lidc``, ``demo``, ``merge``).
 
 Modules:
 
-* ``infos`` -- the output format (:data:`~data_converters.infos.FORMAT_VERSION`, info
+* ``infos`` -- the output format (:data:`~projects.mv2d_xray.core.data_format.FORMAT_VERSION`, info
   items, metainfo, COCO, the patient split); light to import (the plugin uses it);
 * ``volume`` -- CT volumes in pylidc's index order, the ``ct`` frame, DICOM and NIfTI
   readers;

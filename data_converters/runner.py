@@ -27,19 +27,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import XrayGeometry
-from .errors import ConverterError, SkipCase
-from .findings import Finding
-from .infos import build_case_info, build_coco, build_metainfo, split_patients
-from .storage import CaseStore, atomic_write, canonical_pickle, dumps_json, \
-    remove_stale_temporaries, write_png
+from data_converters.errors import ConverterError, SkipCase
+from data_converters.findings import Finding
+from data_converters.storage import CaseStore, canonical_pickle, dumps_json, write_png
+from projects.mv2d_xray.core.data_format import (build_case_info, build_coco, build_metainfo,
+                                                 split_patients)
+from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.io import atomic_write, remove_stale_temporaries
 
 SPLITS = ('train', 'val')
 
 
 def render_settings(geometry: XrayGeometry) -> dict:
     """The settings of :mod:`data_converters.render` (part of a run's fingerprint)."""
-    from . import render
+    from data_converters import render
     renderer = getattr(render, 'XrayRenderer', None)
     if renderer is not None and hasattr(renderer, 'settings'):
         return renderer(geometry).settings()
@@ -59,13 +60,13 @@ def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta:
 
     Args:
         out_dir (str): dataset folder.
-        token, patient_id, source: see :func:`~data_converters.infos.build_case_info`.
+        token, patient_id, source: see :func:`~projects.mv2d_xray.core.data_format.build_case_info`.
         ct_meta (dict): ``shape``, ``spacing_mm``, ``series_uid`` of the volume.
         geometry (XrayGeometry): the views.
         line_integrals (np.ndarray): ``(num_views, H, W)`` renders (mm of water).
         findings (Sequence[Finding]): in the volume's index grid.
     """
-    from .render import to_uint8
+    from data_converters.render import to_uint8
     paths = []
     for view, name in enumerate(geometry.view_names):
         paths.append(image_path(token, name))
@@ -226,7 +227,7 @@ def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[
              seed: Optional[int] = None) -> Dict[str, List[dict]]:
     """Write the split pickles and COCO files from the finished cases in ``out_dir``.
 
-    The split is by patient (:func:`~data_converters.infos.split_patients`) with the
+    The split is by patient (:func:`~projects.mv2d_xray.core.data_format.split_patients`) with the
     prefix, fraction and seed recorded by the last run (or those given here).
 
     Returns:

@@ -1,7 +1,7 @@
 """What a conversion writes, written so that a killed run leaves nothing a later run trusts.
 
 Every file is written to a temporary name in its final folder and renamed into place
-(:func:`atomic_write`): a file either exists complete or not at all. A case is finished
+(:func:`~projects.mv2d_xray.core.io.atomic_write`): a file either exists complete or not at all. A case is finished
 when its *part* file ``DIR/.parts/<token>.pkl`` exists; it is written last, after the
 case's PNGs. A re-run skips finished cases and redoes the others (overwriting any PNGs a
 killed run left). The split files are then assembled from the part files alone, in a
@@ -17,39 +17,21 @@ import json
 import os
 import os.path as osp
 import pickle
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ConverterError
+from data_converters.errors import ConverterError
+from projects.mv2d_xray.core.io import (atomic_write, json_bytes, loads_pickle,
+                                        remove_stale_temporaries)
 
 PARTS_DIR = '.parts'
 SETTINGS_FILE = 'settings.json'
-_TMP_SUFFIX = '.tmp'
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=_TMP_SUFFIX,
-                               dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)     # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def dumps_json(obj) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=False) + '\n').encode()
+    """The converter's JSON text (indent 1: the COCO files are large)."""
+    return json_bytes(obj, indent=1)
 
 
 def canonical_pickle(obj) -> bytes:
@@ -70,16 +52,6 @@ def write_png(path: str, image: np.ndarray) -> None:
     if not ok:
         raise OSError(f'could not encode {path}')
     atomic_write(path, buf.tobytes())
-
-
-def remove_stale_temporaries(folder: str) -> None:
-    """Delete temporary files a killed run left in ``folder`` and its sub-folders."""
-    if not osp.isdir(folder):
-        return
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.startswith('.') and name.endswith(_TMP_SUFFIX):
-                os.remove(osp.join(root, name))
 
 
 class CaseStore:
@@ -161,7 +133,7 @@ class CaseStore:
                 skipped[record['token']] = record['reason']
             elif name.endswith('.pkl') and not name.startswith('.'):
                 with open(path, 'rb') as f:
-                    infos.append(pickle.load(f))
+                    infos.append(loads_pickle(f.read()))
         infos.sort(key=lambda info: info['token'])
         done = {info['token'] for info in infos}
         return infos, {t: r for t, r in skipped.items() if t not in done}

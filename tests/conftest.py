@@ -23,7 +23,7 @@ class DemoData:
         train_pkl, val_pkl (str): the info pickles (absolute paths).
         train_coco, val_coco (str): the COCO files (absolute paths).
         prefix (str): the split files' prefix, ``'demo'``.
-        geometry: its ``projects.mv2d_xray.geometry.XrayGeometry``.
+        geometry: its ``projects.mv2d_xray.core.geometry.XrayGeometry``.
         tokens (dict): ``{'train': [...], 'val': [...]}`` case ids.
     """
     root: str
@@ -54,7 +54,7 @@ def demo_dataset(tmp_path_factory) -> DemoData:
     """Build a small demo dataset once per session (about a minute on 2 CPU cores)."""
     from data_converters.demo import DemoSource
     from data_converters.runner import run_conversion, split_file_paths
-    from projects.mv2d_xray.geometry import XrayGeometry
+    from projects.mv2d_xray.core.geometry import XrayGeometry
     cfg = DEMO_FIXTURE_SETTINGS
     geometry = XrayGeometry(num_views=cfg['num_views'], image_size=cfg['image_size'])
     root = str(tmp_path_factory.mktemp('demo_dataset'))

@@ -9,7 +9,7 @@ import torch
 from mmengine.structures import InstanceData
 
 from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
-from projects.mv2d_xray.geometry import XrayGeometry, project_boxes3d
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d
 
 #: Test geometry: 64 px images of 6.25 mm pixels (f = 96 px): a 20 mm nodule at the
 #: isocentre is ~6 px wide; the isocentre field of view is +-100 mm.

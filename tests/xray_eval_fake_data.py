@@ -15,7 +15,7 @@ import cv2
 import mmengine
 import numpy as np
 
-from projects.mv2d_xray.geometry import XrayGeometry, project_points
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 #: Per case a list of findings: ct centre (mm), semi-axes (mm), label, ignore flag.
 DEFAULT_EVAL_CASES = (

@@ -1,6 +1,6 @@
 """Tiny converted datasets written in a test's tmp dir, following README's *Data format*.
 
-Views are rendered from :class:`~projects.mv2d_xray.geometry.XrayGeometry`: a dark
+Views are rendered from :class:`~projects.mv2d_xray.core.geometry.XrayGeometry`: a dark
 background with one Gaussian blob per finding, centred on the projection of the finding's
 centre; the 2D boxes are the projected 3D boxes clipped to the image, so tests can compare
 the pipeline's 2D boxes and images with 3D -> 2D projections.
@@ -13,8 +13,8 @@ import cv2
 import mmengine
 import numpy as np
 
-from projects.mv2d_xray.geometry import XrayGeometry, project_boxes3d, project_points
-from projects.mv2d_xray.mv2d_xray.datasets.xray_dataset import FORMAT_VERSION
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d, project_points
+from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 
 #: A finding: ct centre and size (mm), label, ignore flag.
 DEFAULT_CASES = (

@@ -1,5 +1,6 @@
-"""Helpers shared by the tools: make the repository importable and load configs with one
-clear line on bad input."""
+"""Helpers shared by the tools: make the repository importable, load configs with one
+clear line on bad input, and load the project's own checkpoints."""
+import contextlib
 import os
 import os.path as osp
 import sys
@@ -19,9 +20,9 @@ def fail(message: str, status: int = 2):
 
 def write_metrics(result: dict, path: str) -> None:
     """Write a metrics dict as JSON (atomically) and say where; one line on failure."""
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import write_json_atomic
+    from projects.mv2d_xray.core.io import write_json
     try:
-        write_json_atomic(result, path)
+        write_json(path, result)
     except OSError as exc:
         fail(f'cannot write {path}: {exc}')
     print(f'\nmetrics written to {path}')
@@ -77,3 +78,37 @@ def default_work_dir(cfg, config_path: str, work_dir=None) -> str:
     if cfg.get('work_dir', None) is not None:
         return cfg.work_dir
     return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+#: What ``--help`` of the tools that load checkpoints says about it.
+TRUSTED_CHECKPOINT_HELP = (
+    'Checkpoints are loaded as mmengine saves them (torch.load with weights_only=False, '
+    'which can run code stored in the file): pass only checkpoints you made with this '
+    'project or otherwise trust.')
+
+
+@contextlib.contextmanager
+def trusted_checkpoint_loading():
+    """Within the block, mmengine loads local checkpoint files with
+    ``torch.load(weights_only=False)``; mmengine's own loader is put back afterwards.
+
+    PyTorch >= 2.6 loads with ``weights_only=True``, which rejects mmengine checkpoints
+    (they pickle the message hub's ``HistoryBuffer`` and numpy arrays), so ``--resume``,
+    ``load_from`` and ``tools/test.py`` would fail. Only the tools that load the user's own
+    checkpoints use this, around the runner's run, and say so in their ``--help``
+    (:data:`TRUSTED_CHECKPOINT_HELP`); importing the project changes nothing.
+    """
+    import torch
+    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
+
+    def load_trusted(filename, map_location):
+        filename = os.path.expanduser(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_trusted, force=True)
+    try:
+        yield
+    finally:
+        CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)

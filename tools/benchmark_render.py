@@ -107,7 +107,7 @@ def _worker(job, out_path, queue):
             torch.set_num_threads(job['threads'])
         sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
         from data_converters import render
-        from projects.mv2d_xray.geometry import XrayGeometry
+        from projects.mv2d_xray.core.geometry import XrayGeometry
         volume_hu, spacing = load_demo_ct()
         geometry = XrayGeometry(num_views=job['num_views'], sod_mm=job['sod_mm'],
                                 sdd_mm=job['sdd_mm'], image_size=(job['size'],) * 2)

@@ -7,7 +7,7 @@ The prediction file follows README "Prediction format" (``{"results": {case id: 
 "score", "label"}, ...]}}``, boxes in ct mm). The metric is the one of ``tools/test.py``
 (``XrayDet3DMetric``): LUNA16 FROC / CPM, AP at centre distance (2, 4, 8, 16 mm) and at
 axis-aligned 3D IoU (0.1, 0.25, 0.5), centre error, by size band (3-6, 6-10, >10 mm) and
-class; definitions in ``projects/mv2d_xray/mv2d_xray/evaluation/xray_eval.py``. It prints
+class; definitions in ``projects/mv2d_xray/core/metric.py``. It prints
 the tables and writes the full result as JSON (``null`` = absent: no ground truth).
 """
 import argparse
@@ -43,10 +43,9 @@ def main():
     args = parse_args()
     if any(t <= 0 for t in args.dist_thrs) or any(not 0 < t <= 1 for t in args.iou_thrs):
         fail('--dist-thrs must be > 0 and --iou-thrs in (0, 1]')
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import (
-        PredictionFormatError, check_cases, load_gt_cases, load_predictions)
-    from projects.mv2d_xray.mv2d_xray.evaluation.xray_eval import (evaluate_detections,
-                                                                   format_table)
+    from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
+                                                     load_gt_cases, load_predictions)
+    from projects.mv2d_xray.core.metric import evaluate_detections, format_table
     try:
         cases, classes = load_gt_cases(args.gt)
         preds = load_predictions(args.pred, len(classes))

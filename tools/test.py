@@ -10,12 +10,14 @@ import argparse
 import inspect
 import os.path as osp
 
-from _common import default_work_dir, fail, load_config, run_main, set_local_rank
+from _common import (TRUSTED_CHECKPOINT_HELP, default_work_dir, fail, load_config, run_main,
+                     set_local_rank, trusted_checkpoint_loading)
 
 
 def parse_args():
     from mmengine.config import DictAction
-    parser = argparse.ArgumentParser(description='Test a checkpoint (mmengine Runner).')
+    parser = argparse.ArgumentParser(description='Test a checkpoint (mmengine Runner).',
+                                     epilog=TRUSTED_CHECKPOINT_HELP)
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file (.pth)')
     parser.add_argument('--work-dir', help='where to write logs and metrics.json')
@@ -32,8 +34,8 @@ def parse_args():
 
 def _route_metrics_json(evaluator_cfg, path: str) -> None:
     """Point metrics that can write a JSON file (an ``out_file`` argument) at ``path``."""
-    from mmengine.registry import DefaultScope
     from mmdet3d.registry import METRICS
+    from mmengine.registry import DefaultScope
     metrics = evaluator_cfg if isinstance(evaluator_cfg, list) else [evaluator_cfg]
     with DefaultScope.overwrite_default_scope('mmdet3d'):
         for metric in metrics:
@@ -57,7 +59,8 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.test()
+    with trusted_checkpoint_loading():
+        runner.test()
 
 
 if __name__ == '__main__':

@@ -9,14 +9,16 @@ processes use ``tools/dist_train.sh CONFIG NPROC``.
 import argparse
 import logging
 
-from _common import default_work_dir, fail, load_config, run_main, set_local_rank
+from _common import (TRUSTED_CHECKPOINT_HELP, default_work_dir, fail, load_config, run_main,
+                     set_local_rank, trusted_checkpoint_loading)
 
 
 def parse_args():
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(
         description='Train a detector (mmengine Runner).',
-        epilog='Checkpoints and logs go to the work dir (default work_dirs/<config name>).')
+        epilog='Checkpoints and logs go to the work dir (the config\'s work_dir, else '
+        'work_dirs/<config name>). ' + TRUSTED_CHECKPOINT_HELP)
     parser.add_argument('config', help='config file, e.g. configs/mv2d_xray/...py')
     parser.add_argument('--work-dir', help='where to save logs and checkpoints')
     parser.add_argument('--amp', action='store_true',
@@ -65,7 +67,8 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    with trusted_checkpoint_loading():
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -52,12 +52,11 @@ def parse_args():
 
 def main():
     args = parse_args()
+    from projects.mv2d_xray.core.data_format import load_infos
+    from projects.mv2d_xray.core.io import read_json, write_json
     from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import (load_infos, read_json,
-                                                                 write_json_atomic)
     from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
-        TriangulationConfig, coco_annotations_as_detections, group_detections,
-        triangulate_dataset)
+        TriangulationConfig, coco_annotations_as_detections, group_detections, triangulate_dataset)
     try:
         cfg = TriangulationConfig(score_thr=args.score_thr, gate_px=args.gate_px,
                                   gate_frac=args.gate_frac, min_views=args.min_views,
@@ -84,7 +83,7 @@ def main():
     results = {token: [dict(bbox_3d=f['bbox_3d'], score=f['score'], label=f['label'])
                        for f in items] for token, items in findings.items()}
     try:
-        write_json_atomic(dict(results=results), args.out)
+        write_json(args.out, dict(results=results))
     except OSError as exc:
         fail(f'cannot write {args.out}: {exc}')
     num = sum(len(v) for v in results.values())

@@ -52,7 +52,7 @@ def parse_args():
 
 def _load_json(path: str):
     """:func:`read_json`, failing with its one-line message."""
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import read_json
+    from projects.mv2d_xray.core.io import read_json
     try:
         return read_json(path)
     except (FileNotFoundError, ValueError) as exc:
@@ -60,8 +60,8 @@ def _load_json(path: str):
 
 
 def draw_case(args):
-    from projects.mv2d_xray.mv2d_xray.evaluation.formats import (
-        PredictionFormatError, infos_classes, load_infos, parse_predictions)
+    from projects.mv2d_xray.core.data_format import (PredictionFormatError, infos_classes,
+                                                     load_infos, parse_predictions)
     from projects.mv2d_xray.mv2d_xray.evaluation.visualization import draw_case as draw
     try:
         infos = load_infos(args.infos)
@@ -86,8 +86,7 @@ def draw_case(args):
             print(f'note: {args.pred} has no entry for {args.case}')
     dets2d = []
     if args.dets2d:
-        from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (load_coco,
-                                                                    resolve_detections)
+        from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
         coco_path = args.coco or (args.infos[:-4] if args.infos.endswith('.pkl')
                                   else args.infos) + '_2d.coco.json'
         try:

@@ -89,11 +89,11 @@ test_pipeline = [
 
 train_dataloader = dict(
     num_workers=2,
-    dataset=dict(data_root=data_root, ann_file='demo_infos_train.pkl',
+    dataset=dict(data_root=data_root, ann_file='demo_infos_train.pkl', image_size=img_size,
                  pipeline=train_pipeline))
 val_dataloader = dict(
     num_workers=2,
-    dataset=dict(data_root=data_root, ann_file='demo_infos_val.pkl',
+    dataset=dict(data_root=data_root, ann_file='demo_infos_val.pkl', image_size=img_size,
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader
 

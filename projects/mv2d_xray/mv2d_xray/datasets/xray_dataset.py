@@ -9,13 +9,12 @@ ignore and the metric, which neither rewards nor punishes detections on them.
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-import mmengine
 import numpy as np
 from mmdet3d.datasets import Det3DDataset
 from mmdet3d.registry import DATASETS
 from mmdet3d.structures import LiDARInstance3DBoxes
 
-from data_converters.infos import FORMAT_VERSION
+from projects.mv2d_xray.core.data_format import InfoFormatError, load_infos
 
 #: The matrices every view carries (4x4, column convention; ``lidar2img`` is ``ct2img``).
 VIEW_MATRIX_KEYS = ('cam2img', 'lidar2cam', 'lidar2img')
@@ -44,16 +43,17 @@ class MV2DXrayDataset(Det3DDataset):
 
     Classes come from the pickle's ``metainfo['classes']``. A config may name
     ``metainfo=dict(classes=...)`` to train on a subset (or reorder them); a class the data
-    does not have is an error. The number of views is the pickle's
-    ``metainfo['geometry']['num_views']`` (any number works); ``num_views`` in the config,
-    when given, must agree with it.
+    does not have is an error. The acquisition is the pickle's ``metainfo['geometry']``
+    (any number of views works). The acquisition a config states (``num_views``,
+    ``sod_mm``, ``image_size``; the config derives its depth ranges from ``sod_mm``) must
+    agree with it: the dataset stops with one line naming the setting and both values.
 
     Each item handed to the pipeline has, besides the pickle's keys:
 
     * ``view_names`` (list[str]), ``num_views`` (int), ``img_path`` (list[str], N paths);
     * ``cam2img``, ``lidar2cam``, ``lidar2img``: ``(N_views, 4, 4)`` float64 arrays, in the
       order of ``view_names`` (the ct -> cam -> img chain of
-      ``projects/mv2d_xray/geometry.py``);
+      ``projects/mv2d_xray/core/geometry.py``);
     * ``ann_info`` (train and test): see :meth:`parse_ann_info`;
     * ``eval_ann_info`` (test mode with ``load_eval_anns``): the same dict, for the metric.
 
@@ -64,6 +64,10 @@ class MV2DXrayDataset(Det3DDataset):
         ann_file (str): info pickle, relative to ``data_root``
             (``<prefix>_infos_{train,val}.pkl``).
         num_views (int, optional): expected number of views; checked against the data.
+        sod_mm (float, optional): expected source to isocentre distance (mm), from which
+            the config derives the depth ranges of the model; checked against the data.
+        image_size (tuple[int, int], optional): expected ``(H, W)`` of the radiographs;
+            checked against the data.
         metainfo (dict, optional): ``classes`` to select; other keys are merged as usual.
         data_prefix (dict): prefix of the pickle's ``img_path`` (relative to ``data_root``);
             ``img`` for every view, or one entry per view name. Defaults to ``dict(img='')``.
@@ -83,6 +87,8 @@ class MV2DXrayDataset(Det3DDataset):
                  data_root: Optional[str] = None,
                  ann_file: str = '',
                  num_views: Optional[int] = None,
+                 sod_mm: Optional[float] = None,
+                 image_size: Optional[Sequence[int]] = None,
                  metainfo: Optional[dict] = None,
                  data_prefix: dict = dict(img=''),
                  pipeline: List[Union[dict, Callable]] = [],
@@ -98,7 +104,12 @@ class MV2DXrayDataset(Det3DDataset):
         if not modality.get('use_camera', False) or modality.get('use_lidar', False):
             raise XrayDataError(f'{type(self).__name__} needs modality=dict(use_camera=True, '
                              f'use_lidar=False), got {modality}')
-        self.num_views = None if num_views is None else int(num_views)
+        self.expected_geometry = {
+            key: value for key, value in (
+                ('num_views', None if num_views is None else int(num_views)),
+                ('sod_mm', None if sod_mm is None else float(sod_mm)),
+                ('image_size', None if image_size is None else
+                 [int(s) for s in image_size])) if value is not None}
         self.check_image_files = check_image_files
         # Det3DDataset maps config classes against the class METAINFO; ours are only known
         # once the pickle is read, so the selection is applied in `load_data_list`.
@@ -121,14 +132,13 @@ class MV2DXrayDataset(Det3DDataset):
     def load_data_list(self) -> List[dict]:
         """Read the info pickle, check it against this code and the config, parse the
         cases."""
-        if self.backend_args is None and not osp.isfile(self.ann_file):
+        if not osp.isfile(self.ann_file):
             raise FileNotFoundError(f'info pickle not found: {self.ann_file} (convert a '
-                                    'dataset first: python -m data_converters --help)')
-        annotations = mmengine.load(self.ann_file)
-        if not (isinstance(annotations, dict) and 'metainfo' in annotations
-                and 'data_list' in annotations):
-            raise XrayDataError(f'{self.ann_file}: not an info pickle (expected a dict with '
-                             "'metainfo' and 'data_list')")
+                                    'dataset first: README "Converting data")')
+        try:
+            annotations = load_infos(self.ann_file)
+        except InfoFormatError as exc:
+            raise XrayDataError(str(exc)) from None
         file_meta = annotations['metainfo']
         self._check_file_metainfo(file_meta)
         self._set_classes(tuple(file_meta['classes']))
@@ -141,24 +151,24 @@ class MV2DXrayDataset(Det3DDataset):
         return [self.parse_data_info(raw) for raw in annotations['data_list']]
 
     def _check_file_metainfo(self, meta: dict) -> None:
-        """The pickle must come from this converter version and match the config."""
-        version = meta.get('format_version')
-        if version != FORMAT_VERSION:
-            raise XrayDataError(
-                f'{self.ann_file}: info pickle format_version {version!r}, but this code '
-                f'reads format_version {FORMAT_VERSION}; convert the data again with this '
-                'version of data_converters')
-        for key in ('classes', 'geometry'):
-            if key not in meta:
-                raise XrayDataError(f"{self.ann_file}: metainfo has no '{key}'")
-        num_views = int(meta['geometry']['num_views'])
-        if len(meta['geometry']['view_names']) != num_views:
+        """The pickle's geometry must be consistent and match the config's acquisition."""
+        geometry = meta['geometry']
+        num_views = int(geometry['num_views'])
+        if len(geometry['view_names']) != num_views:
             raise XrayDataError(f"{self.ann_file}: metainfo geometry lists "
-                             f"{len(meta['geometry']['view_names'])} view names for "
-                             f'num_views={num_views}')
-        if self.num_views is not None and self.num_views != num_views:
-            raise XrayDataError(f'{self.ann_file}: the data has {num_views} views per case, '
-                             f'the config says num_views={self.num_views}')
+                                f"{len(geometry['view_names'])} view names for "
+                                f'num_views={num_views}')
+        for key, expected in self.expected_geometry.items():
+            found = geometry.get(key)
+            if isinstance(found, (list, tuple)):
+                found = [int(v) for v in found]
+            elif key == 'sod_mm' and found is not None:
+                found = float(found)
+            if found != expected:
+                raise XrayDataError(
+                    f'{self.ann_file}: the data was converted with {key}={found}, the '
+                    f'config says {key}={expected}; convert the data with the config\'s '
+                    'acquisition or set the config\'s acquisition to the data\'s')
 
     def _set_classes(self, file_classes: tuple) -> None:
         """Classes and label mapping (pickle label -> training label, -1 = dropped)."""

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .formats import read_json
+from projects.mv2d_xray.core.io import read_json
 
 DEFAULT_IOU_THRS_2D = (0.1, 0.25, 0.5)
 
@@ -180,7 +180,7 @@ def flatten_2d(result: dict, prefix: str = '2d/') -> Dict[str, float]:
 
 def format_table_2d(result: dict) -> str:
     """A markdown table of the figures per view and overall (``-`` = absent)."""
-    from .xray_eval import _markdown
+    from projects.mv2d_xray.core.metric import _markdown
     thrs = result['settings']['iou_thrs']
     keys = ['AP'] + [f'AP@{t:g}' for t in thrs] + [f'AR@{t:g}' for t in thrs]
     rows = [['view', 'n_gt', 'n_dets'] + keys]

@@ -22,7 +22,7 @@ For one case and one class:
    is gathered again around the refined point and the point refined once more.
 5. **Size** from the 2D extents: each supporting view measures the object's extent along its
    image axes (box width and height times the mm-per-pixel at the point's depth, from
-   :func:`~projects.mv2d_xray.geometry.unproject_points`); an axis-aligned ellipsoid
+   :func:`~projects.mv2d_xray.core.geometry.unproject_points`); an axis-aligned ellipsoid
    ``width^2 = sum_k a_k^2 d_k^2`` (``a`` the measured direction in ct) is fitted by
    non-negative least squares, and its axis extents ``d_k`` are the box size. An axis no
    view constrains gets the mean of the others.
@@ -46,7 +46,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import project_points, triangulate_points, unproject_points
+from projects.mv2d_xray.core.geometry import project_points, triangulate_points, unproject_points
 
 
 @dataclass

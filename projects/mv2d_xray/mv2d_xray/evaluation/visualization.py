@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.geometry import box3d_corners, project_points
+from projects.mv2d_xray.core.geometry import box3d_corners, project_points
 
 #: Colours: ground truth green (drawn wide, under the predictions), ignore regions yellow,
 #: predictions magenta (3D) / cyan (2D): a 3D box on its finding shows as magenta in green.

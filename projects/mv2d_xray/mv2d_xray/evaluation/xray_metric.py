@@ -4,16 +4,17 @@ import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from mmdet3d.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
-from mmdet3d.registry import METRICS
-from projects.mv2d_xray.geometry import transform_boxes2d
-from .formats import (case_gt_from_info, infos_classes, load_infos, predictions_to_json,
-                      write_json_atomic)
-from .xray_eval import (DEFAULT_DIST_THRS_MM, DEFAULT_FROC_FP_RATES, DEFAULT_IOU_THRS,
-                        DEFAULT_SIZE_BANDS, CaseGT, CasePred, evaluate_detections,
-                        flatten_metrics, format_table)
+from projects.mv2d_xray.core.data_format import (CaseGT, CasePred, case_gt_from_info,
+                                                 infos_classes, load_infos, predictions_to_json)
+from projects.mv2d_xray.core.geometry import transform_boxes2d
+from projects.mv2d_xray.core.io import write_json
+from projects.mv2d_xray.core.metric import (DEFAULT_DIST_THRS_MM, DEFAULT_FROC_FP_RATES,
+                                            DEFAULT_IOU_THRS, DEFAULT_SIZE_BANDS,
+                                            evaluate_detections, flatten_metrics, format_table)
 
 
 def _get(sample, key, default=None):
@@ -52,7 +53,7 @@ class XrayDet3DMetric(BaseMetric):
     the gravity centre is used --, ``scores_3d``, ``labels_3d``). Non-finite boxes or
     scores and negative sizes are dropped with a warning (counted as ``num_invalid_pred``).
 
-    Figures (defined exactly in :mod:`.xray_eval`): AP at axis-aligned 3D IoU
+    Figures (defined exactly in :mod:`projects.mv2d_xray.core.metric`): AP at axis-aligned 3D IoU
     ``iou_thrs`` (101-point interpolation), AP at centre distance ``dist_thrs_mm`` and
     their mean ``mAP_dist`` (nuScenes matching), LUNA16 FROC at ``froc_fp_rates`` FPs per
     scan (all scans evaluated, negatives included) and its mean ``CPM``, the centre error
@@ -247,19 +248,20 @@ class XrayDet3DMetric(BaseMetric):
             result2d = self._evaluate_2d(dets2d, {r['token'] for r in results
                                                   if 'dets2d' in r})
             if result2d is not None:
-                from .coco2d import flatten_2d, format_table_2d
+                from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (flatten_2d,
+                                                                            format_table_2d)
                 result['eval_2d'] = result2d
                 flat.update(flatten_2d(result2d))
                 table += '\n\nPer-view 2D detection (COCO):\n' + format_table_2d(result2d)
         print_log(f'\n{table}', logger='current')
 
         if self.out_file:
-            write_json_atomic(result, self.out_file)
+            write_json(self.out_file, result)
             print_log(f'metrics written to {self.out_file}', logger='current')
         if self.pred_out_file:
-            write_json_atomic(predictions_to_json(preds), self.pred_out_file)
+            write_json(self.pred_out_file, predictions_to_json(preds))
         if self.dets2d_out_file and dets2d is not None:
-            write_json_atomic(dets2d, self.dets2d_out_file)
+            write_json(self.dets2d_out_file, dets2d)
         return flat
 
     # -- 2D --------------------------------------------------------------------------------
@@ -271,7 +273,7 @@ class XrayDet3DMetric(BaseMetric):
             return None
         index = {}
         if self.coco_ann_file and osp.isfile(self.coco_ann_file):
-            from .coco2d import image_index, load_coco
+            from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import image_index, load_coco
             index = image_index(load_coco(self.coco_ann_file))
         file_classes = infos_classes(infos['data'])
         dets = []
@@ -300,7 +302,7 @@ class XrayDet3DMetric(BaseMetric):
             if not self._coco_optional:
                 raise FileNotFoundError(f'COCO file not found: {self.coco_ann_file}')
             return None
-        from .coco2d import evaluate_coco_2d, load_coco
+        from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import evaluate_coco_2d, load_coco
         coco = load_coco(self.coco_ann_file)
         return evaluate_coco_2d(_subset_coco(coco, tokens), dets)
 

@@ -22,11 +22,11 @@ Modes (``correlation_mode``):
 from typing import Sequence, Tuple
 
 import torch
+from mmdet3d.registry import TASK_UTILS
 from mmdet.structures.bbox import bbox_overlaps
 from torch import Tensor
 
-from mmdet3d.registry import TASK_UTILS
-from .positional_encoding import depth_bins
+from projects.mv2d_xray.mv2d_xray.models.positional_encoding import depth_bins
 
 
 @TASK_UTILS.register_module()

@@ -18,6 +18,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmdet3d.registry import MODELS, TASK_UTILS
 from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.utils import reduce_mean
 from mmengine.model import BaseModule, ModuleList
@@ -25,8 +26,7 @@ from mmengine.model.weight_init import bias_init_with_prob
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
-from mmdet3d.registry import MODELS, TASK_UTILS
-from .positional_encoding import pos2posemb3d
+from projects.mv2d_xray.mv2d_xray.models.positional_encoding import pos2posemb3d
 
 
 @MODELS.register_module()

@@ -31,17 +31,17 @@ import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from mmdet3d.models.detectors import Base3DDetector
+from mmdet3d.registry import MODELS
+from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox2roi, bbox_overlaps
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from mmdet3d.models.detectors import Base3DDetector
-from mmdet3d.registry import MODELS
-from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
-from .grid_mask import XrayGridMask
-from .mv2d_roi_head import _as_hw
+from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
+from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import _as_hw
 
 
 @MODELS.register_module()

@@ -34,15 +34,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmdet3d.registry import MODELS, TASK_UTILS
+from mmdet3d.structures import LiDARInstance3DBoxes, get_box_type
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from mmdet3d.registry import MODELS, TASK_UTILS
-from mmdet3d.structures import LiDARInstance3DBoxes, get_box_type
-from ...geometry import (project_points, ray_planes, triangulate_points,
-                         unproject_points)
-from .post_processing import center_distance_nms
+from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
+                                              unproject_points)
+from projects.mv2d_xray.mv2d_xray.models.post_processing import center_distance_nms
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:

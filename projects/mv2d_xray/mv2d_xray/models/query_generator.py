@@ -19,11 +19,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from mmcv.cnn import ConvModule
+from mmdet3d.registry import MODELS
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmdet3d.registry import MODELS
-from ...geometry import project_points, unproject_points
+from projects.mv2d_xray.core.geometry import project_points, unproject_points
 
 
 def roi_affine(bboxes: Tensor) -> Tensor:

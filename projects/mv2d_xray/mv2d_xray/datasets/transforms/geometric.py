@@ -4,10 +4,10 @@ from typing import Sequence, Tuple
 import mmcv
 import numpy as np
 from mmcv.transforms import BaseTransform
-
 from mmdet3d.registry import TRANSFORMS
-from projects.mv2d_xray.geometry import apply_image_aug, image_aug_matrix, transform_boxes2d
-from .loading import BOX2D_FIELDS
+
+from projects.mv2d_xray.core.geometry import apply_image_aug, image_aug_matrix, transform_boxes2d
+from projects.mv2d_xray.mv2d_xray.datasets.transforms.loading import BOX2D_FIELDS
 
 
 @TRANSFORMS.register_module()
@@ -21,7 +21,7 @@ class XrayResizeCropFlip(BaseTransform):
     parameters unless ``sync_views``; all views end up ``img_scale``.
 
     The three steps are one affine ``A`` on continuous image coordinates
-    (:func:`~projects.mv2d_xray.geometry.image_aug_matrix`, exact for ``cv2`` resizing to an
+    (:func:`~projects.mv2d_xray.core.geometry.image_aug_matrix`, exact for ``cv2`` resizing to an
     integer size and integer crops): ``cam2img`` and ``lidar2img`` of the view become
     ``A @ cam2img`` and ``A @ lidar2img`` (``lidar2cam`` is unchanged), so 3D -> 2D
     projection stays exact, and ``A`` is composed into ``img_aug_matrix``. The view's 2D

@@ -4,9 +4,8 @@ from typing import Optional
 import mmcv
 import numpy as np
 from mmcv.transforms import BaseTransform
-from mmengine.fileio import get
-
 from mmdet3d.registry import TRANSFORMS
+from mmengine.fileio import get
 
 #: 2D box arrays that the pipeline carries, each with the per-box arrays that travel (and
 #: are filtered) with it. ``*_view_ids`` say which view a box lies in.
@@ -41,7 +40,7 @@ class LoadXrayMultiViewImages(BaseTransform):
     * ``img_shape``, ``ori_shape`` (``(H, W)``), ``num_views``;
     * ``ori_cam2img``, ``ori_lidar2img`` (copies before augmentation) and
       ``img_aug_matrix`` (``(N, 4, 4)`` identity; image-space augmentations compose into
-      it, see ``projects/mv2d_xray/geometry.py``).
+      it, see ``projects/mv2d_xray/core/geometry.py``).
 
     Args:
         backend_args (dict, optional): mmengine file backend arguments.

@@ -7,7 +7,7 @@ from mmengine.structures import InstanceData
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from mmdet3d.registry import MODELS, TASK_UTILS
-from projects.mv2d_xray.geometry import (XrayGeometry, apply_image_aug,
+from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug,
                                          image_aug_matrix, project_boxes3d,
                                          project_points, triangulate_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation,

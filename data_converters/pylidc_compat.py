@@ -1,8 +1,8 @@
-"""Fixes for the third-party stack on current numpy / setuptools / PyTorch, in one place.
+"""pylidc 0.2.3 on current numpy / setuptools / Python, for the LIDC-based sources.
 
-Import what you need from here instead of the raw package:
+Import pylidc from here instead of the raw package:
 
-* ``from projects.mv2d_xray.compat import pylidc`` -- pylidc 0.2.3 with
+* ``from data_converters.pylidc_compat import pylidc`` -- pylidc 0.2.3 with
   - numpy >= 1.24: it uses the removed aliases ``np.int`` / ``np.float`` at call time
     (``Contour.to_matrix``, ``Annotation.boolean_mask``, ``surface_area``...); they are
     restored as the builtins they aliased;
@@ -11,12 +11,8 @@ Import what you need from here instead of the raw package:
   - Python >= 3.12: ``configparser.SafeConfigParser`` is restored;
   - :func:`set_pylidc_dicom_root` points pylidc at a DICOM folder without ``~/.pylidcrc``
     (pylidc would otherwise write a template config file into the user's home).
-* :func:`enable_trusted_checkpoint_loading` -- PyTorch >= 2.6 loads with
-  ``weights_only=True``, which rejects mmengine checkpoints (they pickle the message hub's
-  ``HistoryBuffer`` and numpy arrays), so ``--resume`` and ``load_from`` fail. This
-  re-registers mmengine's loader for local files to load with ``weights_only=False``:
-  only the checkpoint files a user passes to the tools, which they trust, go through it.
-  The plugin calls it on import.
+
+The fixes are applied when pylidc is first used, not when this module is imported.
 """
 import configparser
 import importlib
@@ -26,7 +22,7 @@ import types
 
 import numpy as np
 
-__all__ = ['pylidc', 'set_pylidc_dicom_root', 'enable_trusted_checkpoint_loading']
+__all__ = ['pylidc', 'set_pylidc_dicom_root']
 
 
 def _install_pkg_resources_stub() -> None:
@@ -70,7 +66,7 @@ def _import_pylidc():
 
 
 def __getattr__(name: str):
-    # PEP 562: ``from projects.mv2d_xray.compat import pylidc`` imports it on first use.
+    # PEP 562: ``from data_converters.pylidc_compat import pylidc`` imports it on first use.
     if name == 'pylidc':
         module = _import_pylidc()
         globals()['pylidc'] = module
@@ -85,25 +81,3 @@ def set_pylidc_dicom_root(path: str) -> None:
     __getattr__('pylidc')
     scan_module = sys.modules['pylidc.Scan']
     scan_module._get_dicom_file_path_from_config_file = lambda: root
-
-
-_trusted_loading_enabled = False
-
-
-def enable_trusted_checkpoint_loading() -> None:
-    """Load local mmengine checkpoints with ``weights_only=False`` (see module docstring).
-    Idempotent."""
-    global _trusted_loading_enabled
-    if _trusted_loading_enabled:
-        return
-    import torch
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    def load_from_local(filename, map_location):
-        filename = os.path.expanduser(filename)
-        if not os.path.isfile(filename):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return torch.load(filename, map_location=map_location, weights_only=False)
-
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
-    _trusted_loading_enabled = True

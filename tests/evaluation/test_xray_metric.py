@@ -12,8 +12,9 @@ from mmengine.structures import InstanceData
 
 from mmdet3d.registry import METRICS
 from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
-from projects.mv2d_xray.geometry import image_aug_matrix
+from projects.mv2d_xray.core.geometry import image_aug_matrix
 from projects.mv2d_xray.mv2d_xray.evaluation import XrayDet3DMetric  # noqa: F401
+from conftest import REPO_ROOT
 from xray_eval_fake_data import run_tool, write_eval_dataset
 
 SCALE = 0.5   # the model's input views are half the original size
@@ -151,7 +152,7 @@ def test_tools_test_routes_metrics_json():
     """tools/test.py fills ``out_file`` of metrics whose signature has it."""
     import importlib.util
     import sys
-    tools = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
+    tools = osp.join(REPO_ROOT, 'tools')
     sys.path.insert(0, tools)
     try:
         spec = importlib.util.spec_from_file_location('_tool_test', osp.join(tools, 'test.py'))

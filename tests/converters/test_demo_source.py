@@ -11,7 +11,7 @@ from data_converters.findings import LabelRule
 from data_converters.render import hu_to_density, render_views
 from data_converters.storage import CaseStore
 from data_converters.volume import index_to_ct, load_example_ct
-from projects.mv2d_xray.geometry import XrayGeometry, project_points
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from projects.mv2d_xray.geometry import project_points, triangulate_points
+from projects.mv2d_xray.core.geometry import project_points, triangulate_points
 from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
     TriangulationConfig, ct_bounds, fit_box_size, refine_point, reprojection_errors,
     source_positions, triangulate_case)

@@ -5,8 +5,9 @@ import os.path as osp
 import numpy as np
 import pytest
 
-from data_converters.infos import CLASSES, FORMAT_VERSION, split_patients
-from projects.mv2d_xray.geometry import XrayGeometry
+from data_converters.lidc import NODULE_CLASSES
+from projects.mv2d_xray.core.data_format import FORMAT_VERSION, split_patients
+from projects.mv2d_xray.core.geometry import XrayGeometry
 
 INFO_KEYS = {'sample_idx', 'token', 'patient_id', 'source', 'ct', 'images', 'instances',
              'cam_instances'}
@@ -29,7 +30,7 @@ def test_metainfo(splits, demo_dataset):
         meta = data['metainfo']
         assert meta['dataset'] == 'mv2d-xray' and meta['info_version'] == '2.0'
         assert meta['format_version'] == FORMAT_VERSION and isinstance(FORMAT_VERSION, int)
-        assert tuple(meta['classes']) == CLASSES == ('nodule',)
+        assert tuple(meta['classes']) == NODULE_CLASSES == ('nodule',)
         assert meta['categories'] == {'nodule': 0}
         assert XrayGeometry.from_metainfo(meta['geometry']) == demo_dataset.geometry
         geo = meta['geometry']

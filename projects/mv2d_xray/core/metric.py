@@ -76,6 +76,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from projects.mv2d_xray.core.data_format import CaseGT, CasePred
+
 DEFAULT_DIST_THRS_MM = (2.0, 4.0, 8.0, 16.0)
 DEFAULT_IOU_THRS = (0.1, 0.25, 0.5)
 DEFAULT_FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -84,56 +86,6 @@ DEFAULT_SIZE_BANDS = (('3-6mm', 3.0, 6.0), ('6-10mm', 6.0, 10.0), ('>10mm', 10.0
 
 #: Match status of a prediction.
 TP, FP, IGNORED = 1, 0, -1
-
-
-@dataclass
-class CaseGT:
-    """Ground truth of one scan.
-
-    Args:
-        boxes (np.ndarray): ``(G, 7)`` ct boxes ``[x, y, z, dx, dy, dz, yaw]`` in mm.
-        labels (np.ndarray): ``(G,)`` class indices.
-        ignore (np.ndarray): ``(G,)`` bool, True for ignore regions.
-        diameters_mm (np.ndarray): ``(G,)`` finding diameters (FROC radius, size bands).
-    """
-    boxes: np.ndarray
-    labels: np.ndarray
-    ignore: np.ndarray
-    diameters_mm: np.ndarray
-
-    def __post_init__(self):
-        self.boxes = np.asarray(self.boxes, np.float64).reshape(-1, 7)
-        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
-        self.ignore = np.asarray(self.ignore, bool).reshape(-1)
-        self.diameters_mm = np.asarray(self.diameters_mm, np.float64).reshape(-1)
-        if not (len(self.boxes) == len(self.labels) == len(self.ignore)
-                == len(self.diameters_mm)):
-            raise ValueError('CaseGT fields must have the same length')
-
-
-@dataclass
-class CasePred:
-    """Predictions for one scan.
-
-    Args:
-        boxes (np.ndarray): ``(P, 7)`` ct boxes in mm.
-        scores (np.ndarray): ``(P,)`` confidences (higher = more confident).
-        labels (np.ndarray): ``(P,)`` class indices.
-    """
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self):
-        self.boxes = np.asarray(self.boxes, np.float64).reshape(-1, 7)
-        self.scores = np.asarray(self.scores, np.float64).reshape(-1)
-        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
-        if not len(self.boxes) == len(self.scores) == len(self.labels):
-            raise ValueError('CasePred fields must have the same length')
-
-    @classmethod
-    def empty(cls) -> 'CasePred':
-        return cls(np.zeros((0, 7)), np.zeros(0), np.zeros(0, np.int64))
 
 
 # -- pairwise geometry ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from projects.mv2d_xray.geometry import (image_aug_matrix, project_boxes3d, project_points,
+from projects.mv2d_xray.core.geometry import (image_aug_matrix, project_boxes3d, project_points,
                                          transform_boxes2d)
 from projects.mv2d_xray.mv2d_xray.datasets import (LoadXrayAnnotations3D,
                                                    LoadXrayMultiViewImages,
@@ -88,7 +88,7 @@ AUG_CONFIGS = {
 def test_image_aug_matrix_moves_projections_by_hand_computed_amounts():
     """Resize (0.5, 0.25), crop at (3, 5), flip a 40 px wide window: a ct point projecting
     to (u, v) at depth d (far from 1) lands at (40 - (0.5 u - 3), 0.25 v - 5)."""
-    from projects.mv2d_xray.geometry import XrayGeometry, apply_image_aug
+    from projects.mv2d_xray.core.geometry import XrayGeometry, apply_image_aug
     geometry = XrayGeometry(num_views=4, image_size=(64, 80))
     points = np.array([[0.0, 0.0, 0.0], [20.0, -30.0, 10.0], [-15.0, 40.0, -25.0]])
     aug = image_aug_matrix(scale=(0.5, 0.25), crop_offset=(3, 5), flip_width=40)

@@ -1,4 +1,4 @@
-"""The 3D metric core (``evaluation/xray_eval.py``) on hand-built cases with known answers,
+"""The 3D metric core (``projects/mv2d_xray/core/metric.py``) on hand-built cases with known answers,
 and its agreement with mmdet3d's ``indoor_eval``."""
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from projects.mv2d_xray.mv2d_xray.evaluation.xray_eval import (
+from projects.mv2d_xray.core.metric import (
     FP, TP, CaseGT, CasePred, aligned_iou_3d, average_precision, evaluate_detections,
     flatten_metrics, format_table, froc_curve, match_by_distance, match_by_iou,
     sensitivity_at)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data_converters import render
-from projects.mv2d_xray.geometry import XrayGeometry, project_points
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 # An anisotropic CT grid finer than the detector pixel seen at the isocentre (2.4 mm *
 # 300 / 600 = 1.2 mm), so the fast path crops and resamples every axis.

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from projects.mv2d_xray.geometry import box3d_corners, project_points
+from projects.mv2d_xray.core.geometry import box3d_corners, project_points
 from projects.mv2d_xray.mv2d_xray.evaluation.visualization import (BOX_EDGES, PRED3D_COLOR,
                                                                    project_box_edges)
 from xray_eval_fake_data import eval_geometry, run_tool, write_eval_dataset

@@ -2,6 +2,7 @@
 the full pipeline up to the model's data preprocessor."""
 import os
 import os.path as osp
+import re
 
 import mmengine
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from mmengine.registry import init_default_scope
 
-from projects.mv2d_xray.geometry import project_boxes3d
+from projects.mv2d_xray.core.geometry import project_boxes3d
 from projects.mv2d_xray.mv2d_xray.datasets import MV2DXrayDataset
 from xray_fake_data import DEFAULT_CASES, write_fake_dataset
 
@@ -175,9 +176,32 @@ def test_training_keeps_negative_cases(fake_root):
 
 # -- bad input: one clear error naming the problem ------------------------------------------
 def test_config_num_views_disagreeing_with_data(fake_root):
-    with pytest.raises(ValueError, match=r'fake_infos_train\.pkl: the data has 3 views.*'
-                                         r'num_views=10'):
+    with pytest.raises(ValueError, match=r'fake_infos_train\.pkl: the data was converted with '
+                                         r'num_views=3, the config says num_views=10'):
         build(fake_root, 'fake_infos_train.pkl', num_views=10)
+
+
+@pytest.mark.parametrize('setting, config_value, data_value', [
+    ('sod_mm', 400.0, '300.0'), ('image_size', (64, 64), r'\[48, 64\]')])
+def test_config_acquisition_disagreeing_with_data(fake_root, setting, config_value,
+                                                  data_value):
+    """A config made for another acquisition (its depth ranges derive from ``sod_mm``)
+    stops with one line naming the setting and both values."""
+    config_text = str(list(config_value)) if setting == 'image_size' else str(config_value)
+    with pytest.raises(ValueError) as info:
+        build(fake_root, 'fake_infos_train.pkl', **{setting: config_value})
+    message = str(info.value)
+    assert '\n' not in message
+    assert re.search(rf'fake_infos_train\.pkl: the data was converted with {setting}='
+                     rf'{data_value}, the config says {setting}=', message)
+    assert f'the config says {setting}={config_text};' in message
+
+
+def test_config_acquisition_agreeing_with_data(fake_root):
+    """The same settings, as the data has them, load."""
+    dataset = build(fake_root, 'fake_infos_train.pkl', num_views=3, sod_mm=300,
+                    image_size=(48, 64))
+    assert len(dataset) > 0 and dataset.metainfo['geometry']['sod_mm'] == 300.0
 
 
 def test_config_classes_disagreeing_with_data(fake_root):

@@ -171,16 +171,52 @@ class XrayGeometry:
 
 
 # -- projection helpers (numpy or torch) ---------------------------------------------------
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith('torch')
+class _NumpyOps:
+    """The few array operations the helpers below need, for numpy arrays (float64)."""
+    asarray = staticmethod(lambda x: np.asarray(x, dtype=np.float64))
+    cat = staticmethod(lambda xs: np.concatenate(xs, axis=-1))
+    stack = staticmethod(lambda xs, axis: np.stack(xs, axis=axis))
+    inv = staticmethod(np.linalg.inv)
+    solve = staticmethod(np.linalg.solve)
+    norm = staticmethod(lambda x: np.linalg.norm(x, axis=-1, keepdims=True))
+    amin = staticmethod(lambda x, axis: x.min(axis=axis))
+    amax = staticmethod(lambda x, axis: x.max(axis=axis))
+    transpose = staticmethod(lambda x: np.swapaxes(x, -1, -2))
+    eye = staticmethod(lambda n, like: np.eye(n))
+    like = staticmethod(lambda values, ref: np.asarray(values, dtype=np.float64))
+    cos, sin, ones_like = np.cos, np.sin, np.ones_like
 
 
-def _homogeneous(points):
-    if _is_torch(points):
+class _TorchOps:
+    """The same operations for torch tensors (dtype and device kept)."""
+
+    def __init__(self, torch):
+        self.asarray = lambda x: x
+        self.cat = lambda xs: torch.cat(xs, dim=-1)
+        self.stack = lambda xs, axis: torch.stack(xs, dim=axis)
+        self.inv = torch.linalg.inv
+        self.solve = torch.linalg.solve
+        self.norm = lambda x: torch.linalg.norm(x, dim=-1, keepdim=True)
+        self.amin = lambda x, axis: x.amin(dim=axis)
+        self.amax = lambda x, axis: x.amax(dim=axis)
+        self.transpose = lambda x: x.transpose(-1, -2)
+        self.eye = lambda n, like: torch.eye(n, dtype=like.dtype, device=like.device)
+        self.like = lambda values, ref: torch.as_tensor(values, dtype=ref.dtype,
+                                                        device=ref.device)
+        self.cos, self.sin, self.ones_like = torch.cos, torch.sin, torch.ones_like
+
+
+def _ops(x):
+    """:class:`_NumpyOps` for numpy input (or lists), :class:`_TorchOps` for a tensor.
+    torch is imported only when a tensor is passed, so the numpy path stays torch-free."""
+    if type(x).__module__.startswith('torch'):
         import torch
-        return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
-    points = np.asarray(points, dtype=np.float64)
-    return np.concatenate([points, np.ones_like(points[..., :1])], axis=-1)
+        return _TorchOps(torch)
+    return _NumpyOps
+
+
+def _homogeneous(points, ops):
+    return ops.cat([points, ops.ones_like(points[..., :1])])
 
 
 def project_points(lidar2img, points):
@@ -194,33 +230,30 @@ def project_points(lidar2img, points):
         tuple: ``uv`` ``(..., P, 2)`` continuous image coordinates and ``depth``
         ``(..., P)``, the cam z in mm (positive in front of the source).
     """
-    hom = _homogeneous(points)
+    ops = _ops(points)
+    hom = _homogeneous(ops.asarray(points), ops)
     proj = (lidar2img[..., None, :3, :] @ hom[..., None])[..., 0]      # (..., P, 3)
     depth = proj[..., 2]
     return proj[..., :2] / depth[..., None], depth
 
 
-def unproject_points(lidar2img, uv, depth):
+def unproject_points(lidar2img, uv, depth, img2lidar=None):
     """Inverse of :func:`project_points`: lift image points with known depth to ct.
 
     Args:
-        lidar2img: ``(..., 4, 4)`` ct -> img matrices.
+        lidar2img: ``(..., 4, 4)`` ct -> img matrices (unused when ``img2lidar`` is given).
         uv: ``(..., P, 2)`` image coordinates.
         depth: ``(..., P)`` cam z in mm.
+        img2lidar: ``(..., 4, 4)`` the inverses of ``lidar2img``, when the caller already
+            has them (saves one inversion per call). Optional.
 
     Returns:
         ``(..., P, 3)`` ct points in mm.
     """
-    if _is_torch(uv):
-        import torch
-        hom = torch.cat([uv * depth[..., None], depth[..., None],
-                         torch.ones_like(depth[..., None])], dim=-1)
-        inv = torch.linalg.inv(lidar2img)
-    else:
-        uv, depth = np.asarray(uv, np.float64), np.asarray(depth, np.float64)
-        hom = np.concatenate([uv * depth[..., None], depth[..., None],
-                              np.ones_like(depth[..., None])], axis=-1)
-        inv = np.linalg.inv(lidar2img)
+    ops = _ops(uv)
+    uv, depth = ops.asarray(uv), ops.asarray(depth)
+    hom = ops.cat([uv * depth[..., None], depth[..., None], ops.ones_like(depth[..., None])])
+    inv = ops.inv(lidar2img) if img2lidar is None else img2lidar
     return (inv[..., None, :, :] @ hom[..., None])[..., :3, 0]
 
 
@@ -236,15 +269,11 @@ def ray_planes(lidar2img, uv):
     Returns:
         ``(..., 2, 4)`` plane rows.
     """
+    ops = _ops(uv)
     p = lidar2img[..., :3, :]
-    rows = [uv[..., 0, None] * p[..., 2, :] - p[..., 0, :],
-            uv[..., 1, None] * p[..., 2, :] - p[..., 1, :]]
-    if _is_torch(uv):
-        import torch
-        rows = torch.stack(rows, dim=-2)
-        return rows / torch.linalg.norm(rows[..., :3], dim=-1, keepdim=True)
-    rows = np.stack(rows, axis=-2)
-    return rows / np.linalg.norm(rows[..., :3], axis=-1, keepdims=True)
+    rows = ops.stack([uv[..., 0, None] * p[..., 2, :] - p[..., 0, :],
+                      uv[..., 1, None] * p[..., 2, :] - p[..., 1, :]], -2)
+    return rows / ops.norm(rows[..., :3])
 
 
 def triangulate_points(lidar2img, uv, weights=None):
@@ -260,39 +289,31 @@ def triangulate_points(lidar2img, uv, weights=None):
     Returns:
         ``(..., 3)`` ct points in mm.
     """
+    ops = _ops(uv)
     rows = ray_planes(lidar2img, uv)                                   # (..., V, 2, 4)
     if weights is not None:
         rows = rows * weights[..., None, None]
     rows = rows.reshape(*rows.shape[:-3], -1, 4)                       # (..., 2V, 4)
     a, b = rows[..., :3], -rows[..., 3:]
-    if _is_torch(uv):
-        import torch
-        ata = a.transpose(-1, -2) @ a
-        eye = torch.eye(3, dtype=ata.dtype, device=ata.device)
-        return torch.linalg.solve(ata + 1e-9 * eye, a.transpose(-1, -2) @ b)[..., 0]
-    ata = np.swapaxes(a, -1, -2) @ a
-    return np.linalg.solve(ata + 1e-9 * np.eye(3), np.swapaxes(a, -1, -2) @ b)[..., 0]
+    ata = ops.transpose(a) @ a
+    return ops.solve(ata + 1e-9 * ops.eye(3, ata), ops.transpose(a) @ b)[..., 0]
+
+
+#: Corner signs of a box, ``(8, 3)``: x slowest, z fastest.
+_CORNER_SIGNS = [[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (-0.5, 0.5)]
 
 
 def box3d_corners(boxes):
     """Corners of 3D boxes ``[x, y, z, dx, dy, dz, yaw]`` (centre, full extents, yaw about
     z), shape ``(..., 7)`` -> ``(..., 8, 3)``."""
-    signs = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5)
-                      for sz in (-0.5, 0.5)])
-    if _is_torch(boxes):
-        import torch
-        signs = torch.as_tensor(signs, dtype=boxes.dtype, device=boxes.device)
-        cos, sin = torch.cos(boxes[..., 6]), torch.sin(boxes[..., 6])
-        offsets = signs * boxes[..., None, 3:6]
-        x = offsets[..., 0] * cos[..., None] - offsets[..., 1] * sin[..., None]
-        y = offsets[..., 0] * sin[..., None] + offsets[..., 1] * cos[..., None]
-        return torch.stack([x, y, offsets[..., 2]], dim=-1) + boxes[..., None, :3]
-    boxes = np.asarray(boxes, dtype=np.float64)
-    cos, sin = np.cos(boxes[..., 6]), np.sin(boxes[..., 6])
+    ops = _ops(boxes)
+    boxes = ops.asarray(boxes)
+    signs = ops.like(_CORNER_SIGNS, boxes)
+    cos, sin = ops.cos(boxes[..., 6]), ops.sin(boxes[..., 6])
     offsets = signs * boxes[..., None, 3:6]
     x = offsets[..., 0] * cos[..., None] - offsets[..., 1] * sin[..., None]
     y = offsets[..., 0] * sin[..., None] + offsets[..., 1] * cos[..., None]
-    return np.stack([x, y, offsets[..., 2]], axis=-1) + boxes[..., None, :3]
+    return ops.stack([x, y, offsets[..., 2]], -1) + boxes[..., None, :3]
 
 
 def project_boxes3d(lidar2img, boxes):
@@ -305,12 +326,30 @@ def project_boxes3d(lidar2img, boxes):
     Returns:
         ``(..., M, 4)`` boxes (not clipped to the image).
     """
+    ops = _ops(boxes)
     corners = box3d_corners(boxes)                                   # (..., M, 8, 3)
     uv, _ = project_points(lidar2img[..., None, :, :], corners)      # (..., M, 8, 2)
-    if _is_torch(uv):
-        import torch
-        return torch.cat([uv.amin(dim=-2), uv.amax(dim=-2)], dim=-1)
-    return np.concatenate([uv.min(axis=-2), uv.max(axis=-2)], axis=-1)
+    return ops.cat([ops.amin(uv, -2), ops.amax(uv, -2)])
+
+
+def normalize_points(points, point_range):
+    """ct points in mm -> coordinates in ``[0, 1]`` inside ``point_range`` (not clamped).
+
+    Args:
+        points: ``(..., 3)`` ct points in mm.
+        point_range: ``[x0, y0, z0, x1, y1, z1]`` in mm (e.g. a config's ``pc_range``).
+
+    Returns:
+        ``(..., 3)`` normalised coordinates.
+    """
+    rng = _ops(points).like(point_range, points)
+    return (points - rng[:3]) / (rng[3:] - rng[:3])
+
+
+def denormalize_points(points, point_range):
+    """Inverse of :func:`normalize_points`: ``(..., 3)`` normalised -> ct mm."""
+    rng = _ops(points).like(point_range, points)
+    return points * (rng[3:] - rng[:3]) + rng[:3]
 
 
 def image_aug_matrix(scale: Sequence[float] = (1.0, 1.0),
@@ -349,10 +388,9 @@ def apply_image_aug(aug_matrix, *matrices):
 def transform_boxes2d(aug_matrix, boxes):
     """Apply an image-space affine to ``(..., 4)`` ``[x1, y1, x2, y2]`` boxes (re-sorted so
     ``x1 <= x2`` after a flip)."""
+    ops = _ops(boxes)
     a = np.asarray(aug_matrix)
     xs = boxes[..., 0::2] * a[0, 0] + a[0, 2]
     ys = boxes[..., 1::2] * a[1, 1] + a[1, 2]
-    if _is_torch(boxes):
-        import torch
-        return torch.stack([xs.amin(-1), ys.amin(-1), xs.amax(-1), ys.amax(-1)], dim=-1)
-    return np.stack([xs.min(-1), ys.min(-1), xs.max(-1), ys.max(-1)], axis=-1)
+    return ops.stack([ops.amin(xs, -1), ops.amin(ys, -1), ops.amax(xs, -1), ops.amax(ys, -1)],
+                     -1)
