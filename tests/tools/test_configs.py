@@ -55,7 +55,7 @@ def test_custom_imports_register_the_plugin_in_a_fresh_process(demo_dataset):
         'cfg = Config.fromfile(sys.argv[1])',
         'init_default_scope(cfg.default_scope)',
         'model = MODELS.build(cfg.model)',
-        'cfg.val_dataloader.dataset.data_root = sys.argv[2]',
+        'cfg.val_dataloader.dataset.update(data_root=sys.argv[2], image_size=None)',
         'dataset = DATASETS.build(cfg.val_dataloader.dataset)',
         'print(type(model).__name__, type(dataset).__name__, len(dataset))',
     ])

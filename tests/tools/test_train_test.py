@@ -33,7 +33,7 @@ def small_demo_config(demo_dataset) -> Config:
     for split in ('train', 'val', 'test'):
         loader = cfg[f'{split}_dataloader']
         loader.update(num_workers=0, persistent_workers=False)
-        loader.dataset.data_root = root
+        loader.dataset.update(data_root=root, image_size=img_size)
         pipeline = [t for t in loader.dataset.pipeline
                     if t['type'] != 'XrayPhotoMetricDistortion']
         for transform in pipeline:

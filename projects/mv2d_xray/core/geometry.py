@@ -22,7 +22,7 @@ This is exactly DiffDRR 0.6.1's ``DRR(subject, sdd=sdd_mm, height=H, width=W,
 delx=dely=pixel_spacing_mm, reverse_x_axis=True)`` with the pose
 ``convert(rotation=(theta, 0, 0), translation=(0, sod_mm, 0), parameterization="euler_angles",
 convention="ZXY")`` on a subject read with ``orientation="AP"`` and centred (DiffDRR's world
-is RAS: ``diag(-1, -1, 1) @ ct``); ``tests/test_geometry.py`` checks it against DiffDRR's
+is RAS: ``diag(-1, -1, 1) @ ct``); ``tests/converters/test_render.py`` checks it against DiffDRR's
 renders and its own projection.
 
 Matrices per view are 4x4 (homogeneous, invertible), column convention

@@ -92,6 +92,7 @@ _ALLOWED_GLOBALS = {
     ('numpy', 'ndarray'), ('numpy', 'dtype'),
     ('numpy.core.multiarray', '_reconstruct'), ('numpy.core.multiarray', 'scalar'),
     ('numpy._core.multiarray', '_reconstruct'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),  # proto 5
     ('builtins', 'set'), ('builtins', 'frozenset'), ('builtins', 'slice'),
     ('builtins', 'complex'), ('collections', 'OrderedDict'),
     ('_codecs', 'encode'),      # how protocol 2 pickles bytes (numpy arrays' buffers)
@@ -102,6 +103,8 @@ class _DataUnpickler(pickle.Unpickler):
     """An unpickler that builds plain data only: any other global is refused."""
 
     def find_class(self, module: str, name: str):
+        if module == '__builtin__':         # protocol 2 spells builtins the Python 2 way
+            module = 'builtins'
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
