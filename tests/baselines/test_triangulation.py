@@ -1,4 +1,4 @@
-"""The triangulation baseline (``evaluation/triangulation.py``, ``tools/triangulate.py``)."""
+"""The triangulation baseline (``baselines/triangulation.py``, ``tools/triangulate.py``)."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from projects.mv2d_xray.core.geometry import project_points, triangulate_points
-from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
+from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (
     TriangulationConfig, ct_bounds, fit_box_size, refine_point, reprojection_errors,
     source_positions, triangulate_case)
 from xray_eval_fake_data import (DEFAULT_EVAL_CASES, eval_geometry, run_tool,
