@@ -11,7 +11,7 @@
 
 ``PRED.json`` follows README "Prediction format"; ``DETS.json`` is a list of COCO results
 (``image_id`` of the split's COCO file, or ``token`` + ``view``). Green: ground truth
-(yellow dotted: ignore regions); red wireframes: predicted 3D boxes (opaque = high score);
+(yellow dotted: ignore regions); magenta wireframes: predicted 3D boxes (opaque = high score);
 cyan dashed: predicted 2D boxes.
 """
 import argparse
@@ -62,7 +62,7 @@ def _load_json(path: str):
 def draw_case(args):
     from projects.mv2d_xray.core.data_format import (PredictionFormatError, infos_classes,
                                                      load_infos, parse_predictions)
-    from projects.mv2d_xray.mv2d_xray.evaluation.visualization import draw_case as draw
+    from projects.mv2d_xray.mv2d_xray.visualization.case_views import draw_case as draw
     try:
         infos = load_infos(args.infos)
     except (FileNotFoundError, ValueError) as exc:
@@ -115,7 +115,7 @@ def draw_case(args):
 
 
 def plot_metrics(args):
-    from projects.mv2d_xray.mv2d_xray.evaluation.visualization import plot_metrics as plot
+    from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics as plot
     labels = args.labels or [osp.splitext(osp.basename(f))[0] for f in args.files]
     if len(labels) != len(args.files):
         fail(f'--labels needs one name per file ({len(args.files)})')
