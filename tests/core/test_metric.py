@@ -8,7 +8,7 @@ import pytest
 
 from projects.mv2d_xray.core.metric import (
     FP, TP, CaseGT, CasePred, aligned_iou_3d, average_precision, evaluate_detections,
-    flatten_metrics, format_table, froc_curve, match_by_distance, match_by_iou,
+    flatten_metrics, format_table, froc_curve, markdown_table, match_by_distance, match_by_iou,
     sensitivity_at)
 
 CLASSES = ('nodule',)
@@ -259,6 +259,15 @@ def test_several_classes_absent_class_and_mean():
     flat = flatten_metrics(result)
     assert flat['nodule/CPM'] == 1.0 and not any(k.startswith('calcification/') for k in flat)
     assert 'calcification' in format_table(result)
+
+
+def test_markdown_table_pads_and_aligns():
+    """First column left, the others right, every cell padded to its column's width."""
+    text = markdown_table([['name', 'CPM'], ['all', '0.5000'], ['>10mm', '-']])
+    assert text.splitlines() == ['| name  |    CPM |',
+                                 '|-------|-------:|',
+                                 '| all   | 0.5000 |',
+                                 '| >10mm |      - |']
 
 
 def test_unknown_case_raises():

@@ -564,10 +564,21 @@ def format_table(result: dict) -> str:
         froc = (block or {}).get('FROC') or {}
         table2.append([name] + [_fmt(froc.get(r)) for r in rates] +
                       [_fmt((block or {}).get('CPM'))])
-    return _markdown(table1) + '\n\n' + _markdown(table2)
+    return markdown_table(table1) + '\n\n' + markdown_table(table2)
 
 
-def _markdown(rows: List[List[str]]) -> str:
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table that also reads well in a terminal.
+
+    Args:
+        rows: the header row, then the body rows; every row has the same number of cells
+            (strings).
+
+    Returns:
+        str: one line per row plus the rule under the header, no final newline; the first
+        column left-aligned, the others right-aligned (``---:``), cells padded to the
+        column width.
+    """
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from projects.mv2d_xray.core.io import read_json
+from projects.mv2d_xray.core.metric import markdown_table
 
 DEFAULT_IOU_THRS_2D = (0.1, 0.25, 0.5)
 
@@ -180,7 +181,6 @@ def flatten_2d(result: dict, prefix: str = '2d/') -> Dict[str, float]:
 
 def format_table_2d(result: dict) -> str:
     """A markdown table of the figures per view and overall (``-`` = absent)."""
-    from projects.mv2d_xray.core.metric import _markdown
     thrs = result['settings']['iou_thrs']
     keys = ['AP'] + [f'AP@{t:g}' for t in thrs] + [f'AR@{t:g}' for t in thrs]
     rows = [['view', 'n_gt', 'n_dets'] + keys]
@@ -190,4 +190,4 @@ def format_table_2d(result: dict) -> str:
         else:
             rows.append([name, str(block['num_gt']), str(block['num_dets'])] +
                         [f'{block[k]:.4f}' for k in keys])
-    return _markdown(rows)
+    return markdown_table(rows)
