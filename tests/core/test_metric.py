@@ -53,7 +53,7 @@ def test_perfect_predictions():
         assert result[key] == pytest.approx(1.0), key
     assert set(result['FROC'].values()) == {1.0}
     assert list(result['FROC']) == ['0.125', '0.25', '0.5', '1', '2', '4', '8']
-    assert result['center_error_mm'] == 0.0
+    assert result['centre_error_mm'] == 0.0
     assert result['num_scans'] == 3 and result['num_negative_scans'] == 1
     assert result['num_gt'] == 3
     for band in ('3-6mm', '6-10mm', '>10mm'):
@@ -79,7 +79,7 @@ def test_centre_distance_thresholds_are_crossed_exactly(thr):
         assert result['mAP_dist'] == pytest.approx(np.mean(
             [result[k] for k in keys]))
         if shift < 16:
-            assert result['center_error_mm'] == pytest.approx(shift)
+            assert result['centre_error_mm'] == pytest.approx(shift)
 
 
 def test_froc_hit_radius_is_half_the_diameter():
@@ -160,7 +160,7 @@ def test_ignore_regions_change_nothing():
     preds['a'] = pred_case([(box(0, 0, 0, 4), 0.9), (box(30, 0, 0, 8), 0.8),
                             (box(-40, 0, 0, 6), 0.95), (box(-40.3, 0, 0, 6), 0.1)])
     with_ignore = evaluate_detections(gt, preds, CLASSES)
-    for key in ('CPM', 'mAP_dist', 'AP_iou@0.1', 'AP_iou@0.5', 'center_error_mm'):
+    for key in ('CPM', 'mAP_dist', 'AP_iou@0.1', 'AP_iou@0.5', 'centre_error_mm'):
         assert with_ignore[key] == base[key], key
     assert with_ignore['FROC'] == base['FROC']
     for band in base['by_size']:
@@ -175,8 +175,8 @@ def test_empty_predictions():
     for key in ('AP_iou@0.1', 'AP_dist@2mm', 'mAP_dist', 'CPM'):
         assert result[key] == 0.0
     assert set(result['FROC'].values()) == {0.0}
-    assert result['center_error_mm'] is None        # nothing matched: undefined, absent
-    assert 'center_error_mm' not in flatten_metrics(result)
+    assert result['centre_error_mm'] is None        # nothing matched: undefined, absent
+    assert 'centre_error_mm' not in flatten_metrics(result)
     assert flatten_metrics(result)['CPM'] == 0.0
 
 
@@ -184,7 +184,7 @@ def test_empty_ground_truth_is_absent_not_zero():
     gt = {'x': gt_case([]), 'y': gt_case([(box(0, 0, 0, 5), 5.0, 1)])}
     pred = {'x': pred_case([(box(0, 0, 0, 5), 0.5)])}
     result = evaluate_detections(gt, pred, CLASSES)
-    for key in ('CPM', 'FROC', 'mAP_dist', 'AP_dist@2mm', 'AP_iou@0.25', 'center_error_mm'):
+    for key in ('CPM', 'FROC', 'mAP_dist', 'AP_dist@2mm', 'AP_iou@0.25', 'centre_error_mm'):
         assert key in result and result[key] is None, key
     assert all(block is None for block in result['by_size'].values())
     assert result['num_gt'] == 0 and result['num_negative_scans'] == 2

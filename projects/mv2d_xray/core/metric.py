@@ -54,7 +54,7 @@ kept and still fewer FPs than ``f`` per scan), the sensitivity at ``f`` is the f
 sensitivity of the curve, as LUNA16's ``np.interp`` holds its last value. The **CPM** is
 the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 FPs per scan.
 
-**Centre error** (``center_error_mm``): mean Euclidean centre distance of the true
+**Centre error** (``centre_error_mm``): mean Euclidean centre distance of the true
 positives of the centre-distance matching at the largest distance threshold (16 mm).
 
 **Size bands** (``by_size``; default ``3-6mm`` = [3, 6), ``6-10mm`` = [6, 10),
@@ -108,7 +108,7 @@ def aligned_iou_3d(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def center_distances(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+def centre_distances(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise Euclidean distances (mm) between box centres: ``(P, G)``."""
     a = np.asarray(boxes_a, np.float64).reshape(-1, np.shape(boxes_a)[-1])[:, :3]
     b = np.asarray(boxes_b, np.float64).reshape(-1, np.shape(boxes_b)[-1])[:, :3]
@@ -299,7 +299,7 @@ class _Settings:
     dist_thrs_mm: Tuple[float, ...]
     iou_thrs: Tuple[float, ...]
     froc_fp_rates: Tuple[float, ...]
-    center_error_thr_mm: float
+    centre_error_thr_mm: float
     ap_interpolation: str = '101point'
 
 
@@ -309,7 +309,7 @@ def _evaluate_block(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred], 
     num_gt = num_ignore = num_pred = 0
     dist_results = {thr: ([], []) for thr in cfg.dist_thrs_mm}     # (scores, status)
     iou_results = {thr: ([], []) for thr in cfg.iou_thrs}
-    finding_scores, fp_scores, center_errors = [], [], []
+    finding_scores, fp_scores, centre_errors = [], [], []
     for token, gt in cases.items():
         pred = preds.get(token) or CasePred.empty()
         in_class = gt.labels == label
@@ -322,15 +322,15 @@ def _evaluate_block(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred], 
         num_gt += int(valid.sum())
         num_ignore += int(ignore.sum())
         num_pred += int(keep.sum())
-        dist = center_distances(boxes, gt.boxes)
+        dist = centre_distances(boxes, gt.boxes)
         iou = aligned_iou_3d(boxes, gt.boxes)
         for thr in cfg.dist_thrs_mm:
             status, matched = match_by_distance(dist, scores, valid, ignore, thr)
             dist_results[thr][0].append(scores[status != IGNORED])
             dist_results[thr][1].append(status[status != IGNORED])
-            if thr == cfg.center_error_thr_mm:
+            if thr == cfg.centre_error_thr_mm:
                 tp = np.flatnonzero(status == TP)
-                center_errors.append(dist[tp, matched[tp]])
+                centre_errors.append(dist[tp, matched[tp]])
         for thr in cfg.iou_thrs:
             status, _ = match_by_iou(iou, scores, valid, ignore, thr)
             iou_results[thr][0].append(scores[status != IGNORED])
@@ -360,8 +360,8 @@ def _evaluate_block(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred], 
     at_rates = sensitivity_at(fps, sens, cfg.froc_fp_rates)
     block['FROC'] = {_key_rate(r): float(s) for r, s in zip(cfg.froc_fp_rates, at_rates)}
     block['CPM'] = float(at_rates.mean())
-    errors = np.concatenate(center_errors)
-    block['center_error_mm'] = float(errors.mean()) if errors.size else None
+    errors = np.concatenate(centre_errors)
+    block['centre_error_mm'] = float(errors.mean()) if errors.size else None
     block['num_matched'] = int(errors.size)
     # the curve's corners: where the sensitivity steps up, and its end (a step curve drawn
     # 'post' through these is the full curve; the file stays small with many predictions)
@@ -387,8 +387,8 @@ def _mean_blocks(blocks: List[Optional[dict]], cfg: _Settings) -> Optional[dict]
         out[key] = float(np.mean([b[key] for b in present]))
     out['FROC'] = {k: float(np.mean([b['FROC'][k] for b in present]))
                    for k in present[0]['FROC']}
-    errors = [b['center_error_mm'] for b in present if b['center_error_mm'] is not None]
-    out['center_error_mm'] = float(np.mean(errors)) if errors else None
+    errors = [b['centre_error_mm'] for b in present if b['centre_error_mm'] is not None]
+    out['centre_error_mm'] = float(np.mean(errors)) if errors else None
     out['froc_curve'] = None   # curves of different classes do not average
     return out
 
@@ -401,7 +401,7 @@ def evaluate_detections(
         iou_thrs: Sequence[float] = DEFAULT_IOU_THRS,
         froc_fp_rates: Sequence[float] = DEFAULT_FROC_FP_RATES,
         size_bands: Sequence[Tuple[str, float, float]] = DEFAULT_SIZE_BANDS,
-        center_error_thr_mm: Optional[float] = None,
+        centre_error_thr_mm: Optional[float] = None,
         ap_interpolation: str = '101point') -> dict:
     """Evaluate 3D predictions against ground truth (definitions in the module docstring).
 
@@ -414,14 +414,14 @@ def evaluate_detections(
         iou_thrs: 3D IoU thresholds.
         froc_fp_rates: FPs per scan at which FROC sensitivities are read (CPM = mean).
         size_bands: ``(name, low_mm, high_mm)`` diameter bands, ``low <= d < high``.
-        center_error_thr_mm: the distance matching used for the centre error. Defaults to
+        centre_error_thr_mm: the distance matching used for the centre error. Defaults to
             ``max(dist_thrs_mm)``.
         ap_interpolation: ``'101point'`` (default) or ``'area'``
             (:func:`average_precision`).
 
     Returns:
         dict: the top-level figures (``CPM``, ``FROC`` {rate: sensitivity}, ``mAP_dist``,
-        ``AP_dist@{d}mm``, ``AP_iou@{t}``, ``center_error_mm``, counts, ``froc_curve``),
+        ``AP_dist@{d}mm``, ``AP_iou@{t}``, ``centre_error_mm``, counts, ``froc_curve``),
         ``by_size`` {band: figures or None}, ``by_class`` {name: figures or None, each
         with its own ``by_size``} when there are several classes, and ``settings``.
         Figures are ``None`` where there is no ground truth.
@@ -432,15 +432,15 @@ def evaluate_detections(
                        f'({len(unknown)} such case(s))')
     if not cases:
         raise ValueError('no scans to evaluate')
-    if center_error_thr_mm is None:
-        center_error_thr_mm = max(dist_thrs_mm)
+    if centre_error_thr_mm is None:
+        centre_error_thr_mm = max(dist_thrs_mm)
     dist_all = tuple(float(t) for t in dist_thrs_mm)
-    cfg = _Settings(tuple(sorted(set(dist_all) | {float(center_error_thr_mm)})),
+    cfg = _Settings(tuple(sorted(set(dist_all) | {float(centre_error_thr_mm)})),
                     tuple(float(t) for t in iou_thrs),
-                    tuple(float(r) for r in froc_fp_rates), float(center_error_thr_mm),
+                    tuple(float(r) for r in froc_fp_rates), float(centre_error_thr_mm),
                     ap_interpolation)
     report_cfg = _Settings(dist_all, cfg.iou_thrs, cfg.froc_fp_rates,
-                           cfg.center_error_thr_mm, ap_interpolation)
+                           cfg.centre_error_thr_mm, ap_interpolation)
     bands = [(str(name), (float(lo), float(hi))) for name, lo, hi in size_bands]
 
     def strip(block):   # drop a distance threshold used only for the centre error
@@ -477,7 +477,7 @@ def evaluate_detections(
         result['by_class'] = by_class
     result['settings'] = dict(
         classes=list(classes), dist_thrs_mm=list(dist_all), iou_thrs=list(cfg.iou_thrs),
-        froc_fp_rates=list(cfg.froc_fp_rates), center_error_thr_mm=cfg.center_error_thr_mm,
+        froc_fp_rates=list(cfg.froc_fp_rates), centre_error_thr_mm=cfg.centre_error_thr_mm,
         size_bands_mm=[[name, lo, hi if math.isfinite(hi) else None]
                        for name, (lo, hi) in bands],
         ap_interpolation=ap_interpolation, iou='axis-aligned 3D',
@@ -487,7 +487,7 @@ def evaluate_detections(
 
 def _absent(cfg: _Settings, num_scans: int) -> dict:
     """Top level when no class has ground truth: every figure ``None``."""
-    out = dict(CPM=None, FROC=None, mAP_dist=None, center_error_mm=None, froc_curve=None,
+    out = dict(CPM=None, FROC=None, mAP_dist=None, centre_error_mm=None, froc_curve=None,
                num_matched=0)
     out.update({_key_dist(t): None for t in cfg.dist_thrs_mm})
     out.update({_key_iou(t): None for t in cfg.iou_thrs})
@@ -498,7 +498,7 @@ def _absent(cfg: _Settings, num_scans: int) -> dict:
 def _scalar_keys(result: dict) -> List[str]:
     settings = result['settings']
     return ['CPM', 'mAP_dist'] + [_key_dist(t) for t in settings['dist_thrs_mm']] + \
-        [_key_iou(t) for t in settings['iou_thrs']] + ['center_error_mm']
+        [_key_iou(t) for t in settings['iou_thrs']] + ['centre_error_mm']
 
 
 def flatten_metrics(result: dict) -> Dict[str, float]:
@@ -520,7 +520,7 @@ def flatten_metrics(result: dict) -> Dict[str, float]:
     for band, block in result['by_size'].items():
         if block is not None:
             for key in ('CPM', 'mAP_dist', _key_iou(result['settings']['iou_thrs'][0]),
-                        'center_error_mm'):
+                        'centre_error_mm'):
                 if block.get(key) is not None:
                     flat[f'{key}_{band}'] = float(block[key])
     for name, block in (result.get('by_class') or {}).items():
@@ -548,7 +548,7 @@ def format_table(result: dict) -> str:
         if block is not None:
             rows += [(f'{name} {band}', sub) for band, sub in block['by_size'].items()]
     keys = _scalar_keys(result)
-    header = ['findings', 'n_gt', 'n_scans'] + [k.replace('center_error_mm', 'centre err (mm)')
+    header = ['findings', 'n_gt', 'n_scans'] + [k.replace('centre_error_mm', 'centre err (mm)')
                                                 for k in keys]
     table1 = [header]
     for name, block in rows:
@@ -556,7 +556,7 @@ def format_table(result: dict) -> str:
             table1.append([name, '0', str(result['num_scans'])] + ['-'] * len(keys))
         else:
             table1.append([name, str(block['num_gt']), str(block['num_scans'])] +
-                          [_fmt(block.get(k), 2 if k == 'center_error_mm' else 4)
+                          [_fmt(block.get(k), 2 if k == 'centre_error_mm' else 4)
                            for k in keys])
     rates = [_key_rate(r) for r in settings['froc_fp_rates']]
     table2 = [['FROC: sensitivity at FP/scan'] + rates + ['CPM']]

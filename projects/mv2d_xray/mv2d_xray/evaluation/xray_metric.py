@@ -217,7 +217,7 @@ class XrayDet3DMetric(BaseMetric):
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Evaluate every processed case; log the tables, write the files, return the flat
         figures (``CPM``, ``mAP_dist``, ``AP_dist@2mm``, ``AP_iou@0.1``, ``FROC@1``,
-        ``center_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...)."""
+        ``centre_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...)."""
         infos = self._load_infos()
         classes = self._classes()
         preds: Dict[str, CasePred] = {}
