@@ -4,14 +4,17 @@ curves and per-size-band bars from metrics JSON files (``tools/evaluate.py`` /
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from projects.mv2d_xray.mv2d_xray.visualization.figures import pyplot, save_png
 
+#: ``(label, result)``: a metrics JSON result (``tools/evaluate.py``) and its legend name.
+LabelledResult = Tuple[str, dict]
 
-def plot_metrics(metrics: Sequence[Tuple[str, dict]], out_file: str) -> None:
+
+def plot_metrics(metrics: Sequence[LabelledResult], out_file: str) -> None:
     """FROC curves and per-size-band bars from one or more metrics JSON results.
 
     Left: FROC (sensitivity against FPs per scan, log2 axis from 1/8 to 8; dotted where
@@ -21,53 +24,84 @@ def plot_metrics(metrics: Sequence[Tuple[str, dict]], out_file: str) -> None:
     band (bars; absent bands are left empty and marked 'n/a').
 
     Args:
-        metrics: ``(label, result)`` pairs, ``result`` as written by ``tools/evaluate.py``.
+        metrics: ``(label, result)`` pairs, ``result`` as written by ``tools/evaluate.py``;
+            the FP rates, IoU thresholds and size bands are the first result's.
         out_file: PNG path.
     """
     plt = pyplot()
     fig, (ax_froc, ax_bar) = plt.subplots(1, 2, figsize=(13, 5))
-    curves = []
+    try:
+        rates = [float(r) for r in metrics[0][1]['settings']['froc_fp_rates']]
+        for n, (label, block) in enumerate(_froc_curves(metrics)):
+            _draw_froc(ax_froc, label, block, rates, color=f'C{n}')
+        _style_froc_axes(ax_froc, rates)
+        _draw_band_bars(ax_bar, metrics)
+        fig.tight_layout()
+        save_png(fig, out_file)
+    finally:
+        plt.close(fig)
+
+
+# -- FROC ----------------------------------------------------------------------------------
+def _froc_curves(metrics: Sequence[LabelledResult]) -> List[Tuple[str, dict]]:
+    """``(legend label, figures block)`` of each curve: with one result its overall block
+    and each size band that has ground truth, with several each result's overall block."""
     if len(metrics) == 1:
         label, result = metrics[0]
-        curves.append((f'all (CPM {_fmt(result.get("CPM"))})', result))
+        curves = [(f'all (CPM {_fmt(result.get("CPM"))})', result)]
         for band, block in (result.get('by_size') or {}).items():
             if block is not None:
                 curves.append((f'{band} (CPM {_fmt(block.get("CPM"))})', block))
-    else:
-        curves = [(f'{label} (CPM {_fmt(result.get("CPM"))})', result)
-                  for label, result in metrics]
-    rates = [float(r) for r in metrics[0][1]['settings']['froc_fp_rates']]
-    lo, hi = min(rates), max(rates)
-    for n, (label, block) in enumerate(curves):
-        color = f'C{n}'
-        curve = block.get('froc_curve')
-        if curve:
-            fps = np.asarray(curve['fp_per_scan'], np.float64)
-            sens = np.asarray(curve['sensitivity'], np.float64)
-            xs = np.clip(fps, lo / 2, None)
-            ax_froc.step(xs, sens, where='post', color=color, label=label)
-            if fps[-1] < hi:
-                ax_froc.plot([max(fps[-1], lo / 2), hi * 1.5], [sens[-1]] * 2, ':',
-                             color=color)
-        froc = block.get('FROC') or {}
-        pts = [(float(r), froc[k]) for k, r in zip(froc, rates) if froc.get(k) is not None]
-        if pts:
-            ax_froc.plot(*zip(*pts), 'o', color=color, ms=4,
-                         label=None if curve else label)
-    ax_froc.set_xscale('log', base=2)
-    ax_froc.set_xlim(lo / 2, hi * 1.5)
-    ax_froc.set_ylim(0, 1.02)
-    ax_froc.set_xticks(rates)
-    ax_froc.set_xticklabels([_rate_label(r) for r in rates])
-    ax_froc.set_xlabel('false positives per scan')
-    ax_froc.set_ylabel('sensitivity')
-    ax_froc.set_title('FROC')
-    ax_froc.grid(alpha=0.3)
-    ax_froc.legend(fontsize=8, loc='lower right')
+        return curves
+    return [(f'{label} (CPM {_fmt(result.get("CPM"))})', result) for label, result in metrics]
 
-    iou_key = f'AP_iou@{metrics[0][1]["settings"]["iou_thrs"][0]:g}'
-    keys = ['CPM', 'mAP_dist', iou_key]
-    bands = ['all'] + list(metrics[0][1].get('by_size') or {})
+
+def _draw_froc(ax, label: str, block: dict, rates: Sequence[float], color: str) -> None:
+    """One block's FROC: its curve (``froc_curve``, FPs per scan against sensitivity) as
+    a 'post' step, held dotted past its end up to the largest rate, and its sensitivities
+    at ``rates`` (FPs per scan) as markers."""
+    lo, hi = min(rates), max(rates)
+    curve = block.get('froc_curve')
+    if curve:
+        fps = np.asarray(curve['fp_per_scan'], np.float64)
+        sens = np.asarray(curve['sensitivity'], np.float64)
+        ax.step(np.clip(fps, lo / 2, None), sens, where='post', color=color, label=label)
+        if fps[-1] < hi:
+            ax.plot([max(fps[-1], lo / 2), hi * 1.5], [sens[-1]] * 2, ':', color=color)
+    froc = block.get('FROC') or {}
+    pts = [(float(r), froc[k]) for k, r in zip(froc, rates) if froc.get(k) is not None]
+    if pts:
+        ax.plot(*zip(*pts), 'o', color=color, ms=4, label=None if curve else label)
+
+
+def _style_froc_axes(ax, rates: Sequence[float]) -> None:
+    """log2 FP-per-scan axis labelled at ``rates`` (``1/8`` ...), sensitivity 0 to 1."""
+    lo, hi = min(rates), max(rates)
+    ax.set_xscale('log', base=2)
+    ax.set_xlim(lo / 2, hi * 1.5)
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(rates)
+    ax.set_xticklabels([_rate_label(r) for r in rates])
+    ax.set_xlabel('false positives per scan')
+    ax.set_ylabel('sensitivity')
+    ax.set_title('FROC')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right')
+
+
+# -- bars by size band ---------------------------------------------------------------------
+def _band_block(result: dict, band: str) -> Optional[dict]:
+    """The figures of ``band`` (``'all'``: the overall figures); ``None`` when absent."""
+    return result if band == 'all' else (result.get('by_size') or {}).get(band)
+
+
+def _draw_band_bars(ax, metrics: Sequence[LabelledResult]) -> None:
+    """Bars of CPM, mAP_dist and AP_iou at the smallest IoU threshold per size band, one
+    group per band and one shade per result, each bar labelled with its value ('n/a'
+    where the band has no ground truth); the x labels give the first result's ``n_gt``."""
+    first = metrics[0][1]
+    keys = ['CPM', 'mAP_dist', f'AP_iou@{first["settings"]["iou_thrs"][0]:g}']
+    bands = ['all'] + list(first.get('by_size') or {})
     width = 0.8 / (len(keys) * len(metrics))
     x = np.arange(len(bands))
     for m, (label, result) in enumerate(metrics):
@@ -75,29 +109,26 @@ def plot_metrics(metrics: Sequence[Tuple[str, dict]], out_file: str) -> None:
             offset = (m * len(keys) + k - (len(keys) * len(metrics) - 1) / 2) * width
             values = []
             for band in bands:
-                block = result if band == 'all' else (result.get('by_size') or {}).get(band)
+                block = _band_block(result, band)
                 values.append(None if block is None else block.get(key))
             heights = [v if v is not None else 0.0 for v in values]
             name = key if len(metrics) == 1 else f'{label}: {key}'
-            bars = ax_bar.bar(x + offset, heights, width, label=name, color=f'C{k}',
-                              alpha=1.0 - 0.35 * m)
+            bars = ax.bar(x + offset, heights, width, label=name, color=f'C{k}',
+                          alpha=1.0 - 0.35 * m)
             for bar, v in zip(bars, values):
-                ax_bar.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
-                            'n/a' if v is None else f'{v:.2f}', ha='center', va='bottom',
-                            fontsize=7, rotation=90)
+                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
+                        'n/a' if v is None else f'{v:.2f}', ha='center', va='bottom',
+                        fontsize=7, rotation=90)
     counts = []
     for band in bands:
-        block = metrics[0][1] if band == 'all' else (metrics[0][1].get('by_size') or {}).get(band)
+        block = _band_block(first, band)
         counts.append(0 if block is None else block.get('num_gt', 0))
-    ax_bar.set_xticks(x)
-    ax_bar.set_xticklabels([f'{b}\n(n={c})' for b, c in zip(bands, counts)])
-    ax_bar.set_ylim(0, 1.3)
-    ax_bar.set_title('by size band')
-    ax_bar.legend(fontsize=8, loc='upper center', ncol=len(keys))
-    ax_bar.grid(axis='y', alpha=0.3)
-    fig.tight_layout()
-    save_png(fig, out_file)
-    plt.close(fig)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f'{b}\n(n={c})' for b, c in zip(bands, counts)])
+    ax.set_ylim(0, 1.3)
+    ax.set_title('by size band')
+    ax.legend(fontsize=8, loc='upper center', ncol=len(keys))
+    ax.grid(axis='y', alpha=0.3)
 
 
 def _fmt(value) -> str:
