@@ -70,14 +70,18 @@ def main():
     try:
         infos = load_infos(args.infos)
         coco = load_coco(coco_path)
+        raw_dets = None if args.gt_2d else read_json(args.dets2d, 'detections file')
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    try:
         if args.gt_2d:
             dets = coco_annotations_as_detections(coco)
         else:
-            dets = resolve_detections(coco, read_json(args.dets2d, 'detections file'))
+            dets = resolve_detections(coco, raw_dets)
         grouped = group_detections(coco, dets, infos)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    except KeyError as exc:
+    except ValueError as exc:    # a bad detection
+        fail(f'{args.dets2d}: {exc}')
+    except KeyError as exc:      # a detection of a case or view the info pickle lacks
         fail(exc.args[0] if exc.args else str(exc))
     findings = triangulate_dataset(infos, grouped, cfg, progress=True)
     results = {token: [dict(bbox_3d=f['bbox_3d'], score=f['score'], label=f['label'])

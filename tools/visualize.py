@@ -91,14 +91,18 @@ def draw_case(args):
                                   else args.infos) + '_2d.coco.json'
         try:
             coco = load_coco(coco_path)
-            images = {img['id']: img for img in coco['images']}
-            for det in resolve_detections(coco, _load_json(args.dets2d)):
-                img = images[det['image_id']]
-                if img.get('token') == args.case:
-                    dets2d.append(dict(view=img.get('view'), bbox=det['bbox'],
-                                       score=float(det['score'])))
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
+        try:
+            resolved = resolve_detections(coco, _load_json(args.dets2d))
+        except ValueError as exc:    # a bad detection
+            fail(f'{args.dets2d}: {exc}')
+        images = {img['id']: img for img in coco['images']}
+        for det in resolved:
+            img = images[det['image_id']]
+            if img.get('token') == args.case:
+                dets2d.append(dict(view=img.get('view'), bbox=det['bbox'],
+                                   score=float(det['score'])))
     data_root = args.data_root or osp.dirname(osp.abspath(args.infos))
     try:
         summary = draw(info, data_root, args.out, preds, dets2d, args.score_thr,

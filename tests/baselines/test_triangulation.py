@@ -123,6 +123,21 @@ def test_exact_2d_ground_truth_recovers_centres(dataset, tmp_path):
     assert m['CPM'] == 1.0 and m['AP_dist@2mm'] == 1.0 and m['AP_iou@0.5'] == 1.0
 
 
+def test_tool_bad_input_one_line_naming_the_file(dataset, tmp_path, capsys):
+    dets = tmp_path / 'dets.json'
+    dets.write_text(json.dumps([dict(image_id=1, category_id=1, bbox=[0, 0, 1],
+                                     score=0.5)]))
+    out = tmp_path / 'never.json'
+    assert run_tool('triangulate', '--infos', dataset['infos'], '--dets2d', str(dets),
+                    '--out', str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {dets}: detection [0]: bbox must')
+    assert run_tool('triangulate', '--infos', dataset['infos'], '--gt-2d', '--min-views',
+                    '1', '--out', str(out)) == 2
+    assert 'min_views must be >= 2' in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _triangulate_noisy(info, rng, image_size, seed, jitter_px, num_spurious,
                        spurious_px):
     """Triangulate one case from its true 2D boxes with every edge jittered by up to

@@ -184,8 +184,14 @@ def test_evaluate_2d_bad_input(dataset, tmp_path, capsys):
     assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'detection [0]: image_id 99999' in err[0]
+    assert err[0].startswith(f'error: {dets}: ')              # names the detections file
     dets = write(tmp_path, 'bad2d.json', [dict(token='evalfake-0000', view='VIEW_01',
                                                category_id=1, bbox=[0, 0, -1, 1],
                                                score=0.5)])
     assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
     assert 'bbox must be 4 finite numbers' in capsys.readouterr().err
+    # a JSON file that is no COCO dataset: named, one line
+    assert run_tool('evaluate_2d', '--coco', dets, '--dets', dets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'error: {dets} is not a COCO file: expected images, annotations and '
+                   'categories lists']

@@ -84,6 +84,13 @@ def test_case_bad_input(dataset, tmp_path, capsys):
     assert run_tool('visualize', 'case', '--infos', dataset['infos'], '--case',
                     'evalfake-0000', '--data-root', str(tmp_path), '--out', str(out)) == 2
     assert 'cannot read view image' in capsys.readouterr().err
+    dets = tmp_path / 'dets.json'
+    dets.write_text(json.dumps([dict(image_id=99999, category_id=1, bbox=[0, 0, 1, 1],
+                                     score=0.5)]))
+    assert run_tool('visualize', 'case', '--infos', dataset['infos'], '--case',
+                    'evalfake-0000', '--dets2d', str(dets), '--out', str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {dets}: detection [0]: image_id')
     assert not out.exists()
 
 

@@ -33,11 +33,18 @@ DEFAULT_IOU_THRS_2D = (0.1, 0.25, 0.5)
 
 
 def load_coco(coco_gt: Union[str, dict]) -> dict:
-    """A COCO dataset dict from a path or as loaded (clear errors for bad files)."""
+    """A COCO dataset dict from a path or as loaded.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: the file is not JSON, or not a COCO dataset (naming the file).
+    """
     data = coco_gt if isinstance(coco_gt, dict) else read_json(coco_gt, 'COCO file')
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in
                                              ('images', 'annotations', 'categories')):
-        raise ValueError('not a COCO file: expected images, annotations and categories')
+        name = 'COCO data' if isinstance(coco_gt, dict) else str(coco_gt)
+        raise ValueError(f'{name} is not a COCO file: expected images, annotations and '
+                         'categories lists')
     return data
 
 
