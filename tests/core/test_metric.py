@@ -1,5 +1,5 @@
-"""The 3D metric core (``projects/mv2d_xray/core/metric.py``) on hand-built cases with known answers,
-and its agreement with mmdet3d's ``indoor_eval``."""
+"""The 3D metric core (``projects/mv2d_xray/core/metric.py``) on hand-built cases with known
+answers, and its agreement with mmdet3d's ``indoor_eval``."""
 import json
 import math
 

@@ -613,6 +613,7 @@ def _absent(cfg: _Settings) -> dict:
 
 # -- reporting -----------------------------------------------------------------------------
 def _scalar_keys(result: dict) -> List[str]:
+    """The single-number figures of a result, in table order."""
     settings = result['settings']
     return ['CPM', 'mAP_dist'] + [_key_dist(t) for t in settings['dist_thrs_mm']] + \
         [_key_iou(t) for t in settings['iou_thrs']] + ['centre_error_mm']

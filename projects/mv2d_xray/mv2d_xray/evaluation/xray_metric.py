@@ -25,6 +25,7 @@ def _get(sample, key, default=None):
 
 
 def _numpy(x) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     if hasattr(x, 'detach'):
         x = x.detach().cpu().numpy()
     return np.asarray(x)

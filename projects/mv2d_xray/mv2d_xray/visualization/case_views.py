@@ -34,6 +34,7 @@ def project_box_edges(lidar2img: np.ndarray, box: Sequence[float]) -> Optional[n
 
 
 def _read_view(path: str) -> np.ndarray:
+    """A view image as ``(H, W)`` uint8; ``FileNotFoundError`` naming ``path``."""
     import cv2
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if img is None:
