@@ -19,16 +19,16 @@ from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 #: Per case a list of findings: ct centre (mm), semi-axes (mm), label, ignore flag.
 DEFAULT_EVAL_CASES = (
-    [dict(center=(20.0, -30.0, 10.0), semi=(3.0, 2.5, 2.0), label=0, ignore=0),
-     dict(center=(-40.0, 10.0, -20.0), semi=(4.0, 3.5, 3.0), label=0, ignore=0),
-     dict(center=(0.0, 45.0, 25.0), semi=(15.0, 12.0, 10.0), label=0, ignore=0)],
+    [dict(centre=(20.0, -30.0, 10.0), semi=(3.0, 2.5, 2.0), label=0, ignore=0),
+     dict(centre=(-40.0, 10.0, -20.0), semi=(4.0, 3.5, 3.0), label=0, ignore=0),
+     dict(centre=(0.0, 45.0, 25.0), semi=(15.0, 12.0, 10.0), label=0, ignore=0)],
     [],                                                               # negative case
-    [dict(center=(35.0, 20.0, -5.0), semi=(2.5, 2.5, 2.5), label=0, ignore=0),
-     dict(center=(-25.0, -35.0, 30.0), semi=(1.2, 1.2, 1.2), label=0, ignore=1)],
+    [dict(centre=(35.0, 20.0, -5.0), semi=(2.5, 2.5, 2.5), label=0, ignore=0),
+     dict(centre=(-25.0, -35.0, 30.0), semi=(1.2, 1.2, 1.2), label=0, ignore=1)],
 )
 
 
-def silhouette_box(lidar2img: np.ndarray, center, semi) -> np.ndarray:
+def silhouette_box(lidar2img: np.ndarray, centre, semi) -> np.ndarray:
     """Exact ``[x1, y1, x2, y2]`` of an axis-aligned ellipsoid's perspective silhouette.
 
     The ellipsoid's dual quadric ``Q* = H diag(a^2, b^2, c^2, -1) H^T`` projects to the dual
@@ -36,7 +36,7 @@ def silhouette_box(lidar2img: np.ndarray, center, semi) -> np.ndarray:
     ``C*_00 - 2 x C*_02 + x^2 C*_22 = 0`` (and likewise for ``v``).
     """
     h = np.eye(4)
-    h[:3, 3] = center
+    h[:3, 3] = centre
     dual = h @ np.diag([*(np.asarray(semi, np.float64) ** 2), -1.0]) @ h.T
     p = np.asarray(lidar2img, np.float64)[:3]
     conic = p @ dual @ p.T
@@ -69,7 +69,7 @@ def write_eval_dataset(root: str, cases: Sequence[Sequence[dict]] = DEFAULT_EVAL
         for i, f in enumerate(findings):
             size = [2.0 * s for s in f['semi']]
             instances.append(dict(
-                bbox_3d=[*map(float, f['center']), *size, 0.0],
+                bbox_3d=[*map(float, f['centre']), *size, 0.0],
                 bbox_label_3d=int(f['label']), ignore_flag=int(f['ignore']), nodule_id=i,
                 num_readers=1 if f['ignore'] else 4, diameter_mm=float(max(size)),
                 volume_mm3=float(4 / 3 * np.pi * np.prod(f['semi'])), characteristics={}))
@@ -81,8 +81,8 @@ def write_eval_dataset(root: str, cases: Sequence[Sequence[dict]] = DEFAULT_EVAL
             img = np.full((height, width), 40.0)
             boxes = []
             for i, (f, inst) in enumerate(zip(findings, instances)):
-                box = silhouette_box(lidar2img, f['center'], f['semi'])
-                (u, v), = project_points(lidar2img, np.array([f['center']]))[0]
+                box = silhouette_box(lidar2img, f['centre'], f['semi'])
+                (u, v), = project_points(lidar2img, np.array([f['centre']]))[0]
                 ru, rv = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
                 img += 150.0 * np.exp(-((cols - u) / max(ru, 0.7)) ** 2
                                       - ((rows - v) / max(rv, 0.7)) ** 2)

@@ -9,6 +9,9 @@ The prediction file follows README "Prediction format" (``{"results": {case id: 
 axis-aligned 3D IoU (0.1, 0.25, 0.5), centre error, by size band (3-6, 6-10, >10 mm) and
 class; definitions in ``projects/mv2d_xray/core/metric.py``. It prints
 the tables and writes the full result as JSON (``null`` = absent: no ground truth).
+
+It imports only the core (``projects.mv2d_xray.core``: numpy, no torch, mmengine or
+mmdet3d), so it starts in a fraction of a second; a test holds it to that.
 """
 import argparse
 

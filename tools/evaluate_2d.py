@@ -36,12 +36,17 @@ def main():
     if any(not 0 < t <= 1 for t in args.iou_thrs) or args.max_dets < 1:
         fail('--iou-thrs must be in (0, 1] and --max-dets >= 1')
     from projects.mv2d_xray.core.io import read_json
-    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import evaluate_coco_2d, format_table_2d
+    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d, format_table_2d,
+                                                                load_coco)
     try:
         dets = read_json(args.dets, 'detections file')
-        result = evaluate_coco_2d(args.coco, dets, args.iou_thrs, args.max_dets)
+        coco = load_coco(args.coco)
     except (FileNotFoundError, ValueError) as exc:
-        fail(f'{exc}')
+        fail(str(exc))
+    try:
+        result = evaluate_coco_2d(coco, dets, args.iou_thrs, args.max_dets)
+    except ValueError as exc:    # a bad detection (the COCO file was read above)
+        fail(f'{args.dets}: {exc}')
     print(format_table_2d(result))
     if args.out:
         write_metrics(result, args.out)

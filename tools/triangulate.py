@@ -13,7 +13,7 @@ which shows what exact 2D boxes are worth in 3D. Detections are associated acros
 epipolar consistency, centres triangulated (linear least squares, then Levenberg-Marquardt
 on the reprojection error), boxes sized from the 2D extents and scored by the detections'
 summed score over the number of views; see
-``projects/mv2d_xray/mv2d_xray/evaluation/triangulation.py``. The output is in README's
+``projects/mv2d_xray/mv2d_xray/baselines/triangulation.py``. The output is in README's
 prediction format, ready for ``tools/evaluate.py``.
 """
 import argparse
@@ -54,9 +54,9 @@ def main():
     args = parse_args()
     from projects.mv2d_xray.core.data_format import load_infos
     from projects.mv2d_xray.core.io import read_json, write_json
-    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
-    from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (
         TriangulationConfig, coco_annotations_as_detections, group_detections, triangulate_dataset)
+    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
     try:
         cfg = TriangulationConfig(score_thr=args.score_thr, gate_px=args.gate_px,
                                   gate_frac=args.gate_frac, min_views=args.min_views,
@@ -70,14 +70,18 @@ def main():
     try:
         infos = load_infos(args.infos)
         coco = load_coco(coco_path)
+        raw_dets = None if args.gt_2d else read_json(args.dets2d, 'detections file')
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    try:
         if args.gt_2d:
             dets = coco_annotations_as_detections(coco)
         else:
-            dets = resolve_detections(coco, read_json(args.dets2d, 'detections file'))
+            dets = resolve_detections(coco, raw_dets)
         grouped = group_detections(coco, dets, infos)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    except KeyError as exc:
+    except ValueError as exc:    # a bad detection
+        fail(f'{args.dets2d}: {exc}')
+    except KeyError as exc:      # a detection of a case or view the info pickle lacks
         fail(exc.args[0] if exc.args else str(exc))
     findings = triangulate_dataset(infos, grouped, cfg, progress=True)
     results = {token: [dict(bbox_3d=f['bbox_3d'], score=f['score'], label=f['label'])

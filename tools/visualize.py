@@ -11,7 +11,7 @@
 
 ``PRED.json`` follows README "Prediction format"; ``DETS.json`` is a list of COCO results
 (``image_id`` of the split's COCO file, or ``token`` + ``view``). Green: ground truth
-(yellow dotted: ignore regions); red wireframes: predicted 3D boxes (opaque = high score);
+(yellow dotted: ignore regions); magenta wireframes: predicted 3D boxes (opaque = high score);
 cyan dashed: predicted 2D boxes.
 """
 import argparse
@@ -59,10 +59,9 @@ def _load_json(path: str):
         fail(str(exc))
 
 
-def draw_case(args):
-    from projects.mv2d_xray.core.data_format import (PredictionFormatError, infos_classes,
-                                                     load_infos, parse_predictions)
-    from projects.mv2d_xray.mv2d_xray.evaluation.visualization import draw_case as draw
+def _case_info(args) -> tuple:
+    """``(infos, info)``: the info pickle and its case ``--case`` (one error line)."""
+    from projects.mv2d_xray.core.data_format import load_infos
     try:
         infos = load_infos(args.infos)
     except (FileNotFoundError, ValueError) as exc:
@@ -71,34 +70,58 @@ def draw_case(args):
     if args.case not in by_token:
         some = ', '.join(list(by_token)[:5])
         fail(f'case {args.case!r} is not in {args.infos} (cases: {some}...)')
-    info = by_token[args.case]
-    preds = []
-    if args.pred:
-        try:
-            parsed = parse_predictions(_load_json(args.pred), len(infos_classes(infos)))
-        except PredictionFormatError as exc:
-            fail(f'{args.pred}: {exc}')
-        if args.case in parsed:
-            p = parsed[args.case]
-            preds = [dict(bbox_3d=b.tolist(), score=float(s), label=int(l))
-                     for b, s, l in zip(p.boxes, p.scores, p.labels)]
-        else:
-            print(f'note: {args.pred} has no entry for {args.case}')
+    return infos, by_token[args.case]
+
+
+def _case_predictions(args, num_classes: int) -> list:
+    """The case's 3D predictions of ``--pred`` (README format items; none without it)."""
+    from projects.mv2d_xray.core.data_format import PredictionFormatError, parse_predictions
+    if not args.pred:
+        return []
+    try:
+        parsed = parse_predictions(_load_json(args.pred), num_classes)
+    except PredictionFormatError as exc:
+        fail(f'{args.pred}: {exc}')
+    if args.case not in parsed:
+        print(f'note: {args.pred} has no entry for {args.case}')
+        return []
+    p = parsed[args.case]
+    return [dict(bbox_3d=b.tolist(), score=float(s), label=int(l))
+            for b, s, l in zip(p.boxes, p.scores, p.labels)]
+
+
+def _case_dets2d(args) -> list:
+    """The case's 2D detections of ``--dets2d`` as ``dict(view, bbox [x, y, w, h] px,
+    score)`` (none without it), resolved through the COCO file."""
+    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
+    if not args.dets2d:
+        return []
+    coco_path = args.coco or (args.infos[:-4] if args.infos.endswith('.pkl')
+                              else args.infos) + '_2d.coco.json'
+    try:
+        coco = load_coco(coco_path)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    try:
+        resolved = resolve_detections(coco, _load_json(args.dets2d))
+    except ValueError as exc:    # a bad detection
+        fail(f'{args.dets2d}: {exc}')
+    images = {img['id']: img for img in coco['images']}
     dets2d = []
-    if args.dets2d:
-        from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
-        coco_path = args.coco or (args.infos[:-4] if args.infos.endswith('.pkl')
-                                  else args.infos) + '_2d.coco.json'
-        try:
-            coco = load_coco(coco_path)
-            images = {img['id']: img for img in coco['images']}
-            for det in resolve_detections(coco, _load_json(args.dets2d)):
-                img = images[det['image_id']]
-                if img.get('token') == args.case:
-                    dets2d.append(dict(view=img.get('view'), bbox=det['bbox'],
-                                       score=float(det['score'])))
-        except (FileNotFoundError, ValueError) as exc:
-            fail(str(exc))
+    for det in resolved:
+        img = images[det['image_id']]
+        if img.get('token') == args.case:
+            dets2d.append(dict(view=img.get('view'), bbox=det['bbox'],
+                               score=float(det['score'])))
+    return dets2d
+
+
+def draw_case(args):
+    from projects.mv2d_xray.core.data_format import infos_classes
+    from projects.mv2d_xray.mv2d_xray.visualization.case_views import draw_case as draw
+    infos, info = _case_info(args)
+    preds = _case_predictions(args, len(infos_classes(infos)))
+    dets2d = _case_dets2d(args)
     data_root = args.data_root or osp.dirname(osp.abspath(args.infos))
     try:
         summary = draw(info, data_root, args.out, preds, dets2d, args.score_thr,
@@ -115,7 +138,7 @@ def draw_case(args):
 
 
 def plot_metrics(args):
-    from projects.mv2d_xray.mv2d_xray.evaluation.visualization import plot_metrics as plot
+    from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics as plot
     labels = args.labels or [osp.splitext(osp.basename(f))[0] for f in args.files]
     if len(labels) != len(args.files):
         fail(f'--labels needs one name per file ({len(args.files)})')

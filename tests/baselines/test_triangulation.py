@@ -1,4 +1,4 @@
-"""The triangulation baseline (``evaluation/triangulation.py``, ``tools/triangulate.py``)."""
+"""The triangulation baseline (``baselines/triangulation.py``, ``tools/triangulate.py``)."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from projects.mv2d_xray.core.geometry import project_points, triangulate_points
-from projects.mv2d_xray.mv2d_xray.evaluation.triangulation import (
+from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (
     TriangulationConfig, ct_bounds, fit_box_size, refine_point, reprojection_errors,
     source_positions, triangulate_case)
 from xray_eval_fake_data import (DEFAULT_EVAL_CASES, eval_geometry, run_tool,
@@ -121,6 +121,21 @@ def test_exact_2d_ground_truth_recovers_centres(dataset, tmp_path):
     with open(metrics) as f:
         m = json.load(f)
     assert m['CPM'] == 1.0 and m['AP_dist@2mm'] == 1.0 and m['AP_iou@0.5'] == 1.0
+
+
+def test_tool_bad_input_one_line_naming_the_file(dataset, tmp_path, capsys):
+    dets = tmp_path / 'dets.json'
+    dets.write_text(json.dumps([dict(image_id=1, category_id=1, bbox=[0, 0, 1],
+                                     score=0.5)]))
+    out = tmp_path / 'never.json'
+    assert run_tool('triangulate', '--infos', dataset['infos'], '--dets2d', str(dets),
+                    '--out', str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {dets}: detection [0]: bbox must')
+    assert run_tool('triangulate', '--infos', dataset['infos'], '--gt-2d', '--min-views',
+                    '1', '--out', str(out)) == 2
+    assert 'min_views must be >= 2' in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _triangulate_noisy(info, rng, image_size, seed, jitter_px, num_spurious,

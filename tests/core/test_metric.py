@@ -1,5 +1,5 @@
-"""The 3D metric core (``projects/mv2d_xray/core/metric.py``) on hand-built cases with known answers,
-and its agreement with mmdet3d's ``indoor_eval``."""
+"""The 3D metric core (``projects/mv2d_xray/core/metric.py``) on hand-built cases with known
+answers, and its agreement with mmdet3d's ``indoor_eval``."""
 import json
 import math
 
@@ -8,7 +8,7 @@ import pytest
 
 from projects.mv2d_xray.core.metric import (
     FP, TP, CaseGT, CasePred, aligned_iou_3d, average_precision, evaluate_detections,
-    flatten_metrics, format_table, froc_curve, match_by_distance, match_by_iou,
+    flatten_metrics, format_table, froc_curve, markdown_table, match_by_distance, match_by_iou,
     sensitivity_at)
 
 CLASSES = ('nodule',)
@@ -53,7 +53,7 @@ def test_perfect_predictions():
         assert result[key] == pytest.approx(1.0), key
     assert set(result['FROC'].values()) == {1.0}
     assert list(result['FROC']) == ['0.125', '0.25', '0.5', '1', '2', '4', '8']
-    assert result['center_error_mm'] == 0.0
+    assert result['centre_error_mm'] == 0.0
     assert result['num_scans'] == 3 and result['num_negative_scans'] == 1
     assert result['num_gt'] == 3
     for band in ('3-6mm', '6-10mm', '>10mm'):
@@ -79,7 +79,7 @@ def test_centre_distance_thresholds_are_crossed_exactly(thr):
         assert result['mAP_dist'] == pytest.approx(np.mean(
             [result[k] for k in keys]))
         if shift < 16:
-            assert result['center_error_mm'] == pytest.approx(shift)
+            assert result['centre_error_mm'] == pytest.approx(shift)
 
 
 def test_froc_hit_radius_is_half_the_diameter():
@@ -160,7 +160,7 @@ def test_ignore_regions_change_nothing():
     preds['a'] = pred_case([(box(0, 0, 0, 4), 0.9), (box(30, 0, 0, 8), 0.8),
                             (box(-40, 0, 0, 6), 0.95), (box(-40.3, 0, 0, 6), 0.1)])
     with_ignore = evaluate_detections(gt, preds, CLASSES)
-    for key in ('CPM', 'mAP_dist', 'AP_iou@0.1', 'AP_iou@0.5', 'center_error_mm'):
+    for key in ('CPM', 'mAP_dist', 'AP_iou@0.1', 'AP_iou@0.5', 'centre_error_mm'):
         assert with_ignore[key] == base[key], key
     assert with_ignore['FROC'] == base['FROC']
     for band in base['by_size']:
@@ -175,8 +175,8 @@ def test_empty_predictions():
     for key in ('AP_iou@0.1', 'AP_dist@2mm', 'mAP_dist', 'CPM'):
         assert result[key] == 0.0
     assert set(result['FROC'].values()) == {0.0}
-    assert result['center_error_mm'] is None        # nothing matched: undefined, absent
-    assert 'center_error_mm' not in flatten_metrics(result)
+    assert result['centre_error_mm'] is None        # nothing matched: undefined, absent
+    assert 'centre_error_mm' not in flatten_metrics(result)
     assert flatten_metrics(result)['CPM'] == 0.0
 
 
@@ -184,7 +184,7 @@ def test_empty_ground_truth_is_absent_not_zero():
     gt = {'x': gt_case([]), 'y': gt_case([(box(0, 0, 0, 5), 5.0, 1)])}
     pred = {'x': pred_case([(box(0, 0, 0, 5), 0.5)])}
     result = evaluate_detections(gt, pred, CLASSES)
-    for key in ('CPM', 'FROC', 'mAP_dist', 'AP_dist@2mm', 'AP_iou@0.25', 'center_error_mm'):
+    for key in ('CPM', 'FROC', 'mAP_dist', 'AP_dist@2mm', 'AP_iou@0.25', 'centre_error_mm'):
         assert key in result and result[key] is None, key
     assert all(block is None for block in result['by_size'].values())
     assert result['num_gt'] == 0 and result['num_negative_scans'] == 2
@@ -259,6 +259,15 @@ def test_several_classes_absent_class_and_mean():
     flat = flatten_metrics(result)
     assert flat['nodule/CPM'] == 1.0 and not any(k.startswith('calcification/') for k in flat)
     assert 'calcification' in format_table(result)
+
+
+def test_markdown_table_pads_and_aligns():
+    """First column left, the others right, every cell padded to its column's width."""
+    text = markdown_table([['name', 'CPM'], ['all', '0.5000'], ['>10mm', '-']])
+    assert text.splitlines() == ['| name  |    CPM |',
+                                 '|-------|-------:|',
+                                 '| all   | 0.5000 |',
+                                 '| >10mm |      - |']
 
 
 def test_unknown_case_raises():

@@ -73,7 +73,7 @@ def test_metric_end_to_end(dataset, tmp_path):
     for key in ('CPM', 'mAP_dist', 'AP_iou@0.1', 'AP_iou@0.5', 'FROC@0.125',
                 'CPM_3-6mm', 'CPM_>10mm'):
         assert flat[key] == pytest.approx(1.0), key
-    assert flat['center_error_mm'] == pytest.approx(0.0, abs=1e-5)
+    assert flat['centre_error_mm'] == pytest.approx(0.0, abs=1e-5)
     assert flat['2d/AP@0.5'] == pytest.approx(1.0) and flat['2d/AR@0.1'] == 1.0
     assert all(isinstance(v, float) for v in flat.values())
 
@@ -81,7 +81,7 @@ def test_metric_end_to_end(dataset, tmp_path):
         result = json.load(f)
     for key in ('CPM', 'FROC', 'mAP_dist', 'AP_dist@2mm', 'AP_dist@4mm', 'AP_dist@8mm',
                 'AP_dist@16mm', 'AP_iou@0.1', 'AP_iou@0.25', 'AP_iou@0.5',
-                'center_error_mm', 'by_size'):
+                'centre_error_mm', 'by_size'):
         assert key in result, key
     assert result['num_scans'] == 3 and result['num_negative_scans'] == 1
     assert result['eval_2d']['by_view']['VIEW_00']['AP@0.5'] == pytest.approx(1.0)
@@ -135,7 +135,7 @@ def test_metric_shift_sample_idx_and_invalid_boxes(dataset, tmp_path):
     # 3 of 4 findings found (one box was NaN and dropped), no false positive at 4 mm:
     # precision 1 up to recall 0.75 -> 76 of the 101 recall points
     assert flat['AP_dist@2mm'] == 0.0 and flat['AP_dist@4mm'] == pytest.approx(76 / 101)
-    assert flat['center_error_mm'] == pytest.approx(3.0, abs=1e-5)
+    assert flat['centre_error_mm'] == pytest.approx(3.0, abs=1e-5)
     assert not any(k.startswith('2d/') for k in flat)
     assert metric.pred_out_file is None        # no out_file: nothing written
 

@@ -1,9 +1,13 @@
 """``tools/evaluate.py`` and ``tools/evaluate_2d.py``: the table and JSON they write, and one
 clear error line (no traceback) for bad input."""
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
+from conftest import REPO_ROOT
 from xray_eval_fake_data import run_tool, write_eval_dataset
 
 
@@ -47,6 +51,30 @@ def test_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
                     '--out', out2) == 0
     with open(out2) as f:
         assert json.load(f)['CPM'] == pytest.approx(0.75)   # 3 of 4 findings
+
+
+def test_evaluate_imports_no_model_stack(dataset, tmp_path):
+    """``tools/evaluate.py`` stands on the core alone: run as a script in a fresh
+    interpreter, it scores a prediction file without importing torch, mmengine or mmdet3d
+    (the wrapper runs the tool as ``__main__``, then lists the heavy modules loaded)."""
+    pred = write(tmp_path, 'pred.json', perfect_predictions(dataset['infos']))
+    out = tmp_path / 'metrics.json'
+    wrapper = textwrap.dedent('''
+        import runpy, sys
+        sys.path.insert(0, 'tools')
+        sys.argv = ['tools/evaluate.py', *sys.argv[1:]]
+        try:
+            runpy.run_path('tools/evaluate.py', run_name='__main__')
+        finally:
+            heavy = ('torch', 'mmengine', 'mmdet', 'mmdet3d', 'mmcv')
+            print('heavy modules:', sorted(m for m in heavy if m in sys.modules))
+    ''')
+    proc = subprocess.run([sys.executable, '-c', wrapper, '--gt', dataset['infos'], '--pred',
+                           pred, '--out', str(out)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '| all ' in proc.stdout and out.is_file()
+    assert proc.stdout.strip().splitlines()[-1] == 'heavy modules: []', proc.stdout
 
 
 BAD = [
@@ -156,8 +184,14 @@ def test_evaluate_2d_bad_input(dataset, tmp_path, capsys):
     assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'detection [0]: image_id 99999' in err[0]
+    assert err[0].startswith(f'error: {dets}: ')              # names the detections file
     dets = write(tmp_path, 'bad2d.json', [dict(token='evalfake-0000', view='VIEW_01',
                                                category_id=1, bbox=[0, 0, -1, 1],
                                                score=0.5)])
     assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
     assert 'bbox must be 4 finite numbers' in capsys.readouterr().err
+    # a JSON file that is no COCO dataset: named, one line
+    assert run_tool('evaluate_2d', '--coco', dets, '--dets', dets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'error: {dets} is not a COCO file: expected images, annotations and '
+                   'categories lists']

@@ -54,7 +54,7 @@ kept and still fewer FPs than ``f`` per scan), the sensitivity at ``f`` is the f
 sensitivity of the curve, as LUNA16's ``np.interp`` holds its last value. The **CPM** is
 the mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 FPs per scan.
 
-**Centre error** (``center_error_mm``): mean Euclidean centre distance of the true
+**Centre error** (``centre_error_mm``): mean Euclidean centre distance of the true
 positives of the centre-distance matching at the largest distance threshold (16 mm).
 
 **Size bands** (``by_size``; default ``3-6mm`` = [3, 6), ``6-10mm`` = [6, 10),
@@ -108,7 +108,7 @@ def aligned_iou_3d(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def center_distances(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+def centre_distances(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """Pairwise Euclidean distances (mm) between box centres: ``(P, G)``."""
     a = np.asarray(boxes_a, np.float64).reshape(-1, np.shape(boxes_a)[-1])[:, :3]
     b = np.asarray(boxes_b, np.float64).reshape(-1, np.shape(boxes_b)[-1])[:, :3]
@@ -296,79 +296,149 @@ def _key_rate(rate: float) -> str:
 
 @dataclass
 class _Settings:
+    """Thresholds of one evaluation.
+
+    Attributes:
+        dist_thrs_mm: centre-distance thresholds, mm (those matched; see
+            :func:`_settings`).
+        iou_thrs: 3D IoU thresholds.
+        froc_fp_rates: FPs per scan at which the FROC is read.
+        centre_error_thr_mm: the distance matching whose true positives give the centre
+            error, mm.
+        ap_interpolation: ``'101point'`` or ``'area'`` (:func:`average_precision`).
+    """
     dist_thrs_mm: Tuple[float, ...]
     iou_thrs: Tuple[float, ...]
     froc_fp_rates: Tuple[float, ...]
-    center_error_thr_mm: float
+    centre_error_thr_mm: float
     ap_interpolation: str = '101point'
 
 
-def _evaluate_block(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred], label: int,
-                    band: Optional[Tuple[float, float]], cfg: _Settings) -> Optional[dict]:
-    """All figures for one class and one size band (``None`` = all sizes)."""
-    num_gt = num_ignore = num_pred = 0
-    dist_results = {thr: ([], []) for thr in cfg.dist_thrs_mm}     # (scores, status)
-    iou_results = {thr: ([], []) for thr in cfg.iou_thrs}
-    finding_scores, fp_scores, center_errors = [], [], []
-    for token, gt in cases.items():
-        pred = preds.get(token) or CasePred.empty()
-        in_class = gt.labels == label
-        in_band = np.ones_like(in_class) if band is None else \
-            (gt.diameters_mm >= band[0]) & (gt.diameters_mm < band[1])
-        valid = in_class & ~gt.ignore & in_band
-        ignore = in_class & (gt.ignore | ~in_band)
-        keep = pred.labels == label
-        boxes, scores = pred.boxes[keep], pred.scores[keep]
-        num_gt += int(valid.sum())
-        num_ignore += int(ignore.sum())
-        num_pred += int(keep.sum())
-        dist = center_distances(boxes, gt.boxes)
-        iou = aligned_iou_3d(boxes, gt.boxes)
-        for thr in cfg.dist_thrs_mm:
-            status, matched = match_by_distance(dist, scores, valid, ignore, thr)
-            dist_results[thr][0].append(scores[status != IGNORED])
-            dist_results[thr][1].append(status[status != IGNORED])
-            if thr == cfg.center_error_thr_mm:
-                tp = np.flatnonzero(status == TP)
-                center_errors.append(dist[tp, matched[tp]])
-        for thr in cfg.iou_thrs:
-            status, _ = match_by_iou(iou, scores, valid, ignore, thr)
-            iou_results[thr][0].append(scores[status != IGNORED])
-            iou_results[thr][1].append(status[status != IGNORED])
-        # FROC: hit = centre within the finding's radius
-        hits = dist <= (gt.diameters_mm / 2.0)[None]
-        hit_scores = np.where(hits[:, valid], scores[:, None], -np.inf)
-        finding_scores.append(hit_scores.max(0) if len(scores) else
-                              np.full(int(valid.sum()), -np.inf))
-        fp_scores.append(scores[~(hits[:, valid | ignore].any(1))])
-    if num_gt == 0:
-        return None
+#: A size band: ``(name, (low_mm, high_mm))``, ``low <= diameter < high``.
+_Band = Tuple[str, Tuple[float, float]]
 
-    block = dict(num_gt=num_gt, num_ignore=num_ignore, num_pred=num_pred,
-                 num_scans=len(cases))
-    for thr, (scores, status) in iou_results.items():
-        rec, prec = precision_recall(np.concatenate(scores), np.concatenate(status) == TP,
-                                     num_gt)
-        block[_key_iou(thr)] = average_precision(rec, prec, cfg.ap_interpolation)
-    for thr, (scores, status) in dist_results.items():
-        rec, prec = precision_recall(np.concatenate(scores), np.concatenate(status) == TP,
-                                     num_gt)
-        block[_key_dist(thr)] = average_precision(rec, prec, cfg.ap_interpolation)
-    block['mAP_dist'] = float(np.mean([block[_key_dist(t)] for t in cfg.dist_thrs_mm]))
-    fps, sens = froc_curve(np.concatenate(finding_scores), np.concatenate(fp_scores),
-                           len(cases), num_gt)
+
+@dataclass
+class _ScanMatches:
+    """The matching of one scan for one class and size band.
+
+    Attributes:
+        num_gt, num_ignore, num_pred: findings to be found, ignore regions and
+            predictions of the class in the scan.
+        dist, iou: ``{threshold: (scores (D,), status (D,))}`` of the predictions that are
+            not ignored (status TP or FP), per distance (mm) / IoU threshold.
+        finding_scores: ``(num_gt,)`` per finding the best score of a prediction hitting
+            it (FROC), ``-inf`` when none does.
+        fp_scores: ``(F,)`` scores of the FROC false positives.
+        centre_errors: ``(M,)`` centre distances (mm) of the true positives of the
+            matching at ``centre_error_thr_mm``.
+    """
+    num_gt: int
+    num_ignore: int
+    num_pred: int
+    dist: Dict[float, Tuple[np.ndarray, np.ndarray]]
+    iou: Dict[float, Tuple[np.ndarray, np.ndarray]]
+    finding_scores: np.ndarray
+    fp_scores: np.ndarray
+    centre_errors: np.ndarray
+
+
+def _finding_masks(gt: CaseGT, label: int,
+                   band: Optional[Tuple[float, float]]) -> Tuple[np.ndarray, np.ndarray]:
+    """``valid`` and ``ignore``, ``(G,)`` bool each: the scan's findings of class ``label``
+    to be found, and its ignore regions for that class -- the findings flagged ignore and,
+    with a size ``band`` ``(low_mm, high_mm)``, those of the class outside the band."""
+    in_class = gt.labels == label
+    in_band = np.ones_like(in_class) if band is None else \
+        (gt.diameters_mm >= band[0]) & (gt.diameters_mm < band[1])
+    return in_class & ~gt.ignore & in_band, in_class & (gt.ignore | ~in_band)
+
+
+def _match_scan(gt: CaseGT, pred: CasePred, label: int, band: Optional[Tuple[float, float]],
+                cfg: _Settings) -> _ScanMatches:
+    """Match one scan's predictions of class ``label`` to its findings (ct frame, mm) at
+    every distance and IoU threshold, and find the FROC hits (centre within the finding's
+    radius)."""
+    valid, ignore = _finding_masks(gt, label, band)
+    keep = pred.labels == label
+    boxes, scores = pred.boxes[keep], pred.scores[keep]
+    dist = centre_distances(boxes, gt.boxes)                  # (P, G) mm
+    iou = aligned_iou_3d(boxes, gt.boxes)                     # (P, G)
+    by_dist, by_iou, centre_errors = {}, {}, np.zeros(0)
+    for thr in cfg.dist_thrs_mm:
+        status, matched = match_by_distance(dist, scores, valid, ignore, thr)
+        by_dist[thr] = (scores[status != IGNORED], status[status != IGNORED])
+        if thr == cfg.centre_error_thr_mm:
+            tp = np.flatnonzero(status == TP)
+            centre_errors = dist[tp, matched[tp]]
+    for thr in cfg.iou_thrs:
+        status, _ = match_by_iou(iou, scores, valid, ignore, thr)
+        by_iou[thr] = (scores[status != IGNORED], status[status != IGNORED])
+    hits = dist <= (gt.diameters_mm / 2.0)[None]              # (P, G)
+    hit_scores = np.where(hits[:, valid], scores[:, None], -np.inf)
+    finding_scores = hit_scores.max(0) if len(scores) else np.full(int(valid.sum()), -np.inf)
+    return _ScanMatches(num_gt=int(valid.sum()), num_ignore=int(ignore.sum()),
+                        num_pred=int(keep.sum()), dist=by_dist, iou=by_iou,
+                        finding_scores=finding_scores,
+                        fp_scores=scores[~(hits[:, valid | ignore].any(1))],
+                        centre_errors=centre_errors)
+
+
+def _pooled_ap(scans: Sequence[_ScanMatches], kind: str, thr: float, num_gt: int,
+               cfg: _Settings) -> float:
+    """AP of the matching ``kind`` (``'dist'`` or ``'iou'``) at ``thr`` over all scans."""
+    pairs = [getattr(scan, kind)[thr] for scan in scans]
+    scores = np.concatenate([p[0] for p in pairs])
+    is_tp = np.concatenate([p[1] for p in pairs]) == TP
+    rec, prec = precision_recall(scores, is_tp, num_gt)
+    return average_precision(rec, prec, cfg.ap_interpolation)
+
+
+def _froc_figures(scans: Sequence[_ScanMatches], num_gt: int, cfg: _Settings) -> dict:
+    """``FROC`` ``{rate: sensitivity}``, ``CPM`` and ``froc_curve`` (its corners) over all
+    scans (the FP rate is per scan of ``scans``)."""
+    fps, sens = froc_curve(np.concatenate([s.finding_scores for s in scans]),
+                           np.concatenate([s.fp_scores for s in scans]), len(scans), num_gt)
     at_rates = sensitivity_at(fps, sens, cfg.froc_fp_rates)
-    block['FROC'] = {_key_rate(r): float(s) for r, s in zip(cfg.froc_fp_rates, at_rates)}
-    block['CPM'] = float(at_rates.mean())
-    errors = np.concatenate(center_errors)
-    block['center_error_mm'] = float(errors.mean()) if errors.size else None
-    block['num_matched'] = int(errors.size)
     # the curve's corners: where the sensitivity steps up, and its end (a step curve drawn
     # 'post' through these is the full curve; the file stays small with many predictions)
     keep = np.flatnonzero(np.r_[True, sens[1:] != sens[:-1]])
     keep = np.unique(np.r_[keep, len(sens) - 1])
-    block['froc_curve'] = dict(fp_per_scan=fps[keep].tolist(), sensitivity=sens[keep].tolist())
+    return dict(FROC={_key_rate(r): float(s) for r, s in zip(cfg.froc_fp_rates, at_rates)},
+                CPM=float(at_rates.mean()),
+                froc_curve=dict(fp_per_scan=fps[keep].tolist(),
+                                sensitivity=sens[keep].tolist()))
+
+
+def _block_figures(scans: Sequence[_ScanMatches], cfg: _Settings) -> Optional[dict]:
+    """All figures of one class and size band from its scans' matches (``None`` without
+    ground truth)."""
+    num_gt = sum(s.num_gt for s in scans)
+    if num_gt == 0:
+        return None
+    block = dict(num_gt=num_gt, num_ignore=sum(s.num_ignore for s in scans),
+                 num_pred=sum(s.num_pred for s in scans), num_scans=len(scans))
+    for thr in cfg.iou_thrs:
+        block[_key_iou(thr)] = _pooled_ap(scans, 'iou', thr, num_gt, cfg)
+    for thr in cfg.dist_thrs_mm:
+        block[_key_dist(thr)] = _pooled_ap(scans, 'dist', thr, num_gt, cfg)
+    block['mAP_dist'] = float(np.mean([block[_key_dist(t)] for t in cfg.dist_thrs_mm]))
+    froc = _froc_figures(scans, num_gt, cfg)
+    block.update(FROC=froc['FROC'], CPM=froc['CPM'])
+    errors = np.concatenate([s.centre_errors for s in scans])
+    block['centre_error_mm'] = float(errors.mean()) if errors.size else None
+    block['num_matched'] = int(errors.size)
+    block['froc_curve'] = froc['froc_curve']
     return block
+
+
+def _evaluate_block(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred], label: int,
+                    band: Optional[Tuple[float, float]], cfg: _Settings) -> Optional[dict]:
+    """All figures for one class and one size band (``None`` = all sizes) over every scan
+    of ``cases`` (``None`` without ground truth)."""
+    scans = [_match_scan(gt, preds.get(token) or CasePred.empty(), label, band, cfg)
+             for token, gt in cases.items()]
+    return _block_figures(scans, cfg)
 
 
 def _mean_blocks(blocks: List[Optional[dict]], cfg: _Settings) -> Optional[dict]:
@@ -387,10 +457,88 @@ def _mean_blocks(blocks: List[Optional[dict]], cfg: _Settings) -> Optional[dict]
         out[key] = float(np.mean([b[key] for b in present]))
     out['FROC'] = {k: float(np.mean([b['FROC'][k] for b in present]))
                    for k in present[0]['FROC']}
-    errors = [b['center_error_mm'] for b in present if b['center_error_mm'] is not None]
-    out['center_error_mm'] = float(np.mean(errors)) if errors else None
+    errors = [b['centre_error_mm'] for b in present if b['centre_error_mm'] is not None]
+    out['centre_error_mm'] = float(np.mean(errors)) if errors else None
     out['froc_curve'] = None   # curves of different classes do not average
     return out
+
+
+def _check_cases(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred]) -> None:
+    """``KeyError`` for predictions of a scan without ground truth, ``ValueError`` for no
+    scans."""
+    unknown = [t for t in preds if t not in cases]
+    if unknown:
+        raise KeyError(f'case {unknown[0]!r} has predictions but no ground truth '
+                       f'({len(unknown)} such case(s))')
+    if not cases:
+        raise ValueError('no scans to evaluate')
+
+
+def _settings(dist_thrs_mm: Sequence[float], iou_thrs: Sequence[float],
+              froc_fp_rates: Sequence[float], centre_error_thr_mm: Optional[float],
+              ap_interpolation: str) -> Tuple[_Settings, _Settings]:
+    """The settings matched (the distance thresholds sorted, plus the centre-error one)
+    and the settings reported (the distance thresholds as given)."""
+    if centre_error_thr_mm is None:
+        centre_error_thr_mm = max(dist_thrs_mm)
+    reported = tuple(float(t) for t in dist_thrs_mm)
+    matched = _Settings(tuple(sorted(set(reported) | {float(centre_error_thr_mm)})),
+                        tuple(float(t) for t in iou_thrs),
+                        tuple(float(r) for r in froc_fp_rates), float(centre_error_thr_mm),
+                        ap_interpolation)
+    report = _Settings(reported, matched.iou_thrs, matched.froc_fp_rates,
+                       matched.centre_error_thr_mm, ap_interpolation)
+    return matched, report
+
+
+def _drop_unreported_distances(block: Optional[dict], cfg: _Settings,
+                               report_cfg: _Settings) -> Optional[dict]:
+    """Remove from ``block`` (in place) the AP of a distance threshold matched only for the
+    centre error, and take ``mAP_dist`` over the reported thresholds."""
+    if block is not None and set(cfg.dist_thrs_mm) != set(report_cfg.dist_thrs_mm):
+        for thr in cfg.dist_thrs_mm:
+            if thr not in report_cfg.dist_thrs_mm:
+                block.pop(_key_dist(thr), None)
+        block['mAP_dist'] = float(np.mean([block[_key_dist(t)]
+                                           for t in report_cfg.dist_thrs_mm]))
+    return block
+
+
+def _scan_counts(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred]) -> dict:
+    """Counts over all classes and sizes: scans, negative scans (no finding to be found),
+    findings, ignore regions, predictions."""
+    all_ignore = np.asarray(np.concatenate([gt.ignore for gt in cases.values()]), bool)
+    return dict(
+        num_scans=len(cases),
+        num_negative_scans=int(sum(1 for gt in cases.values() if not (~gt.ignore).any())),
+        num_gt=int((~all_ignore).sum()), num_ignore=int(all_ignore.sum()),
+        num_pred=int(sum(len(p.scores) for p in preds.values())))
+
+
+def _by_class(classes: Sequence[str], per_class: Dict[int, Optional[dict]],
+              per_class_band: Dict[Tuple[int, str], Optional[dict]],
+              bands: Sequence[_Band]) -> dict:
+    """``{class name: figures or None}``, each with its own ``by_size``."""
+    by_class = {}
+    for label, name in enumerate(classes):
+        block = per_class[label]
+        if block is not None:
+            block = dict(block, by_size={b: per_class_band[(label, b)] for b, _ in bands})
+        by_class[name] = block
+    return by_class
+
+
+def _settings_record(classes: Sequence[str], report_cfg: _Settings,
+                     bands: Sequence[_Band]) -> dict:
+    """The ``settings`` entry of the result (JSON: an open band's upper end is ``null``)."""
+    return dict(
+        classes=list(classes), dist_thrs_mm=list(report_cfg.dist_thrs_mm),
+        iou_thrs=list(report_cfg.iou_thrs), froc_fp_rates=list(report_cfg.froc_fp_rates),
+        centre_error_thr_mm=report_cfg.centre_error_thr_mm,
+        size_bands_mm=[[name, lo, hi if math.isfinite(hi) else None]
+                       for name, (lo, hi) in bands],
+        ap_interpolation=report_cfg.ap_interpolation, iou='axis-aligned 3D',
+        froc='LUNA16: hit = centre within diameter/2; FP rate over all scans')
 
 
 def evaluate_detections(
@@ -401,9 +549,12 @@ def evaluate_detections(
         iou_thrs: Sequence[float] = DEFAULT_IOU_THRS,
         froc_fp_rates: Sequence[float] = DEFAULT_FROC_FP_RATES,
         size_bands: Sequence[Tuple[str, float, float]] = DEFAULT_SIZE_BANDS,
-        center_error_thr_mm: Optional[float] = None,
+        centre_error_thr_mm: Optional[float] = None,
         ap_interpolation: str = '101point') -> dict:
     """Evaluate 3D predictions against ground truth (definitions in the module docstring).
+
+    Boxes of both are ``(N, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` in the ``ct`` frame, mm
+    (centre and full extents; yaw ignored); diameters are mm.
 
     Args:
         cases: ``{token: CaseGT}``, the scans to evaluate (negatives included).
@@ -414,80 +565,46 @@ def evaluate_detections(
         iou_thrs: 3D IoU thresholds.
         froc_fp_rates: FPs per scan at which FROC sensitivities are read (CPM = mean).
         size_bands: ``(name, low_mm, high_mm)`` diameter bands, ``low <= d < high``.
-        center_error_thr_mm: the distance matching used for the centre error. Defaults to
+        centre_error_thr_mm: the distance matching used for the centre error. Defaults to
             ``max(dist_thrs_mm)``.
         ap_interpolation: ``'101point'`` (default) or ``'area'``
             (:func:`average_precision`).
 
     Returns:
         dict: the top-level figures (``CPM``, ``FROC`` {rate: sensitivity}, ``mAP_dist``,
-        ``AP_dist@{d}mm``, ``AP_iou@{t}``, ``center_error_mm``, counts, ``froc_curve``),
+        ``AP_dist@{d}mm``, ``AP_iou@{t}``, ``centre_error_mm``, counts, ``froc_curve``),
         ``by_size`` {band: figures or None}, ``by_class`` {name: figures or None, each
         with its own ``by_size``} when there are several classes, and ``settings``.
         Figures are ``None`` where there is no ground truth.
     """
-    unknown = [t for t in preds if t not in cases]
-    if unknown:
-        raise KeyError(f'case {unknown[0]!r} has predictions but no ground truth '
-                       f'({len(unknown)} such case(s))')
-    if not cases:
-        raise ValueError('no scans to evaluate')
-    if center_error_thr_mm is None:
-        center_error_thr_mm = max(dist_thrs_mm)
-    dist_all = tuple(float(t) for t in dist_thrs_mm)
-    cfg = _Settings(tuple(sorted(set(dist_all) | {float(center_error_thr_mm)})),
-                    tuple(float(t) for t in iou_thrs),
-                    tuple(float(r) for r in froc_fp_rates), float(center_error_thr_mm),
-                    ap_interpolation)
-    report_cfg = _Settings(dist_all, cfg.iou_thrs, cfg.froc_fp_rates,
-                           cfg.center_error_thr_mm, ap_interpolation)
+    _check_cases(cases, preds)
+    cfg, report_cfg = _settings(dist_thrs_mm, iou_thrs, froc_fp_rates, centre_error_thr_mm,
+                                ap_interpolation)
     bands = [(str(name), (float(lo), float(hi))) for name, lo, hi in size_bands]
+    labels = range(len(classes))
 
-    def strip(block):   # drop a distance threshold used only for the centre error
-        if block is not None and set(cfg.dist_thrs_mm) != set(dist_all):
-            for thr in cfg.dist_thrs_mm:
-                if thr not in dist_all:
-                    block.pop(_key_dist(thr), None)
-            block['mAP_dist'] = float(np.mean([block[_key_dist(t)] for t in dist_all]))
-        return block
+    def evaluate(label: int, band: Optional[Tuple[float, float]]) -> Optional[dict]:
+        return _drop_unreported_distances(_evaluate_block(cases, preds, label, band, cfg),
+                                          cfg, report_cfg)
 
-    per_class = {label: strip(_evaluate_block(cases, preds, label, None, cfg))
-                 for label in range(len(classes))}
-    per_class_band = {(label, name): strip(_evaluate_block(cases, preds, label, rng, cfg))
-                      for label in range(len(classes)) for name, rng in bands}
+    per_class = {label: evaluate(label, None) for label in labels}
+    per_class_band = {(label, name): evaluate(label, rng)
+                      for label in labels for name, rng in bands}
     top = _mean_blocks(list(per_class.values()), report_cfg)
-    result = dict(top) if top is not None else _absent(report_cfg, len(cases))
-    all_ignore = np.concatenate([gt.ignore for gt in cases.values()])
-    result.update(
-        num_scans=len(cases),
-        num_negative_scans=int(sum(1 for gt in cases.values() if not (~gt.ignore).any())),
-        num_gt=int((~np.asarray(all_ignore, bool)).sum()),
-        num_ignore=int(np.asarray(all_ignore, bool).sum()),
-        num_pred=int(sum(len(p.scores) for p in preds.values())))
+    result = dict(top) if top is not None else _absent(report_cfg)
+    result.update(_scan_counts(cases, preds))
     result['by_size'] = {name: _mean_blocks([per_class_band[(label, name)]
-                                             for label in range(len(classes))], report_cfg)
+                                             for label in labels], report_cfg)
                          for name, _ in bands}
     if len(classes) > 1:
-        by_class = {}
-        for label, name in enumerate(classes):
-            block = per_class[label]
-            if block is not None:
-                block = dict(block, by_size={b: per_class_band[(label, b)] for b, _ in bands})
-            by_class[name] = block
-        result['by_class'] = by_class
-    result['settings'] = dict(
-        classes=list(classes), dist_thrs_mm=list(dist_all), iou_thrs=list(cfg.iou_thrs),
-        froc_fp_rates=list(cfg.froc_fp_rates), center_error_thr_mm=cfg.center_error_thr_mm,
-        size_bands_mm=[[name, lo, hi if math.isfinite(hi) else None]
-                       for name, (lo, hi) in bands],
-        ap_interpolation=ap_interpolation, iou='axis-aligned 3D',
-        froc='LUNA16: hit = centre within diameter/2; FP rate over all scans')
+        result['by_class'] = _by_class(classes, per_class, per_class_band, bands)
+    result['settings'] = _settings_record(classes, report_cfg, bands)
     return result
 
 
-def _absent(cfg: _Settings, num_scans: int) -> dict:
+def _absent(cfg: _Settings) -> dict:
     """Top level when no class has ground truth: every figure ``None``."""
-    out = dict(CPM=None, FROC=None, mAP_dist=None, center_error_mm=None, froc_curve=None,
+    out = dict(CPM=None, FROC=None, mAP_dist=None, centre_error_mm=None, froc_curve=None,
                num_matched=0)
     out.update({_key_dist(t): None for t in cfg.dist_thrs_mm})
     out.update({_key_iou(t): None for t in cfg.iou_thrs})
@@ -496,9 +613,10 @@ def _absent(cfg: _Settings, num_scans: int) -> dict:
 
 # -- reporting -----------------------------------------------------------------------------
 def _scalar_keys(result: dict) -> List[str]:
+    """The single-number figures of a result, in table order."""
     settings = result['settings']
     return ['CPM', 'mAP_dist'] + [_key_dist(t) for t in settings['dist_thrs_mm']] + \
-        [_key_iou(t) for t in settings['iou_thrs']] + ['center_error_mm']
+        [_key_iou(t) for t in settings['iou_thrs']] + ['centre_error_mm']
 
 
 def flatten_metrics(result: dict) -> Dict[str, float]:
@@ -520,7 +638,7 @@ def flatten_metrics(result: dict) -> Dict[str, float]:
     for band, block in result['by_size'].items():
         if block is not None:
             for key in ('CPM', 'mAP_dist', _key_iou(result['settings']['iou_thrs'][0]),
-                        'center_error_mm'):
+                        'centre_error_mm'):
                 if block.get(key) is not None:
                     flat[f'{key}_{band}'] = float(block[key])
     for name, block in (result.get('by_class') or {}).items():
@@ -548,7 +666,7 @@ def format_table(result: dict) -> str:
         if block is not None:
             rows += [(f'{name} {band}', sub) for band, sub in block['by_size'].items()]
     keys = _scalar_keys(result)
-    header = ['findings', 'n_gt', 'n_scans'] + [k.replace('center_error_mm', 'centre err (mm)')
+    header = ['findings', 'n_gt', 'n_scans'] + [k.replace('centre_error_mm', 'centre err (mm)')
                                                 for k in keys]
     table1 = [header]
     for name, block in rows:
@@ -556,7 +674,7 @@ def format_table(result: dict) -> str:
             table1.append([name, '0', str(result['num_scans'])] + ['-'] * len(keys))
         else:
             table1.append([name, str(block['num_gt']), str(block['num_scans'])] +
-                          [_fmt(block.get(k), 2 if k == 'center_error_mm' else 4)
+                          [_fmt(block.get(k), 2 if k == 'centre_error_mm' else 4)
                            for k in keys])
     rates = [_key_rate(r) for r in settings['froc_fp_rates']]
     table2 = [['FROC: sensitivity at FP/scan'] + rates + ['CPM']]
@@ -564,10 +682,21 @@ def format_table(result: dict) -> str:
         froc = (block or {}).get('FROC') or {}
         table2.append([name] + [_fmt(froc.get(r)) for r in rates] +
                       [_fmt((block or {}).get('CPM'))])
-    return _markdown(table1) + '\n\n' + _markdown(table2)
+    return markdown_table(table1) + '\n\n' + markdown_table(table2)
 
 
-def _markdown(rows: List[List[str]]) -> str:
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table that also reads well in a terminal.
+
+    Args:
+        rows: the header row, then the body rows; every row has the same number of cells
+            (strings).
+
+    Returns:
+        str: one line per row plus the rule under the header, no final newline; the first
+        column left-aligned, the others right-aligned (``---:``), cells padded to the
+        column width.
+    """
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):

@@ -2,11 +2,12 @@
 
 * :mod:`.xray_metric` -- :class:`XrayDet3DMetric`, the registered mmengine metric, on the
   metric core :mod:`projects.mv2d_xray.core.metric`;
-* :mod:`.coco2d` -- per-view COCO AP / AR of 2D detections (pycocotools);
-* :mod:`.triangulation` -- the triangulation baseline (2D detections -> 3D boxes);
-* :mod:`.visualization` -- pictures of views with projected boxes, FROC curves.
+* :mod:`.coco2d` -- per-view COCO AP / AR of 2D detections (pycocotools).
+
+The triangulation baseline is in :mod:`projects.mv2d_xray.mv2d_xray.baselines`, the
+pictures in :mod:`projects.mv2d_xray.mv2d_xray.visualization`.
 """
-from projects.mv2d_xray.mv2d_xray.evaluation import coco2d, triangulation, visualization  # noqa
+from projects.mv2d_xray.mv2d_xray.evaluation import coco2d  # noqa
 from projects.mv2d_xray.mv2d_xray.evaluation.xray_metric import XrayDet3DMetric
 
-__all__ = ['XrayDet3DMetric', 'coco2d', 'triangulation', 'visualization']
+__all__ = ['XrayDet3DMetric', 'coco2d']

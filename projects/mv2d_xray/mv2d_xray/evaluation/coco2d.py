@@ -27,16 +27,24 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from projects.mv2d_xray.core.io import read_json
+from projects.mv2d_xray.core.metric import markdown_table
 
 DEFAULT_IOU_THRS_2D = (0.1, 0.25, 0.5)
 
 
 def load_coco(coco_gt: Union[str, dict]) -> dict:
-    """A COCO dataset dict from a path or as loaded (clear errors for bad files)."""
+    """A COCO dataset dict from a path or as loaded.
+
+    Raises:
+        FileNotFoundError: no file at the path.
+        ValueError: the file is not JSON, or not a COCO dataset (naming the file).
+    """
     data = coco_gt if isinstance(coco_gt, dict) else read_json(coco_gt, 'COCO file')
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in
                                              ('images', 'annotations', 'categories')):
-        raise ValueError('not a COCO file: expected images, annotations and categories')
+        name = 'COCO data' if isinstance(coco_gt, dict) else str(coco_gt)
+        raise ValueError(f'{name} is not a COCO file: expected images, annotations and '
+                         'categories lists')
     return data
 
 
@@ -180,7 +188,6 @@ def flatten_2d(result: dict, prefix: str = '2d/') -> Dict[str, float]:
 
 def format_table_2d(result: dict) -> str:
     """A markdown table of the figures per view and overall (``-`` = absent)."""
-    from projects.mv2d_xray.core.metric import _markdown
     thrs = result['settings']['iou_thrs']
     keys = ['AP'] + [f'AP@{t:g}' for t in thrs] + [f'AR@{t:g}' for t in thrs]
     rows = [['view', 'n_gt', 'n_dets'] + keys]
@@ -190,4 +197,4 @@ def format_table_2d(result: dict) -> str:
         else:
             rows.append([name, str(block['num_gt']), str(block['num_dets'])] +
                         [f'{block[k]:.4f}' for k in keys])
-    return _markdown(rows)
+    return markdown_table(rows)

@@ -15,6 +15,9 @@ from projects.mv2d_xray.core.io import write_json
 from projects.mv2d_xray.core.metric import (DEFAULT_DIST_THRS_MM, DEFAULT_FROC_FP_RATES,
                                             DEFAULT_IOU_THRS, DEFAULT_SIZE_BANDS,
                                             evaluate_detections, flatten_metrics, format_table)
+from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d, flatten_2d,
+                                                            format_table_2d, image_index,
+                                                            load_coco)
 
 
 def _get(sample, key, default=None):
@@ -25,6 +28,7 @@ def _get(sample, key, default=None):
 
 
 def _numpy(x) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     if hasattr(x, 'detach'):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
@@ -217,9 +221,35 @@ class XrayDet3DMetric(BaseMetric):
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Evaluate every processed case; log the tables, write the files, return the flat
         figures (``CPM``, ``mAP_dist``, ``AP_dist@2mm``, ``AP_iou@0.1``, ``FROC@1``,
-        ``center_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...)."""
+        ``centre_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...)."""
         infos = self._load_infos()
         classes = self._classes()
+        preds, num_invalid = self._valid_predictions(results, infos, classes)
+        # the scans evaluated: those processed, in the pickle's order
+        cases = {d['token']: self._case_gt(d, classes) for d in infos['data']['data_list']
+                 if d['token'] in preds}
+        result = evaluate_detections(cases, preds, classes, self.dist_thrs_mm, self.iou_thrs,
+                                     self.froc_fp_rates, self.size_bands)
+        result['num_invalid_pred'] = num_invalid
+        table = format_table(result)
+        flat = flatten_metrics(result)
+
+        dets2d = self._coco_results(results, infos, classes)
+        result2d = None if dets2d is None else self._evaluate_2d(
+            dets2d, {r['token'] for r in results if 'dets2d' in r})
+        if result2d is not None:
+            result['eval_2d'] = result2d
+            flat.update(flatten_2d(result2d))
+            table += '\n\nPer-view 2D detection (COCO):\n' + format_table_2d(result2d)
+        print_log(f'\n{table}', logger='current')
+        self._write_files(result, preds, dets2d)
+        return flat
+
+    def _valid_predictions(self, results: List[dict], infos: dict,
+                           classes: Tuple[str, ...]) -> Tuple[Dict[str, CasePred], int]:
+        """``{token: CasePred}`` of the processed cases (boxes ``(P, 7)`` ct mm) without the
+        boxes that are non-finite, have a negative size or an unknown label (logged), and
+        how many those were. ``KeyError`` for a case not in ``ann_file``."""
         preds: Dict[str, CasePred] = {}
         num_invalid = 0
         for record in results:
@@ -234,27 +264,12 @@ class XrayDet3DMetric(BaseMetric):
         if num_invalid:
             print_log(f'{num_invalid} predicted boxes with non-finite values, negative sizes '
                       'or unknown labels were dropped', logger='current', level=30)
-        # the scans evaluated: those processed, in the pickle's order
-        cases = {d['token']: self._case_gt(d, classes) for d in infos['data']['data_list']
-                 if d['token'] in preds}
-        result = evaluate_detections(cases, preds, classes, self.dist_thrs_mm, self.iou_thrs,
-                                     self.froc_fp_rates, self.size_bands)
-        result['num_invalid_pred'] = num_invalid
-        table = format_table(result)
-        flat = flatten_metrics(result)
+        return preds, num_invalid
 
-        dets2d = self._coco_results(results, infos, classes)
-        if dets2d is not None:
-            result2d = self._evaluate_2d(dets2d, {r['token'] for r in results
-                                                  if 'dets2d' in r})
-            if result2d is not None:
-                from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (flatten_2d,
-                                                                            format_table_2d)
-                result['eval_2d'] = result2d
-                flat.update(flatten_2d(result2d))
-                table += '\n\nPer-view 2D detection (COCO):\n' + format_table_2d(result2d)
-        print_log(f'\n{table}', logger='current')
-
+    def _write_files(self, result: dict, preds: Dict[str, CasePred],
+                     dets2d: Optional[List[dict]]) -> None:
+        """Write the metrics JSON, the 3D predictions (README format) and the 2D detections
+        (COCO results) where configured (each atomically)."""
         if self.out_file:
             write_json(self.out_file, result)
             print_log(f'metrics written to {self.out_file}', logger='current')
@@ -262,7 +277,6 @@ class XrayDet3DMetric(BaseMetric):
             write_json(self.pred_out_file, predictions_to_json(preds))
         if self.dets2d_out_file and dets2d is not None:
             write_json(self.dets2d_out_file, dets2d)
-        return flat
 
     # -- 2D --------------------------------------------------------------------------------
     def _coco_results(self, results: List[dict], infos: dict,
@@ -273,7 +287,6 @@ class XrayDet3DMetric(BaseMetric):
             return None
         index = {}
         if self.coco_ann_file and osp.isfile(self.coco_ann_file):
-            from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import image_index, load_coco
             index = image_index(load_coco(self.coco_ann_file))
         file_classes = infos_classes(infos['data'])
         dets = []
@@ -302,7 +315,6 @@ class XrayDet3DMetric(BaseMetric):
             if not self._coco_optional:
                 raise FileNotFoundError(f'COCO file not found: {self.coco_ann_file}')
             return None
-        from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import evaluate_coco_2d, load_coco
         coco = load_coco(self.coco_ann_file)
         return evaluate_coco_2d(_subset_coco(coco, tokens), dets)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -153,7 +153,11 @@ class _Dets:
     index: np.ndarray      # (V, K) index into the input detections, -1 = padding
 
 
-def _pad_detections(boxes, scores, view_ids, num_views, cfg) -> Optional[_Dets]:
+def _pad_detections(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray,
+                    num_views: int, cfg: TriangulationConfig) -> Optional[_Dets]:
+    """Step 1 of the module docstring: per view the detections scoring ``>= score_thr``,
+    at most ``max_per_view`` by score, padded to ``(V, K)``; ``None`` when none is left.
+    ``boxes`` ``(N, 4)`` xyxy img px, ``scores`` ``(N,)``, ``view_ids`` ``(N,)``."""
     keep = [np.flatnonzero((view_ids == v) & (scores >= cfg.score_thr)) for v in
             range(num_views)]
     keep = [k[np.argsort(-scores[k], kind='stable')][:cfg.max_per_view] for k in keep]
@@ -242,7 +246,7 @@ def triangulate_case(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarra
     Returns:
         list[dict]: per finding ``bbox_3d`` (7 floats, ct mm, yaw 0), ``score``, ``label``,
         ``views`` (view indices used), ``detections`` (indices into the inputs),
-        ``reproj_px`` (mean reprojection error of the box centres).
+        ``reproj_px`` (mean reprojection error of the box centres), by descending score.
     """
     cfg = cfg or TriangulationConfig()
     lidar2img = np.asarray(lidar2img, np.float64)
@@ -250,48 +254,73 @@ def triangulate_case(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarra
     scores = np.asarray(scores, np.float64).reshape(-1)
     labels = np.asarray(labels, np.int64).reshape(-1)
     view_ids = np.asarray(view_ids, np.int64).reshape(-1)
-    num_views = len(lidar2img)
-    sources = source_positions(lidar2img)
-    cos_max = math.cos(math.radians(cfg.min_ray_angle_deg))
     if bounds_mm is not None:
         bounds_mm = np.asarray(bounds_mm, np.float64).reshape(3, 2) + \
             np.array([-cfg.bounds_margin_mm, cfg.bounds_margin_mm])
     findings = []
     for label in np.unique(labels):
         sel = labels == label
-        dets = _pad_detections(boxes[sel], scores[sel], view_ids[sel], num_views, cfg)
-        if dets is None:
-            continue
-        orig_index = np.flatnonzero(sel)
-        pool = dets.index >= 0
-        hypotheses = _Hypotheses(lidar2img, sources, dets, pool, cos_max, bounds_mm)
-        while True:
-            best = hypotheses.best(cfg.min_views)
-            if best is None:
-                break
-            point, member, errors = _refine(lidar2img, dets, best[1], best[0], pool)
-            views = np.flatnonzero(member >= 0)
-            if len(views) < cfg.min_views or not _inside(point[None], bounds_mm)[0]:
-                # refinement lost support: retire the seed's detections and go on
-                seed_views = np.flatnonzero(best[1] >= 0)
-                hypotheses.remove(seed_views, best[1][seed_views])
-                continue
-            slots = member[views]
-            hypotheses.remove(views, slots)
-            dims = fit_box_size(lidar2img[views], dets.box[views, slots], point)
-            consistency = math.exp(-0.5 * (float(np.sqrt(np.mean(errors ** 2))) /
-                                           cfg.gate_px) ** 2)
-            findings.append(dict(
-                bbox_3d=[*map(float, point), *map(float, dims), 0.0],
-                score=float(dets.score[views, slots].sum() / num_views * consistency),
-                label=int(label), views=views.tolist(),
-                detections=orig_index[dets.index[views, slots]].tolist(),
-                reproj_px=float(errors.mean())))
+        findings += _triangulate_class(lidar2img, boxes[sel], scores[sel], view_ids[sel],
+                                       np.flatnonzero(sel), int(label), cfg, bounds_mm)
     findings.sort(key=lambda f: -f['score'])
     return findings
 
 
+def _triangulate_class(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                       view_ids: np.ndarray, input_index: np.ndarray, label: int,
+                       cfg: TriangulationConfig,
+                       bounds_mm: Optional[np.ndarray]) -> List[dict]:
+    """Steps 1-6 of the module docstring for the detections of one class: hypotheses,
+    then greedily the best one refined and accepted until none has ``min_views`` views.
+
+    Args: ``lidar2img`` ``(V, 4, 4)``; ``boxes`` ``(N, 4)`` xyxy img px, ``scores``,
+    ``view_ids`` ``(N,)`` of the class's detections, ``input_index`` ``(N,)`` their
+    indices into the case's detections; ``bounds_mm`` ``(3, 2)`` ct mm, already grown.
+    """
+    dets = _pad_detections(boxes, scores, view_ids, len(lidar2img), cfg)
+    if dets is None:
+        return []
+    pool = dets.index >= 0
+    cos_max = math.cos(math.radians(cfg.min_ray_angle_deg))
+    hypotheses = _Hypotheses(lidar2img, source_positions(lidar2img), dets, pool, cos_max,
+                             bounds_mm)
+    findings = []
+    while True:
+        best = hypotheses.best(cfg.min_views)
+        if best is None:
+            return findings
+        point, member, errors = _refine(lidar2img, dets, best[1], best[0], pool)
+        views = np.flatnonzero(member >= 0)
+        if len(views) < cfg.min_views or not _inside(point[None], bounds_mm)[0]:
+            # refinement lost support: retire the seed's detections and go on
+            seed_views = np.flatnonzero(best[1] >= 0)
+            hypotheses.remove(seed_views, best[1][seed_views])
+            continue
+        slots = member[views]
+        hypotheses.remove(views, slots)
+        box, score = _box_and_score(lidar2img, dets, views, slots, point, errors, cfg)
+        findings.append(dict(bbox_3d=box, score=score, label=label, views=views.tolist(),
+                             detections=input_index[dets.index[views, slots]].tolist(),
+                             reproj_px=float(errors.mean())))
+
+
+def _box_and_score(lidar2img: np.ndarray, dets: _Dets, views: np.ndarray, slots: np.ndarray,
+                   point: np.ndarray, errors: np.ndarray,
+                   cfg: TriangulationConfig) -> Tuple[List[float], float]:
+    """Steps 5-6 for an accepted finding at ``point`` (``(3,)`` ct mm) seen by the
+    detections ``dets[views, slots]``: its ``bbox_3d`` (7 floats, ct mm, yaw 0) sized from
+    their 2D extents, and its score -- the summed detection score over the number of views,
+    times the consistency of the reprojection ``errors`` (``(len(views),)`` px)."""
+    dims = fit_box_size(lidar2img[views], dets.box[views, slots], point)
+    rms = float(np.sqrt(np.mean(errors ** 2)))
+    consistency = math.exp(-0.5 * (rms / cfg.gate_px) ** 2)
+    score = float(dets.score[views, slots].sum() / len(lidar2img) * consistency)
+    return [*map(float, point), *map(float, dims), 0.0], score
+
+
 def _inside(points: np.ndarray, bounds_mm: Optional[np.ndarray]) -> np.ndarray:
+    """``(M,)`` bool: points ``(M, 3)`` (ct mm) within ``bounds_mm`` ``(3, 2)`` (all of
+    them without bounds)."""
     if bounds_mm is None:
         return np.ones(len(points), bool)
     return ((points >= bounds_mm[:, 0]) & (points <= bounds_mm[:, 1])).all(-1)

@@ -1,5 +1,5 @@
-"""``tools/visualize.py`` and ``evaluation/visualization.py``: projected 3D box wireframes,
-case grids and metric plots written as PNG."""
+"""``visualization/case_views.py`` and ``tools/visualize.py case``: projected 3D box
+wireframes and case grids written as PNG."""
 import json
 
 import cv2
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from projects.mv2d_xray.core.geometry import box3d_corners, project_points
-from projects.mv2d_xray.mv2d_xray.evaluation.visualization import (BOX_EDGES, PRED3D_COLOR,
+from projects.mv2d_xray.mv2d_xray.visualization.case_views import (BOX_EDGES, PRED3D_COLOR,
                                                                    project_box_edges)
 from xray_eval_fake_data import eval_geometry, run_tool, write_eval_dataset
 
@@ -84,32 +84,14 @@ def test_case_bad_input(dataset, tmp_path, capsys):
     assert run_tool('visualize', 'case', '--infos', dataset['infos'], '--case',
                     'evalfake-0000', '--data-root', str(tmp_path), '--out', str(out)) == 2
     assert 'cannot read view image' in capsys.readouterr().err
+    dets = tmp_path / 'dets.json'
+    dets.write_text(json.dumps([dict(image_id=99999, category_id=1, bbox=[0, 0, 1, 1],
+                                     score=0.5)]))
+    assert run_tool('visualize', 'case', '--infos', dataset['infos'], '--case',
+                    'evalfake-0000', '--dets2d', str(dets), '--out', str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'error: {dets}: detection [0]: image_id')
     assert not out.exists()
-
-
-def test_metrics_plots(dataset, tmp_path, capsys):
-    import mmengine
-    infos = mmengine.load(dataset['infos'])
-    files = []
-    for name, drop in (('good', 0), ('worse', 2)):
-        preds = {'results': {d['token']: [dict(bbox_3d=i['bbox_3d'], score=0.9, label=0)
-                                          for i in d['instances'][drop:]]
-                             for d in infos['data_list']}}
-        pred = tmp_path / f'{name}.json'
-        pred.write_text(json.dumps(preds))
-        files.append(str(tmp_path / f'{name}_metrics.json'))
-        assert run_tool('evaluate', '--gt', dataset['infos'], '--pred', str(pred),
-                        '--out', files[-1]) == 0
-    one, two = str(tmp_path / 'one.png'), str(tmp_path / 'two.png')
-    assert run_tool('visualize', 'metrics', files[0], '--out', one) == 0
-    assert run_tool('visualize', 'metrics', *files, '--labels', 'good', 'worse',
-                    '--out', two) == 0
-    for path in (one, two):
-        assert cv2.imread(path) is not None
-    capsys.readouterr()
-    assert run_tool('visualize', 'metrics', dataset['coco'], '--out', one) == 2
-    assert 'is not a metrics JSON' in capsys.readouterr().err
-    assert run_tool('visualize', 'metrics', *files, '--labels', 'a', '--out', one) == 2
 
 
 def test_demo_case_lidc_idri_0001(demo_dataset, tmp_path, capsys):
