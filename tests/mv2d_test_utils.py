@@ -143,7 +143,7 @@ def tiny_mv2d_config(num_layers: int = 6) -> dict:
         test_cfg=dict(
             detection_proposal=copy.deepcopy(det_proposal),
             rcnn=dict(score_thr=0.0, max_per_scene=50,
-                      nms=dict(type='center_distance', dist_thr_mm=10.0))))
+                      nms=dict(type='centre_distance', dist_thr_mm=10.0))))
 
 
 def random_boxes3d(rng: np.random.Generator, num: int,

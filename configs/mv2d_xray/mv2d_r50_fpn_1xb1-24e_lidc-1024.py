@@ -243,7 +243,7 @@ model = dict(
             max_per_scene=100,
             # one finding seen from several views gives several queries: keep the best
             # of those whose centres lie within 5 mm
-            nms=dict(type='center_distance', dist_thr_mm=5.0))))
+            nms=dict(type='centre_distance', dist_thr_mm=5.0))))
 
 # -- data -------------------------------------------------------------------------------------
 dataset_type = 'MV2DXrayDataset'

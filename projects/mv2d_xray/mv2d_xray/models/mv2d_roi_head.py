@@ -40,9 +40,10 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
                                               unproject_points)
-from projects.mv2d_xray.mv2d_xray.models.post_processing import center_distance_nms
+from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
@@ -309,30 +310,28 @@ class MV2DXrayRoIHead(BaseModule):
         absorbs the RoIs of its scene whose valid priors lie within
         ``merge_dist_mm`` (the same finding seen in other views, or a duplicate
         box); RoIs without a valid prior stay queries. Otherwise every RoI.
+        The clustering is :func:`~projects.mv2d_xray.core.clustering.greedy_clusters`.
+
+        Args:
+            prior_points (Tensor): ``(R, 3)`` ct mm, from :meth:`triangulate_priors`.
+            prior_ok (Tensor): ``(R,)`` validity of the priors.
+            scene_ids (Tensor): ``(R,)``.
+            roi_scores (Tensor, optional): ``(R,)`` 2D scores (best first; ties and
+                None: the RoI order).
 
         Returns:
             Tensor: ``(Q,)`` sorted RoI indices.
         """
         num_rois = len(prior_points)
-        every = torch.arange(num_rois, device=prior_points.device)
         if self.merge_dist_mm is None or num_rois == 0:
-            return every
+            return torch.arange(num_rois, device=prior_points.device)
         if roi_scores is None:
-            roi_scores = -every.float()
+            roi_scores = prior_points.new_zeros(num_rois)    # ties: the RoI order
         dist = torch.cdist(prior_points.double(), prior_points.double())
         close = (dist < self.merge_dist_mm) & prior_ok[:, None] & \
             prior_ok[None, :] & (scene_ids[:, None] == scene_ids[None, :])
-        close = close.cpu()
-        absorbed = torch.zeros(num_rois, dtype=torch.bool)
-        keep = []
-        for roi in torch.argsort(roi_scores.detach().cpu(), descending=True,
-                                 stable=True).tolist():
-            if absorbed[roi]:
-                continue
-            keep.append(roi)
-            absorbed |= close[roi]
-        return torch.tensor(sorted(keep), dtype=torch.long,
-                            device=prior_points.device)
+        heads, _ = greedy_clusters(roi_scores.detach(), close)
+        return heads.sort().values.to(prior_points.device)
 
     def correlate(self, bboxes: Tensor, scene_ids: Tensor, view_ids: Tensor,
                   lidar2img_all: Tensor, shapes: List[Tuple[int, int]],
@@ -427,11 +426,11 @@ class MV2DXrayRoIHead(BaseModule):
         nms = cfg.get('nms', None)
         if nms is not None:
             nms = dict(nms)
-            nms_type = nms.pop('type', 'center_distance')
-            if nms_type != 'center_distance':
-                raise ValueError(f"test_cfg.nms.type must be 'center_distance', "
+            nms_type = nms.pop('type', 'centre_distance')
+            if nms_type != 'centre_distance':
+                raise ValueError(f"test_cfg.nms.type must be 'centre_distance', "
                                  f'got {nms_type!r}')
-            pred = center_distance_nms(pred['bboxes'], pred['scores'],
+            pred = centre_distance_nms(pred['bboxes'], pred['scores'],
                                        pred['labels'], **nms)
         max_num = cfg.get('max_per_scene', 300)
         pred = {key: value[:max_num] for key, value in pred.items()}
