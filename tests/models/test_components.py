@@ -293,10 +293,11 @@ def test_assigner_survives_non_finite_predictions():
 
 
 # -- box coding and post-processing ----------------------------------------------------
-def test_coder_round_trip_and_decode_filters():
-    coder = MV2DXrayNMSFreeCoder(pc_range=PC_RANGE,
-                                 post_center_range=[-100.] * 3 + [100.] * 3,
-                                 max_num=3, score_threshold=0.2)
+def test_coder_round_trip_and_decodes_every_query_sorted():
+    """The coder decodes every query, by decreasing score: no threshold, cap or
+    centre-range filter of its own (the RoI head's ``test_cfg`` has them; see
+    ``test_roi_head_postprocess_has_the_only_threshold_and_cap``)."""
+    coder = MV2DXrayNMSFreeCoder(pc_range=PC_RANGE)
     boxes = torch.tensor([[10., -20., 30., 8., 12., 20.],
                           [-149., 0., 149., 1., 2., 3.]])
     codes = coder.encode(boxes)
@@ -305,12 +306,42 @@ def test_coder_round_trip_and_decode_filters():
     logits = torch.tensor([[2.0], [3.0], [-3.0], [1.0]])
     codes = torch.cat([codes, codes[:1], codes[:1]])
     out = coder.decode(logits, codes)
-    # top-3 by score, minus the box outside post_center_range
-    assert torch.allclose(out['scores'], torch.sigmoid(torch.tensor([2.0, 1.0])))
-    assert out['bboxes'].shape == (2, 7) and (out['bboxes'][:, 6] == 0).all()
+    assert torch.allclose(out['scores'], torch.sigmoid(torch.tensor([3.0, 2.0, 1.0, -3.0])))
+    assert torch.allclose(out['bboxes'], coder.decode_bboxes(codes[[1, 0, 3, 2]]))
+    assert out['bboxes'].shape == (4, 7) and (out['bboxes'][:, 6] == 0).all()
+    assert (out['labels'] == 0).all()
+    for removed in ('post_center_range', 'max_num', 'score_threshold'):
+        with pytest.raises(TypeError, match=removed):
+            MV2DXrayNMSFreeCoder(pc_range=PC_RANGE, **{removed: None})
 
 
-def test_center_distance_nms():
+@pytest.mark.parametrize('test_cfg, kept_logits', [
+    (dict(), [3.0, 2.0, 1.0, 0.0, -3.0]),                    # defaults: score > 0, 300
+    (dict(score_thr=0.55, max_per_scene=10), [3.0, 2.0, 1.0]),
+    (dict(score_thr=0.0, max_per_scene=2), [3.0, 2.0]),
+    # threshold, then suppression (query 0 lies in query 1's box), then the cap
+    (dict(score_thr=0.2, max_per_scene=3,
+          nms=dict(type='centre_distance', dist_thr_mm=5.0)), [3.0, 2.0, 0.0]),
+])
+def test_roi_head_postprocess_has_the_only_threshold_and_cap(test_cfg, kept_logits):
+    head_cfg = dict(tiny_mv2d_config()['roi_head'], test_cfg=test_cfg)
+    head = MODELS.build(head_cfg)
+    coder = head.bbox_coder
+    boxes = torch.tensor([[0., 0., 0., 10., 10., 10.], [2., 0., 0., 10., 10., 10.],
+                          [40., 0., 0., 10., 10., 10.], [80., 0., 0., 10., 10., 10.],
+                          [-80., 0., 0., 10., 10., 10.]])
+    logits = torch.tensor([[1.0], [3.0], [-3.0], [0.0], [2.0]])
+    result = head.postprocess(coder.decode(logits, coder.encode(boxes)), dict())
+    assert torch.allclose(result.scores_3d, torch.sigmoid(torch.tensor(kept_logits)))
+    centre_x = {3.0: 2.0, 2.0: -80.0, 1.0: 0.0, 0.0: 80.0, -3.0: 40.0}
+    assert result.bboxes_3d.gravity_center[:, 0].tolist() == pytest.approx(
+        [centre_x[k] for k in kept_logits], abs=1e-3)
+    head.test_cfg = dict(nms=dict(type='center_distance'))
+    with pytest.raises(ValueError, match='centre_distance'):
+        head.postprocess(coder.decode(logits, coder.encode(boxes)), dict())
+
+
+def test_centre_distance_nms():
     boxes = torch.tensor([[0., 0., 0., 10., 10., 10., 0.],
                           [3., 0., 0., 10., 10., 10., 0.],     # inside box 0
                           [40., 0., 0., 10., 10., 10., 0.],

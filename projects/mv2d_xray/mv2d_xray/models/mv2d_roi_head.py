@@ -102,10 +102,12 @@ class MV2DXrayRoIHead(BaseModule):
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
-        test_cfg (dict, optional): ``score_thr`` (default 0), ``max_per_scene``
-            (default 300) and ``nms`` (None, or ``dict(type='center_distance',
+        test_cfg (dict, optional): the post-processing of the decoded boxes
+            (:meth:`postprocess`), in this order: ``score_thr`` (keep scores
+            above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False)``, see
-            :func:`center_distance_nms`).
+            :func:`centre_distance_nms`) and ``max_per_scene`` (keep the best
+            ones; default 300). The only score threshold and cap of the 3D stage.
         init_cfg (dict, optional): Defaults to None.
     """
 
@@ -130,7 +132,7 @@ class MV2DXrayRoIHead(BaseModule):
         self.positional_encoding = MODELS.build(positional_encoding)
         self.box_correlation = TASK_UTILS.build(box_correlation)
         bbox_head = dict(bbox_head)
-        bbox_head.update(train_cfg=train_cfg, test_cfg=test_cfg)
+        bbox_head.update(train_cfg=train_cfg)
         self.bbox_head = MODELS.build(bbox_head)
         self.triangulate_prior = triangulate_prior
         self.prior_outlier_mm = prior_outlier_mm
@@ -415,11 +417,23 @@ class MV2DXrayRoIHead(BaseModule):
                 pred = dict(bboxes=rois.new_zeros((0, 7)),
                             scores=rois.new_zeros((0, )),
                             labels=rois.new_zeros((0, ), dtype=torch.long))
-            results.append(self._postprocess(pred, meta))
+            results.append(self.postprocess(pred, meta))
         return results
 
-    def _postprocess(self, pred: dict, meta: dict) -> InstanceData:
-        """Score threshold, duplicate suppression, ``max_per_scene``, box type."""
+    def postprocess(self, pred: Dict[str, Tensor], meta: dict) -> InstanceData:
+        """The ``test_cfg`` steps on one scene's decoded boxes: ``score_thr``, then
+        ``nms`` (:func:`centre_distance_nms`), then the best ``max_per_scene``; and
+        the box type.
+
+        Args:
+            pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres and extents, ct mm),
+                ``scores`` and ``labels`` ``(K,)``, by decreasing score (as
+                :meth:`MV2DXrayNMSFreeCoder.decode` gives them).
+            meta (dict): the scene's meta (``box_type_3d``, optional).
+
+        Returns:
+            InstanceData: ``bboxes_3d``, ``scores_3d``, ``labels_3d``.
+        """
         cfg = self.test_cfg
         keep = pred['scores'] > cfg.get('score_thr', 0.0)
         pred = {key: value[keep] for key, value in pred.items()}
