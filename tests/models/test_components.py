@@ -68,7 +68,7 @@ def test_query_generator_starts_on_the_ray_at_the_isocentre_depth():
     lidar2img = torch.from_numpy(mats['lidar2img'])
     cam2img = torch.from_numpy(mats['cam2img'])
     feats = torch.randn(4, 8, 7, 7)
-    ref, aux = generator(feats, bboxes, lidar2img, cam2img)
+    ref = generator(feats, bboxes, lidar2img, cam2img)
     uv, depth = project_points(lidar2img, ref.double()[:, None])
     centre = (bboxes[:, :2] + bboxes[:, 2:]) / 2
     assert torch.allclose(uv[:, 0].float(), centre, atol=1e-3)
@@ -76,8 +76,9 @@ def test_query_generator_starts_on_the_ray_at_the_isocentre_depth():
                           atol=1e-3)
     with torch.no_grad():
         generator.fc_center.bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
-    _, aux = generator(feats, bboxes, lidar2img, cam2img)
-    assert torch.allclose(aux['depth'], torch.full((4, ), 350.0), atol=1e-3)
+    _, depth = project_points(lidar2img, generator(feats, bboxes, lidar2img,
+                                                   cam2img).double()[:, None])
+    assert torch.allclose(depth[:, 0].float(), torch.full((4, ), 350.0), atol=1e-3)
     # tiny boxes carry no intrinsics feature
     assert generator.intrinsic_feats(bboxes, cam2img)[3].abs().sum() == 0
     assert generator.intrinsic_feats(bboxes, cam2img)[0].abs().sum() > 0
