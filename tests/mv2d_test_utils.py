@@ -120,8 +120,7 @@ def tiny_mv2d_config(num_layers: int = 6) -> dict:
             transformer=dict(type='MV2DXrayTransformer', num_layers=num_layers,
                              embed_dims=dims, num_heads=2,
                              feedforward_channels=32),
-            bbox_coder=dict(type='MV2DXrayNMSFreeCoder', pc_range=PC_RANGE,
-                            post_center_range=PC_RANGE, max_num=50)))
+            bbox_coder=dict(type='MV2DXrayNMSFreeCoder', pc_range=PC_RANGE)))
     return dict(
         type='MV2DXray',
         data_preprocessor=dict(
@@ -143,7 +142,7 @@ def tiny_mv2d_config(num_layers: int = 6) -> dict:
         test_cfg=dict(
             detection_proposal=copy.deepcopy(det_proposal),
             rcnn=dict(score_thr=0.0, max_per_scene=50,
-                      nms=dict(type='center_distance', dist_thr_mm=10.0))))
+                      nms=dict(type='centre_distance', dist_thr_mm=10.0))))
 
 
 def random_boxes3d(rng: np.random.Generator, num: int,

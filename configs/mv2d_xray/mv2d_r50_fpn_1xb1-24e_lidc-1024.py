@@ -210,8 +210,6 @@ model = dict(
             bbox_coder=dict(
                 type='MV2DXrayNMSFreeCoder',
                 pc_range=point_cloud_range,
-                post_center_range=point_cloud_range,
-                max_num=300,
                 num_classes=len(class_names)),
             # Loss weights of the paper: L = L_2D + 0.1 L_3D, L_3D = 0.25 L_cls + L_reg,
             # for every decoder layer: the 0.1 is `stage_loss_weights` below, 0.25 and 1.0
@@ -238,12 +236,14 @@ model = dict(
             extra_pos_radius=1.0)),
     test_cfg=dict(
         detection_proposal=dict(detection_proposal, max_per_img=20),
+        # the 3D stage's only score threshold and cap, applied in this order: scores
+        # above score_thr, duplicate suppression (nms), the best max_per_scene
         rcnn=dict(
             score_thr=0.0,
             max_per_scene=100,
             # one finding seen from several views gives several queries: keep the best
             # of those whose centres lie within 5 mm
-            nms=dict(type='center_distance', dist_thr_mm=5.0))))
+            nms=dict(type='centre_distance', dist_thr_mm=5.0))))
 
 # -- data -------------------------------------------------------------------------------------
 dataset_type = 'MV2DXrayDataset'

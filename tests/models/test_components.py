@@ -7,12 +7,12 @@ from mmengine.structures import InstanceData
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from mmdet3d.registry import MODELS, TASK_UTILS
-from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug,
-                                         image_aug_matrix, project_boxes3d,
-                                         project_points, triangulate_points)
-from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation,
-                                                 MV2DXrayNMSFreeCoder,
-                                                 center_distance_nms)
+from projects.mv2d_xray.core.clustering import greedy_clusters
+from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, image_aug_matrix,
+                                              project_boxes3d, project_points, triangulate_points,
+                                              unproject_points)
+from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
+                                                 centre_distance_nms)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 from mv2d_test_utils import (DEPTH_RANGE, PC_RANGE, make_geometry,
@@ -68,7 +68,7 @@ def test_query_generator_starts_on_the_ray_at_the_isocentre_depth():
     lidar2img = torch.from_numpy(mats['lidar2img'])
     cam2img = torch.from_numpy(mats['cam2img'])
     feats = torch.randn(4, 8, 7, 7)
-    ref, aux = generator(feats, bboxes, lidar2img, cam2img)
+    ref = generator(feats, bboxes, lidar2img, cam2img)
     uv, depth = project_points(lidar2img, ref.double()[:, None])
     centre = (bboxes[:, :2] + bboxes[:, 2:]) / 2
     assert torch.allclose(uv[:, 0].float(), centre, atol=1e-3)
@@ -76,8 +76,9 @@ def test_query_generator_starts_on_the_ray_at_the_isocentre_depth():
                           atol=1e-3)
     with torch.no_grad():
         generator.fc_center.bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
-    _, aux = generator(feats, bboxes, lidar2img, cam2img)
-    assert torch.allclose(aux['depth'], torch.full((4, ), 350.0), atol=1e-3)
+    _, depth = project_points(lidar2img, generator(feats, bboxes, lidar2img,
+                                                   cam2img).double()[:, None])
+    assert torch.allclose(depth[:, 0].float(), torch.full((4, ), 350.0), atol=1e-3)
     # tiny boxes carry no intrinsics feature
     assert generator.intrinsic_feats(bboxes, cam2img)[3].abs().sum() == 0
     assert generator.intrinsic_feats(bboxes, cam2img)[0].abs().sum() > 0
@@ -293,10 +294,11 @@ def test_assigner_survives_non_finite_predictions():
 
 
 # -- box coding and post-processing ----------------------------------------------------
-def test_coder_round_trip_and_decode_filters():
-    coder = MV2DXrayNMSFreeCoder(pc_range=PC_RANGE,
-                                 post_center_range=[-100.] * 3 + [100.] * 3,
-                                 max_num=3, score_threshold=0.2)
+def test_coder_round_trip_and_decodes_every_query_sorted():
+    """The coder decodes every query, by decreasing score: no threshold, cap or
+    centre-range filter of its own (the RoI head's ``test_cfg`` has them; see
+    ``test_roi_head_postprocess_has_the_only_threshold_and_cap``)."""
+    coder = MV2DXrayNMSFreeCoder(pc_range=PC_RANGE)
     boxes = torch.tensor([[10., -20., 30., 8., 12., 20.],
                           [-149., 0., 149., 1., 2., 3.]])
     codes = coder.encode(boxes)
@@ -305,26 +307,76 @@ def test_coder_round_trip_and_decode_filters():
     logits = torch.tensor([[2.0], [3.0], [-3.0], [1.0]])
     codes = torch.cat([codes, codes[:1], codes[:1]])
     out = coder.decode(logits, codes)
-    # top-3 by score, minus the box outside post_center_range
-    assert torch.allclose(out['scores'], torch.sigmoid(torch.tensor([2.0, 1.0])))
-    assert out['bboxes'].shape == (2, 7) and (out['bboxes'][:, 6] == 0).all()
+    assert torch.allclose(out['scores'], torch.sigmoid(torch.tensor([3.0, 2.0, 1.0, -3.0])))
+    assert torch.allclose(out['bboxes'], coder.decode_bboxes(codes[[1, 0, 3, 2]]))
+    assert out['bboxes'].shape == (4, 7) and (out['bboxes'][:, 6] == 0).all()
+    assert (out['labels'] == 0).all()
+    for removed in ('post_center_range', 'max_num', 'score_threshold'):
+        with pytest.raises(TypeError, match=removed):
+            MV2DXrayNMSFreeCoder(pc_range=PC_RANGE, **{removed: None})
 
 
-def test_center_distance_nms():
+@pytest.mark.parametrize('test_cfg, kept_logits', [
+    (dict(), [3.0, 2.0, 1.0, 0.0, -3.0]),                    # defaults: score > 0, 300
+    (dict(score_thr=0.55, max_per_scene=10), [3.0, 2.0, 1.0]),
+    (dict(score_thr=0.0, max_per_scene=2), [3.0, 2.0]),
+    # threshold, then suppression (query 0 lies in query 1's box), then the cap
+    (dict(score_thr=0.2, max_per_scene=3,
+          nms=dict(type='centre_distance', dist_thr_mm=5.0)), [3.0, 2.0, 0.0]),
+])
+def test_roi_head_postprocess_has_the_only_threshold_and_cap(test_cfg, kept_logits):
+    head_cfg = dict(tiny_mv2d_config()['roi_head'], test_cfg=test_cfg)
+    head = MODELS.build(head_cfg)
+    coder = head.bbox_coder
+    boxes = torch.tensor([[0., 0., 0., 10., 10., 10.], [2., 0., 0., 10., 10., 10.],
+                          [40., 0., 0., 10., 10., 10.], [80., 0., 0., 10., 10., 10.],
+                          [-80., 0., 0., 10., 10., 10.]])
+    logits = torch.tensor([[1.0], [3.0], [-3.0], [0.0], [2.0]])
+    result = head.postprocess(coder.decode(logits, coder.encode(boxes)), dict())
+    assert torch.allclose(result.scores_3d, torch.sigmoid(torch.tensor(kept_logits)))
+    centre_x = {3.0: 2.0, 2.0: -80.0, 1.0: 0.0, 0.0: 80.0, -3.0: 40.0}
+    assert result.bboxes_3d.gravity_center[:, 0].tolist() == pytest.approx(
+        [centre_x[k] for k in kept_logits], abs=1e-3)
+    head.test_cfg = dict(nms=dict(type='center_distance'))
+    with pytest.raises(ValueError, match='centre_distance'):
+        head.postprocess(coder.decode(logits, coder.encode(boxes)), dict())
+
+
+def test_centre_distance_nms():
     boxes = torch.tensor([[0., 0., 0., 10., 10., 10., 0.],
                           [3., 0., 0., 10., 10., 10., 0.],     # inside box 0
                           [40., 0., 0., 10., 10., 10., 0.],
                           [8., 0., 0., 4., 4., 4., 0.]])       # 8 mm from box 0
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     labels = torch.zeros(4, dtype=torch.long)
-    out = center_distance_nms(boxes, scores, labels, dist_thr_mm=0.0)
+    out = centre_distance_nms(boxes, scores, labels, dist_thr_mm=0.0)
     assert out['scores'].tolist() == pytest.approx([0.9, 0.7, 0.6])
-    out = center_distance_nms(boxes, scores, labels, dist_thr_mm=10.0)
+    out = centre_distance_nms(boxes, scores, labels, dist_thr_mm=10.0)
     assert out['scores'].tolist() == pytest.approx([0.9, 0.7])
-    merged = center_distance_nms(boxes, scores, labels, merge=True)
+    merged = centre_distance_nms(boxes, scores, labels, merge=True)
     assert merged['bboxes'][0, 0] == pytest.approx(0.8 * 3 / 1.7)
-    other_class = center_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]))
+    other_class = centre_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]))
     assert len(other_class['scores']) == 4
+
+
+@pytest.mark.parametrize('kind', ['numpy', 'torch'])
+def test_greedy_clusters_on_a_hand_made_case(kind):
+    """Visit order 1, 3 (tie with 1: lower index first), 2, 0, 5, 4. Item 1 takes 0;
+    3 cannot take 1 (already a head) but takes 2; 0 is close to 5 but, not a head,
+    takes nothing (no chaining); 5 and 4 stay alone (4 -> 5, but 5 went first)."""
+    scores = np.array([0.5, 0.9, 0.7, 0.9, 0.1, 0.3])
+    close = np.zeros((6, 6), dtype=bool)
+    for i, j in [(1, 0), (3, 1), (3, 2), (0, 5), (4, 5)]:
+        close[i, j] = True
+    if kind == 'torch':
+        scores, close = torch.from_numpy(scores), torch.from_numpy(close)
+    heads, members = greedy_clusters(scores, close)
+    assert type(heads) is type(scores) and type(members) is type(scores)
+    assert heads.tolist() == [1, 3, 5, 4]
+    assert [row.nonzero()[0].tolist() if kind == 'numpy' else row.nonzero()[:, 0].tolist()
+            for row in members] == [[0, 1], [2, 3], [5], [4]]
+    heads, members = greedy_clusters(scores[:0], close[:0, :0])
+    assert heads.shape == (0, ) and members.shape == (0, 0)
 
 
 # -- position encoding, decoder, grid mask ---------------------------------------------
@@ -361,6 +413,69 @@ def test_positional_encoding_samples_the_viewing_rays():
     out = pe(torch.randn(2, 49, 8), cells, torch.linalg.inv(lidar2img[view_ids]),
              view_ids, 4, torch.tensor([[128., 128.]] * 2))
     assert out.shape == (2, 49, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_frustum_points_equal_the_inverse_matrix_formula(dtype):
+    """The frustum points (lifted with ``unproject_points``) are the earlier formula
+    ``d * (M @ [u, v, 1]) + t``, ``[M | t]`` the top rows of ``img2lidar``, at every
+    depth bin (linear-increasing bins: not evenly spaced)."""
+    geometry = XrayGeometry(num_views=4, image_size=(128, 128))
+    img2lidar = torch.linalg.inv(torch.from_numpy(
+        geometry.view_matrices()['lidar2img']))[torch.tensor([0, 3, 2])]
+    pe = MODELS.build(dict(type='MV2DXrayPositionalEncoding', embed_dims=8,
+                           depth_num=6, depth_range=(120., 480.), lid=True,
+                           sine_num_feats=4))
+    cell_uv = torch.rand(3, 5, 2, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64).to(dtype) * 128
+    points = pe.frustum_points(cell_uv, img2lidar)
+    depth = torch.tensor([120. + 360. / 42 * k * (k + 1) for k in range(6)],
+                         dtype=torch.float64)
+    uv1 = torch.cat([cell_uv.double(), torch.ones(3, 5, 1, dtype=torch.float64)], -1)
+    rays = torch.einsum('rij,rpj->rpi', img2lidar[:, :3, :3], uv1)
+    old = rays[:, :, None] * depth[None, None, :, None] + img2lidar[:, None, None, :3, 3]
+    assert points.shape == (3, 5, 6, 3) and points.dtype == dtype
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    assert torch.allclose(points.double(), old, atol=tol, rtol=0)
+
+
+def test_footprints_equal_the_view_to_view_formula_and_mask_the_source():
+    """Views 0 and 5 face each other (300 mm to the isocentre): view 0's rays reach
+    view 5's source at depth 600 mm and pass behind it at 700 mm, where a projection
+    is inf / NaN. Those slabs are zeros (no NaN leaks through the mask) and the valid
+    ones equal the composed ``lidar2img_5 @ inv(lidar2img_0)`` mapping."""
+    geometry = XrayGeometry(num_views=10, image_size=(128, 128))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    bboxes = torch.tensor([[64., 64., 72., 70.], [30., 40., 44., 52.]])
+    view_ids = torch.tensor([0, 0])
+    correlation = MV2DXrayBoxCorrelation(num_depth=7, depth_range=(100., 700.))
+    corners = correlation.slab_corners(bboxes, view_ids, lidar2img)
+    prints = correlation.footprints(corners, lidar2img[5], (128, 128))
+    # the box corner (64, 64) on view 0's central ray lands on view 5's source
+    on_source = unproject_points(lidar2img[0], torch.tensor([[64., 64.]]).double(),
+                                 torch.tensor([600.]).double())
+    assert not torch.isfinite(project_points(lidar2img[5], on_source)[0]).all()
+    assert torch.isfinite(prints).all()
+    # the earlier formula: one composed matrix, depth clamped before the division
+    trans = lidar2img[5] @ torch.linalg.inv(lidar2img[0])
+    depth = torch.arange(100., 701., 100., dtype=torch.float64)
+    x1, y1, x2, y2 = bboxes.double().unbind(-1)
+    corners = torch.stack([torch.stack(c, -1) for c in
+                           ((x1, y1), (x2, y1), (x1, y2), (x2, y2))], 1)  # (R, 4, 2)
+    hom = torch.cat([corners[:, None] * depth[None, :, None, None],
+                     depth[None, :, None, None].expand(2, -1, 4, 1),
+                     torch.ones(2, 7, 4, 1, dtype=torch.float64)], -1)
+    proj = torch.einsum('ij,rdpj->rdpi', trans[:3], hom)
+    z = proj[..., 2]
+    uv = proj[..., :2] / z.clamp(min=1.0)[..., None]
+    slab_uv = torch.cat([uv[:, :-1], uv[:, 1:]], 2)
+    ok = torch.cat([z[:, :-1], z[:, 1:]], 2).gt(1.0).all(-1)
+    low = torch.minimum(slab_uv.amin(2).clamp(min=0), torch.tensor([128., 128.]).double())
+    high = torch.minimum(slab_uv.amax(2).clamp(min=0), torch.tensor([128., 128.]).double())
+    ok &= (high > low).all(-1)
+    old = torch.cat([low, high], -1).float() * ok[..., None]
+    assert ok[:, :4].all() and not ok[:, 4:].any()
+    assert torch.allclose(prints, old, atol=1e-4, rtol=0)
 
 
 def test_decoder_keeps_scenes_and_padding_apart():

@@ -97,7 +97,7 @@ def test_config_settings_agree(name):
     assert tuple(head.box_correlation.depth_range) == depth
     coder = head.bbox_head.bbox_coder
     assert coder.pc_range == head.positional_encoding.position_range == \
-        coder.post_center_range == cfg.point_cloud_range
+        cfg.point_cloud_range
     assert head.bbox_head.num_classes == coder.num_classes == len(cfg.class_names)
     num_layers = head.bbox_head.transformer.num_layers
     assert len(model.train_cfg.rcnn.stage_loss_weights) == num_layers

@@ -26,6 +26,7 @@ from mmdet3d.registry import TASK_UTILS
 from mmdet.structures.bbox import bbox_overlaps
 from torch import Tensor
 
+from projects.mv2d_xray.core.geometry import project_points, unproject_points
 from projects.mv2d_xray.mv2d_xray.models.positional_encoding import depth_bins
 
 
@@ -82,24 +83,23 @@ class MV2DXrayBoxCorrelation:
                          f"'topk_matched:k[:iou_thr[:ratio]]' with k >= 1, "
                          f'got {mode!r}')
 
-    def footprints(self, bboxes: Tensor, view_ids: Tensor, lidar2img: Tensor,
-                   target_view: int, img_shape: Tuple[int, int]) -> Tensor:
-        """Images of every detection's frustum slabs in one view.
+    def slab_corners(self, bboxes: Tensor, view_ids: Tensor,
+                     lidar2img: Tensor) -> Tensor:
+        """The 4 corners of every detection's box lifted to ct at each sampled depth of
+        its own view (:func:`unproject_points`, float64).
 
         Args:
-            bboxes (Tensor): ``(R, 4)`` boxes in px.
+            bboxes (Tensor): ``(R, 4)`` boxes in px (img frame of their views).
             view_ids (Tensor): ``(R,)`` their views.
             lidar2img (Tensor): ``(V, 4, 4)`` ct -> img of the scene's views.
-            target_view (int): The view to project into.
-            img_shape (tuple[int, int]): ``(H, W)``; footprints are clipped to it.
 
         Returns:
-            Tensor: ``(R, num_depth - 1, 4)`` boxes ``[x1, y1, x2, y2]``; invalid
-            slabs (behind the source or outside the image) are all zeros.
+            Tensor: ``(R, num_depth, 4, 3)`` ct points in mm; slab ``k`` of a
+            detection spans its depths ``k`` and ``k + 1``.
         """
+        num_rois = len(bboxes)
         lidar2img = lidar2img.double()
-        trans = lidar2img[target_view][None] @ torch.linalg.inv(
-            lidar2img)[view_ids.long()]                          # (R, 4, 4)
+        view_ids = view_ids.long()
         x1, y1, x2, y2 = bboxes.double().unbind(-1)
         corners = torch.stack([
             torch.stack([x1, y1], -1), torch.stack([x2, y1], -1),
@@ -107,15 +107,31 @@ class MV2DXrayBoxCorrelation:
         ], dim=1)                                                # (R, 4, 2)
         depth = depth_bins(self.depth_range, self.num_depth, self.lid,
                            dtype=torch.float64, device=bboxes.device)
-        hom = torch.cat([
-            corners[:, None] * depth[None, :, None, None],
-            depth[None, :, None, None].expand(len(bboxes), -1, 4, 1),
-            torch.ones_like(corners[:, None, :, :1]).expand(-1, len(depth), -1,
-                                                            -1)
-        ], dim=-1)                                               # (R, D, 4, 4)
-        proj = torch.einsum('rij,rdpj->rdpi', trans[:, :3], hom)
-        z = proj[..., 2]
-        uv = proj[..., :2] / z.clamp(min=self.min_depth)[..., None]
+        uv = corners[:, None].expand(-1, self.num_depth, -1, -1)  # (R, D, 4, 2)
+        corner_depth = depth[None, :, None].expand(num_rois, -1, 4)
+        points = unproject_points(
+            lidar2img[view_ids], uv.reshape(num_rois, -1, 2),
+            corner_depth.reshape(num_rois, -1),
+            img2lidar=torch.linalg.inv(lidar2img)[view_ids])
+        return points.view(num_rois, self.num_depth, 4, 3)
+
+    def footprints(self, slab_corners: Tensor, lidar2img: Tensor,
+                   img_shape: Tuple[int, int]) -> Tensor:
+        """Images of every detection's frustum slabs in one view.
+
+        Args:
+            slab_corners (Tensor): ``(R, num_depth, 4, 3)`` ct mm, from
+                :meth:`slab_corners`.
+            lidar2img (Tensor): ``(4, 4)`` ct -> img of the view to project into.
+            img_shape (tuple[int, int]): ``(H, W)``; footprints are clipped to it.
+
+        Returns:
+            Tensor: ``(R, num_depth - 1, 4)`` float32 boxes ``[x1, y1, x2, y2]`` (px);
+            invalid slabs (a corner within ``min_depth`` mm of the view's source or
+            behind it, or an empty footprint) are all zeros.
+        """
+        # a corner at (or behind) the source projects to inf / NaN: masked below
+        uv, z = project_points(lidar2img.to(slab_corners), slab_corners)  # (R, D, 4, .)
         # slab k spans depths k and k + 1: 8 corners
         slab_uv = torch.cat([uv[:, :-1], uv[:, 1:]], dim=2)     # (R, D-1, 8, 2)
         slab_ok = torch.cat([z[:, :-1], z[:, 1:]], dim=2).gt(
@@ -128,8 +144,8 @@ class MV2DXrayBoxCorrelation:
         high = torch.stack([high[..., 0].clamp(0, width),
                             high[..., 1].clamp(0, height)], -1)
         slab_ok &= (high > low).all(-1)
-        boxes = torch.cat([low, high], dim=-1).float()
-        return boxes * slab_ok[..., None]
+        boxes = torch.cat([low, high], dim=-1)
+        return torch.where(slab_ok[..., None], boxes, 0.0).float()
 
     def scores(self, bboxes: Tensor, view_ids: Tensor, lidar2img: Tensor,
                img_shape: Tuple[int, int]) -> Tensor:
@@ -143,9 +159,10 @@ class MV2DXrayBoxCorrelation:
         """
         num_rois = len(bboxes)
         scores = bboxes.new_zeros((num_rois, num_rois), dtype=torch.float32)
+        corners = self.slab_corners(bboxes, view_ids, lidar2img)
         for view in view_ids.unique().tolist():
             cols = (view_ids == view).nonzero(as_tuple=True)[0]
-            prints = self.footprints(bboxes, view_ids, lidar2img, view, img_shape)
+            prints = self.footprints(corners, lidar2img[view], img_shape)
             iou = bbox_overlaps(prints.flatten(0, 1), bboxes[cols].float())
             iou = iou.view(num_rois, -1, len(cols)).amax(dim=1)
             iou[view_ids == view] = 0

@@ -55,7 +55,6 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             extent) of the finding's centre is a positive of that finding too (see
             :meth:`get_targets_single`). Defaults to None (one-to-one only, as
             MV2D).
-        test_cfg (dict, optional): Unused; post-processing lives in the RoI head.
         init_cfg (dict, optional): Defaults to None.
     """
 
@@ -74,7 +73,6 @@ class MV2DXrayCrossAttentionHead(BaseModule):
                      alpha=0.25, loss_weight=2.0),
                  loss_bbox: dict = dict(type='mmdet.L1Loss', loss_weight=0.25),
                  train_cfg: Optional[dict] = None,
-                 test_cfg: Optional[dict] = None,
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.num_classes = num_classes
@@ -94,7 +92,6 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             raise ValueError('MV2DXrayCrossAttentionHead needs a sigmoid '
                              'classification loss (e.g. mmdet.FocalLoss)')
         self.train_cfg = train_cfg
-        self.test_cfg = test_cfg
         self.assigner = None
         if train_cfg is not None and 'assigner' in train_cfg:
             self.assigner = TASK_UTILS.build(train_cfg['assigner'])
@@ -210,9 +207,9 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         # going through a PseudoSampler, which assumes 4-d boxes for empty GT
         gt_inds = assign_result.gt_inds.clone()
         if self.extra_pos_radius is not None and len(gt_codes):
-            _, span = self.bbox_coder._range(codes)
-            dist = torch.cdist(codes.detach()[:, :3] * span,
-                               gt_codes[:, :3].to(codes) * span)       # (Q, M) mm
+            centres = self.bbox_coder.denormalize_points(codes.detach()[:, :3])
+            gt_centres = self.bbox_coder.denormalize_points(gt_codes[:, :3].to(codes))
+            dist = (centres[:, None] - gt_centres[None]).norm(dim=-1)  # (Q, M) mm
             radius = gt_codes[:, 3:6].to(codes).exp().amax(dim=1) / 2
             dist = dist.masked_fill(dist > self.extra_pos_radius * radius, math.inf)
             best, nearest = dist.min(dim=1)

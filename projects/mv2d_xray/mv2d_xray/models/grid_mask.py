@@ -9,9 +9,8 @@ use it with care (low ``prob``) for nodules.
 import cv2
 import numpy as np
 import torch
-from torch import Tensor, nn
-
 from mmdet3d.registry import MODELS
+from torch import Tensor, nn
 
 
 @MODELS.register_module()

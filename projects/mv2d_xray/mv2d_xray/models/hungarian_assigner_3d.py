@@ -10,11 +10,10 @@ with NaN/inf, and one diverged query must not crash a training run.
 from typing import List, Optional, Union
 
 import torch
+from mmdet3d.registry import TASK_UTILS
 from mmdet.models.task_modules import AssignResult, HungarianAssigner
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
-
-from mmdet3d.registry import TASK_UTILS
 
 
 @TASK_UTILS.register_module()

@@ -8,10 +8,9 @@ GT class, lowest for high-score queries).
 from typing import Optional
 
 import torch
+from mmdet3d.registry import TASK_UTILS
 from mmengine.structures import InstanceData
 from torch import Tensor
-
-from mmdet3d.registry import TASK_UTILS
 
 
 @TASK_UTILS.register_module()

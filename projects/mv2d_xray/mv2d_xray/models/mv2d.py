@@ -23,9 +23,10 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
   costs that mirror them (``FocalLossCost`` 0.25, ``MV2DXrayBBox3DL1Cost`` 1.0); the
   head's defaults are those of MV2D's configs (``w_cls = 2.0``, ``w_reg = 0.25``).
 
-Inference: the last layer's queries are decoded NMS-free, then duplicates of the same
-finding coming from different views are suppressed by centre distance
-(``test_cfg.rcnn.nms``, see :func:`center_distance_nms`).
+Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn`` keeps
+the scores above ``score_thr``, suppresses the duplicates of a finding coming from
+different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
+the best ``max_per_scene``.
 """
 import copy
 from typing import Dict, List, Optional, Tuple
@@ -41,7 +42,6 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
-from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import _as_hw
 
 
 @MODELS.register_module()
@@ -76,7 +76,8 @@ class MV2DXray(Base3DDetector):
             GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
             head's ``assigner`` and ``stage_loss_weights``).
         test_cfg (dict): ``detection_proposal`` (as above) and ``rcnn``
-            (``score_thr``, ``max_per_scene``, ``nms``).
+            (``score_thr``, ``nms``, ``max_per_scene``: see
+            :class:`MV2DXrayRoIHead`).
         data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
         init_cfg (dict, optional): Defaults to None.
     """
@@ -126,12 +127,11 @@ class MV2DXray(Base3DDetector):
         view_samples = []
         for sample in batch_data_samples:
             meta = sample.metainfo
-            img_shape = _as_hw(meta['img_shape'])
-            pad_shape = _as_hw(meta.get('pad_shape', img_shape))
+            img_shape = tuple(meta['img_shape'])                     # (H, W)
+            pad_shape = tuple(meta.get('pad_shape', img_shape))
             view_meta = dict(
                 img_shape=img_shape, pad_shape=pad_shape,
-                batch_input_shape=_as_hw(meta.get('batch_input_shape',
-                                                  pad_shape)),
+                batch_input_shape=tuple(meta.get('batch_input_shape', pad_shape)),
                 scale_factor=(1.0, 1.0))
             gts = sample.get('gt_instances', None) if with_gt else None
             ignored = sample.get('ignored_instances', None) if with_gt else None
@@ -267,7 +267,7 @@ class MV2DXray(Base3DDetector):
             dets = self.complement_2d_gt(dets, view_samples,
                                          self.train_cfg['complement_2d_gt'],
                                          cfg.get('min_bbox_size', 0))
-        dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))
+        dets = self._ensure_queries(dets, num_views, metas[0]['img_shape'])
         rois, roi_scores = self._rois(dets)
         losses.update(
             self.roi_head.loss(self._feats_3d(feats), rois, metas,
@@ -331,7 +331,7 @@ class MV2DXray(Base3DDetector):
             return feats
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
-        dets = self._ensure_queries(dets, num_views, _as_hw(metas[0]['img_shape']))
+        dets = self._ensure_queries(dets, num_views, metas[0]['img_shape'])
         rois, roi_scores = self._rois(dets)
         out = self.roi_head(self._feats_3d(feats), rois, metas, num_views,
                             roi_scores)

@@ -30,7 +30,7 @@ All of it runs in fp32 with autocast disabled on the features' device (MV2D's
 ``force_fp32``): depths of hundreds of mm and inverse projection matrices do not
 survive fp16. Scenes are independent and may hold any number of views and detections.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,9 +40,10 @@ from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
                                               unproject_points)
-from projects.mv2d_xray.mv2d_xray.models.post_processing import center_distance_nms
+from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
@@ -65,11 +66,27 @@ def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
                        dim=-1).flatten(1, 2)
 
 
-def _as_hw(shape) -> Tuple[int, int]:
-    """``(H, W)`` from an ``img_shape`` meta (a pair, or one pair per view)."""
-    if isinstance(shape[0], (tuple, list)):
-        shape = shape[0]
-    return int(shape[0]), int(shape[1])
+class RoIGeometry(NamedTuple):
+    """Where the ``R`` RoIs of a batch of ``B`` scenes of ``V`` views come from
+    (:meth:`MV2DXrayRoIHead.gather_rois`)."""
+    #: ``(R, 4)`` float32 boxes ``[x1, y1, x2, y2]``, img frame of their views (px).
+    bboxes: Tensor
+    #: ``(R,)`` image of each RoI, ``scene * V + view``.
+    img_index: Tensor
+    #: ``(R,)`` scene of each RoI.
+    scene_ids: Tensor
+    #: ``(R,)`` view of each RoI.
+    view_ids: Tensor
+    #: ``(R, 4, 4)`` float64 ct -> img of each RoI's view.
+    lidar2img: Tensor
+    #: ``(R, 4, 4)`` float64 cam -> img (intrinsics) of each RoI's view.
+    cam2img: Tensor
+    #: ``(B, V, 4, 4)`` float64 ct -> img of every view of every scene.
+    views_lidar2img: Tensor
+    #: ``(H, W)`` of each scene's (unpadded) images, px.
+    img_shapes: List[Tuple[int, int]]
+    #: ``V``.
+    num_views: int
 
 
 @MODELS.register_module()
@@ -101,10 +118,12 @@ class MV2DXrayRoIHead(BaseModule):
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
-        test_cfg (dict, optional): ``score_thr`` (default 0), ``max_per_scene``
-            (default 300) and ``nms`` (None, or ``dict(type='center_distance',
+        test_cfg (dict, optional): the post-processing of the decoded boxes
+            (:meth:`postprocess`), in this order: ``score_thr`` (keep scores
+            above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False)``, see
-            :func:`center_distance_nms`).
+            :func:`centre_distance_nms`) and ``max_per_scene`` (keep the best
+            ones; default 300). The only score threshold and cap of the 3D stage.
         init_cfg (dict, optional): Defaults to None.
     """
 
@@ -129,7 +148,7 @@ class MV2DXrayRoIHead(BaseModule):
         self.positional_encoding = MODELS.build(positional_encoding)
         self.box_correlation = TASK_UTILS.build(box_correlation)
         bbox_head = dict(bbox_head)
-        bbox_head.update(train_cfg=train_cfg, test_cfg=test_cfg)
+        bbox_head.update(train_cfg=train_cfg)
         self.bbox_head = MODELS.build(bbox_head)
         self.triangulate_prior = triangulate_prior
         self.prior_outlier_mm = prior_outlier_mm
@@ -151,20 +170,6 @@ class MV2DXrayRoIHead(BaseModule):
         """The head's box coder (owner of ``pc_range``)."""
         return self.bbox_head.bbox_coder
 
-    @staticmethod
-    def _stack_meta(batch_img_metas: List[dict], key: str,
-                    device: torch.device) -> Tensor:
-        """``(B, V, 4, 4)`` float64 matrices from the metas."""
-        mats = []
-        for meta in batch_img_metas:
-            mat = np.asarray(meta[key], dtype=np.float64)
-            if mat.shape[-2:] == (3, 3):  # intrinsics stored 3x3: eye-pad
-                padded = np.broadcast_to(np.eye(4), mat.shape[:-2] + (4, 4)).copy()
-                padded[..., :3, :3] = mat
-                mat = padded
-            mats.append(mat)
-        return torch.from_numpy(np.stack(mats)).to(device)
-
     def forward(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,
                 roi_scores: Optional[Tensor] = None) -> Dict[str, Tensor]:
@@ -173,8 +178,8 @@ class MV2DXrayRoIHead(BaseModule):
         Args:
             feats (Sequence[Tensor]): Multi-level features, each
                 ``(B * num_views, C, H, W)`` (scene-major, view-minor).
-            rois (Tensor): ``(R, 5)`` ``[image index, x1, y1, x2, y2]`` with image
-                index ``= scene * num_views + view``; ``R >= 1``.
+            rois (Tensor): ``(R, 5)`` ``[image index, x1, y1, x2, y2]`` (px) with
+                image index ``= scene * num_views + view``; ``R >= 1``.
             batch_img_metas (list[dict]): One per scene: ``lidar2img``,
                 ``cam2img`` (``(num_views, 4, 4)``), ``img_shape`` ``(H, W)``.
             num_views (int): Views per scene.
@@ -183,68 +188,128 @@ class MV2DXrayRoIHead(BaseModule):
 
         Returns:
             dict: for the ``Q`` queries, ``all_cls_scores`` ``(L, Q,
-            num_classes)``, ``all_codes`` ``(L, Q, 6)``, ``scene_ids`` ``(Q,)``,
-            ``ref_points`` ``(Q, 3)`` (ct mm) and ``query_rois`` ``(Q,)`` (the RoI
-            each query came from); for all ``R`` RoIs, ``prior_points`` ``(R, 3)``
-            (ct mm), ``prior_ok`` ``(R,)`` (triangulated, not the anchor) and
-            ``corr`` / ``corr_mask`` ``(R, M)`` (global RoI indices).
+            num_classes)`` logits, ``all_codes`` ``(L, Q, 6)`` box codes (``L``
+            decoder layers) and ``scene_ids`` ``(Q,)``.
         """
-        device = rois.device
-        num_scenes = len(batch_img_metas)
-        lidar2img_all = self._stack_meta(batch_img_metas, 'lidar2img', device)
-        cam2img_all = self._stack_meta(batch_img_metas, 'cam2img', device)
-        img_index = rois[:, 0].long()
-        scene_ids = torch.div(img_index, num_views, rounding_mode='floor')
-        view_ids = img_index % num_views
-        lidar2img = lidar2img_all.flatten(0, 1)[img_index]
-        cam2img = cam2img_all.flatten(0, 1)[img_index]
-        bboxes = rois[:, 1:].float()
-        shapes = [_as_hw(meta['img_shape']) for meta in batch_img_metas]
-        img_hw = bboxes.new_tensor(shapes)[scene_ids]
-
-        with torch.autocast(device_type=device.type, enabled=not self.force_fp32):
+        geo = self.gather_rois(rois, batch_img_metas, num_views)
+        with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
             if self.force_fp32:
                 feats = [feat.float() for feat in feats]
-            num_levels = self.bbox_roi_extractor.num_inputs
-            roi_feats = self.bbox_roi_extractor(feats[:num_levels], rois.float())
-            tokens = roi_feats.flatten(2).transpose(1, 2)       # (R, P, C)
-            cell_uv = roi_cell_centres(bboxes, self.roi_size)
-            pos = self.positional_encoding(tokens, cell_uv,
-                                           torch.linalg.inv(lidar2img),
-                                           view_ids, num_views, img_hw)
-
-            corr, corr_mask = self.correlate(bboxes, scene_ids, view_ids,
-                                             lidar2img_all, shapes, num_scenes)
+            roi_feats, tokens, pos = self.encode_rois(feats, rois, geo)
+            corr, corr_mask = self.correlate(geo.bboxes, geo.scene_ids, geo.view_ids,
+                                             geo.views_lidar2img, geo.img_shapes,
+                                             len(batch_img_metas))
             prior_points, prior_ok = self.triangulate_priors(
-                bboxes, lidar2img_all.flatten(0, 1), img_index, corr, corr_mask)
-            query_rois = self.merge_queries(prior_points, prior_ok, scene_ids,
+                geo.bboxes, geo.views_lidar2img.flatten(0, 1), geo.img_index, corr,
+                corr_mask)
+            query_rois = self.merge_queries(prior_points, prior_ok, geo.scene_ids,
                                             roi_scores)
-
-            # queries: one per kept RoI, at depth d0 = its prior's (a prior that is
-            # not valid lies at the anchor's depth)
-            depth_prior = None
-            if self.triangulate_prior:
-                depth_prior = project_points(
-                    lidar2img[query_rois],
-                    prior_points[query_rois].double()[:, None])[1][:, 0]
-            ref_points, _ = self.query_generator(roi_feats[query_rois],
-                                                 bboxes[query_rois],
-                                                 lidar2img[query_rois],
-                                                 cam2img[query_rois], depth_prior)
-            ref_norm = self.bbox_coder.normalize_points(ref_points).clamp(0, 1)
-
-            query_corr, query_mask = corr[query_rois], corr_mask[query_rois]
-            num_queries, num_corr = query_corr.shape
-            key = tokens[query_corr].flatten(1, 2)              # (Q, M * P, C)
-            key_pos = pos[query_corr].flatten(1, 2)
-            padding = (~query_mask)[:, :, None].expand(
-                num_queries, num_corr, tokens.shape[1]).flatten(1)
-            all_cls_scores, all_codes = self.bbox_head(
-                ref_norm, scene_ids[query_rois], key, key_pos, padding)
+            ref_points = self.generate_queries(roi_feats, geo, prior_points, query_rois)
+            scene_ids = geo.scene_ids[query_rois]
+            all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens, pos,
+                                                    corr[query_rois],
+                                                    corr_mask[query_rois])
         return dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
-                    scene_ids=scene_ids[query_rois], ref_points=ref_points,
-                    query_rois=query_rois, prior_points=prior_points,
-                    prior_ok=prior_ok, corr=corr, corr_mask=corr_mask)
+                    scene_ids=scene_ids)
+
+    @staticmethod
+    def gather_rois(rois: Tensor, batch_img_metas: List[dict],
+                    num_views: int) -> RoIGeometry:
+        """Scene, view, box and camera matrices of every RoI.
+
+        Args:
+            rois (Tensor): ``(R, 5)`` ``[image index, x1, y1, x2, y2]`` (px).
+            batch_img_metas (list[dict]): One per scene: ``lidar2img`` and
+                ``cam2img`` ``(num_views, 4, 4)``, ``img_shape`` ``(H, W)``.
+            num_views (int): Views per scene.
+
+        Returns:
+            RoIGeometry: the RoIs' indices and matrices (float64).
+        """
+        def stack(key: str) -> Tensor:                          # (B, V, 4, 4)
+            mats = [np.asarray(meta[key], dtype=np.float64) for meta in batch_img_metas]
+            return torch.from_numpy(np.stack(mats)).to(rois.device)
+
+        views_lidar2img = stack('lidar2img')
+        img_index = rois[:, 0].long()
+        return RoIGeometry(
+            bboxes=rois[:, 1:].float(),
+            img_index=img_index,
+            scene_ids=torch.div(img_index, num_views, rounding_mode='floor'),
+            view_ids=img_index % num_views,
+            lidar2img=views_lidar2img.flatten(0, 1)[img_index],
+            cam2img=stack('cam2img').flatten(0, 1)[img_index],
+            views_lidar2img=views_lidar2img,
+            img_shapes=[tuple(meta['img_shape']) for meta in batch_img_metas],
+            num_views=num_views)
+
+    def encode_rois(self, feats: Sequence[Tensor], rois: Tensor,
+                    geo: RoIGeometry) -> Tuple[Tensor, Tensor, Tensor]:
+        """RoI-align the features and encode the 3D position of every RoI cell.
+
+        Args:
+            feats (Sequence[Tensor]): Multi-level features (see :meth:`forward`).
+            rois (Tensor): ``(R, 5)``.
+            geo (RoIGeometry): From :meth:`gather_rois`.
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor]: ``roi_feats`` ``(R, C, S_h, S_w)``, the
+            RoI tokens ``(R, P, C)`` (``P = S_h * S_w`` cells, row-major) and their
+            position encodings ``(R, P, C)``.
+        """
+        num_levels = self.bbox_roi_extractor.num_inputs
+        roi_feats = self.bbox_roi_extractor(feats[:num_levels], rois.float())
+        tokens = roi_feats.flatten(2).transpose(1, 2)
+        cell_uv = roi_cell_centres(geo.bboxes, self.roi_size)    # (R, P, 2) img px
+        img_hw = geo.bboxes.new_tensor(geo.img_shapes)[geo.scene_ids]
+        pos = self.positional_encoding(tokens, cell_uv, torch.linalg.inv(geo.lidar2img),
+                                       geo.view_ids, geo.num_views, img_hw)
+        return roi_feats, tokens, pos
+
+    def generate_queries(self, roi_feats: Tensor, geo: RoIGeometry,
+                         prior_points: Tensor, query_rois: Tensor) -> Tensor:
+        """Reference points of the queries: one per kept RoI, at the cam depth of its
+        prior (with ``triangulate_prior``; a prior that is not valid lies at the
+        anchor's depth) or of the generator's anchor, plus the regressed residual.
+
+        Args:
+            roi_feats (Tensor): ``(R, C, S_h, S_w)``.
+            geo (RoIGeometry): From :meth:`gather_rois`.
+            prior_points (Tensor): ``(R, 3)`` ct mm, from :meth:`triangulate_priors`.
+            query_rois (Tensor): ``(Q,)`` RoIs that become queries.
+
+        Returns:
+            Tensor: ``(Q, 3)`` reference points in ct mm.
+        """
+        lidar2img = geo.lidar2img[query_rois]
+        depth_prior = None
+        if self.triangulate_prior:
+            _, depth = project_points(lidar2img, prior_points[query_rois].double()[:, None])
+            depth_prior = depth[:, 0]                            # (Q,) cam mm
+        return self.query_generator(roi_feats[query_rois], geo.bboxes[query_rois],
+                                    lidar2img, geo.cam2img[query_rois], depth_prior)
+
+    def decode(self, ref_points: Tensor, scene_ids: Tensor, tokens: Tensor,
+               pos: Tensor, corr: Tensor, corr_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """Decode the queries: each attends to its scene's queries and to the RoI
+        tokens of its relevant RoIs.
+
+        Args:
+            ref_points (Tensor): ``(Q, 3)`` ct mm.
+            scene_ids (Tensor): ``(Q,)``.
+            tokens, pos (Tensor): ``(R, P, C)`` RoI tokens and their encodings.
+            corr, corr_mask (Tensor): ``(Q, M)`` each query's relevant RoIs (global
+                RoI indices) and their validity.
+
+        Returns:
+            tuple[Tensor, Tensor]: ``all_cls_scores`` ``(L, Q, num_classes)`` and
+            ``all_codes`` ``(L, Q, 6)``.
+        """
+        ref_norm = self.bbox_coder.normalize_points(ref_points).clamp(0, 1)
+        key = tokens[corr].flatten(1, 2)                         # (Q, M * P, C)
+        key_pos = pos[corr].flatten(1, 2)
+        padding = (~corr_mask)[:, :, None].expand(-1, -1, tokens.shape[1]).flatten(1)
+        return self.bbox_head(ref_norm, scene_ids, key, key_pos, padding)
 
     @torch.no_grad()
     def triangulate_priors(self, bboxes: Tensor, lidar2img: Tensor,
@@ -309,30 +374,28 @@ class MV2DXrayRoIHead(BaseModule):
         absorbs the RoIs of its scene whose valid priors lie within
         ``merge_dist_mm`` (the same finding seen in other views, or a duplicate
         box); RoIs without a valid prior stay queries. Otherwise every RoI.
+        The clustering is :func:`~projects.mv2d_xray.core.clustering.greedy_clusters`.
+
+        Args:
+            prior_points (Tensor): ``(R, 3)`` ct mm, from :meth:`triangulate_priors`.
+            prior_ok (Tensor): ``(R,)`` validity of the priors.
+            scene_ids (Tensor): ``(R,)``.
+            roi_scores (Tensor, optional): ``(R,)`` 2D scores (best first; ties and
+                None: the RoI order).
 
         Returns:
             Tensor: ``(Q,)`` sorted RoI indices.
         """
         num_rois = len(prior_points)
-        every = torch.arange(num_rois, device=prior_points.device)
         if self.merge_dist_mm is None or num_rois == 0:
-            return every
+            return torch.arange(num_rois, device=prior_points.device)
         if roi_scores is None:
-            roi_scores = -every.float()
+            roi_scores = prior_points.new_zeros(num_rois)    # ties: the RoI order
         dist = torch.cdist(prior_points.double(), prior_points.double())
         close = (dist < self.merge_dist_mm) & prior_ok[:, None] & \
             prior_ok[None, :] & (scene_ids[:, None] == scene_ids[None, :])
-        close = close.cpu()
-        absorbed = torch.zeros(num_rois, dtype=torch.bool)
-        keep = []
-        for roi in torch.argsort(roi_scores.detach().cpu(), descending=True,
-                                 stable=True).tolist():
-            if absorbed[roi]:
-                continue
-            keep.append(roi)
-            absorbed |= close[roi]
-        return torch.tensor(sorted(keep), dtype=torch.long,
-                            device=prior_points.device)
+        heads, _ = greedy_clusters(roi_scores.detach(), close)
+        return heads.sort().values.to(prior_points.device)
 
     def correlate(self, bboxes: Tensor, scene_ids: Tensor, view_ids: Tensor,
                   lidar2img_all: Tensor, shapes: List[Tuple[int, int]],
@@ -416,22 +479,34 @@ class MV2DXrayRoIHead(BaseModule):
                 pred = dict(bboxes=rois.new_zeros((0, 7)),
                             scores=rois.new_zeros((0, )),
                             labels=rois.new_zeros((0, ), dtype=torch.long))
-            results.append(self._postprocess(pred, meta))
+            results.append(self.postprocess(pred, meta))
         return results
 
-    def _postprocess(self, pred: dict, meta: dict) -> InstanceData:
-        """Score threshold, duplicate suppression, ``max_per_scene``, box type."""
+    def postprocess(self, pred: Dict[str, Tensor], meta: dict) -> InstanceData:
+        """The ``test_cfg`` steps on one scene's decoded boxes: ``score_thr``, then
+        ``nms`` (:func:`centre_distance_nms`), then the best ``max_per_scene``; and
+        the box type.
+
+        Args:
+            pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres and extents, ct mm),
+                ``scores`` and ``labels`` ``(K,)``, by decreasing score (as
+                :meth:`MV2DXrayNMSFreeCoder.decode` gives them).
+            meta (dict): the scene's meta (``box_type_3d``, optional).
+
+        Returns:
+            InstanceData: ``bboxes_3d``, ``scores_3d``, ``labels_3d``.
+        """
         cfg = self.test_cfg
         keep = pred['scores'] > cfg.get('score_thr', 0.0)
         pred = {key: value[keep] for key, value in pred.items()}
         nms = cfg.get('nms', None)
         if nms is not None:
             nms = dict(nms)
-            nms_type = nms.pop('type', 'center_distance')
-            if nms_type != 'center_distance':
-                raise ValueError(f"test_cfg.nms.type must be 'center_distance', "
+            nms_type = nms.pop('type', 'centre_distance')
+            if nms_type != 'centre_distance':
+                raise ValueError(f"test_cfg.nms.type must be 'centre_distance', "
                                  f'got {nms_type!r}')
-            pred = center_distance_nms(pred['bboxes'], pred['scores'],
+            pred = centre_distance_nms(pred['bboxes'], pred['scores'],
                                        pred['labels'], **nms)
         max_num = cfg.get('max_per_scene', 300)
         pred = {key: value[:max_num] for key, value in pred.items()}

@@ -16,13 +16,14 @@ axis-aligned in ``ct`` and regressing ``sin/cos`` of a constant would only add n
 How strongly a centre error counts against a size error is set by the head's
 ``code_weights`` (see :class:`MV2DXrayCrossAttentionHead`), not here.
 """
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
+from mmdet3d.registry import TASK_UTILS
 from mmdet.models.task_modules import BaseBBoxCoder
 from torch import Tensor
 
-from mmdet3d.registry import TASK_UTILS
+from projects.mv2d_xray.core.geometry import denormalize_points, normalize_points
 
 #: Smallest box extent (mm) accepted by :meth:`MV2DXrayNMSFreeCoder.encode`; guards
 #: ``log`` against zero-size annotations.
@@ -35,21 +36,15 @@ MAX_LOG_EXTENT = 8.0
 class MV2DXrayNMSFreeCoder(BaseBBoxCoder):
     """Encode ``ct`` boxes to 6-d codes and decode the head's outputs to boxes.
 
-    Decoding is DETR-style "NMS-free": sigmoid scores, top-``max_num`` over
-    queries x classes, an optional score threshold and a centre-range filter.
-    (Duplicate queries of the same finding from different views are handled after
-    decoding, see :func:`center_distance_nms`.)
+    Decoding is DETR-style "NMS-free": sigmoid scores of every query and class, sorted.
+    The score threshold, the duplicate suppression (:func:`centre_distance_nms`) and
+    the cap on the number of boxes follow in the RoI head (its ``test_cfg``). No
+    centre-range filter: decoded centres are sigmoid-bounded inside ``pc_range``.
 
     Args:
-        pc_range (Sequence[float]): ``[x0, y0, z0, x1, y1, z1]`` in mm, the region
+        pc_range (Sequence[float]): ``[x0, y0, z0, x1, y1, z1]`` in ct mm, the region
             predicted centres can take; derive it from the dataset geometry (about
             +-250 mm covers a chest CT).
-        post_center_range (Sequence[float], optional): ``[x0, y0, z0, x1, y1, z1]``
-            in mm; decoded boxes whose centre falls outside are dropped. Defaults
-            to None (keep all).
-        max_num (int): Maximum number of boxes per scene. Defaults to 300.
-        score_threshold (float, optional): Drop boxes scoring at or below this.
-            Defaults to None.
         num_classes (int): Number of classes. Defaults to 1.
     """
 
@@ -57,41 +52,24 @@ class MV2DXrayNMSFreeCoder(BaseBBoxCoder):
 
     def __init__(self,
                  pc_range: Sequence[float],
-                 post_center_range: Optional[Sequence[float]] = None,
-                 max_num: int = 300,
-                 score_threshold: Optional[float] = None,
-                 num_classes: int = 1,
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
+                 num_classes: int = 1) -> None:
+        super().__init__()
         if len(pc_range) != 6 or not all(
                 pc_range[i + 3] > pc_range[i] for i in range(3)):
             raise ValueError(f'pc_range must be [x0, y0, z0, x1, y1, z1] with '
                              f'x1 > x0 etc. (mm), got {pc_range}')
-        if post_center_range is not None and len(post_center_range) != 6:
-            raise ValueError('post_center_range must have 6 values, got '
-                             f'{post_center_range}')
         self.pc_range = [float(v) for v in pc_range]
-        self.post_center_range = (None if post_center_range is None else
-                                  [float(v) for v in post_center_range])
-        self.max_num = int(max_num)
-        self.score_threshold = score_threshold
         self.num_classes = int(num_classes)
 
     # -- centres -------------------------------------------------------------------------
-    def _range(self, ref: Tensor):
-        rng = ref.new_tensor(self.pc_range)
-        return rng[:3], rng[3:] - rng[:3]
-
     def normalize_points(self, points: Tensor) -> Tensor:
         """``(..., 3)`` ct points in mm -> ``(..., 3)`` pc_range-normalised (``[0, 1]``
         inside ``pc_range``; not clamped)."""
-        low, extent = self._range(points)
-        return (points - low) / extent
+        return normalize_points(points, self.pc_range)
 
     def denormalize_points(self, points: Tensor) -> Tensor:
-        """Inverse of :meth:`normalize_points`."""
-        low, extent = self._range(points)
-        return points * extent + low
+        """Inverse of :meth:`normalize_points`: ``(..., 3)`` -> ct mm."""
+        return denormalize_points(points, self.pc_range)
 
     # -- boxes ---------------------------------------------------------------------------
     def encode(self, bboxes: Tensor) -> Tensor:
@@ -109,26 +87,19 @@ class MV2DXrayNMSFreeCoder(BaseBBoxCoder):
         return torch.cat([centre, dims, torch.zeros_like(dims[..., :1])], dim=-1)
 
     def decode(self, cls_scores: Tensor, codes: Tensor) -> Dict[str, Tensor]:
-        """Decode one scene's queries.
+        """Decode one scene's queries: every query and class, by decreasing score.
 
         Args:
             cls_scores (Tensor): ``(Q, num_classes)`` logits.
             codes (Tensor): ``(Q, 6)`` box codes.
 
         Returns:
-            dict: ``bboxes`` ``(K, 7)`` (gravity centres, mm), ``scores`` ``(K,)``
-            and ``labels`` ``(K,)``, sorted by decreasing score.
+            dict: ``bboxes`` ``(Q * num_classes, 7)`` (gravity centres and extents,
+            ct mm), ``scores`` and ``labels`` ``(Q * num_classes,)``, sorted by
+            decreasing score.
         """
         scores = cls_scores.sigmoid().flatten()
-        num = min(self.max_num, scores.numel())
-        scores, index = scores.topk(num)
+        scores, index = scores.topk(scores.numel())
         labels = index % self.num_classes
         bboxes = self.decode_bboxes(codes[index // self.num_classes])
-        keep = torch.ones_like(scores, dtype=torch.bool)
-        if self.score_threshold is not None:
-            keep &= scores > self.score_threshold
-        if self.post_center_range is not None:
-            rng = bboxes.new_tensor(self.post_center_range)
-            keep &= (bboxes[:, :3] >= rng[:3]).all(-1)
-            keep &= (bboxes[:, :3] <= rng[3:]).all(-1)
-        return dict(bboxes=bboxes[keep], scores=scores[keep], labels=labels[keep])
+        return dict(bboxes=bboxes, scores=scores, labels=labels)

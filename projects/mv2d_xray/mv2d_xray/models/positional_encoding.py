@@ -17,11 +17,12 @@ import math
 from typing import Optional, Sequence
 
 import torch
+from mmdet3d.registry import MODELS
 from mmdet.models.layers.transformer import inverse_sigmoid
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from mmdet3d.registry import MODELS
+from projects.mv2d_xray.core.geometry import normalize_points, unproject_points
 
 
 def depth_bins(depth_range: Sequence[float], num: int, lid: bool = False,
@@ -139,23 +140,33 @@ class MV2DXrayPositionalEncoding(BaseModule):
                 nn.ReLU(inplace=True), nn.Linear(4 * embed_dims, embed_dims))
 
     def frustum_points(self, cell_uv: Tensor, img2lidar: Tensor) -> Tensor:
-        """ct points along the rays through RoI cells.
+        """ct points along the rays through RoI cells, at the ``depth_num`` depths.
+
+        Each cell is lifted to ct (:func:`unproject_points`) at the two ends of
+        ``depth_range``; the samples in between lie on that segment, at the same
+        fractions of it as their depths (a ray is affine in the cam depth). Two
+        unprojections per cell instead of ``depth_num``.
 
         Args:
-            cell_uv (Tensor): ``(R, P, 2)`` image coordinates of the cells.
+            cell_uv (Tensor): ``(R, P, 2)`` img coordinates (px) of the cells.
             img2lidar (Tensor): ``(R, 4, 4)`` inverse of each RoI's ``lidar2img``.
 
         Returns:
-            Tensor: ``(R, P, depth_num, 3)`` ct points in mm.
+            Tensor: ``(R, P, depth_num, 3)`` ct points in mm (computed in
+            ``cell_uv``'s dtype).
         """
+        num_rois, num_cells = cell_uv.shape[:2]
+        near, far = self.depth_range
+        end_uv = cell_uv[:, :, None].expand(-1, -1, 2, -1)       # (R, P, 2 ends, 2)
+        end_depth = cell_uv.new_tensor([near, far]).expand(num_rois, num_cells, 2)
+        ends = unproject_points(lidar2img=None, uv=end_uv.reshape(num_rois, -1, 2),
+                                depth=end_depth.reshape(num_rois, -1),
+                                img2lidar=img2lidar.to(cell_uv.dtype))
+        ends = ends.view(num_rois, num_cells, 2, 3)              # ct mm
         depth = depth_bins(self.depth_range, self.depth_num, self.lid,
-                           device=cell_uv.device)
-        img2lidar = img2lidar.to(cell_uv.dtype)
-        uv1 = torch.cat([cell_uv, torch.ones_like(cell_uv[..., :1])], dim=-1)
-        # img2lidar @ [u d, v d, d, 1] = d * (M @ [u, v, 1]) + t
-        rays = torch.einsum('rij,rpj->rpi', img2lidar[:, :3, :3], uv1)
-        return (rays[:, :, None] * depth[None, None, :, None] +
-                img2lidar[:, None, None, :3, 3])
+                           dtype=cell_uv.dtype, device=cell_uv.device)
+        frac = ((depth - near) / (far - near))[:, None]         # (D, 1)
+        return ends[:, :, :1] + frac * (ends[:, :, 1:] - ends[:, :, :1])
 
     def forward(self, roi_feats: Tensor, cell_uv: Tensor, img2lidar: Tensor,
                 view_ids: Tensor, num_views: int, img_hw: Tensor) -> Tensor:
@@ -175,9 +186,8 @@ class MV2DXrayPositionalEncoding(BaseModule):
             Tensor: ``(R, P, C)`` position encoding.
         """
         num_rois, num_cells = cell_uv.shape[:2]
-        points = self.frustum_points(cell_uv, img2lidar)
-        rng = points.new_tensor(self.position_range)
-        points = (points - rng[:3]) / (rng[3:] - rng[:3])
+        points = normalize_points(self.frustum_points(cell_uv, img2lidar),
+                                  self.position_range)
         points = inverse_sigmoid(points.clamp(0, 1))
         pe = self.position_encoder(points.reshape(num_rois, num_cells, -1))
         if self.with_fpe:

@@ -6,19 +6,21 @@ rarely drop to zero early in training and with few epochs. MV2D's own "3D NMS" h
 IoU threshold of 1.0, a no-op. BEV IoU NMS is also a poor fit for mm-sized,
 axis-aligned findings whose duplicates are a few mm apart but may barely overlap.
 
-:func:`center_distance_nms` instead suppresses a detection whose centre lies inside a
+:func:`centre_distance_nms` instead suppresses a detection whose centre lies inside a
 higher-scoring detection's box or within ``dist_thr_mm`` of its centre -- the same
 "centre hit" criterion the LUNA16-style metric uses to count a detection as finding a
 nodule, so a suppressed box would have been a duplicate (a false positive) anyway.
 Optionally the kept box becomes the score-weighted mean of its cluster (``merge``).
+The clustering itself is :func:`~projects.mv2d_xray.core.clustering.greedy_clusters`.
 """
 from typing import Dict
 
-import torch
 from torch import Tensor
 
+from projects.mv2d_xray.core.clustering import greedy_clusters
 
-def center_distance_nms(bboxes: Tensor,
+
+def centre_distance_nms(bboxes: Tensor,
                         scores: Tensor,
                         labels: Tensor,
                         dist_thr_mm: float = 0.0,
@@ -28,11 +30,11 @@ def center_distance_nms(bboxes: Tensor,
 
     Args:
         bboxes (Tensor): ``(K, 7)`` boxes ``[x, y, z, dx, dy, dz, yaw]`` (gravity
-            centre, mm; yaw ignored).
+            centre and extents, ct mm; yaw ignored).
         scores (Tensor): ``(K,)``.
         labels (Tensor): ``(K,)``.
-        dist_thr_mm (float): Suppress centres at most this far from a kept centre.
-            Defaults to 0.
+        dist_thr_mm (float): Suppress centres at most this far (mm) from a kept
+            centre. Defaults to 0.
         inside_box (bool): Also suppress centres inside a kept box. Defaults to
             True.
         merge (bool): Replace each kept box by the score-weighted mean (centre and
@@ -44,28 +46,15 @@ def center_distance_nms(bboxes: Tensor,
     """
     order = scores.argsort(descending=True)
     bboxes, scores, labels = bboxes[order], scores[order], labels[order]
-    num = len(scores)
-    if num == 0:
-        return dict(bboxes=bboxes, scores=scores, labels=labels)
-    offset = (bboxes[None, :, :3] - bboxes[:, None, :3]).abs()   # (kept i, cand j)
+    offset = (bboxes[None, :, :3] - bboxes[:, None, :3]).abs()   # (kept i, cand j) mm
     dup = offset.norm(dim=-1) <= dist_thr_mm
     if inside_box:
         dup |= (offset <= bboxes[:, None, 3:6] / 2).all(dim=-1)
     dup &= labels[:, None] == labels[None, :]
-    suppressed = torch.zeros(num, dtype=torch.bool, device=scores.device)
-    keep, clusters = [], []
-    for i in range(num):
-        if suppressed[i]:
-            continue
-        members = dup[i] & ~suppressed
-        members[i] = True
-        suppressed |= members
-        keep.append(i)
-        clusters.append(members)
-    keep = torch.tensor(keep, dtype=torch.long, device=scores.device)
+    keep, members = greedy_clusters(scores, dup)
     out = bboxes[keep].clone()
     if merge:
-        weights = torch.stack(clusters).to(scores) * scores[None]
+        weights = members.to(scores) * scores[None]
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
         out[:, :6] = weights @ bboxes[:, :6]
     return dict(bboxes=out, scores=scores[keep], labels=labels[keep])

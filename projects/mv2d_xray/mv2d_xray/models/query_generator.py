@@ -15,7 +15,7 @@ depth ``d = d0 + depth_scale_mm * delta`` mapped back to ``ct`` through the inve
   ray at that depth, inside the patient, instead of at depth ~0 (on the source) as a
   raw regression would start.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from mmcv.cnn import ConvModule
@@ -167,9 +167,7 @@ class MV2DXrayQueryGenerator(BaseModule):
         return depth[:, 0]
 
     def forward(self, roi_feats: Tensor, bboxes: Tensor, lidar2img: Tensor,
-                cam2img: Tensor,
-                depth_prior: Optional[Tensor] = None
-                ) -> Tuple[Tensor, Dict[str, Tensor]]:
+                cam2img: Tensor, depth_prior: Optional[Tensor] = None) -> Tensor:
         """Generate reference points.
 
         Args:
@@ -182,8 +180,8 @@ class MV2DXrayQueryGenerator(BaseModule):
                 partners in other views (:class:`MV2DXrayRoIHead`).
 
         Returns:
-            tuple: ``(R, 3)`` reference points in ct mm, and a dict with
-            ``uv_roi`` ``(R, 2)`` and ``depth`` ``(R,)`` (mm).
+            Tensor: ``(R, 3)`` reference points in ct mm: the regressed RoI-frame
+            point at cam depth ``d0 + depth_scale_mm * delta`` (at least 1 mm).
         """
         x = roi_feats
         for conv in self.shared_convs:
@@ -193,11 +191,8 @@ class MV2DXrayQueryGenerator(BaseModule):
             x = self.relu(fc(x))
         x = torch.cat([x, self.intrinsic_feats(bboxes, cam2img).to(x)], dim=1)
         x = self.extra_enc(x.clamp(min=-5e3, max=5e3))
-        center = self.fc_center(x)
-        uv_roi = center[:, :2]
+        centre = self.fc_center(x)                      # (R, 3): u_roi, v_roi, delta
         if depth_prior is None:
             depth_prior = self.anchor_depth(lidar2img)
-        depth = depth_prior.to(center) + self.depth_scale_mm * center[:, 2]
-        depth = depth.clamp(min=1.0)
-        ref = lift_roi_points(bboxes, lidar2img, uv_roi, depth)
-        return ref, dict(uv_roi=uv_roi, depth=depth)
+        depth = depth_prior.to(centre) + self.depth_scale_mm * centre[:, 2]
+        return lift_roi_points(bboxes, lidar2img, centre[:, :2], depth.clamp(min=1.0))

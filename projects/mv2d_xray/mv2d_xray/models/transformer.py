@@ -14,11 +14,10 @@ from typing import Optional
 import torch
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks.transformer import FFN, MultiheadAttention
+from mmdet3d.registry import MODELS
 from mmengine.model import BaseModule, ModuleList
 from mmengine.model.weight_init import xavier_init
 from torch import Tensor, nn
-
-from mmdet3d.registry import MODELS
 
 
 class MV2DXrayDecoderLayer(BaseModule):

@@ -10,14 +10,13 @@ and other two-stage detectors (Cascade R-CNN, ...) fit.
 from typing import Dict, Tuple
 
 import torch
+from mmdet3d.registry import MODELS
 from mmdet.models.detectors import TwoStageDetector
 from mmdet.structures import SampleList
 from mmdet.utils import InstanceList
 from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
 from torch import Tensor
-
-from mmdet3d.registry import MODELS
 
 
 @MODELS.register_module()
