@@ -7,7 +7,6 @@ from mmengine.structures import InstanceData
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from mmdet3d.registry import MODELS, TASK_UTILS
-from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, image_aug_matrix,
                                               project_boxes3d, project_points, triangulate_points,
                                               unproject_points)
@@ -357,26 +356,6 @@ def test_centre_distance_nms():
     assert merged['bboxes'][0, 0] == pytest.approx(0.8 * 3 / 1.7)
     other_class = centre_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]))
     assert len(other_class['scores']) == 4
-
-
-@pytest.mark.parametrize('kind', ['numpy', 'torch'])
-def test_greedy_clusters_on_a_hand_made_case(kind):
-    """Visit order 1, 3 (tie with 1: lower index first), 2, 0, 5, 4. Item 1 takes 0;
-    3 cannot take 1 (already a head) but takes 2; 0 is close to 5 but, not a head,
-    takes nothing (no chaining); 5 and 4 stay alone (4 -> 5, but 5 went first)."""
-    scores = np.array([0.5, 0.9, 0.7, 0.9, 0.1, 0.3])
-    close = np.zeros((6, 6), dtype=bool)
-    for i, j in [(1, 0), (3, 1), (3, 2), (0, 5), (4, 5)]:
-        close[i, j] = True
-    if kind == 'torch':
-        scores, close = torch.from_numpy(scores), torch.from_numpy(close)
-    heads, members = greedy_clusters(scores, close)
-    assert type(heads) is type(scores) and type(members) is type(scores)
-    assert heads.tolist() == [1, 3, 5, 4]
-    assert [row.nonzero()[0].tolist() if kind == 'numpy' else row.nonzero()[:, 0].tolist()
-            for row in members] == [[0, 1], [2, 3], [5], [4]]
-    heads, members = greedy_clusters(scores[:0], close[:0, :0])
-    assert heads.shape == (0, ) and members.shape == (0, 0)
 
 
 # -- position encoding, decoder, grid mask ---------------------------------------------
