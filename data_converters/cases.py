@@ -29,7 +29,8 @@ def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta:
 
     Args:
         out_dir (str): dataset folder.
-        token, patient_id, source: see :func:`~projects.mv2d_xray.core.data_format.build_case_info`.
+        token, patient_id, source: see
+            :func:`~projects.mv2d_xray.core.data_format.build_case_info`.
         ct_meta (dict): ``shape``, ``spacing_mm``, ``series_uid`` of the volume.
         geometry (XrayGeometry): the views.
         line_integrals (np.ndarray): ``(num_views, H, W)`` renders (mm of water).

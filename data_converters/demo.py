@@ -305,7 +305,7 @@ class DemoSource:
             volume), its findings (LIDC-IDRI-0001's first) and its ``(N, H, W)`` renders,
             which equal ``render_views`` of that CT up to float rounding.
         """
-        from data_converters.render import hu_to_density
+        from data_converters.density import WATER_RELATIVE as hu_to_density
         ctx = self._context()
         rng = np.random.default_rng([self.seed, 2, index])
         flip = bool(rng.integers(2))
