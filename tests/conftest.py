@@ -52,8 +52,9 @@ DEMO_FIXTURE_SETTINGS = dict(num_cases=6, num_views=10, image_size=(96, 96),
 @pytest.fixture(scope='session')
 def demo_dataset(tmp_path_factory) -> DemoData:
     """Build a small demo dataset once per session (about a minute on 2 CPU cores)."""
-    from data_converters.demo import DemoSource
-    from data_converters.runner import run_conversion, split_file_paths
+    from data_converters.runner import run_conversion
+    from data_converters.sources.demo import DemoSource
+    from data_converters.splits import split_file_paths
     from projects.mv2d_xray.core.geometry import XrayGeometry
     cfg = DEMO_FIXTURE_SETTINGS
     geometry = XrayGeometry(num_views=cfg['num_views'], image_size=cfg['image_size'])

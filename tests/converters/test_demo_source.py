@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from data_converters.__main__ import main
-from data_converters.demo import DemoSource, nodule_hu
+from data_converters.density import WATER_RELATIVE as hu_to_density
 from data_converters.findings import LabelRule
-from data_converters.render import hu_to_density, render_views
+from data_converters.render import render_views
+from data_converters.sources.demo import DemoSource, nodule_hu
 from data_converters.storage import CaseStore
 from data_converters.volume import index_to_ct, load_example_ct
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_points

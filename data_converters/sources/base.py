@@ -1,0 +1,167 @@
+"""What every source of cases provides, and the registry the CLI is built from.
+
+A source lists its cases (:meth:`ConversionSource.discover`), may prepare shared work once
+per run (:meth:`~ConversionSource.prepare`) and converts one case at a time
+(:meth:`~ConversionSource.convert`); :func:`~data_converters.runner.run_conversion` does
+the rest (claiming the folder, resuming, workers, shards, split files). A source also
+declares its class list and its HU -> density mapping, which reach the dataset's
+``metainfo`` through :meth:`~ConversionSource.fingerprint` (``metainfo['classes']`` and
+``metainfo['converter']['render']['density']``), and its own command-line flags.
+
+:func:`register_source` puts a source class into :data:`SOURCES`; ``python -m
+data_converters`` has one subcommand per registered source
+(:func:`data_converters.sources.load_sources`).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List, Optional, Tuple, Type
+
+from data_converters.density import DensityMapping
+from data_converters.errors import ConverterError
+from data_converters.findings import LabelRule
+from projects.mv2d_xray.core.data_format import FORMAT_VERSION
+from projects.mv2d_xray.core.geometry import XrayGeometry
+
+#: Registered source classes by name (= subcommand), filled by :func:`register_source`.
+SOURCES: Dict[str, Type['ConversionSource']] = {}
+#: Subcommands of the CLI that are not sources.
+RESERVED_NAMES = ('merge',)
+
+
+class ConversionSource:
+    """A source of cases: CT volumes with findings, rendered into the dataset's views.
+
+    Subclasses set the class attributes, implement :meth:`discover`, :meth:`convert` and
+    :meth:`from_args`, and may override :meth:`add_arguments`, :meth:`source_settings`,
+    :meth:`split_settings` and :meth:`prepare`. A source is pickled to worker processes
+    (``spawn``): keep per-process caches out of :meth:`__getstate__`.
+
+    Class attributes:
+        name (str): subcommand and ``metainfo['converter']['source']``, e.g. ``'lidc'``.
+        default_prefix (str): default prefix of the split files.
+        classes (tuple[str, ...]): the class list; a finding's ``label`` indexes it.
+        density (DensityMapping): HU -> density the views are rendered from.
+        cli_help (str): one line for ``python -m data_converters --help``.
+        cli_description (str): the subcommand's ``--help`` text.
+        default_image_size (int): default ``--image-size`` in pixels.
+
+    Args:
+        geometry (XrayGeometry): the views.
+        rule (LabelRule): which findings are ground truth (the others: ignore regions).
+        device (str): torch device for rendering.
+        val_fraction (float): fraction of patients in validation.
+        seed (int): seed of the split (and of whatever the source draws).
+    """
+    name: str = ''
+    default_prefix: str = ''
+    classes: Tuple[str, ...] = ()
+    density: Optional[DensityMapping] = None
+    cli_help: str = ''
+    cli_description: str = ''
+    default_image_size: int = 256
+
+    def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+                 device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
+        self.geometry = geometry
+        self.rule = rule
+        self.device = device
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+
+    # -- command line ----------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the source's own flags to its subcommand (the CLI adds the common ones:
+        ``--out``, geometry, label rule, run)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+                  rule: LabelRule) -> 'ConversionSource':
+        """The source for parsed flags (``args.device``, ``args.val_fraction``,
+        ``args.seed`` and the source's own), with the CLI's geometry and label rule.
+
+        Raises:
+            ConverterError: a flag's value is unusable (e.g. a missing input folder).
+        """
+        raise NotImplementedError
+
+    # -- settings --------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """The settings that shape every case; a folder converted with another
+        fingerprint is refused. All but ``geometry`` and ``classes`` become
+        ``metainfo['converter']``; the key order is the metainfo's."""
+        return dict(format_version=FORMAT_VERSION, source=self.name,
+                    classes=list(self.classes), geometry=self.geometry.to_metainfo(),
+                    label_rule=self.rule.to_dict(), render=self.render_settings(),
+                    **self.source_settings())
+
+    def source_settings(self) -> dict:
+        """The source's own entries of the fingerprint (after ``render``)."""
+        return {}
+
+    def render_settings(self) -> dict:
+        """The renderer's settings, the density mapping's description included."""
+        return self.make_renderer().settings()
+
+    def make_renderer(self):
+        """A :class:`~data_converters.render.XrayRenderer` for the source's geometry,
+        device and density mapping."""
+        from data_converters.render import XrayRenderer
+        return XrayRenderer(self.geometry, self.device, hu_to_density=self.density)
+
+    def split_settings(self) -> dict:
+        """How patients are split (recorded in the folder, used by ``merge``)."""
+        return dict(val_fraction=self.val_fraction, seed=self.seed, force_val=[])
+
+    # -- cases -----------------------------------------------------------------------
+    def discover(self) -> Tuple[List[dict], Dict[str, str]]:
+        """The cases: specs (dicts with at least ``token`` and ``patient_id``) and
+        ``{token: reason}`` of inputs that cannot be cases.
+
+        Raises:
+            ConverterError: the input cannot be used at all.
+        """
+        raise NotImplementedError
+
+    def prepare(self, store, pending: List[dict]) -> None:
+        """Work shared by the ``pending`` cases, done once per run before them (may cache
+        under ``store.cache_path``). Nothing by default."""
+
+    def convert(self, spec: dict, out_dir: str) -> dict:
+        """Convert one case: write its PNGs (:func:`~data_converters.cases.finish_case`)
+        and return its info item.
+
+        Raises:
+            SkipCase: the case cannot be converted (the run records the reason).
+        """
+        raise NotImplementedError
+
+
+def register_source(cls: Type[ConversionSource]) -> Type[ConversionSource]:
+    """Class decorator: add a source to :data:`SOURCES` (and so to the CLI).
+
+    Raises:
+        ConverterError: the class lacks a setting (``name``, ``default_prefix``,
+            ``classes``, ``density``, ``cli_help``) or its name is taken; the message names
+            the class's module and the setting.
+    """
+    where = f'{cls.__module__}.{cls.__qualname__}'
+    if not issubclass(cls, ConversionSource):
+        raise ConverterError(f'{where}: a source must subclass ConversionSource')
+    for setting in ('name', 'default_prefix', 'cli_help'):
+        if not isinstance(getattr(cls, setting), str) or not getattr(cls, setting):
+            raise ConverterError(f'{where}: set {setting} (a non-empty string)')
+    if (not isinstance(cls.classes, tuple) or not cls.classes
+            or not all(isinstance(c, str) and c for c in cls.classes)):
+        raise ConverterError(f'{where}: set classes (a non-empty tuple of class names)')
+    if not isinstance(cls.density, DensityMapping):
+        raise ConverterError(f'{where}: set density (a DensityMapping)')
+    if cls.name in RESERVED_NAMES:
+        raise ConverterError(f'{where}: name {cls.name!r} is a command of the CLI')
+    known = SOURCES.get(cls.name)
+    if known is not None and known is not cls:
+        raise ConverterError(f'{where}: name {cls.name!r} is taken by '
+                             f'{known.__module__}.{known.__qualname__}')
+    SOURCES[cls.name] = cls
+    return cls

@@ -1,0 +1,110 @@
+"""The split files of a dataset folder: assembled from its finished cases, or merged from
+the shards of a job array.
+
+``<prefix>_infos_{train,val}.pkl`` and ``<prefix>_infos_{train,val}_2d.coco.json`` are
+written from the per-case part files alone (:class:`~data_converters.storage.CaseStore`),
+in a fixed order, so a resumed or merged run gives byte-identical files.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import pickle
+import shutil
+from typing import Dict, List, Optional, Sequence
+
+from data_converters.errors import ConverterError
+from data_converters.storage import CaseStore, canonical_pickle, dumps_json
+from projects.mv2d_xray.core.data_format import build_coco, build_metainfo, split_patients
+from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.io import atomic_write, remove_stale_temporaries
+
+SPLITS = ('train', 'val')
+
+
+def split_file_paths(out_dir: str, prefix: str) -> Dict[str, Dict[str, str]]:
+    """``{split: {'pkl': path, 'coco': path}}`` of a dataset folder."""
+    return {split: dict(pkl=osp.join(out_dir, f'{prefix}_infos_{split}.pkl'),
+                        coco=osp.join(out_dir, f'{prefix}_infos_{split}_2d.coco.json'))
+            for split in SPLITS}
+
+
+def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[float] = None,
+             seed: Optional[int] = None) -> Dict[str, List[dict]]:
+    """Write the split pickles and COCO files from the finished cases in ``out_dir``.
+
+    The split is by patient (:func:`~projects.mv2d_xray.core.data_format.split_patients`) with the
+    prefix, fraction and seed recorded by the last run (or those given here).
+
+    Returns:
+        dict: ``{split: data_list}``.
+
+    Raises:
+        ConverterError: ``out_dir`` holds no conversion.
+    """
+    store = CaseStore(out_dir)
+    settings = store.read_settings()
+    if settings is None:
+        raise ConverterError(f'{out_dir} holds no conversion (no {store.settings_path()})')
+    split = dict(settings['split'])
+    if val_fraction is not None:
+        split['val_fraction'] = float(val_fraction)
+    if seed is not None:
+        split['seed'] = int(seed)
+    prefix = prefix or split.pop('prefix', None) or 'lidc'
+    split.pop('prefix', None)
+    infos, _ = store.load()
+    val = split_patients([info['patient_id'] for info in infos], split['val_fraction'],
+                         split['seed'], split.get('force_val', ()))
+    lists = {'train': [i for i in infos if i['patient_id'] not in val],
+             'val': [i for i in infos if i['patient_id'] in val]}
+    fingerprint = settings['fingerprint']
+    geometry = XrayGeometry.from_metainfo(fingerprint['geometry'])
+    converter = {k: v for k, v in fingerprint.items() if k not in ('geometry', 'classes')}
+    converter['split'] = dict(split, cases={s: len(lists[s]) for s in SPLITS},
+                              patients={s: len({i['patient_id'] for i in lists[s]})
+                                        for s in SPLITS})
+    paths = split_file_paths(out_dir, prefix)
+    for name in SPLITS:
+        data_list = [dict(sample_idx=idx, **info) for idx, info in enumerate(lists[name])]
+        metainfo = build_metainfo(geometry, converter, fingerprint.get('classes', ('nodule',)))
+        # (pickled in two parts: metainfo keeps its tuples; the data as canonical JSON types)
+        data_list = pickle.loads(canonical_pickle(data_list))
+        atomic_write(paths[name]['pkl'], pickle.dumps(
+            dict(metainfo=metainfo, data_list=data_list), protocol=4))
+        atomic_write(paths[name]['coco'], dumps_json(build_coco(data_list, metainfo)))
+        lists[name] = data_list
+    return lists
+
+
+def merge(out_dir: str, inputs: Sequence[str] = (), prefix: Optional[str] = None,
+          val_fraction: Optional[float] = None, seed: Optional[int] = None
+          ) -> Dict[str, List[dict]]:
+    """Assemble the split files of a sharded conversion.
+
+    Shards of a job array normally write into one shared ``out_dir``; shards written to
+    separate folders are given as ``inputs`` and their images and finished cases are
+    copied into ``out_dir`` first (their settings must agree).
+    """
+    store = CaseStore(out_dir)
+    if not inputs:
+        remove_stale_temporaries(out_dir)      # the shards are done
+    for folder in inputs:
+        other = CaseStore(folder)
+        settings = other.read_settings()
+        if settings is None:
+            raise ConverterError(f'{folder} holds no conversion '
+                                 f'(no {other.settings_path()})')
+        store.claim(settings['fingerprint'], settings['split'])
+        if osp.isdir(osp.join(folder, 'images')):
+            shutil.copytree(osp.join(folder, 'images'), osp.join(out_dir, 'images'),
+                            dirs_exist_ok=True)
+        for name in sorted(os.listdir(other.parts_dir)):
+            if name.endswith('.pkl') or name.endswith('.skip.json'):
+                token = name[:-len('.skip.json')] if name.endswith('.skip.json') \
+                    else name[:-len('.pkl')]
+                if name.endswith('.skip.json') and store.is_done(token):
+                    continue
+                with open(osp.join(other.parts_dir, name), 'rb') as f:
+                    atomic_write(osp.join(store.parts_dir, name), f.read())
+    return assemble(out_dir, prefix, val_fraction, seed)

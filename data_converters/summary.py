@@ -1,0 +1,62 @@
+"""What a run did and what the dataset holds: :class:`RunReport` and the printed summary."""
+from __future__ import annotations
+
+import os.path as osp
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from data_converters.splits import SPLITS, split_file_paths
+from data_converters.storage import CaseStore
+
+
+@dataclass
+class RunReport:
+    """What a run did (printed by :func:`print_summary`)."""
+    converted: List[str] = field(default_factory=list)
+    already_done: List[str] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    lists: Optional[Dict[str, List[dict]]] = None   # the split lists, when assembled
+    prefix: str = 'lidc'                             # ... and their files' prefix
+
+
+def summarize(out_dir: str, lists: Optional[Dict[str, List[dict]]] = None) -> dict:
+    """Counts over the dataset (from the split lists, or the finished cases)."""
+    store = CaseStore(out_dir)
+    infos, skipped = store.load()
+    if lists is None:
+        lists = {'all': infos}
+    counts = {}
+    for name, data_list in lists.items():
+        instances = [inst for info in data_list for inst in info['instances']]
+        counts[name] = dict(
+            cases=len(data_list),
+            nodules=sum(1 for inst in instances if not inst['ignore_flag']),
+            ignore_regions=sum(1 for inst in instances if inst['ignore_flag']),
+            negative_cases=sum(1 for info in data_list
+                               if not any(not i['ignore_flag'] for i in info['instances'])))
+    return dict(splits=counts, skipped=skipped)
+
+
+def print_summary(out_dir: str, report: RunReport, file=None) -> None:
+    """Print what the run did and what the dataset holds."""
+    file = file or sys.stdout
+    lists = report.lists
+    summary = summarize(out_dir, lists)
+    print(f'converted {len(report.converted)} case(s) in {report.seconds:.1f} s, '
+          f'{len(report.already_done)} already done, {len(report.skipped)} skipped '
+          'in this run', file=file)
+    for name, c in summary['splits'].items():
+        print(f'  {name:5s}: {c["cases"]} cases, {c["nodules"]} nodules, '
+              f'{c["ignore_regions"]} ignore regions, {c["negative_cases"]} negative cases',
+              file=file)
+    if summary['skipped']:
+        print(f'  skipped cases ({len(summary["skipped"])}):', file=file)
+        for token, reason in sorted(summary['skipped'].items()):
+            print(f'    {token}: {reason}', file=file)
+    if lists is not None:
+        paths = split_file_paths(out_dir, report.prefix)
+        for name in SPLITS:
+            print(f'  wrote {paths[name]["pkl"]} and {osp.basename(paths[name]["coco"])}',
+                  file=file)
