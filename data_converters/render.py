@@ -30,7 +30,7 @@ Two paths render the same images:
 
 On LIDC-IDRI-0001 at 256^2 (2 CPU cores shared with other jobs) the first takes 1.3-1.7 s
 per view against 11-12 s for the second (7-9x), with a mean absolute difference of
-0.17 % of the line-integral range; ``tests/test_render_geometry.py`` checks both against
+0.17 % of the line-integral range; ``tests/converters/test_render.py`` checks both against
 the camera model with a bead phantom.
 """
 import math
@@ -270,7 +270,7 @@ class XrayRenderer:
             Defaults to True for ``'trilinear'`` and False for ``'siddon'``: Siddon sums
             voxels without interpolation, and voxels as large as a pixel alias (bead
             centroids then move by up to 0.4 px, 0.03 px with trilinear; see
-            ``tests/test_render_geometry.py``).
+            ``tests/converters/test_render.py``).
         crop (bool): crop to the non-zero bounding box. Defaults to True.
         step_mm (float, optional): trilinear sample step along the depth (the central ray)
             in mm. Defaults to the smallest voxel spacing after resampling.

@@ -24,7 +24,6 @@ Example::
     python tools/benchmark_render.py --sizes 256 1024 --json work_dirs/bench_render.json
 """
 import argparse
-import json
 import multiprocessing as mp
 import os
 import os.path as osp
@@ -255,12 +254,8 @@ def main(argv=None):
           f'images, in grey levels (% of 255). Load average before/after: '
           f'{machine["load_before"][0]:.2f} / {machine["load_after"][0]:.2f}.')
     if args.json:
-        out_dir = osp.dirname(osp.abspath(args.json))
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile('w', dir=out_dir, suffix='.tmp',
-                                         delete=False) as f:
-            json.dump(dict(machine=machine, args=vars(args), results=rows), f, indent=1)
-        os.replace(f.name, args.json)
+        from projects.mv2d_xray.core.io import write_json
+        write_json(args.json, dict(machine=machine, args=vars(args), results=rows), indent=1)
         print(f'wrote {args.json}')
 
 

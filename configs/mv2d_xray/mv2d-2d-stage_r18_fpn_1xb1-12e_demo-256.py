@@ -6,7 +6,16 @@ _base_ = ['./mv2d_r18_fpn_1xb1-30e_demo-256.py']
 
 work_dir = 'work_dirs/demo/2d-stage'
 
-model = dict(roi_head=None, freeze_base_detector=False)
+# the 2D stage alone: no 3D head, so none of the 3D stage's settings (the train-time
+# query proposals, GT complement and Hungarian matching, the test-time 3D threshold,
+# NMS and cap) apply; only the test-time 2D detections remain
+model = dict(
+    roi_head=None,
+    freeze_base_detector=False,
+    train_cfg=dict(_delete_=True),
+    test_cfg=dict(
+        _delete_=True,
+        detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
 
 # -- schedule: from scratch, so the backbone learns at the full rate ---------------------------

@@ -13,7 +13,15 @@
 # initialisation. Same data, pipelines and acquisition as the full model.
 _base_ = ['./mv2d_r50_fpn_1xb1-24e_lidc-1024.py']
 
-model = dict(roi_head=None)
+# the 2D stage alone: no 3D head, so none of the 3D stage's settings (the train-time
+# query proposals, GT complement and Hungarian matching, the test-time 3D threshold,
+# NMS and cap) apply; only the test-time 2D detections remain
+model = dict(
+    roi_head=None,
+    train_cfg=dict(_delete_=True),
+    test_cfg=dict(
+        _delete_=True,
+        detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 
 # -- schedule: 12 epochs of the full model's schedule; the backbone learns at the full rate
 # from scratch (with an ImageNet-pretrained backbone keep the full model's 0.25) ----------------
