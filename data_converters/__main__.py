@@ -158,7 +158,7 @@ def _run(args) -> int:
     if args.command == 'merge':
         lists = merge(args.out, args.inputs, args.prefix, args.val_fraction, args.seed)
         settings = CaseStore(args.out).read_settings()
-        prefix = args.prefix or settings['split'].get('prefix', 'lidc')
+        prefix = args.prefix or settings['split']['prefix']
         print_summary(args.out, RunReport(lists=lists, prefix=prefix))
         return 0 if any(lists.values()) else 1
 

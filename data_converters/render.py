@@ -42,8 +42,8 @@ import numpy as np
 import torch
 
 from data_converters.density import WATER_RELATIVE, DensityMapping
-from data_converters.volume import index_to_ct, index_to_ct_affine
-from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
+from projects.mv2d_xray.core.geometry import (XrayGeometry, index_to_ct, index_to_ct_affine,
+                                              project_points)
 
 #: Fixed display window: water-equivalent path length (mm) mapped to white.
 WINDOW_MM = 400.0
@@ -378,9 +378,9 @@ class XrayRenderer:
         0 and not traced.
         """
         geo = self.geometry
-        lo = np.asarray(origin) - (spacing[1], spacing[0], spacing[2])
-        hi = np.asarray(origin) + (shape[1] * spacing[1], shape[0] * spacing[0],
-                                   shape[2] * spacing[2])
+        to_ct = index_to_ct_affine(spacing, origin)
+        lo = (to_ct @ [-1.0, -1.0, -1.0, 1.0])[:3]                # voxel (-1, -1, -1)
+        hi = (to_ct @ [*(float(s) for s in shape[:3]), 1.0])[:3]  # one past the last
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
                             for z in (lo[2], hi[2])])
         uv, depth = project_points(geo.lidar2img(view), corners)

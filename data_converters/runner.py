@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from data_converters.errors import ConverterError, SkipCase
 from data_converters.splits import assemble
@@ -69,6 +69,54 @@ def select_cases(entries: List[Tuple[str, object]], limit: Optional[int],
     return entries
 
 
+def pending_cases(source, store: CaseStore, report: RunReport, limit: Optional[int],
+                  shard: Optional[Tuple[int, int]]) -> List[dict]:
+    """This run's cases that still need converting. Cases the source could not make a
+    case of, and finished ones, go to ``report`` (``skipped`` / ``already_done``)."""
+    specs, discovery_skips = source.discover()
+    entries = [(s['token'], s) for s in specs] + [(t, r) for t, r in discovery_skips.items()]
+    pending = []
+    for token, entry in select_cases(entries, limit, shard):
+        if isinstance(entry, str):
+            store.write_skip(token, entry)
+            report.skipped[token] = entry
+        elif store.is_done(token):
+            report.already_done.append(token)
+        else:
+            pending.append(entry)
+    return pending
+
+
+def convert_cases(source, store: CaseStore, pending: List[dict], workers: int,
+                  record: Callable[[str, Optional[str]], None]) -> None:
+    """Convert ``pending`` in this process or in ``workers`` spawned processes, calling
+    ``record(token, skip reason or None)`` as each case ends.
+
+    Raises:
+        ConverterError: a worker process died (finished cases are kept).
+    """
+    if workers <= 1 or len(pending) <= 1:
+        for spec in pending:
+            record(*_convert_one(spec, store.out_dir, source))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        with ProcessPoolExecutor(max_workers=workers,
+                                 mp_context=multiprocessing.get_context('spawn'),
+                                 initializer=_init_worker,
+                                 initargs=(source, threads)) as pool:
+            futures = [pool.submit(_convert_one, spec, store.out_dir) for spec in pending]
+            for future in as_completed(futures):
+                record(*future.result())
+    except BrokenProcessPool:
+        raise ConverterError(
+            'a worker process died (out of memory? try fewer --workers); the '
+            'finished cases are kept: run the same command again to resume') from None
+
+
 def run_conversion(source, out_dir: str, workers: int = 1, limit: Optional[int] = None,
                    shard: Optional[Tuple[int, int]] = None, prefix: Optional[str] = None,
                    progress: bool = True) -> RunReport:
@@ -93,18 +141,8 @@ def run_conversion(source, out_dir: str, workers: int = 1, limit: Optional[int] 
     prefix = prefix or source.default_prefix
     store.claim(source.fingerprint(), dict(source.split_settings(), prefix=prefix),
                 cleanup=shard is None)
-    specs, discovery_skips = source.discover()
-    entries = [(s['token'], s) for s in specs] + [(t, r) for t, r in discovery_skips.items()]
     report = RunReport(prefix=prefix)
-    pending = []
-    for token, entry in select_cases(entries, limit, shard):
-        if isinstance(entry, str):
-            store.write_skip(token, entry)
-            report.skipped[token] = entry
-        elif store.is_done(token):
-            report.already_done.append(token)
-        else:
-            pending.append(entry)
+    pending = pending_cases(source, store, report, limit, shard)
     if pending:
         source.prepare(store, pending)
     bar = tqdm(total=len(pending), desc=f'{source.name} cases', unit='case',
@@ -119,27 +157,7 @@ def run_conversion(source, out_dir: str, workers: int = 1, limit: Optional[int] 
             bar.write(f'skipped {token}: {reason}', file=sys.stderr)
 
     try:
-        if workers <= 1 or len(pending) <= 1:
-            for spec in pending:
-                record(*_convert_one(spec, store.out_dir, source))
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-            from concurrent.futures.process import BrokenProcessPool
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            try:
-                with ProcessPoolExecutor(max_workers=workers,
-                                         mp_context=multiprocessing.get_context('spawn'),
-                                         initializer=_init_worker,
-                                         initargs=(source, threads)) as pool:
-                    futures = [pool.submit(_convert_one, spec, store.out_dir)
-                               for spec in pending]
-                    for future in as_completed(futures):
-                        record(*future.result())
-            except BrokenProcessPool:
-                raise ConverterError(
-                    'a worker process died (out of memory? try fewer --workers); the '
-                    'finished cases are kept: run the same command again to resume') from None
+        convert_cases(source, store, pending, workers, record)
     finally:
         bar.close()
     if shard is None:

@@ -51,7 +51,7 @@ def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[
         split['val_fraction'] = float(val_fraction)
     if seed is not None:
         split['seed'] = int(seed)
-    prefix = prefix or split.pop('prefix', None) or 'lidc'
+    prefix = prefix or split.pop('prefix')
     split.pop('prefix', None)
     infos, _ = store.load()
     val = split_patients([info['patient_id'] for info in infos], split['val_fraction'],
@@ -67,7 +67,7 @@ def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[
     paths = split_file_paths(out_dir, prefix)
     for name in SPLITS:
         data_list = [dict(sample_idx=idx, **info) for idx, info in enumerate(lists[name])]
-        metainfo = build_metainfo(geometry, converter, fingerprint.get('classes', ('nodule',)))
+        metainfo = build_metainfo(geometry, converter, fingerprint['classes'])
         # (pickled in two parts: metainfo keeps its tuples; the data as canonical JSON types)
         data_list = pickle.loads(canonical_pickle(data_list))
         atomic_write(paths[name]['pkl'], pickle.dumps(

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from data_converters.errors import ConverterError
-from projects.mv2d_xray.core.io import (atomic_write, json_bytes, loads_pickle,
+from projects.mv2d_xray.core.io import (atomic_write, json_bytes, read_json, read_pickle,
                                         remove_stale_temporaries)
 
 PARTS_DIR = '.parts'
@@ -73,8 +73,7 @@ class CaseStore:
         path = self.settings_path()
         if not osp.exists(path):
             return None
-        with open(path) as f:
-            return json.load(f)
+        return read_json(path, 'conversion settings')
 
     def claim(self, fingerprint: dict, split: dict, cleanup: bool = True) -> None:
         """Take the folder for a run with ``fingerprint`` (the settings that shape every
@@ -128,12 +127,10 @@ class CaseStore:
         for name in sorted(os.listdir(self.parts_dir)):
             path = osp.join(self.parts_dir, name)
             if name.endswith('.skip.json'):
-                with open(path) as f:
-                    record = json.load(f)
+                record = read_json(path, 'skipped-case record')
                 skipped[record['token']] = record['reason']
             elif name.endswith('.pkl') and not name.startswith('.'):
-                with open(path, 'rb') as f:
-                    infos.append(loads_pickle(f.read()))
+                infos.append(read_pickle(path, 'finished case'))
         infos.sort(key=lambda info: info['token'])
         done = {info['token'] for info in infos}
         return infos, {t: r for t, r in skipped.items() if t not in done}

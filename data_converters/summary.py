@@ -13,12 +13,12 @@ from data_converters.storage import CaseStore
 @dataclass
 class RunReport:
     """What a run did (printed by :func:`print_summary`)."""
+    prefix: str                                      # the split files' prefix
     converted: List[str] = field(default_factory=list)
     already_done: List[str] = field(default_factory=list)
     skipped: Dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     lists: Optional[Dict[str, List[dict]]] = None   # the split lists, when assembled
-    prefix: str = 'lidc'                             # ... and their files' prefix
 
 
 def summarize(out_dir: str, lists: Optional[Dict[str, List[dict]]] = None) -> dict:

@@ -81,7 +81,7 @@ def tiny_mv2d_config(num_layers: int = 6) -> dict:
                 sampler=dict(type='mmdet.RandomSampler', num=64,
                              pos_fraction=0.5, neg_pos_ub=-1,
                              add_gt_as_proposals=False),
-                allowed_border=-1, pos_weight=-1, debug=False),
+                allowed_border=-1, pos_weight=-1),
             rpn_proposal=dict(nms_pre=200, max_per_img=50,
                               nms=dict(type='nms', iou_threshold=0.7),
                               min_bbox_size=0),
@@ -92,12 +92,11 @@ def tiny_mv2d_config(num_layers: int = 6) -> dict:
                 sampler=dict(type='mmdet.RandomSampler', num=64,
                              pos_fraction=0.25, neg_pos_ub=-1,
                              add_gt_as_proposals=True),
-                pos_weight=-1, debug=False)),
+                pos_weight=-1)),
         test_cfg=dict(
             rpn=dict(nms_pre=200, max_per_img=50,
                      nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
-            rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
-                      max_per_img=20)))
+            rcnn=None))   # MV2D's detection_proposal replaces it
     roi_head = dict(
         type='MV2DXrayRoIHead',
         bbox_roi_extractor=dict(

@@ -18,11 +18,11 @@ from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 
 #: A finding: ct centre and size (mm), label, ignore flag.
 DEFAULT_CASES = (
-    [dict(center=(10.0, -5.0, 8.0), size=(10.0, 12.0, 8.0), label=0, ignore=0),
-     dict(center=(-20.0, 15.0, -12.0), size=(6.0, 6.0, 6.0), label=0, ignore=1),
-     dict(center=(-8.0, 20.0, 15.0), size=(14.0, 12.0, 10.0), label=0, ignore=0)],
+    [dict(centre=(10.0, -5.0, 8.0), size=(10.0, 12.0, 8.0), label=0, ignore=0),
+     dict(centre=(-20.0, 15.0, -12.0), size=(6.0, 6.0, 6.0), label=0, ignore=1),
+     dict(centre=(-8.0, 20.0, 15.0), size=(14.0, 12.0, 10.0), label=0, ignore=0)],
     [],                                                              # a negative case
-    [dict(center=(0.0, 0.0, 0.0), size=(16.0, 16.0, 16.0), label=0, ignore=0)],
+    [dict(centre=(0.0, 0.0, 0.0), size=(16.0, 16.0, 16.0), label=0, ignore=0)],
 )
 
 
@@ -40,7 +40,7 @@ def render_view(lidar2img: np.ndarray, findings: Sequence[dict], image_size,
     cols = np.arange(width)[None, :] + 0.5
     img = np.full((height, width), 20.0)
     for finding in findings:
-        (u, v), = project_points(lidar2img, np.array([finding['center']]))[0]
+        (u, v), = project_points(lidar2img, np.array([finding['centre']]))[0]
         img += 200.0 * np.exp(-((cols - u) ** 2 + (rows - v) ** 2) / (2 * sigma_px ** 2))
     img = np.clip(np.round(img), 0, 255).astype(np.uint8)
     return np.repeat(img[:, :, None], 3, axis=2) if color else img
@@ -64,7 +64,7 @@ def write_fake_dataset(root: str,
     data_list = []
     for idx, findings in enumerate(cases):
         token = f'fake-{split}-{idx:04d}'
-        instances = [dict(bbox_3d=[*f['center'], *f['size'], 0.0],
+        instances = [dict(bbox_3d=[*f['centre'], *f['size'], 0.0],
                           bbox_label_3d=int(f['label']), ignore_flag=int(f['ignore']),
                           nodule_id=i, num_readers=4 - int(f['ignore']) * 3,
                           diameter_mm=float(np.mean(f['size'])),

@@ -29,14 +29,12 @@ import os
 import os.path as osp
 import platform
 import resource
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
-from tools._common import fail  # noqa: E402
+from _common import fail  # noqa: E402  (also puts the repository root on sys.path)
 
 METHODS = ('plain', 'fast-trilinear', 'fast-siddon')
 
@@ -104,7 +102,6 @@ def _worker(job, out_path, queue):
         import torch
         if job['threads']:
             torch.set_num_threads(job['threads'])
-        sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
         from data_converters import render
         from projects.mv2d_xray.core.geometry import XrayGeometry
         volume_hu, spacing = load_demo_ct()
@@ -171,7 +168,6 @@ def compare(images, views, reference, ref_views):
 def main(argv=None):
     args = parse_args(argv)
     import torch
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
     from data_converters.render import CPU_RAYS_PER_CALL  # noqa: F401 (fail early)
     cuda = torch.cuda.is_available()
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(),

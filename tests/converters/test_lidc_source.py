@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_converters.__main__ import main
-from data_converters.pylidc_compat import pylidc as pl
+from data_converters.sources.pylidc_compat import pylidc as pl
 
 NEGATIVE_PATIENT = 'LIDC-IDRI-0381'     # one nodule, marked by 2 readers: an ignore region
 EXPECTED_SKIPS = {

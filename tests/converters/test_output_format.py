@@ -5,7 +5,7 @@ import os.path as osp
 import numpy as np
 import pytest
 
-from data_converters.findings import NODULE_CLASSES
+from data_converters.sources.lidc_annotations import NODULE_CLASSES
 from projects.mv2d_xray.core.data_format import FORMAT_VERSION, split_patients
 from projects.mv2d_xray.core.geometry import XrayGeometry
 

@@ -14,12 +14,13 @@ from data_converters.__main__ import build_parser, main
 from data_converters.cases import finish_case
 from data_converters.density import WATER_RELATIVE, LinearDensity
 from data_converters.errors import ConverterError
-from data_converters.findings import NODULE_CLASSES, Finding
+from data_converters.findings import Finding
 from data_converters.render import XrayRenderer, to_uint8
 from data_converters.sources import base, load_sources
 from data_converters.sources.base import ConversionSource, register_source
 from data_converters.sources.demo import DemoSource
 from data_converters.sources.lidc import LidcSource
+from data_converters.sources.lidc_annotations import NODULE_CLASSES
 from data_converters.volume import CTVolume
 from projects.mv2d_xray.core.geometry import XrayGeometry
 

@@ -74,17 +74,43 @@ def test_importing_the_plugin_keeps_safe_checkpoint_loading(tmp_path):
     assert not osp.exists(marker)
 
 
-def test_tools_trusted_loading_is_scoped():
-    """``tools/_common.trusted_checkpoint_loading`` puts mmengine's loader back."""
-    out = run_python('''
-        import sys
+def test_tools_trust_only_the_named_checkpoints(tmp_path):
+    """``tools/_common.trusted_checkpoint_loading``: inside it, the named file (and files
+    under the named folder) load with ``weights_only=False``, any other file -- e.g. a
+    config's ``Pretrained`` weights -- keeps the safe loader, and mmengine's loader is put
+    back afterwards."""
+    marker = tmp_path / 'payload-ran'
+    out = run_python(f'''
+        import os, pickle, sys
+        import numpy as np
+        import torch
         sys.path.insert(0, 'tools')
         from _common import trusted_checkpoint_loading
         from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
-        with trusted_checkpoint_loading():
-            inside = CheckpointLoader._get_checkpoint_loader('x.pth') is not load_from_local
-        after = CheckpointLoader._get_checkpoint_loader('x.pth') is load_from_local
-        print(inside, after)
+
+        class Payload:
+            def __reduce__(self):
+                return (os.mkdir, ({str(marker)!r},))
+
+        ours = {str(tmp_path / 'ours.pth')!r}
+        run_dir = {str(tmp_path / 'run')!r}
+        os.makedirs(run_dir)
+        hostile = {str(tmp_path / 'pretrained.pth')!r}
+        torch.save({{'meta': np.zeros(3)}}, ours)           # needs weights_only=False
+        torch.save({{'meta': np.ones(2)}}, run_dir + '/epoch_1.pth')
+        torch.save({{'meta': Payload()}}, hostile)
+        results = []
+        with trusted_checkpoint_loading(files=[ours], folders=[run_dir]):
+            results.append(CheckpointLoader.load_checkpoint(ours)['meta'].tolist())
+            results.append(CheckpointLoader.load_checkpoint(
+                run_dir + '/epoch_1.pth')['meta'].tolist())
+            try:
+                CheckpointLoader.load_checkpoint(hostile)
+            except pickle.UnpicklingError:
+                results.append('refused')
+        results.append(CheckpointLoader._get_checkpoint_loader(ours) is load_from_local)
+        print(results)
     ''')
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == 'True True'
+    assert out.stdout.strip().splitlines()[-1] == "[[0.0, 0.0, 0.0], [1.0, 1.0], 'refused', True]"
+    assert not marker.exists()

@@ -22,7 +22,7 @@ init_default_scope('mmdet3d')
 
 IMAGE_SIZE = (96, 128)
 #: one finding per case, at different places, so each view holds one blob
-BLOB_CASES = [[dict(center=c, size=(12.0, 10.0, 8.0), label=0, ignore=0)]
+BLOB_CASES = [[dict(centre=c, size=(12.0, 10.0, 8.0), label=0, ignore=0)]
               for c in ((0.0, 0.0, 0.0), (15.0, -10.0, 12.0), (-12.0, 8.0, -15.0),
                         (25.0, 20.0, 5.0))]
 
@@ -147,7 +147,7 @@ def test_augmented_images_match_projection_of_3d_points(blob_dataset, name):
         np.testing.assert_allclose(depth1, depth0)
         matrices_seen.update(tuple(np.round(a, 6).ravel()) for a in affine)
         # the image content agrees with the new matrices
-        centre = np.array([BLOB_CASES[idx][0]['center']])
+        centre = np.array([BLOB_CASES[idx][0]['centre']])
         scale = np.abs(affine[:, 0, 0]).min()
         for view, img in enumerate(after['img']):
             (uv,), _ = project_points(after['lidar2img'][view], centre)

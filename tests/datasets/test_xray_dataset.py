@@ -69,12 +69,12 @@ def test_ground_truth_split_and_2d_links(fake_root):
     # case 0: findings 0 and 2 are ground truth, finding 1 is an ignore region
     findings = [DEFAULT_CASES[0][i] for i in (0, 2)]
     np.testing.assert_allclose(ann['gt_bboxes_3d'].gravity_center.numpy(),
-                               [f['center'] for f in findings], atol=1e-5)
+                               [f['centre'] for f in findings], atol=1e-5)
     np.testing.assert_allclose(ann['gt_bboxes_3d'].dims.numpy(),
                                [f['size'] for f in findings], atol=1e-5)
     assert ann['gt_labels_3d'].dtype == np.int64 and ann['gt_labels_3d'].tolist() == [0, 0]
     np.testing.assert_allclose(ann['ignore_bboxes_3d'].gravity_center.numpy(),
-                               [DEFAULT_CASES[0][1]['center']], atol=1e-5)
+                               [DEFAULT_CASES[0][1]['centre']], atol=1e-5)
     np.testing.assert_allclose(ann['gt_diameters_mm'], [np.mean(f['size']) for f in findings])
     # every finding is inside every view: 2 x 3 boxes, each the projection of its 3D box
     assert sorted(zip(ann['gt_bboxes_view_ids'], ann['gt_bboxes_instance_ids_3d'])) == \
@@ -96,8 +96,8 @@ def test_ground_truth_split_and_2d_links(fake_root):
 
 
 def test_classes_come_from_metainfo_and_can_be_selected(tmp_path):
-    cases = [[dict(center=(0, 0, 0), size=(8, 8, 8), label=1, ignore=0),
-              dict(center=(10, 0, 0), size=(8, 8, 8), label=0, ignore=0)]]
+    cases = [[dict(centre=(0, 0, 0), size=(8, 8, 8), label=1, ignore=0),
+              dict(centre=(10, 0, 0), size=(8, 8, 8), label=0, ignore=0)]]
     ann_file = write_fake_dataset(str(tmp_path), cases=cases, classes=('nodule', 'mass'))
     dataset = build(tmp_path, ann_file)
     assert dataset.metainfo['classes'] == ('nodule', 'mass')

@@ -75,7 +75,8 @@ def _find(pipeline, type_name):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_settings_agree(name):
     """What the acquisition fixes must agree everywhere it appears: image size in the
-    pipelines, views and classes in the datasets, ranges and class counts in the model,
+    pipelines, views, source distance, image size and classes in the datasets (which
+    check them against the data), ranges and class counts in the model,
     one stage weight per decoder layer, the evaluator on the validation pickle."""
     cfg = load(name)
     model = cfg.model
@@ -83,6 +84,8 @@ def test_config_settings_agree(name):
     for split in ('train', 'val', 'test'):
         dataset = cfg[f'{split}_dataloader'].dataset
         assert dataset.num_views == cfg.num_views
+        assert dataset.sod_mm == cfg.sod_mm                 # checked against the data
+        assert tuple(dataset.image_size) == tuple(cfg.img_size)
         assert list(dataset.metainfo.classes) == list(cfg.class_names)
         for resize in _find(dataset.pipeline, 'XrayResizeCropFlip'):
             assert tuple(resize.img_scale) == tuple(cfg.img_size)

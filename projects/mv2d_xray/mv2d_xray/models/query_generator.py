@@ -148,6 +148,7 @@ class MV2DXrayQueryGenerator(BaseModule):
             layers += [nn.Linear(channels, out_channels), nn.ReLU(inplace=True)]
             channels = out_channels
         self.extra_enc = nn.Sequential(*layers)
+        # MV2D's layer name (an external API: its checkpoints and ours name this key)
         self.fc_center = nn.Linear(channels, 3)
         self.relu = nn.ReLU(inplace=True)
 

@@ -2,7 +2,7 @@
 
 Import pylidc from here instead of the raw package:
 
-* ``from data_converters.pylidc_compat import pylidc`` -- pylidc 0.2.3 with
+* ``from data_converters.sources.pylidc_compat import pylidc`` -- pylidc 0.2.3 with
   - numpy >= 1.24: it uses the removed aliases ``np.int`` / ``np.float`` at call time
     (``Contour.to_matrix``, ``Annotation.boolean_mask``, ``surface_area``...); they are
     restored as the builtins they aliased;
@@ -66,7 +66,7 @@ def _import_pylidc():
 
 
 def __getattr__(name: str):
-    # PEP 562: ``from data_converters.pylidc_compat import pylidc`` imports it on first use.
+    # PEP 562: ``from data_converters.sources.pylidc_compat import pylidc`` imports it on first use.
     if name == 'pylidc':
         module = _import_pylidc()
         globals()['pylidc'] = module
