@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 from data_converters.errors import ConverterError
 from data_converters.storage import CaseStore, canonical_pickle, dumps_json
-from projects.mv2d_xray.core.data_format import build_coco, build_metainfo, split_patients
+from projects.mv2d_xray.core.data_format import (build_coco, build_metainfo, coco_path,
+                                                 split_patients)
 from projects.mv2d_xray.core.geometry import XrayGeometry
 from projects.mv2d_xray.core.io import atomic_write, remove_stale_temporaries
 
@@ -24,9 +25,8 @@ SPLITS = ('train', 'val')
 
 def split_file_paths(out_dir: str, prefix: str) -> Dict[str, Dict[str, str]]:
     """``{split: {'pkl': path, 'coco': path}}`` of a dataset folder."""
-    return {split: dict(pkl=osp.join(out_dir, f'{prefix}_infos_{split}.pkl'),
-                        coco=osp.join(out_dir, f'{prefix}_infos_{split}_2d.coco.json'))
-            for split in SPLITS}
+    pkl = {split: osp.join(out_dir, f'{prefix}_infos_{split}.pkl') for split in SPLITS}
+    return {split: dict(pkl=pkl[split], coco=coco_path(pkl[split])) for split in SPLITS}
 
 
 def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[float] = None,

@@ -6,9 +6,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from mmengine.structures import InstanceData
 
-from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d
 
 #: Test geometry: 64 px images of 6.25 mm pixels (f = 96 px): a 20 mm nodule at the

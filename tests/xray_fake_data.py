@@ -13,8 +13,8 @@ import cv2
 import mmengine
 import numpy as np
 
-from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d, project_points
 from projects.mv2d_xray.core.data_format import FORMAT_VERSION
+from projects.mv2d_xray.core.geometry import XrayGeometry, project_boxes3d, project_points
 
 #: A finding: ct centre and size (mm), label, ignore flag.
 DEFAULT_CASES = (

@@ -33,7 +33,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _common import fail  # noqa: E402  (also puts the repository root on sys.path)
 
 METHODS = ('plain', 'fast-trilinear', 'fast-siddon')
@@ -168,6 +167,7 @@ def compare(images, views, reference, ref_views):
 def main(argv=None):
     args = parse_args(argv)
     import torch
+
     from data_converters.render import CPU_RAYS_PER_CALL  # noqa: F401 (fail early)
     cuda = torch.cuda.is_available()
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(),

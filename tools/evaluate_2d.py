@@ -35,9 +35,9 @@ def main():
     args = parse_args()
     if any(not 0 < t <= 1 for t in args.iou_thrs) or args.max_dets < 1:
         fail('--iou-thrs must be in (0, 1] and --max-dets >= 1')
+    from projects.mv2d_xray.core.data_format import load_coco
     from projects.mv2d_xray.core.io import read_json
-    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d, format_table_2d,
-                                                                load_coco)
+    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import evaluate_coco_2d, format_table_2d
     try:
         dets = read_json(args.dets, 'detections file')
         coco = load_coco(args.coco)

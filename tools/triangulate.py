@@ -52,24 +52,21 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from projects.mv2d_xray.core.data_format import load_infos
+    from projects.mv2d_xray.core.data_format import (coco_path, load_coco, load_infos,
+                                                     resolve_detections)
     from projects.mv2d_xray.core.io import read_json, write_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (
         TriangulationConfig, coco_annotations_as_detections, group_detections, triangulate_dataset)
-    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
     try:
         cfg = TriangulationConfig(score_thr=args.score_thr, gate_px=args.gate_px,
                                   gate_frac=args.gate_frac, min_views=args.min_views,
                                   min_ray_angle_deg=args.min_ray_angle)
     except ValueError as exc:
         fail(str(exc))
-    coco_path = args.coco
-    if coco_path is None:
-        stem = args.infos[:-4] if args.infos.endswith('.pkl') else args.infos
-        coco_path = stem + '_2d.coco.json'
+    coco_file = args.coco or coco_path(args.infos)
     try:
         infos = load_infos(args.infos)
-        coco = load_coco(coco_path)
+        coco = load_coco(coco_file)
         raw_dets = None if args.gt_2d else read_json(args.dets2d, 'detections file')
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -75,31 +75,28 @@ def _case_info(args) -> tuple:
 
 def _case_predictions(args, num_classes: int) -> list:
     """The case's 3D predictions of ``--pred`` (README format items; none without it)."""
-    from projects.mv2d_xray.core.data_format import PredictionFormatError, parse_predictions
+    from projects.mv2d_xray.core.data_format import load_predictions, predictions_to_json
     if not args.pred:
         return []
     try:
-        parsed = parse_predictions(_load_json(args.pred), num_classes)
-    except PredictionFormatError as exc:
-        fail(f'{args.pred}: {exc}')
+        parsed = load_predictions(args.pred, num_classes)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
     if args.case not in parsed:
         print(f'note: {args.pred} has no entry for {args.case}')
         return []
-    p = parsed[args.case]
-    return [dict(bbox_3d=b.tolist(), score=float(s), label=int(l))
-            for b, s, l in zip(p.boxes, p.scores, p.labels)]
+    return predictions_to_json({args.case: parsed[args.case]})['results'][args.case]
 
 
 def _case_dets2d(args) -> list:
     """The case's 2D detections of ``--dets2d`` as ``dict(view, bbox [x, y, w, h] px,
     score)`` (none without it), resolved through the COCO file."""
-    from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import load_coco, resolve_detections
+    from projects.mv2d_xray.core.data_format import coco_path, load_coco, resolve_detections
     if not args.dets2d:
         return []
-    coco_path = args.coco or (args.infos[:-4] if args.infos.endswith('.pkl')
-                              else args.infos) + '_2d.coco.json'
+    coco_file = args.coco or coco_path(args.infos)
     try:
-        coco = load_coco(coco_path)
+        coco = load_coco(coco_file)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     try:

@@ -4,13 +4,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from eval_fake_data import (DEFAULT_EVAL_CASES, eval_geometry, run_tool, silhouette_box,
+                            write_eval_dataset)
 
 from projects.mv2d_xray.core.geometry import project_points, triangulate_points
-from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (
-    TriangulationConfig, ct_bounds, fit_box_size, refine_point, reprojection_errors,
-    source_positions, triangulate_case)
-from xray_eval_fake_data import (DEFAULT_EVAL_CASES, eval_geometry, run_tool,
-                                 silhouette_box, write_eval_dataset)
+from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig, ct_bounds,
+                                                                  fit_box_size, refine_point,
+                                                                  reprojection_errors,
+                                                                  source_positions,
+                                                                  triangulate_case)
 
 
 def tolerance_mm(extents):

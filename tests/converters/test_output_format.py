@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_converters.sources.lidc_annotations import NODULE_CLASSES
-from projects.mv2d_xray.core.data_format import FORMAT_VERSION, split_patients
+from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 from projects.mv2d_xray.core.geometry import XrayGeometry
 
 INFO_KEYS = {'sample_idx', 'token', 'patient_id', 'source', 'ct', 'images', 'instances',
@@ -123,13 +123,3 @@ def test_split_by_patient(splits):
     val = {i['patient_id'] for i in splits['val']['data_list']}
     assert not train & val and 'LIDC-IDRI-0001' in val
     assert all(i['source'] == 'synthetic' for i in splits['train']['data_list'])
-
-
-def test_split_patients_is_reproducible():
-    patients = [f'p{i:03d}' for i in range(50)]
-    val = split_patients(patients, 0.2, seed=3)
-    assert len(val) == 10 and val == split_patients(list(reversed(patients)), 0.2, seed=3)
-    assert val != split_patients(patients, 0.2, seed=4)
-    forced = split_patients(patients, 0.2, seed=3, force_val=['p007'])
-    assert 'p007' in forced and len(forced) == 10
-    assert split_patients(patients, 0.0, seed=0) == set()

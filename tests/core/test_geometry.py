@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from projects.mv2d_xray.core.geometry import (XrayGeometry, box3d_corners, denormalize_points,
-                                              image_aug_matrix, normalize_points,
-                                              project_boxes3d, project_points,
-                                              transform_boxes2d, triangulate_points,
-                                              unproject_points)
+                                              image_aug_matrix, normalize_points, project_boxes3d,
+                                              project_points, transform_boxes2d,
+                                              triangulate_points, unproject_points)
 
 GEOMETRY = XrayGeometry(num_views=7, image_size=(96, 128))
 

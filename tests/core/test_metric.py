@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from projects.mv2d_xray.core.metric import (
-    FP, TP, CaseGT, CasePred, aligned_iou_3d, average_precision, evaluate_detections,
-    flatten_metrics, format_table, froc_curve, markdown_table, match_by_distance, match_by_iou,
-    sensitivity_at)
+from projects.mv2d_xray.core.metric import (FP, TP, CaseGT, CasePred, aligned_iou_3d,
+                                            average_precision, evaluate_detections,
+                                            flatten_metrics, format_table, froc_curve,
+                                            markdown_table, match_by_distance, match_by_iou,
+                                            sensitivity_at)
 
 CLASSES = ('nodule',)
 

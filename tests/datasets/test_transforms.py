@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 from mmengine.registry import init_default_scope
+from xray_fake_data import write_fake_dataset
 
 from projects.mv2d_xray.core.geometry import (image_aug_matrix, project_boxes3d, project_points,
-                                         transform_boxes2d)
-from projects.mv2d_xray.mv2d_xray.datasets import (LoadXrayAnnotations3D,
-                                                   LoadXrayMultiViewImages,
+                                              transform_boxes2d)
+from projects.mv2d_xray.mv2d_xray.datasets import (LoadXrayAnnotations3D, LoadXrayMultiViewImages,
                                                    MV2DXrayDataset, PackMV2DXrayInputs,
-                                                   XrayPhotoMetricDistortion,
-                                                   XrayResizeCropFlip)
-from xray_fake_data import write_fake_dataset
+                                                   XrayPhotoMetricDistortion, XrayResizeCropFlip)
 
 init_default_scope('mmdet3d')
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from mmengine.registry import init_default_scope
+from xray_fake_data import DEFAULT_CASES, write_fake_dataset
 
 from projects.mv2d_xray.core.geometry import project_boxes3d
 from projects.mv2d_xray.mv2d_xray.datasets import MV2DXrayDataset
-from xray_fake_data import DEFAULT_CASES, write_fake_dataset
 
 init_default_scope('mmdet3d')
 

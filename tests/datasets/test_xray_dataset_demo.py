@@ -9,8 +9,7 @@ import torch
 from mmengine.registry import init_default_scope
 
 from projects.mv2d_xray.core.geometry import project_boxes3d, transform_boxes2d
-from projects.mv2d_xray.mv2d_xray.datasets import (LoadXrayAnnotations3D,
-                                                   LoadXrayMultiViewImages,
+from projects.mv2d_xray.mv2d_xray.datasets import (LoadXrayAnnotations3D, LoadXrayMultiViewImages,
                                                    MV2DXrayDataset, XrayResizeCropFlip)
 
 init_default_scope('mmdet3d')

@@ -7,15 +7,14 @@ import mmengine
 import numpy as np
 import pytest
 import torch
+from eval_fake_data import run_tool, write_eval_dataset
+from mmdet3d.registry import METRICS
+from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from mmengine.evaluator import Evaluator
 from mmengine.structures import InstanceData
 
-from mmdet3d.registry import METRICS
-from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from projects.mv2d_xray.core.geometry import image_aug_matrix
 from projects.mv2d_xray.mv2d_xray.evaluation import XrayDet3DMetric  # noqa: F401
-from conftest import REPO_ROOT
-from xray_eval_fake_data import run_tool, write_eval_dataset
 
 SCALE = 0.5   # the model's input views are half the original size
 
@@ -146,20 +145,3 @@ def test_metric_unknown_case(dataset):
     sample.set_metainfo(dict(token='not-a-case'))
     with pytest.raises(KeyError, match='not-a-case'):
         run_metric(metric, [sample])
-
-
-def test_tools_test_routes_metrics_json():
-    """tools/test.py fills ``out_file`` of metrics whose signature has it."""
-    import importlib.util
-    import sys
-    tools = osp.join(REPO_ROOT, 'tools')
-    sys.path.insert(0, tools)
-    try:
-        spec = importlib.util.spec_from_file_location('_tool_test', osp.join(tools, 'test.py'))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(tools)
-    cfg = mmengine.ConfigDict(type='XrayDet3DMetric', ann_file='x.pkl')
-    module._route_metrics_json(cfg, 'work/metrics.json')
-    assert cfg['out_file'] == 'work/metrics.json'

@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from mmdet3d.registry import MODELS, TASK_UTILS
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
+from mv2d_test_utils import DEPTH_RANGE, PC_RANGE, make_geometry, tiny_mv2d_config
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
-from mmdet3d.registry import MODELS, TASK_UTILS
 from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, image_aug_matrix,
                                               project_boxes3d, project_points, triangulate_points,
                                               unproject_points)
@@ -14,8 +15,6 @@ from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXra
                                                  centre_distance_nms)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
-from mv2d_test_utils import (DEPTH_RANGE, PC_RANGE, make_geometry,
-                             tiny_mv2d_config)
 
 init_default_scope('mmdet3d')
 

@@ -5,14 +5,14 @@ import logging
 import numpy as np
 import pytest
 import torch
+from mmdet3d.registry import MODELS
+from mmdet3d.structures import LiDARInstance3DBoxes
 from mmdet.structures.bbox import bbox2roi
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
+from mv2d_test_utils import PC_RANGE, make_batch, tiny_mv2d_config
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
-from mmdet3d.registry import MODELS
-from mmdet3d.structures import LiDARInstance3DBoxes
-from mv2d_test_utils import PC_RANGE, make_batch, tiny_mv2d_config
 
 init_default_scope('mmdet3d')
 MMLogger.get_current_instance().setLevel(logging.WARNING)

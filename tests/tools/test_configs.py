@@ -11,10 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-
-from conftest import REPO_ROOT
 
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs', 'mv2d_xray')
 CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, '*.py')))
@@ -29,8 +28,9 @@ def load(name: str) -> Config:
 
 
 def build_model(cfg: Config):
-    import projects.mv2d_xray.mv2d_xray  # noqa: F401
     from mmdet3d.registry import MODELS
+
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401
     init_default_scope('mmdet3d')
     torch.manual_seed(0)
     model = MODELS.build(copy.deepcopy(cfg.model))

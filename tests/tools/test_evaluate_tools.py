@@ -6,9 +6,8 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO_ROOT
-from xray_eval_fake_data import run_tool, write_eval_dataset
+from eval_fake_data import run_tool, write_eval_dataset
 
 
 @pytest.fixture(scope='module')

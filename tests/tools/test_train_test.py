@@ -13,11 +13,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
+from conftest import REPO_ROOT
+from mmengine.config import Config, ConfigDict
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
-
-from conftest import REPO_ROOT
 
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'mv2d_xray', 'mv2d_r18_fpn_1xb1-30e_demo-256.py')
 NUM_LAYERS = 2   # decoder layers of the small test model
@@ -76,8 +75,9 @@ def test_3d_loss_halves_on_demo_cases(demo_dataset):
     """Within 16 epochs over the demo training cases (64 CPU iterations) the 3D loss --
     the decoder layers' focal + L1 terms, averaged over an epoch -- falls to half of the
     first epoch's."""
-    import projects.mv2d_xray.mv2d_xray  # noqa: F401
     from mmdet3d.registry import DATASETS, MODELS
+
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401
     torch.set_num_threads(1)
     init_default_scope('mmdet3d')
     torch.manual_seed(0)
@@ -157,3 +157,21 @@ def test_config_that_disagrees_with_the_data_stops_with_one_line(small_config_fi
     lines = out.stderr.strip().splitlines()
     assert 'Traceback' not in out.stderr
     assert lines[-1].startswith('error: ') and named in lines[-1]
+
+
+def test_tools_test_routes_metrics_json():
+    """tools/test.py fills ``out_file`` of metrics whose signature has it."""
+    import importlib.util
+
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers XrayDet3DMetric)
+    tools = osp.join(REPO_ROOT, 'tools')
+    sys.path.insert(0, tools)
+    try:
+        spec = importlib.util.spec_from_file_location('_tool_test', osp.join(tools, 'test.py'))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(tools)
+    cfg = ConfigDict(type='XrayDet3DMetric', ann_file='x.pkl')
+    module._route_metrics_json(cfg, 'work/metrics.json')
+    assert cfg['out_file'] == 'work/metrics.json'

@@ -5,11 +5,11 @@ import json
 import cv2
 import numpy as np
 import pytest
+from eval_fake_data import eval_geometry, run_tool, write_eval_dataset
 
 from projects.mv2d_xray.core.geometry import box3d_corners, project_points
 from projects.mv2d_xray.mv2d_xray.visualization.case_views import (BOX_EDGES, PRED3D_COLOR,
                                                                    project_box_edges)
-from xray_eval_fake_data import eval_geometry, run_tool, write_eval_dataset
 
 
 def test_box_edges_are_the_12_projected_edges():

@@ -4,8 +4,7 @@ import json
 
 import cv2
 import pytest
-
-from xray_eval_fake_data import run_tool, write_eval_dataset
+from eval_fake_data import run_tool, write_eval_dataset
 
 
 @pytest.fixture(scope='module')

@@ -26,74 +26,10 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from projects.mv2d_xray.core.io import read_json
+from projects.mv2d_xray.core.data_format import load_coco, resolve_detections
 from projects.mv2d_xray.core.metric import markdown_table
 
 DEFAULT_IOU_THRS_2D = (0.1, 0.25, 0.5)
-
-
-def load_coco(coco_gt: Union[str, dict]) -> dict:
-    """A COCO dataset dict from a path or as loaded.
-
-    Raises:
-        FileNotFoundError: no file at the path.
-        ValueError: the file is not JSON, or not a COCO dataset (naming the file).
-    """
-    data = coco_gt if isinstance(coco_gt, dict) else read_json(coco_gt, 'COCO file')
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in
-                                             ('images', 'annotations', 'categories')):
-        name = 'COCO data' if isinstance(coco_gt, dict) else str(coco_gt)
-        raise ValueError(f'{name} is not a COCO file: expected images, annotations and '
-                         'categories lists')
-    return data
-
-
-def image_index(coco: dict) -> Dict[tuple, int]:
-    """``{(token, view name): image_id}`` of a converter COCO file."""
-    return {(img.get('token'), img.get('view')): img['id'] for img in coco['images']}
-
-
-def resolve_detections(coco: dict, dets: Sequence[dict]) -> List[dict]:
-    """Validate COCO-results detections and fill ``image_id`` from ``token`` / ``view``.
-
-    Raises:
-        ValueError: naming the first bad item.
-    """
-    ids = {img['id'] for img in coco['images']}
-    by_view = image_index(coco)
-    cat_ids = {c['id'] for c in coco['categories']}
-    out = []
-    if not isinstance(dets, list):
-        raise ValueError('detections must be a JSON list of COCO results')
-    for i, det in enumerate(dets):
-        where = f'detection [{i}]'
-        if not isinstance(det, dict):
-            raise ValueError(f'{where}: expected an object, got {type(det).__name__}')
-        det = dict(det)
-        if det.get('image_id') is None:
-            key = (det.get('token'), det.get('view'))
-            if key not in by_view:
-                raise ValueError(f'{where}: no image_id, and token/view {key} is not an '
-                                 'image of the COCO file')
-            det['image_id'] = by_view[key]
-        if det['image_id'] not in ids:
-            raise ValueError(f'{where}: image_id {det["image_id"]!r} is not in the COCO file')
-        if det.get('category_id') not in cat_ids:
-            raise ValueError(f'{where}: category_id {det.get("category_id")!r} is not a '
-                             f'category of the COCO file {sorted(cat_ids)}')
-        bbox = det.get('bbox')
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f'{where}: bbox must be 4 finite numbers [x, y, w, h] with '
-                             f'w, h >= 0, got {bbox!r}')
-        score = det.get('score')
-        if not isinstance(score, (int, float)) or isinstance(score, bool) or \
-                not np.isfinite(score):
-            raise ValueError(f'{where}: score must be a finite number, got {score!r}')
-        det['bbox'] = [float(v) for v in bbox]
-        out.append(det)
-    return out
 
 
 def _summarise(cocoeval, iou_thrs: Sequence[float]) -> Optional[dict]:

@@ -8,16 +8,16 @@ from mmdet3d.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
-from projects.mv2d_xray.core.data_format import (CaseGT, CasePred, case_gt_from_info,
-                                                 infos_classes, load_infos, predictions_to_json)
+from projects.mv2d_xray.core.data_format import (CaseGT, CasePred, case_gt_from_info, coco_path,
+                                                 image_index, infos_classes, load_coco, load_infos,
+                                                 predictions_to_json)
 from projects.mv2d_xray.core.geometry import transform_boxes2d
 from projects.mv2d_xray.core.io import write_json
 from projects.mv2d_xray.core.metric import (DEFAULT_DIST_THRS_MM, DEFAULT_FROC_FP_RATES,
                                             DEFAULT_IOU_THRS, DEFAULT_SIZE_BANDS,
                                             evaluate_detections, flatten_metrics, format_table)
 from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d, flatten_2d,
-                                                            format_table_2d, image_index,
-                                                            load_coco)
+                                                            format_table_2d)
 
 
 def _get(sample, key, default=None):
@@ -121,8 +121,7 @@ class XrayDet3DMetric(BaseMetric):
         self.dets2d_out_file = (osp.join(out_dir, 'dets2d.json') if out_dir is not None
                                 else None) if dets2d_out_file == 'auto' else dets2d_out_file
         if coco_ann_file == 'auto':
-            stem = self.ann_file[:-4] if self.ann_file.endswith('.pkl') else self.ann_file
-            coco_ann_file = stem + '_2d.coco.json'
+            coco_ann_file = coco_path(self.ann_file)
             self._coco_optional = True
         else:
             coco_ann_file = self._join(data_root, coco_ann_file)

@@ -4,10 +4,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from mmcv.transforms import BaseTransform
-from mmengine.structures import InstanceData
-
 from mmdet3d.registry import TRANSFORMS
 from mmdet3d.structures import Det3DDataSample
+from mmengine.structures import InstanceData
 
 
 @TRANSFORMS.register_module()

@@ -4,7 +4,6 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 from mmcv.transforms import BaseTransform
-
 from mmdet3d.registry import TRANSFORMS
 
 
