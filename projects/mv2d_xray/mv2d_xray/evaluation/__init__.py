@@ -2,7 +2,10 @@
 
 * :mod:`.xray_metric` -- :class:`XrayDet3DMetric`, the registered mmengine metric, on the
   metric core :mod:`projects.mv2d_xray.core.metric`;
-* :mod:`.coco2d` -- per-view COCO AP / AR of 2D detections (pycocotools).
+* :mod:`.coco2d` -- per-view COCO AP / AR of 2D detections (pycocotools);
+* :mod:`.pointing_game` -- the pointing game of per-view saliency maps against the
+  findings' 2D boxes (hit rate, random floor, per size band and view; numpy only, not
+  imported here).
 
 The triangulation baseline is in :mod:`projects.mv2d_xray.mv2d_xray.baselines`, the
 pictures in :mod:`projects.mv2d_xray.mv2d_xray.visualization`.
