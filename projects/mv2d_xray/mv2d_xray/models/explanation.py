@@ -40,6 +40,7 @@ from torch import Tensor
 
 from projects.mv2d_xray.core.geometry import transform_boxes2d
 
+
 class QueryEvidence(NamedTuple):
     """What the queries of a batch were built from and attended to
     (``MV2DXrayRoIHead.forward(..., explain=True)['evidence']``): ``Q`` queries, ``R``
