@@ -65,6 +65,22 @@ def test_writes_the_picture_atomically_at_its_size(tmp_path):
     assert _count_colour(img, ATTENDED_COLOR) > 50
 
 
+def test_an_mmdet3d_box_is_read_at_its_gravity_centre(tmp_path):
+    """``pred_instances_3d.bboxes_3d[k]`` (bottom centre in its ``tensor``) draws the
+    same picture as the gravity-centred array."""
+    from mmdet3d.structures import LiDARInstance3DBoxes
+    images, lidar2img, explanation = _case(3)
+    boxes = LiDARInstance3DBoxes(torch.from_numpy(np.stack([BOX_3D, BOX_3D])).float(),
+                                 origin=(0.5, 0.5, 0.5))
+    assert not np.allclose(boxes.tensor[0].numpy(), BOX_3D)
+    array, mmdet3d_box = str(tmp_path / 'array.png'), str(tmp_path / 'boxes.png')
+    draw_finding_evidence(images, lidar2img, explanation, BOX_3D, array)
+    draw_finding_evidence(images, lidar2img, explanation, boxes[0], mmdet3d_box)
+    np.testing.assert_array_equal(cv2.imread(array), cv2.imread(mmdet3d_box))
+    with pytest.raises(ValueError, match='one box'):
+        draw_finding_evidence(images, lidar2img, explanation, boxes, array)
+
+
 def test_paths_whole_views_and_a_grid_of_rows(tmp_path):
     images, lidar2img, explanation = _case(7, image_size=(64, 64))
     paths = []

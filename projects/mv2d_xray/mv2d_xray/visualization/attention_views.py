@@ -74,6 +74,20 @@ def load_views(images: Images) -> np.ndarray:
     return views if views.dtype == np.uint8 else views.astype(np.float32)
 
 
+def box_array(box_3d) -> np.ndarray:
+    """``(7,)`` float64 ``[x, y, z, dx, dy, dz, yaw]`` (gravity centre, ct mm) from such an
+    array or from an mmdet3d boxes object holding one box (``pred_instances_3d.bboxes_3d[k]``,
+    read through ``gravity_center`` / ``dims`` / ``yaw``: its ``tensor`` holds the bottom
+    centre)."""
+    if hasattr(box_3d, 'gravity_center'):
+        if len(box_3d) != 1:
+            raise ValueError(f'box_3d must hold one box, got {len(box_3d)}')
+        parts = (box_3d.gravity_center, box_3d.dims, box_3d.yaw[:, None])
+        return np.concatenate([np.asarray(p.detach().cpu(), np.float64)
+                               for p in parts], axis=1)[0]
+    return np.asarray(box_3d, np.float64).reshape(7)
+
+
 def _as_numpy(explanation: dict) -> dict:
     """The fields of ``explanation`` the picture needs, as numpy arrays / ints."""
     missing = [key for key in REQUIRED_KEYS if key not in explanation]
@@ -220,8 +234,9 @@ def draw_finding_evidence(images: Images, lidar2img, explanation: dict, box_3d,
             needs ``source_view``, ``source_bbox``, ``attended_views``,
             ``attended_bboxes``, ``attention``, ``view_attention``; uses
             ``source_score`` and ``attention_mean`` if present).
-        box_3d: ``(7,)`` the finding's box ``[x, y, z, dx, dy, dz, yaw]`` (gravity
-            centre and extents, ct mm), e.g. ``pred_instances_3d.bboxes_3d.tensor[k]``.
+        box_3d: the finding's box: ``(7,)`` ``[x, y, z, dx, dy, dz, yaw]`` (gravity
+            centre and extents, ct mm; the README's prediction format) or the mmdet3d
+            box ``pred_instances_3d.bboxes_3d[k]`` (see :func:`box_array`).
         out_file: PNG path, written atomically.
         view_names: ``N`` names (default ``VIEW_00``...).
         score: the finding's 3D score, for the title.
@@ -238,7 +253,7 @@ def draw_finding_evidence(images: Images, lidar2img, explanation: dict, box_3d,
     evidence = _as_numpy(explanation)
     views = load_views(images)
     lidar2img = np.asarray(lidar2img, np.float64).reshape(-1, 4, 4)
-    box_3d = np.asarray(box_3d, np.float64).reshape(7)
+    box_3d = box_array(box_3d)
     num_views = len(views)
     names = list(view_names) if view_names is not None else [
         view_name(v, num_views) for v in range(num_views)]
