@@ -265,3 +265,19 @@ def test_explanation_to_original_undoes_resize_crop_flip():
     np.testing.assert_allclose(back['source_bbox'].numpy(), original[0], atol=1e-4)
     assert back['attention'] is explanation['attention']
     assert not np.allclose(explanation['attended_bboxes'].numpy(), original)
+
+
+def test_no_boxes_no_explanations():
+    """Without 2D detections, and without a 3D stage, every sample gets an empty
+    ``explanations`` list next to its empty 3D predictions."""
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg']['detection_proposal']['score_thr'] = 1.0
+    no_dets = MODELS.build(cfg)
+    cfg = tiny_mv2d_config()
+    cfg['roi_head'] = None
+    no_3d = MODELS.build(cfg)
+    for model in (no_dets, no_3d):
+        model.eval()
+        results = _predict(model, make_batch(3, [1, 1]), explain=True)
+        assert [r.explanations for r in results] == [[], []]
+        assert all(len(r.pred_instances_3d) == 0 for r in results)
