@@ -139,6 +139,12 @@ class MV2DXrayCrossAttentionHead(BaseModule):
                 branch[-1].bias[3:6] = math.log(self.size_prior_mm)
 
     # -- forward -------------------------------------------------------------------------
+    def record_cross_attention(self):
+        """The decoder's cross-attention weights while active (a context manager
+        yielding a list of ``(Q, L)`` per layer, see
+        :meth:`MV2DXrayTransformer.record_cross_attention`); outputs unchanged."""
+        return self.transformer.record_cross_attention()
+
     def forward(self, ref_points: Tensor, scene_ids: Tensor, key: Tensor,
                 key_pos: Tensor, key_padding_mask: Tensor) -> Tuple[Tensor, Tensor]:
         """Decode the queries of a batch.

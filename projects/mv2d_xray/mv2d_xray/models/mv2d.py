@@ -27,6 +27,13 @@ Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
 the scores above ``score_thr``, suppresses the duplicates of a finding coming from
 different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
 the best ``max_per_scene``.
+
+Explanations: ``predict(..., explain=True)`` (or ``model(**data, mode='predict',
+explain=True)``) returns the same predictions and attaches to every sample
+``explanations``, one dict per box of ``pred_instances_3d`` (same order): the 2D
+detection the box's query was lifted from, the relevant detections of the other views it
+attended to, and the decoder's cross-attention over them and over the views (the format
+is documented in :mod:`projects.mv2d_xray.mv2d_xray.models.explanation`).
 """
 import copy
 from typing import Dict, List, Optional, Tuple
@@ -277,14 +284,29 @@ class MV2DXray(Base3DDetector):
 
     def predict(self, batch_inputs_dict: dict,
                 batch_data_samples: List[Det3DDataSample],
+                explain: bool = False,
                 **kwargs) -> List[Det3DDataSample]:
         """3D detections and the 2D detections they came from.
+
+        Args:
+            batch_inputs_dict (dict): ``imgs`` ``(B, V, 3, H, W)``.
+            batch_data_samples (list[Det3DDataSample]): metainfo ``lidar2img``,
+                ``cam2img`` ``(V, 4, 4)``, ``img_shape``...
+            explain (bool): Also attach ``explanations`` to every sample (eval mode
+                only; the predictions do not change). Defaults to False.
 
         Returns:
             list[Det3DDataSample]: each with ``pred_instances_3d``
             (``bboxes_3d`` gravity-centred LiDAR-type boxes in ct mm, ``scores_3d``,
             ``labels_3d``) and ``pred_instances`` (``bboxes`` ``(K, 4)``, ``scores``,
-            ``labels``, ``view_ids`` of all views).
+            ``labels``, ``view_ids`` of all views); with ``explain``, also
+            ``explanations``: a list with one dict per box of ``pred_instances_3d``
+            (:func:`~projects.mv2d_xray.mv2d_xray.models.explanation.explain_query`:
+            ``source_view`` / ``source_bbox`` / ``source_score``, ``attended_views``
+            ``(A,)``, ``attended_bboxes`` ``(A, 4)`` (img px of the network input),
+            ``attended_scores``, ``attention`` / ``attention_mean`` ``(A,)``,
+            ``attention_layers`` ``(L, A)``, ``attention_cells`` ``(A, S_h, S_w)``,
+            ``view_attention`` ``(V,)``); empty without the 3D stage.
         """
         imgs = batch_inputs_dict['imgs']
         num_views = imgs.shape[1]
@@ -293,6 +315,7 @@ class MV2DXray(Base3DDetector):
         feats = self.extract_feat(imgs)
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
+        explanations = [[] for _ in batch_data_samples]
         if self.roi_head is None:  # 2D stage only: no 3D boxes
             results_3d = [
                 InstanceData(bboxes_3d=LiDARInstance3DBoxes(
@@ -304,7 +327,10 @@ class MV2DXray(Base3DDetector):
         else:
             rois, roi_scores = self._rois(dets)
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
-                                               metas, num_views, roi_scores)
+                                               metas, num_views, roi_scores,
+                                               explain=explain)
+            if explain:
+                results_3d, explanations = results_3d
         results_2d = []
         for start in range(0, len(dets), num_views):
             views = dets[start:start + num_views]
@@ -314,8 +340,12 @@ class MV2DXray(Base3DDetector):
                 for view, d in enumerate(views)
             ])
             results_2d.append(scene)
-        return self.add_pred_to_datasample(batch_data_samples, results_3d,
-                                           results_2d)
+        samples = self.add_pred_to_datasample(batch_data_samples, results_3d,
+                                              results_2d)
+        if explain:
+            for sample, scene_explanations in zip(samples, explanations):
+                sample.explanations = scene_explanations
+        return samples
 
     def _forward(self, batch_inputs_dict: dict,
                  batch_data_samples: Optional[List[Det3DDataSample]] = None,

@@ -26,11 +26,16 @@ from it while its best query was within 5 mm). The
 views' geometry already fixes the depth of a finding that two views detect; the
 network then learns a residual, and one query per finding gets a clean target.
 
+With ``explain=True`` (:meth:`predict`), every output box also comes with its evidence:
+the detection its query was lifted from, the relevant detections it attended to and the
+decoder's cross-attention over them (:mod:`.explanation`); the boxes are the same.
+
 All of it runs in fp32 with autocast disabled on the features' device (MV2D's
 ``force_fp32``): depths of hundreds of mm and inverse projection matrices do not
 survive fp16. Scenes are independent and may hold any number of views and detections.
 """
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from contextlib import nullcontext
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +48,7 @@ from torch import Tensor
 from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
                                               unproject_points)
+from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
 from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms
 
 
@@ -119,7 +125,7 @@ class MV2DXrayRoIHead(BaseModule):
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
         test_cfg (dict, optional): the post-processing of the decoded boxes
-            (:meth:`postprocess`), in this order: ``score_thr`` (keep scores
+            (:meth:`select`), in this order: ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False)``, see
             :func:`centre_distance_nms`) and ``max_per_scene`` (keep the best
@@ -172,7 +178,8 @@ class MV2DXrayRoIHead(BaseModule):
 
     def forward(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,
-                roi_scores: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                roi_scores: Optional[Tensor] = None,
+                explain: bool = False) -> Dict[str, Tensor]:
         """Run the 3D head on the detections of a batch.
 
         Args:
@@ -185,11 +192,15 @@ class MV2DXrayRoIHead(BaseModule):
             num_views (int): Views per scene.
             roi_scores (Tensor, optional): ``(R,)`` 2D scores; they order the
                 merging (best first). Defaults to the RoI order.
+            explain (bool): Also return the queries' evidence (the decoder's
+                cross-attention is recorded; the outputs do not change). Defaults to
+                False.
 
         Returns:
             dict: for the ``Q`` queries, ``all_cls_scores`` ``(L, Q,
             num_classes)`` logits, ``all_codes`` ``(L, Q, 6)`` box codes (``L``
-            decoder layers) and ``scene_ids`` ``(Q,)``.
+            decoder layers) and ``scene_ids`` ``(Q,)``; with ``explain``, also
+            ``evidence`` (:class:`QueryEvidence`).
         """
         geo = self.gather_rois(rois, batch_img_metas, num_views)
         with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
@@ -206,11 +217,23 @@ class MV2DXrayRoIHead(BaseModule):
                                             roi_scores)
             ref_points = self.generate_queries(roi_feats, geo, prior_points, query_rois)
             scene_ids = geo.scene_ids[query_rois]
-            all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens, pos,
-                                                    corr[query_rois],
-                                                    corr_mask[query_rois])
-        return dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
-                    scene_ids=scene_ids)
+            recorder = (self.bbox_head.record_cross_attention() if explain else
+                        nullcontext([]))
+            with recorder as attention:
+                all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens,
+                                                        pos, corr[query_rois],
+                                                        corr_mask[query_rois])
+        out = dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
+                   scene_ids=scene_ids)
+        if explain:
+            out['evidence'] = QueryEvidence(
+                query_rois=query_rois, corr=corr[query_rois],
+                corr_mask=corr_mask[query_rois],
+                cell_attention=torch.stack(attention).unflatten(
+                    -1, (corr.shape[1], ) + self.roi_size),
+                roi_bboxes=geo.bboxes, roi_view_ids=geo.view_ids,
+                roi_scores=roi_scores, num_views=num_views)
+        return out
 
     @staticmethod
     def gather_rois(rois: Tensor, batch_img_metas: List[dict],
@@ -452,53 +475,97 @@ class MV2DXrayRoIHead(BaseModule):
 
     def predict(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,
-                roi_scores: Optional[Tensor] = None) -> List[InstanceData]:
-        """3D detections per scene.
+                roi_scores: Optional[Tensor] = None, explain: bool = False
+                ) -> Union[List[InstanceData], Tuple[List[InstanceData], List[List[dict]]]]:
+        """3D detections per scene, and optionally their evidence.
 
         Args:
             feats, rois, batch_img_metas, num_views, roi_scores: see
                 :meth:`forward` (``R`` may be 0).
+            explain (bool): Also return, per scene, one explanation per output box
+                (:func:`explain_query`: its source detection, the detections it
+                attended to and the cross-attention over them). The boxes, scores
+                and labels are the same with and without. Defaults to False.
 
         Returns:
             list[InstanceData]: per scene ``bboxes_3d`` (the meta's
             ``box_type_3d``, LiDAR boxes by default, yaw 0), ``scores_3d`` and
-            ``labels_3d``.
+            ``labels_3d``; with ``explain``, the tuple ``(results, explanations)``,
+            ``explanations[b][k]`` the dict of box ``k`` of scene ``b``.
         """
         num_scenes = len(batch_img_metas)
         if len(rois) == 0:
-            preds = [None] * num_scenes
+            preds, out = [None] * num_scenes, None
         else:
             out = self.forward(feats, rois, batch_img_metas, num_views,
-                               roi_scores)
+                               roi_scores, explain=explain)
             preds = self.bbox_head.predict_by_feat(out['all_cls_scores'][-1],
                                                    out['all_codes'][-1],
                                                    out['scene_ids'], num_scenes)
-        results = []
-        for meta, pred in zip(batch_img_metas, preds):
+        results, explanations = [], []
+        for scene, (meta, pred) in enumerate(zip(batch_img_metas, preds)):
             if pred is None:
                 pred = dict(bboxes=rois.new_zeros((0, 7)),
                             scores=rois.new_zeros((0, )),
-                            labels=rois.new_zeros((0, ), dtype=torch.long))
-            results.append(self.postprocess(pred, meta))
-        return results
+                            labels=rois.new_zeros((0, ), dtype=torch.long),
+                            query_ids=rois.new_zeros((0, ), dtype=torch.long))
+            kept = self.select(pred)
+            results.append(self.to_instances(kept, meta))
+            if explain:
+                explanations.append(self.explain_scene(out, scene,
+                                                       pred['query_ids'][kept['index']]))
+        return (results, explanations) if explain else results
 
-    def postprocess(self, pred: Dict[str, Tensor], meta: dict) -> InstanceData:
-        """The ``test_cfg`` steps on one scene's decoded boxes: ``score_thr``, then
-        ``nms`` (:func:`centre_distance_nms`), then the best ``max_per_scene``; and
-        the box type.
+    @staticmethod
+    def explain_scene(out: Optional[dict], scene: int, query_ids: Tensor) -> List[dict]:
+        """Explanations of one scene's output boxes.
 
         Args:
-            pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres and extents, ct mm),
-                ``scores`` and ``labels`` ``(K,)``, by decreasing score (as
-                :meth:`MV2DXrayNMSFreeCoder.decode` gives them).
+            out (dict, optional): :meth:`forward`'s output with ``evidence`` (None
+                without RoIs).
+            scene (int): The scene.
+            query_ids (Tensor): ``(K,)`` the query of each output box, an index
+                among the scene's queries.
+
+        Returns:
+            list[dict]: ``K`` dicts (:func:`explain_query`).
+        """
+        if out is None or len(query_ids) == 0:
+            return []
+        queries = (out['scene_ids'] == scene).nonzero(as_tuple=True)[0]
+        return [explain_query(out['evidence'], int(queries[q]), int(q))
+                for q in query_ids.tolist()]
+
+    def postprocess(self, pred: Dict[str, Tensor], meta: dict) -> InstanceData:
+        """The ``test_cfg`` steps (:meth:`select`) on one scene's decoded boxes, and
+        the box type (:meth:`to_instances`).
+
+        Args:
+            pred (dict): see :meth:`select`.
             meta (dict): the scene's meta (``box_type_3d``, optional).
 
         Returns:
             InstanceData: ``bboxes_3d``, ``scores_3d``, ``labels_3d``.
         """
+        return self.to_instances(self.select(pred), meta)
+
+    def select(self, pred: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The ``test_cfg`` steps on one scene's decoded boxes: ``score_thr``, then
+        ``nms`` (:func:`centre_distance_nms`), then the best ``max_per_scene``.
+
+        Args:
+            pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres and extents, ct mm),
+                ``scores`` and ``labels`` ``(K,)``, by decreasing score (as
+                :meth:`MV2DXrayNMSFreeCoder.decode` gives them; other keys are
+                ignored).
+
+        Returns:
+            dict: the kept ``bboxes`` ``(K', 7)``, ``scores``, ``labels`` and
+            ``index`` ``(K',)`` (their rows in ``pred``), by decreasing score.
+        """
         cfg = self.test_cfg
-        keep = pred['scores'] > cfg.get('score_thr', 0.0)
-        pred = {key: value[keep] for key, value in pred.items()}
+        index = (pred['scores'] > cfg.get('score_thr', 0.0)).nonzero(as_tuple=True)[0]
+        kept = {key: pred[key][index] for key in ('bboxes', 'scores', 'labels')}
         nms = cfg.get('nms', None)
         if nms is not None:
             nms = dict(nms)
@@ -506,10 +573,19 @@ class MV2DXrayRoIHead(BaseModule):
             if nms_type != 'centre_distance':
                 raise ValueError(f"test_cfg.nms.type must be 'centre_distance', "
                                  f'got {nms_type!r}')
-            pred = centre_distance_nms(pred['bboxes'], pred['scores'],
-                                       pred['labels'], **nms)
+            kept = centre_distance_nms(kept['bboxes'], kept['scores'],
+                                       kept['labels'], **nms)
+            index = index[kept.pop('keep')]
         max_num = cfg.get('max_per_scene', 300)
-        pred = {key: value[:max_num] for key, value in pred.items()}
+        kept = {key: value[:max_num] for key, value in kept.items()}
+        kept['index'] = index[:max_num]
+        return kept
+
+    @staticmethod
+    def to_instances(pred: Dict[str, Tensor], meta: dict) -> InstanceData:
+        """One scene's kept boxes (``bboxes`` ``(K, 7)`` ct mm, ``scores``,
+        ``labels``) as ``InstanceData`` with ``bboxes_3d`` of the meta's
+        ``box_type_3d`` (LiDAR boxes by default), ``scores_3d``, ``labels_3d``."""
         box_type = meta.get('box_type_3d', LiDARInstance3DBoxes)
         if isinstance(box_type, str):
             box_type = get_box_type(box_type)[0]

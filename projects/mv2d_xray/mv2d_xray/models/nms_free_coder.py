@@ -95,11 +95,13 @@ class MV2DXrayNMSFreeCoder(BaseBBoxCoder):
 
         Returns:
             dict: ``bboxes`` ``(Q * num_classes, 7)`` (gravity centres and extents,
-            ct mm), ``scores`` and ``labels`` ``(Q * num_classes,)``, sorted by
-            decreasing score.
+            ct mm), ``scores``, ``labels`` and ``query_ids`` (the query each row
+            comes from, an index into ``cls_scores``) ``(Q * num_classes,)``, sorted
+            by decreasing score.
         """
         scores = cls_scores.sigmoid().flatten()
         scores, index = scores.topk(scores.numel())
         labels = index % self.num_classes
-        bboxes = self.decode_bboxes(codes[index // self.num_classes])
-        return dict(bboxes=bboxes, scores=scores, labels=labels)
+        query_ids = torch.div(index, self.num_classes, rounding_mode='floor')
+        bboxes = self.decode_bboxes(codes[query_ids])
+        return dict(bboxes=bboxes, scores=scores, labels=labels, query_ids=query_ids)

@@ -42,7 +42,7 @@ def centre_distance_nms(bboxes: Tensor,
 
     Returns:
         dict: ``bboxes``, ``scores``, ``labels`` of the kept detections, by
-        decreasing score.
+        decreasing score, and ``keep`` ``(K',)`` int64, their indices in the input.
     """
     order = scores.argsort(descending=True)
     bboxes, scores, labels = bboxes[order], scores[order], labels[order]
@@ -57,4 +57,4 @@ def centre_distance_nms(bboxes: Tensor,
         weights = members.to(scores) * scores[None]
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
         out[:, :6] = weights @ bboxes[:, :6]
-    return dict(bboxes=out, scores=scores[keep], labels=labels[keep])
+    return dict(bboxes=out, scores=scores[keep], labels=labels[keep], keep=order[keep])

@@ -8,8 +8,15 @@ mmcv's config-driven ``BaseTransformerLayer``: the two attentions see differentl
 shaped batches (all queries of a scene form one sequence for self-attention, while each
 query is its own batch item for cross-attention), which the generic layer cannot
 express without MV2D's reshaping wrappers.
+
+:meth:`MV2DXrayTransformer.record_cross_attention` reads the cross-attention weights
+(for the explanations of :meth:`MV2DXray.predict`) without touching the decoding: mmcv's
+``MultiheadAttention`` calls ``torch.nn.MultiheadAttention`` with ``need_weights=False``;
+a forward hook on that inner module runs it a second time on the very same inputs with
+``need_weights=True`` and keeps only the weights, so the outputs stay bit-identical.
 """
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 import torch
 import torch.utils.checkpoint as cp
@@ -119,6 +126,43 @@ class MV2DXrayTransformer(BaseModule):
             if hasattr(module, 'weight') and isinstance(
                     module.weight, Tensor) and module.weight.dim() > 1:
                 xavier_init(module, distribution='uniform')
+
+    @contextmanager
+    def record_cross_attention(self) -> Iterator[List[Tensor]]:
+        """Record the cross-attention weights of every layer while active.
+
+        Yields a list that each call of a layer's cross-attention appends to (so one
+        decoding appends ``num_layers`` entries, first layer first): its weights
+        ``(Q, L)`` averaged over the heads, each row summing to 1 over the keys that
+        are not padding (0 on padding). The weights come from a second run of the
+        inner ``torch.nn.MultiheadAttention`` on the inputs of the first one, with
+        ``need_weights=True`` and without gradients; the decoder's outputs are those
+        of the first run, unchanged.
+
+        Raises:
+            RuntimeError: on a layer in training mode with attention dropout (the
+                weights would be dropped out and not sum to 1).
+        """
+        weights: List[Tensor] = []
+
+        def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict,
+                 output) -> None:
+            if module.training and module.dropout > 0:
+                raise RuntimeError('cross-attention weights are recorded in eval '
+                                   'mode only (attention dropout is on)')
+            kwargs = dict(kwargs, need_weights=True, average_attn_weights=True)
+            with torch.no_grad():
+                # .forward, not __call__: the hook must not fire again
+                _, attn = module.forward(*args, **kwargs)       # (Q, 1, L)
+            weights.append(attn[:, 0])
+
+        handles = [layer.cross_attn.attn.register_forward_hook(hook, with_kwargs=True)
+                   for layer in self.layers]
+        try:
+            yield weights
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def forward(self, query_pos: Tensor, key: Tensor, key_pos: Tensor,
                 key_padding_mask: Tensor,
