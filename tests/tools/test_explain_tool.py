@@ -1,0 +1,102 @@
+"""``tools/explain.py`` end to end on the session's demo dataset with an untrained small
+demo model: the pictures and ``explanations.json`` of one case, the pointing game of a
+split, and one clear line for bad input."""
+import json
+import os
+import os.path as osp
+
+import cv2
+import pytest
+import torch
+from test_train_test import run_tool, small_demo_config
+
+
+@pytest.fixture(scope='module')
+def explain_setup(demo_dataset, tmp_path_factory):
+    """``(config file, checkpoint, infos)``: the small demo config and a checkpoint of its
+    model with its initial (untrained, seeded) weights."""
+    from mmdet3d.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401
+    folder = tmp_path_factory.mktemp('explain')
+    cfg = small_demo_config(demo_dataset)
+    config = str(folder / 'small_demo.py')
+    cfg.dump(config)
+    init_default_scope('mmdet3d')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    checkpoint = str(folder / 'init.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), checkpoint)
+    return config, checkpoint, demo_dataset.val_pkl
+
+
+def test_explain_one_case(explain_setup, demo_dataset, tmp_path):
+    config, checkpoint, infos = explain_setup
+    out = tmp_path / 'out'
+    result = run_tool('explain.py', config, checkpoint, '--infos', infos, '--case',
+                      'LIDC-IDRI-0001', '--top', '2', '--score-thr', '0', '--out', str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'wrote {out}/explanations.json' in result.stdout
+    data = json.loads((out / 'explanations.json').read_text())
+    assert data['case'] == 'LIDC-IDRI-0001' and len(data['findings']) == 2
+    names = [f'VIEW_{v:02d}' for v in range(demo_dataset.geometry.num_views)]
+    scores = [f['score'] for f in data['findings']]
+    assert scores == sorted(scores, reverse=True)
+    for finding in data['findings']:
+        assert list(finding['view_attention']) == names
+        assert sum(finding['view_attention'].values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(a['attention'] for a in finding['attended']) == pytest.approx(1.0, abs=1e-5)
+        assert finding['attended'][0]['view'] == finding['source_view']
+        assert len(finding['bbox_3d']) == 7 and finding['class_name'] == 'nodule'
+        for picture in finding['pictures'].values():
+            image = cv2.imread(str(out / picture))
+            assert image is not None and image.shape[0] > 100
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+def test_pointing_game_of_a_split(explain_setup, tmp_path):
+    config, checkpoint, infos = explain_setup
+    out = tmp_path / 'pg'
+    result = run_tool('explain.py', config, checkpoint, '--infos', infos, '--pointing-game',
+                      '--limit', '1', '--out', str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'pointing game: hit rate' in result.stdout
+    data = json.loads((out / 'pointing_game.json').read_text())
+    assert data['cases'] == 1
+    for method in ('eigen_cam', 'score_cam'):
+        block = data['methods'][method]
+        assert block['n'] > 0 and 0 <= block['hit_rate'] <= 1
+        assert 0 < block['random_floor'] < 0.5      # findings are small parts of a view
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--case', 'LIDC-IDRI-0001', '--finding', '99'], r'--finding 99: the model found'),
+    (['--case', 'nope'], r"case 'nope' is not in the info pickle"),
+    (['--case', 'LIDC-IDRI-0001', '--top', '0'], r'--top must be >= 1'),
+])
+def test_bad_input_is_one_line(explain_setup, tmp_path, extra, message):
+    import re
+    config, checkpoint, infos = explain_setup
+    out = tmp_path / 'bad'
+    result = run_tool('explain.py', config, checkpoint, '--infos', infos, *extra,
+                      '--out', str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), result.stderr[-2000:]
+    assert not osp.exists(out) or os.listdir(out) == []
+
+
+def test_missing_checkpoint_and_out_file(explain_setup, tmp_path):
+    config, checkpoint, infos = explain_setup
+    result = run_tool('explain.py', config, str(tmp_path / 'none.pth'), '--infos', infos,
+                      '--case', 'x', '--out', str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'error: checkpoint not found: {tmp_path / "none.pth"}'
+    a_file = tmp_path / 'file.txt'
+    a_file.write_text('x')
+    result = run_tool('explain.py', config, checkpoint, '--infos', infos, '--case', 'x',
+                      '--out', str(a_file))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'error: --out {a_file} exists and is not a folder'

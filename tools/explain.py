@@ -1,0 +1,330 @@
+"""Explain a trained model's 3D findings: which views and which image evidence produced each.
+
+    # one case: a picture per finding (its cross-view evidence), the 2D stage's saliency
+    # in every view, and explanations.json
+    python tools/explain.py CONFIG CHECKPOINT --infos data/demo/demo_infos_val.pkl \\
+        --case LIDC-IDRI-0001 --out work_dirs/demo/explain [--finding K | --top K]
+
+    # how well the 2D stage's saliency points at the findings of a split (pointing game)
+    python tools/explain.py CONFIG CHECKPOINT --infos data/demo/demo_infos_val.pkl \\
+        --pointing-game --out work_dirs/demo/explain
+
+Per finding ``k`` (by decreasing 3D score) it writes ``finding_<k>.png``: every view with
+the finding's 3D box projected (red), the 2D detection its query was lifted from (yellow)
+and the detections it attended to, shaded by the decoder's cross-attention, with a bar of
+the attention each view received; and ``saliency_<k>.png``: every view with the 2D
+stage's saliency map (EigenCAM on the FPN level of the finding's detection in that view,
+or with ``--saliency score`` a box-score-driven Score-CAM of it). ``explanations.json``
+holds, per finding, its 3D box (ct mm) and score, its source view and detection, the
+attended detections with their attention (last decoder layer and mean over layers) and
+``view_attention`` (the share of the cross-attention each view received, summing to 1).
+2D boxes in the JSON are in the original images' pixels.
+
+``--pointing-game`` maps every view of every case of ``--infos`` (EigenCAM on the finest
+FPN level, and Score-CAM of the view's best detection) and scores whether each map's peak
+falls inside a finding's 2D box, overall, per size band and per view, next to the score
+of a uniformly random peak (``pointing_game.json``; see
+``projects/mv2d_xray/mv2d_xray/evaluation/pointing_game.py``).
+"""
+import argparse
+import os.path as osp
+
+from _common import (TRUSTED_CHECKPOINT_HELP, fail, load_config, run_main,
+                     trusted_checkpoint_loading)
+
+
+def parse_args():
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(
+        description="Explain a model's 3D findings on one case (cross-view attention and "
+        '2D saliency pictures, explanations.json), or score the 2D saliency maps of a '
+        'split with the pointing game.', epilog=TRUSTED_CHECKPOINT_HELP)
+    parser.add_argument('config', help='config file of the model')
+    parser.add_argument('checkpoint', help='checkpoint file (.pth)')
+    parser.add_argument('--infos', required=True, metavar='INFOS.pkl',
+                        help='info pickle of a converted split (the images lie beside it)')
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument('--case', metavar='TOKEN', help='the case to explain, e.g. '
+                      'LIDC-IDRI-0001')
+    what.add_argument('--pointing-game', action='store_true',
+                      help='score the saliency maps of every case of --infos')
+    parser.add_argument('--out', required=True, metavar='DIR',
+                        help='folder for the pictures and the JSON (created if needed)')
+    parser.add_argument('--finding', type=int, metavar='K',
+                        help='explain only finding K (0 = the highest-scoring)')
+    parser.add_argument('--top', type=int, default=3, metavar='K',
+                        help='explain the K highest-scoring findings (default: 3)')
+    parser.add_argument('--score-thr', type=float, default=0.0, metavar='T',
+                        help='explain only findings scoring at least T (default: 0)')
+    parser.add_argument('--saliency', choices=('eigen', 'score', 'none'), default='eigen',
+                        help='saliency map per view: EigenCAM (default), Score-CAM (K+1 '
+                        'forward passes of the 2D stage per view) or none')
+    parser.add_argument('--limit', type=int, metavar='N',
+                        help='--pointing-game: only the first N cases')
+    parser.add_argument('--device', default='cpu', help='torch device (default: cpu)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    return parser.parse_args()
+
+
+def check_args(args) -> None:
+    """One line (exit 2) for values that cannot work, before anything is loaded."""
+    if args.finding is not None and args.finding < 0:
+        fail(f'--finding must be >= 0, got {args.finding}')
+    if args.top < 1:
+        fail(f'--top must be >= 1, got {args.top}')
+    if not 0.0 <= args.score_thr <= 1.0:
+        fail(f'--score-thr must be in [0, 1], got {args.score_thr}')
+    if args.limit is not None and args.limit < 1:
+        fail(f'--limit must be >= 1, got {args.limit}')
+    for path, what in ((args.checkpoint, 'checkpoint'), (args.infos, 'info pickle')):
+        if not osp.isfile(path):
+            fail(f'{what} not found: {path}')
+    if osp.exists(args.out) and not osp.isdir(args.out):
+        fail(f'--out {args.out} exists and is not a folder')
+
+
+# -- model and data ---------------------------------------------------------------------------
+def register_modules(cfg) -> None:
+    """Import the plugin (its modules register themselves) and use the config's scope."""
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmdet3d'))
+
+
+def build_model(cfg, checkpoint: str, device: str):
+    """The config's model with the checkpoint's weights, in eval mode on ``device``."""
+    from mmdet3d.registry import MODELS
+    from mmengine.runner import load_checkpoint
+    model = MODELS.build(cfg.model)
+    with trusted_checkpoint_loading(files=[checkpoint]):
+        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    return model.to(device).eval()
+
+
+def build_dataset(cfg, infos: str):
+    """The config's test dataset and pipeline on ``infos`` (its folder is the data root;
+    the config's acquisition is still checked against the data)."""
+    from mmdet3d.registry import DATASETS
+    dataset_cfg = cfg.test_dataloader.dataset.copy()
+    dataset_cfg.update(data_root=osp.dirname(osp.abspath(infos)) + '/',
+                       ann_file=osp.basename(infos), test_mode=True)
+    return DATASETS.build(dataset_cfg)
+
+
+def case_index(dataset, token: str) -> int:
+    tokens = [dataset.get_data_info(i)['token'] for i in range(len(dataset))]
+    if token not in tokens:
+        fail(f'case {token!r} is not in the info pickle (cases: {", ".join(tokens[:5])}...)')
+    return tokens.index(token)
+
+
+def run_case(model, dataset, index: int, explain: bool):
+    """``(item, inputs, sample)``: the pipeline's item, the preprocessed ``(N, 3, H, W)``
+    views and the model's prediction (with ``explanations`` when ``explain``)."""
+    import torch
+    from mmengine.dataset import pseudo_collate
+    item = dataset[index]
+    data = model.data_preprocessor(pseudo_collate([item]), False)
+    with torch.no_grad():
+        sample = model(**data, mode='predict', explain=explain)[0]
+    return item, data['inputs']['imgs'][0], sample
+
+
+def display_views(model, imgs, img_shape) -> list:
+    """Grey levels 0..255 of the preprocessed views, cropped to the unpadded image."""
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import display_view
+    pre = model.data_preprocessor
+    mean, std = pre.mean.flatten().tolist(), pre.std.flatten().tolist()
+    height, width = img_shape[:2]
+    return [display_view(view.cpu().numpy(), mean, std)[:height, :width] for view in imgs]
+
+
+# -- one case ---------------------------------------------------------------------------------
+def selected_findings(sample, args) -> list:
+    """Indices of the findings to explain (``pred_instances_3d`` is sorted by score)."""
+    scores = sample.pred_instances_3d.scores_3d.tolist()
+    if args.finding is not None:
+        if args.finding >= len(scores):
+            fail(f'--finding {args.finding}: the model found {len(scores)} finding(s) in '
+                 f'{args.case}')
+        return [args.finding]
+    return [k for k, s in enumerate(scores) if s >= args.score_thr][:args.top]
+
+
+def finding_saliency(model, imgs, explanation: dict, img_shape, method: str) -> list:
+    """Per view ``(H, W)`` maps of the 2D stage for the finding's detection in that view
+    (the attended one; EigenCAM on the finest level where it has none)."""
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency import eigen_cam, score_cam
+    boxes = {int(v): b.tolist() for v, b in zip(explanation['attended_views'].tolist(),
+                                                 explanation['attended_bboxes'])}
+    height, width = img_shape[:2]
+    maps = []
+    for view in range(len(imgs)):
+        box = boxes.get(view)
+        if method == 'score' and box is not None:
+            label = 0 if explanation.get('label') is None else int(explanation['label'])
+            saliency = score_cam(model, imgs[view:view + 1], box, label)
+        else:
+            saliency = eigen_cam(model, imgs[view:view + 1], box)
+        maps.append(saliency.cpu().numpy()[:height, :width])
+    return maps
+
+
+def finding_record(k: int, sample, explanation: dict, classes, view_names) -> dict:
+    """The JSON entry of finding ``k`` (2D boxes in the original images' pixels)."""
+    from projects.mv2d_xray.mv2d_xray.models.explanation import explanation_to_original
+    from projects.mv2d_xray.mv2d_xray.visualization.attention_views import box_array
+    meta, pred = sample.metainfo, sample.pred_instances_3d
+    original = explanation_to_original(explanation, meta['img_aug_matrix'])
+    label = int(pred.labels_3d[k])
+    attended = [dict(view=view_names[int(v)], bbox=[float(x) for x in box],
+                     score=float(s), attention=float(a), attention_mean=float(m))
+                for v, box, s, a, m in zip(original['attended_views'],
+                                           original['attended_bboxes'],
+                                           original['attended_scores'],
+                                           original['attention'], original['attention_mean'])]
+    return dict(
+        finding=k, bbox_3d=[float(v) for v in box_array(pred.bboxes_3d[k])],
+        score=float(pred.scores_3d[k]), label=label, class_name=classes[label],
+        source_view=view_names[int(original['source_view'])],
+        source_bbox=[float(x) for x in original['source_bbox']],
+        source_score=float(original['source_score']), attended=attended,
+        view_attention={name: float(share) for name, share in
+                        zip(view_names, original['view_attention'])},
+        pictures=dict(evidence=f'finding_{k}.png', saliency=f'saliency_{k}.png'))
+
+
+def explain_case(args, cfg, model, dataset) -> None:
+    from tqdm import tqdm
+
+    from projects.mv2d_xray.core.io import write_json
+    from projects.mv2d_xray.mv2d_xray.visualization.attention_views import \
+        draw_finding_evidence
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import \
+        draw_saliency_views
+    item, imgs, sample = run_case(model, dataset, case_index(dataset, args.case), True)
+    meta, pred = sample.metainfo, sample.pred_instances_3d
+    names, classes = list(meta['view_names']), dataset.metainfo['classes']
+    views = display_views(model, imgs, meta['img_shape'])
+    records = []
+    for k in tqdm(selected_findings(sample, args), desc='findings', unit='finding'):
+        explanation = dict(sample.explanations[k], label=int(pred.labels_3d[k]))
+        draw_finding_evidence(views, meta['lidar2img'], explanation, pred.bboxes_3d[k],
+                              osp.join(args.out, f'finding_{k}.png'), view_names=names,
+                              score=float(pred.scores_3d[k]))
+        if args.saliency != 'none':
+            maps = finding_saliency(model, imgs, explanation, meta['img_shape'],
+                                    args.saliency)
+            dets = [explanation['attended_bboxes'][explanation['attended_views'] == v].numpy()
+                    for v in range(len(views))]
+            draw_saliency_views(views, maps, osp.join(args.out, f'saliency_{k}.png'),
+                                dets=dets, view_names=names,
+                                title=f'{args.case}, finding {k}: 2D saliency '
+                                      f'({args.saliency})')
+        records.append(finding_record(k, sample, explanation, classes, names))
+    path = osp.join(args.out, 'explanations.json')
+    write_json(path, dict(case=args.case, config=args.config, checkpoint=args.checkpoint,
+                          num_findings=len(pred.scores_3d), findings=records))
+    print(f'{args.case}: {len(pred.scores_3d)} finding(s), {len(records)} explained')
+    for record in records:
+        top = max(record['view_attention'], key=record['view_attention'].get)
+        print(f"  finding {record['finding']}: score {record['score']:.3f}, centre "
+              f"{', '.join(f'{v:.1f}' for v in record['bbox_3d'][:3])} mm, from "
+              f"{record['source_view']}, most attention on {top} "
+              f"({record['view_attention'][top]:.2f})")
+    print(f'wrote {path} and the pictures in {args.out}')
+
+
+# -- pointing game ----------------------------------------------------------------------------
+def gt_boxes_per_view(dataset, index: int, meta) -> list:
+    """Per view ``(boxes (M, 4) px of the network input, diameters_mm (M,))`` of the
+    case's findings (ignore regions left out)."""
+    import numpy as np
+
+    from projects.mv2d_xray.core.geometry import transform_boxes2d
+    ann = dataset.get_data_info(index)['ann_info']
+    diameters = np.asarray(ann['gt_diameters_mm'], np.float64)
+    out = []
+    for view, aug in enumerate(np.asarray(meta['img_aug_matrix'])):
+        sel = ann['gt_bboxes_view_ids'] == view
+        boxes = transform_boxes2d(aug, ann['gt_bboxes'][sel].astype(np.float64))
+        out.append((boxes, diameters[ann['gt_bboxes_instance_ids_3d'][sel]]))
+    return out
+
+
+def view_maps(model, imgs, img_shape) -> dict:
+    """``{method: per view (H, W) map}``: EigenCAM on the finest FPN level, and Score-CAM
+    of the view's best 2D detection (EigenCAM where the view has none)."""
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency import (detect_views,
+                                                                     eigen_cam, score_cam)
+    height, width = img_shape[:2]
+    maps = dict(eigen_cam=[], score_cam=[])
+    for view, dets in enumerate(detect_views(model, imgs)):
+        img = imgs[view:view + 1]
+        eigen = eigen_cam(model, img)
+        maps['eigen_cam'].append(eigen.cpu().numpy()[:height, :width])
+        if len(dets):
+            best = int(dets.scores.argmax())
+            score = score_cam(model, img, dets.bboxes[best].tolist(), int(dets.labels[best]))
+        else:
+            score = eigen
+        maps['score_cam'].append(score.cpu().numpy()[:height, :width])
+    return maps
+
+
+def pointing_game_split(args, cfg, model, dataset) -> None:
+    from tqdm import tqdm
+
+    from projects.mv2d_xray.core.io import write_json
+    from projects.mv2d_xray.mv2d_xray.evaluation.pointing_game import pointing_game
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    records = dict(eigen_cam=[], score_cam=[])
+    for index in tqdm(range(count), desc='cases', unit='case'):
+        item, imgs, sample = run_case(model, dataset, index, False)
+        meta = sample.metainfo
+        gts = gt_boxes_per_view(dataset, index, meta)
+        for method, maps in view_maps(model, imgs, meta['img_shape']).items():
+            for name, saliency, (boxes, diameters) in zip(meta['view_names'], maps, gts):
+                records[method].append(dict(saliency=saliency, boxes=boxes,
+                                            diameters_mm=diameters, view=name))
+    result = {method: pointing_game(recs) for method, recs in records.items()}
+    path = osp.join(args.out, 'pointing_game.json')
+    write_json(path, dict(infos=args.infos, cases=count, config=args.config,
+                          checkpoint=args.checkpoint, methods=result))
+    print(pointing_game_table(result))
+    print(f'wrote {path}')
+
+
+def pointing_game_table(result: dict) -> str:
+    """Markdown table: hit rate against the random floor, overall and per size band."""
+    from projects.mv2d_xray.core.metric import markdown_table
+
+    def cell(block):
+        if block is None or block['hit_rate'] is None:
+            return '-'
+        return f"{block['hit_rate']:.3f} ({block['random_floor']:.4f}, n={block['n']})"
+
+    bands = list(next(iter(result.values()))['by_size'])
+    rows = [['map', 'all findings', *bands]]
+    for method, block in result.items():
+        rows.append([method, cell(block), *(cell(block['by_size'][b]) for b in bands)])
+    return ('pointing game: hit rate (uniform-random floor, findings x views)\n'
+            + markdown_table(rows))
+
+
+def main():
+    args = parse_args()
+    check_args(args)
+    cfg = load_config(args.config, args.cfg_options)
+    register_modules(cfg)
+    dataset = build_dataset(cfg, args.infos)
+    model = build_model(cfg, args.checkpoint, args.device)
+    if args.pointing_game:
+        pointing_game_split(args, cfg, model, dataset)
+    else:
+        explain_case(args, cfg, model, dataset)
+
+
+if __name__ == '__main__':
+    run_main(main)
