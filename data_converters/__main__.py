@@ -5,12 +5,13 @@ with the source's own flags and the common ones (output, geometry, label rule, r
 ``merge`` for the split files of a sharded run.
 
 Exit status: 0 when the dataset holds at least one converted case, 1 when nothing could be
-converted, 2 on a bad flag value or an unusable folder (one line on stderr, no traceback).
+converted, 2 on a bad flag value or an unusable folder (one line on stderr, no traceback),
+130 on Ctrl-C and 143 on SIGTERM (the workers are stopped; finished cases are kept).
 """
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -136,18 +137,46 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'python -m data_converters: error: {err}', file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    previous = _terminate_like_interrupt()
     try:
         return _run(args)
     except ConverterError as err:
         print(f'python -m data_converters {args.command}: error: {err}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as err:
+        # e.g. a full disk or a folder that became read-only: finished cases are kept
+        where = f': {err.filename}' if err.filename else ''
+        print(f'python -m data_converters {args.command}: error: {err.strerror or err}'
+              f'{where}; the finished cases are kept: fix this and run the same command '
+              'again', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:
         print('interrupted: finished cases are kept; run the same command again to resume',
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the workers are stopped, finished cases kept."""
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the previous
+    handler (None where it cannot be set, e.g. outside the main thread)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 def _run(args) -> int:
+    from data_converters.checks import (acquisition_warnings, check_acquisition, check_memory,
+                                        check_writable)
     from data_converters.findings import LabelRule
     from data_converters.runner import run_conversion
     from data_converters.sources import load_sources
@@ -163,14 +192,19 @@ def _run(args) -> int:
         return 0 if any(lists.values()) else 1
 
     geometry = _geometry(args)
+    source_class = load_sources()[args.command]
+    # everything that can be refused is refused before anything is written
+    check_acquisition(geometry, source_class.field_of_view_mm, source_class.body_radius_mm)
+    check_memory(geometry, args.workers)
+    check_writable(args.out)
     _check_device(args.device)
     rule = LabelRule(min_readers=args.min_readers, min_diameter_mm=args.min_diameter_mm)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ConverterError(f'--out {args.out} exists and is not a folder')
-    source = load_sources()[args.command].from_args(args, geometry, rule)
+    source = source_class.from_args(args, geometry, rule)
     report = run_conversion(source, args.out, args.workers, args.limit, args.shard,
                             args.prefix, progress=not args.no_progress)
     print_summary(args.out, report)
+    for line in acquisition_warnings(geometry, args.min_diameter_mm):
+        print(line, file=sys.stderr)
     if args.shard is not None:
         print(f'shard {args.shard[0]}/{args.shard[1]} done; when all shards are: '
               f'python -m data_converters merge --out {args.out}')

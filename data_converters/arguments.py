@@ -8,6 +8,7 @@ integer, got 0``, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Callable, Tuple
 
@@ -38,7 +39,8 @@ def number_type(kind: Callable[[str], float], accept: Callable[[float], bool],
 
 positive_int = number_type(int, lambda v: v >= 1, 'a positive integer', 'positive_int')
 non_negative_int = number_type(int, lambda v: v >= 0, 'an integer >= 0', 'non_negative_int')
-positive_float = number_type(float, lambda v: v > 0, 'a positive number', 'positive_float')
+positive_float = number_type(float, lambda v: 0 < v < math.inf, 'a positive finite number',
+                             'positive_float')
 fraction = number_type(float, lambda v: 0.0 <= v <= 1.0, 'a number in [0, 1]', 'fraction')
 
 

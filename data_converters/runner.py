@@ -16,8 +16,11 @@ A *source* (a :class:`~data_converters.sources.base.ConversionSource`: see
 """
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -30,9 +33,38 @@ from data_converters.summary import RunReport
 _WORKER_SOURCE = None
 
 
-def _init_worker(source, num_threads: int) -> None:
+#: Errors of the output folder: they stop the run (every further case would fail alike).
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the converter's main process dies, however it dies
+    (SIGKILL included): Linux sends SIGTERM on the parent's death (``prctl``), and a
+    watchdog thread checks the parent's pid every second (other systems, and the moment
+    between the start and the ``prctl`` call)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, name='parent-watchdog', daemon=True).start()
+
+
+def _init_worker(source, num_threads: int, parent_pid: Optional[int] = None) -> None:
     import torch
     global _WORKER_SOURCE
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     torch.set_num_threads(num_threads)
     _WORKER_SOURCE = source
 
@@ -49,6 +81,12 @@ def _convert_one(spec: dict, out_dir: str, source=None) -> Tuple[str, Optional[s
         return token, err.reason
     except (KeyboardInterrupt, SystemExit):
         raise
+    except OSError as err:
+        if err.errno in OUTPUT_ERRNOS:
+            raise                       # the output folder is unusable: stop the run
+        reason = f'failed: {type(err).__name__}: {err}'
+        store.write_skip(token, reason)
+        return token, reason
     except Exception as err:  # noqa: BLE001 -- one broken case must not stop the run
         reason = f'failed: {type(err).__name__}: {err}'
         store.write_skip(token, reason)
@@ -70,10 +108,11 @@ def select_cases(entries: List[Tuple[str, object]], limit: Optional[int],
 
 
 def pending_cases(source, store: CaseStore, report: RunReport, limit: Optional[int],
-                  shard: Optional[Tuple[int, int]]) -> List[dict]:
+                  shard: Optional[Tuple[int, int]], discovered=None) -> List[dict]:
     """This run's cases that still need converting. Cases the source could not make a
-    case of, and finished ones, go to ``report`` (``skipped`` / ``already_done``)."""
-    specs, discovery_skips = source.discover()
+    case of, and finished ones, go to ``report`` (``skipped`` / ``already_done``).
+    ``discovered`` is ``source.discover()``'s result when already at hand."""
+    specs, discovery_skips = source.discover() if discovered is None else discovered
     entries = [(s['token'], s) for s in specs] + [(t, r) for t, r in discovery_skips.items()]
     pending = []
     for token, entry in select_cases(entries, limit, shard):
@@ -85,6 +124,28 @@ def pending_cases(source, store: CaseStore, report: RunReport, limit: Optional[i
         else:
             pending.append(entry)
     return pending
+
+
+def empty_split_warnings(source, specs: List[dict], limit: Optional[int]) -> List[str]:
+    """One line per split that the discovered cases (all shards' share, ``--limit``
+    applied) would leave empty: a training-only or an evaluation-only dataset is allowed,
+    but the tools that need the other split stop on it."""
+    from projects.mv2d_xray.core.data_format import split_patients
+    chosen = select_cases([(spec['token'], spec) for spec in specs], limit, None)
+    patients = {spec['patient_id'] for _, spec in chosen}
+    if not patients:
+        return []
+    split = source.split_settings()
+    val = split_patients(patients, split['val_fraction'], split['seed'],
+                         split.get('force_val', ()))
+    where = f'{len(patients)} patient(s), --val-fraction {split["val_fraction"]:g}'
+    if not val:
+        return [f'warning: the val split will be empty ({where}): fine for training only; '
+                'validation and tools/test.py need val cases']
+    if val >= patients:
+        return [f'warning: the train split will be empty ({where}): fine for evaluation '
+                'only; training needs train cases']
+    return []
 
 
 def convert_cases(source, store: CaseStore, pending: List[dict], workers: int,
@@ -103,18 +164,38 @@ def convert_cases(source, store: CaseStore, pending: List[dict], workers: int,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
     threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context('spawn'),
+                               initializer=_init_worker,
+                               initargs=(source, threads, os.getpid()))
     try:
-        with ProcessPoolExecutor(max_workers=workers,
-                                 mp_context=multiprocessing.get_context('spawn'),
-                                 initializer=_init_worker,
-                                 initargs=(source, threads)) as pool:
-            futures = [pool.submit(_convert_one, spec, store.out_dir) for spec in pending]
-            for future in as_completed(futures):
-                record(*future.result())
+        futures = [pool.submit(_convert_one, spec, store.out_dir) for spec in pending]
+        for future in as_completed(futures):
+            record(*future.result())
     except BrokenProcessPool:
+        _stop_pool(pool)
         raise ConverterError(
             'a worker process died (out of memory? try fewer --workers); the '
             'finished cases are kept: run the same command again to resume') from None
+    except BaseException:
+        # an interrupt, SIGTERM or a full disk: do not wait for the queued cases
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_pool(pool) -> None:
+    """Cancel the queued cases and end the workers now (a case being written is left
+    unfinished: its part file is written last, so a re-run redoes it)."""
+    processes = list((getattr(pool, '_processes', None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
 
 
 def run_conversion(source, out_dir: str, workers: int = 1, limit: Optional[int] = None,
@@ -142,7 +223,11 @@ def run_conversion(source, out_dir: str, workers: int = 1, limit: Optional[int] 
     store.claim(source.fingerprint(), dict(source.split_settings(), prefix=prefix),
                 cleanup=shard is None)
     report = RunReport(prefix=prefix)
-    pending = pending_cases(source, store, report, limit, shard)
+    discovered = source.discover()
+    for line in empty_split_warnings(source, discovered[0], limit):
+        print(line, file=sys.stderr, flush=True)
+    pending = pending_cases(source, store, report, limit, shard, discovered)
+    source.show_progress = progress
     if pending:
         source.prepare(store, pending)
     bar = tqdm(total=len(pending), desc=f'{source.name} cases', unit='case',

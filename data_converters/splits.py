@@ -3,10 +3,13 @@ the shards of a job array.
 
 ``<prefix>_infos_{train,val}.pkl`` and ``<prefix>_infos_{train,val}_2d.coco.json`` are
 written from the per-case part files alone (:class:`~data_converters.storage.CaseStore`),
-in a fixed order, so a resumed or merged run gives byte-identical files.
+in a fixed order, so a resumed or merged run gives byte-identical files. The four files
+are written as one set (:func:`write_together`): all to temporary names, then renamed into
+place, so a failure never leaves a mixed or incomplete set.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import os.path as osp
 import pickle
@@ -18,7 +21,7 @@ from data_converters.storage import CaseStore, canonical_pickle, dumps_json
 from projects.mv2d_xray.core.data_format import (build_coco, build_metainfo, coco_path,
                                                  split_patients)
 from projects.mv2d_xray.core.geometry import XrayGeometry
-from projects.mv2d_xray.core.io import atomic_write, remove_stale_temporaries
+from projects.mv2d_xray.core.io import atomic_output, atomic_write, remove_stale_temporaries
 
 SPLITS = ('train', 'val')
 
@@ -65,16 +68,60 @@ def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[
                               patients={s: len({i['patient_id'] for i in lists[s]})
                                         for s in SPLITS})
     paths = split_file_paths(out_dir, prefix)
+    files = {}
     for name in SPLITS:
         data_list = [dict(sample_idx=idx, **info) for idx, info in enumerate(lists[name])]
         metainfo = build_metainfo(geometry, converter, fingerprint['classes'])
         # (pickled in two parts: metainfo keeps its tuples; the data as canonical JSON types)
         data_list = pickle.loads(canonical_pickle(data_list))
-        atomic_write(paths[name]['pkl'], pickle.dumps(
-            dict(metainfo=metainfo, data_list=data_list), protocol=4))
-        atomic_write(paths[name]['coco'], dumps_json(build_coco(data_list, metainfo)))
+        files[paths[name]['pkl']] = pickle.dumps(
+            dict(metainfo=metainfo, data_list=data_list), protocol=4)
+        files[paths[name]['coco']] = dumps_json(build_coco(data_list, metainfo))
         lists[name] = data_list
+    write_together(files)
+    if val_fraction is not None or seed is not None:
+        store.record_split({k: split[k] for k in ('val_fraction', 'seed')})
     return lists
+
+
+def write_together(files: Dict[str, bytes]) -> None:
+    """Write ``{path: data}`` as one set: every file goes to a temporary name first, and
+    only when all are written are they renamed into place, one after the other. A failure
+    (a full disk) removes the temporaries and leaves the previous files as they were."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            tmp = stack.enter_context(atomic_output(path))
+            with open(tmp, 'wb') as f:
+                f.write(data)
+
+
+def check_inputs(out_dir: str, inputs: Sequence[str]) -> None:
+    """Before anything is copied: every input holds a conversion, and all of them (and
+    ``out_dir``, if it holds one) were made with the same settings and split.
+
+    Raises:
+        ConverterError: naming the folder that differs from the first and the keys.
+    """
+    from data_converters.storage import SPLIT_KEYS
+    folders = ([out_dir] if CaseStore(out_dir).read_settings() is not None else []) \
+        + list(inputs)
+    reference = None
+    for folder in folders:
+        store = CaseStore(folder)
+        settings = store.read_settings()
+        if settings is None:
+            raise ConverterError(f'{folder} holds no conversion (no {store.settings_path()})')
+        if reference is None:
+            reference = folder, settings
+            continue
+        first, known = reference
+        keys = sorted(k for k in set(known['fingerprint']) | set(settings['fingerprint'])
+                      if known['fingerprint'].get(k) != settings['fingerprint'].get(k))
+        keys += [f'split {k}' for k in SPLIT_KEYS
+                 if known['split'].get(k) != settings['split'].get(k)]
+        if keys:
+            raise ConverterError(f'{folder} was converted with other settings than {first} '
+                                 f'({", ".join(keys)} differ); nothing was merged')
 
 
 def merge(out_dir: str, inputs: Sequence[str] = (), prefix: Optional[str] = None,
@@ -89,12 +136,10 @@ def merge(out_dir: str, inputs: Sequence[str] = (), prefix: Optional[str] = None
     store = CaseStore(out_dir)
     if not inputs:
         remove_stale_temporaries(out_dir)      # the shards are done
+    check_inputs(out_dir, inputs)
     for folder in inputs:
         other = CaseStore(folder)
         settings = other.read_settings()
-        if settings is None:
-            raise ConverterError(f'{folder} holds no conversion '
-                                 f'(no {other.settings_path()})')
         store.claim(settings['fingerprint'], settings['split'])
         if osp.isdir(osp.join(folder, 'images')):
             shutil.copytree(osp.join(folder, 'images'), osp.join(out_dir, 'images'),

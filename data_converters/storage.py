@@ -9,7 +9,8 @@ fixed order, so a resumed run gives byte-identical outputs. Cases that could not
 converted leave ``DIR/.parts/<token>.skip.json`` with the reason (retried on a re-run).
 
 ``DIR/.parts/settings.json`` holds the settings that shape every case (geometry, label
-rule, rendering, source); a run with other settings refuses to mix into the folder.
+rule, rendering, source) and how its patients are split (``--val-fraction``, ``--seed``);
+a run with other settings refuses to mix into the folder (``merge`` re-splits it).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from projects.mv2d_xray.core.io import (atomic_write, json_bytes, read_json, rea
 
 PARTS_DIR = '.parts'
 SETTINGS_FILE = 'settings.json'
+#: The split settings a re-run must repeat (the prefix only names the split files).
+SPLIT_KEYS = ('val_fraction', 'seed')
 
 
 def dumps_json(obj) -> bytes:
@@ -75,6 +78,12 @@ class CaseStore:
             return None
         return read_json(path, 'conversion settings')
 
+    def record_split(self, split: dict) -> None:
+        """Record new split settings (``merge --val-fraction / --seed``)."""
+        settings = self.read_settings()
+        settings['split'] = dict(settings['split'], **json.loads(json.dumps(split)))
+        atomic_write(self.settings_path(), dumps_json(settings))
+
     def claim(self, fingerprint: dict, split: dict, cleanup: bool = True) -> None:
         """Take the folder for a run with ``fingerprint`` (the settings that shape every
         case): refuse a folder made with other settings; record the split settings; with
@@ -82,7 +91,8 @@ class CaseStore:
         may be writing into the same folder).
 
         Raises:
-            ConverterError: the folder holds a conversion with another fingerprint.
+            ConverterError: the folder holds a conversion with another fingerprint or
+                another split (:data:`SPLIT_KEYS`).
         """
         os.makedirs(self.parts_dir, exist_ok=True)
         current = self.read_settings()
@@ -95,6 +105,18 @@ class CaseStore:
             raise ConverterError(
                 f'{self.out_dir} holds a conversion made with other settings '
                 f'({", ".join(keys)} differ); use another --out or delete that folder')
+        split = json.loads(json.dumps(split))
+        if current is not None and current.get('split') is not None:
+            old = current['split']
+            keys = [k for k in SPLIT_KEYS if old.get(k) != split.get(k)]
+            if keys:
+                def flags(values):
+                    return ' '.join(f'--{k.replace("_", "-")} {values.get(k)}' for k in keys)
+                raise ConverterError(
+                    f'{self.out_dir} holds a conversion split with {flags(old)} (this run: '
+                    f'{flags(split)}); use the same values, or re-split its finished cases '
+                    f'with "python -m data_converters merge --out {self.out_dir} '
+                    f'{flags(split)}"')
         atomic_write(self.settings_path(),
                      dumps_json(dict(fingerprint=fingerprint, split=split)))
         if cleanup:

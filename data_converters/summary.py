@@ -39,6 +39,32 @@ def summarize(out_dir: str, lists: Optional[Dict[str, List[dict]]] = None) -> di
     return dict(splits=counts, skipped=skipped)
 
 
+def store_infos(out_dir: str) -> List[dict]:
+    return CaseStore(out_dir).load()[0]
+
+
+def invisible_findings(data_list: List[dict]) -> List[str]:
+    """The ``nodule_id`` of every finding that has no 2D box in any view (outside every
+    view's detector, or not in front of the source)."""
+    hidden = []
+    for info in data_list:
+        seen = {inst['instance_id'] for boxes in info.get('cam_instances', {}).values()
+                for inst in boxes}
+        hidden += [inst.get('nodule_id', f'{info["token"]}/{idx}')
+                   for idx, inst in enumerate(info['instances']) if idx not in seen]
+    return hidden
+
+
+def invisible_findings_lines(lists: Dict[str, List[dict]], show: int = 5) -> List[str]:
+    """One warning line when findings have no 2D box in any view."""
+    hidden = [n for data_list in lists.values() for n in invisible_findings(data_list)]
+    if not hidden:
+        return []
+    more = f', ... ({len(hidden) - show} more)' if len(hidden) > show else ''
+    return [f'  warning: {len(hidden)} finding(s) have no 2D box in any view (outside '
+            f'every detector): {", ".join(hidden[:show])}{more}']
+
+
 def print_summary(out_dir: str, report: RunReport, file=None) -> None:
     """Print what the run did and what the dataset holds."""
     file = file or sys.stdout
@@ -55,7 +81,13 @@ def print_summary(out_dir: str, report: RunReport, file=None) -> None:
         print(f'  skipped cases ({len(summary["skipped"])}):', file=file)
         for token, reason in sorted(summary['skipped'].items()):
             print(f'    {token}: {reason}', file=file)
+    for line in invisible_findings_lines(lists if lists is not None else
+                                         {'all': store_infos(out_dir)}):
+        print(line, file=file)
     if lists is not None:
+        for name in SPLITS:
+            if not lists.get(name):
+                print(f'  warning: the {name} split is empty', file=file)
         paths = split_file_paths(out_dir, report.prefix)
         for name in SPLITS:
             print(f'  wrote {paths[name]["pkl"]} and {osp.basename(paths[name]["coco"])}',

@@ -45,6 +45,10 @@ class ConversionSource:
         cli_help (str): one line for ``python -m data_converters --help``.
         cli_description (str): the subcommand's ``--help`` text.
         default_image_size (int): default ``--image-size`` in pixels.
+        field_of_view_mm (float): the least width (mm) about the isocentre that every
+            view's detector must see (:func:`~data_converters.checks.check_acquisition`).
+        body_radius_mm (float): the farthest a volume reaches from the z axis: the X-ray
+            source must be farther (``--sod``).
 
     Args:
         geometry (XrayGeometry): the views.
@@ -60,6 +64,8 @@ class ConversionSource:
     cli_help: str = ''
     cli_description: str = ''
     default_image_size: int = 256
+    field_of_view_mm: float = 100.0
+    body_radius_mm: float = 150.0
 
     def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
                  device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
@@ -68,6 +74,7 @@ class ConversionSource:
         self.device = device
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
+        self.show_progress = True       # progress bars of prepare() (set by the runner)
 
     # -- command line ----------------------------------------------------------------
     @classmethod

@@ -265,11 +265,25 @@ class DemoSource(ConversionSource):
         """Render the base CT and collect the shapes to insert (both cached)."""
         path = store.cache_path(BASE_RENDER_FILE)
         if not osp.exists(path):
+            import sys
+
+            from tqdm import tqdm
             volume = self._context()['volume']
-            print(f'rendering the base CT ({self.geometry.num_views} views, '
-                  f'{self.geometry.image_size[0]}x{self.geometry.image_size[1]}) ...',
-                  flush=True)
-            images = self.renderer.render(volume.hu, volume.spacing_mm)
+            height, width = self.geometry.image_size
+            bar = tqdm(total=self.geometry.num_views, unit='view', file=sys.stderr,
+                       desc=f'rendering the base CT ({height}x{width})',
+                       bar_format='{l_bar}{bar}| {n:.1f}/{total} views [{elapsed}<{remaining}]',
+                       disable=not getattr(self, 'show_progress', True))
+
+            def progress(done: int, total: int) -> None:
+                bar.n = done * self.geometry.num_views / total
+                bar.refresh()
+
+            try:
+                images = self.renderer.render(volume.hu, volume.spacing_mm,
+                                              progress=progress)
+            finally:
+                bar.close()
             buf = io.BytesIO()
             np.save(buf, images)
             atomic_write(path, buf.getvalue())

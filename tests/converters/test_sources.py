@@ -55,6 +55,7 @@ def define_tiny_source():
         density = TINY_DENSITY
         cli_help = 'a water cube in air, one per case'
         default_image_size = 16
+        field_of_view_mm = 24.0         # the 12 x 2 mm volume
 
         def __init__(self, geometry, rule, device='cpu', val_fraction=0.5, seed=0, cases=2):
             super().__init__(geometry, rule, device, val_fraction, seed)
@@ -171,7 +172,7 @@ def test_register_source_refuses_incomplete_sources(registry):
 @pytest.mark.parametrize('parse, good, bad, message', [
     (arguments.positive_int, ('1', 1), ('0', 'x'), 'a positive integer'),
     (arguments.non_negative_int, ('0', 0), ('-1', '1.5'), 'an integer >= 0'),
-    (arguments.positive_float, ('0.5', 0.5), ('0', 'nan'), 'a positive number'),
+    (arguments.positive_float, ('0.5', 0.5), ('0', 'nan', 'inf'), 'a positive finite number'),
     (arguments.fraction, ('1', 1.0), ('1.5', 'nan'), 'a number in [0, 1]'),
 ])
 def test_number_types(parse, good, bad, message):
