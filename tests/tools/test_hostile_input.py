@@ -93,6 +93,21 @@ def test_evaluate_gt_label_outside_the_classes(tmp_path, capsys):
     assert not (tmp_path / 'm.json').exists()
 
 
+def test_evaluate_progress_on_large_inputs(tmp_path, capsys):
+    """From 10^5 predicted boxes on, tools/evaluate.py says what it scores and shows a bar."""
+    data = write_eval_dataset(str(tmp_path))
+    with open(data['infos'], 'rb') as f:
+        tokens = [d['token'] for d in pickle.load(f)['data_list']]
+    per_case = 100_000 // len(tokens) + 1
+    box = dict(bbox_3d=[1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 0.0], score=0.5, label=0)
+    pred = tmp_path / 'pred.json'
+    pred.write_text(json.dumps({'results': {t: [box] * per_case for t in tokens}}))
+    assert run_tool_inline('evaluate', '--gt', data['infos'], '--pred', str(pred)) == 0
+    err = capsys.readouterr().err
+    assert f'scoring {per_case * len(tokens)} predicted boxes of {len(tokens)} cases' in err
+    assert 'class / size band' in err and '4/4' in err
+
+
 # -- launcher, AMP, --out ---------------------------------------------------------------------
 def test_launcher_pytorch_without_torchrun(tmp_path):
     env_keys = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
