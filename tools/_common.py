@@ -12,8 +12,26 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 
+#: Set by :func:`run_main` from ``--debug``: errors keep their full traceback.
+DEBUG = False
+
+#: What ``--help`` says about ``--debug`` (:func:`add_debug_flag`).
+DEBUG_HELP = ('show the full traceback of an error instead of the one-line message '
+              '(the tools refuse bad input with one line "error: ..." and exit status 2)')
+
+
+def add_debug_flag(parser) -> None:
+    """Document ``--debug`` in a tool's ``--help``; :func:`run_main` reads it (anywhere
+    on the command line, also after a sub-command)."""
+    parser.add_argument('--debug', action='store_true', help=DEBUG_HELP)
+
+
 def fail(message: str, status: int = 2):
-    """Print ``message`` as one line on stderr and exit (no traceback)."""
+    """Print ``message`` as one line on stderr and exit (no traceback). With ``--debug``
+    the traceback of the exception being handled, if any, is printed first."""
+    if DEBUG and sys.exc_info()[0] is not None:
+        import traceback
+        traceback.print_exc()
     print(f'error: {message}', file=sys.stderr)
     sys.exit(status)
 
@@ -38,32 +56,145 @@ def load_config(path: str, cfg_options=None):
     except Exception as exc:  # syntax errors, missing bases, failed custom_imports
         fail(f'cannot load config {path}: {type(exc).__name__}: {exc}')
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            fail(f'cannot apply --cfg-options {cfg_options}: {type(exc).__name__}: {exc}')
     return cfg
 
 
-def _is_data_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is the dataset's "data and config disagree" error."""
-    try:
-        from projects.mv2d_xray.mv2d_xray.datasets import XrayDataError
-    except ImportError:
-        return False
-    return isinstance(exc, XrayDataError)
+#: The environment a launcher sets for each process, as mmengine's ``init_dist`` reads it.
+LAUNCHER_ENV = dict(pytorch=('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+                    slurm=('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
+                    mpi=('OMPI_COMM_WORLD_LOCAL_RANK', 'OMPI_COMM_WORLD_SIZE'))
 
 
-def run_main(main) -> None:
-    """Run a tool's ``main``. Known input errors -- a missing file, data that disagree
-    with the config (number of views, classes, format version) -- end as one line on
-    stderr; anything else keeps its traceback."""
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as exc:
-        if isinstance(exc, ValueError) and not _is_data_error(exc):
-            raise
+def launcher_message(launcher: str) -> str:
+    """Why ``--launcher`` cannot start here: how to start the processes instead."""
+    how = dict(pytorch='start it with tools/dist_train.sh CONFIG NPROC or torchrun '
+               '--nproc-per-node N tools/train.py CONFIG --launcher pytorch',
+               slurm='start it with srun', mpi='start it with mpirun')[launcher]
+    return (f'--launcher {launcher} needs the environment its launcher sets '
+            f'({", ".join(LAUNCHER_ENV[launcher])}): {how}, or use --launcher none for '
+            'one process')
+
+
+def check_launcher(launcher: str) -> None:
+    """One line instead of mmengine's ``KeyError: 'RANK'`` when a distributed launcher
+    was named but the process was not started by it."""
+    missing = [k for k in LAUNCHER_ENV.get(launcher, ()) if k not in os.environ]
+    if missing:
+        fail(launcher_message(launcher))
+
+
+#: What ``--amp`` needs (mmengine's AmpOptimWrapper asserts a GPU otherwise).
+AMP_MESSAGE = ('--amp needs a CUDA device or a CPU with bf16 support; mmengine\'s '
+               'AmpOptimWrapper found no CUDA device here (train without --amp on the CPU)')
+
+
+def _is_project_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of the project's own error types (the dataset's "data and
+    config disagree", the info / prediction format errors, unknown config keys ...),
+    without importing the plugin."""
+    return any(cls.__module__.startswith(('projects.mv2d_xray', 'data_converters'))
+               for cls in type(exc).__mro__)
+
+
+def _build_class(exc: BaseException):
+    """The class a registry was building when ``exc`` was raised (the innermost
+    ``build_from_cfg`` frame of its traceback), or None."""
+    cls, tb = None, exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == 'build_from_cfg' and 'obj_cls' in frame.f_locals:
+            cls = frame.f_locals['obj_cls']
+        tb = tb.tb_next
+    return cls
+
+
+def _init_arguments(cls) -> list:
+    """Keyword arguments that ``cls(...)`` accepts (following ``**kwargs`` up its MRO)."""
+    import inspect
+    names = []
+    for klass in getattr(cls, '__mro__', (cls, )):
+        init = klass.__dict__.get('__init__') if isinstance(cls, type) else klass
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in params if p.name != 'self' and p.kind in (
+            p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def _unexpected_argument_message(exc: TypeError):
+    """One line for a registry build that got an argument the class does not take (a
+    misspelled key in the config or ``--cfg-options``), with the nearest valid one."""
+    import difflib
+    import re
+    match = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'",
+                      str(exc))
+    cls = _build_class(exc)
+    if match is None or cls is None:
+        return None
+    name, key = match.groups()
+    if getattr(cls, '__name__', None) != name:   # a constructor called inside the build
+        return f'building {getattr(cls, "__name__", cls)}: {exc} (check the config)'
+    valid = _init_arguments(cls)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ''
+    return (f"the config gives {name} an argument '{key}' that it does not take "
+            f"({hint}its arguments: {', '.join(valid)})")
+
+
+def known_error_message(exc: BaseException):
+    """The one-line message of a known input error, or None (keep the traceback)."""
+    import errno
+    if _is_project_error(exc) or isinstance(exc, FileNotFoundError):
         # errors raised in a data-loader worker arrive with the worker's traceback in
         # the message: its last line is the original error
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        fail(lines[-1])
+        last = lines[-1]
+        for cls in type(exc).__mro__:   # "module.XrayDataError: message" -> the message
+            for name in (f'{cls.__module__}.{cls.__qualname__}: ', f'{cls.__qualname__}: '):
+                if last.startswith(name):
+                    return last[len(name):]
+        return last
+    if isinstance(exc, TypeError):
+        return _unexpected_argument_message(exc)
+    if isinstance(exc, AssertionError) and 'AmpOptimizerWrapper' in str(exc):
+        return AMP_MESSAGE
+    if isinstance(exc, KeyError) and exc.args and exc.args[0] in LAUNCHER_ENV['pytorch']:
+        return launcher_message('pytorch')
+    if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError)) or \
+            (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS)):
+        where = f': {exc.filename}' if exc.filename else ''
+        return f'{exc.strerror or exc}{where}'
+    return None
+
+
+def run_main(main) -> None:
+    """Run a tool's ``main``. Known input errors -- the project's own error types (data
+    that disagree with the config, bad info / prediction files, unknown config keys), a
+    missing file, an argument a config gives a class that does not take it, ``--amp``
+    without a GPU, a distributed launcher without its environment, a path that cannot be
+    written -- end as one line on stderr and exit status 2; anything else keeps its
+    traceback. ``--debug`` (anywhere on the command line) shows every traceback."""
+    global DEBUG
+    if '--debug' in sys.argv[1:]:
+        DEBUG = True
+        sys.argv = [a for a in sys.argv if a != '--debug']
+    try:
+        main()
+    except Exception as exc:
+        message = None if DEBUG else known_error_message(exc)
+        if message is None:
+            raise
+        fail(message)
 
 
 def set_local_rank(local_rank: int) -> None:

@@ -14,8 +14,10 @@ It imports only the core (``projects.mv2d_xray.core``: numpy, no torch, mmengine
 mmdet3d), so it starts in a fraction of a second; a test holds it to that.
 """
 import argparse
+import os.path as osp
+import sys
 
-from _common import fail, write_metrics
+from _common import add_debug_flag, fail, run_main, write_metrics
 
 
 def parse_args():
@@ -39,7 +41,24 @@ def parse_args():
     parser.add_argument('--iou-thrs', type=float, nargs='+', metavar='IOU',
                         default=[0.1, 0.25, 0.5],
                         help='3D IoU thresholds (default: 0.1 0.25 0.5)')
+    add_debug_flag(parser)
     return parser.parse_args()
+
+
+#: From this many predicted boxes on, scoring shows a progress bar (10^6 boxes take ~40 s).
+PROGRESS_MIN_BOXES = 100_000
+
+
+def _progress(preds: dict, num_cases: int):
+    """A ``tqdm`` wrapper for the metric's blocks on large inputs (on stderr), else None."""
+    num_boxes = sum(len(p.scores) for p in preds.values())
+    if num_boxes < PROGRESS_MIN_BOXES:
+        return None
+    from tqdm import tqdm
+    print(f'scoring {num_boxes} predicted boxes of {num_cases} cases', file=sys.stderr,
+          flush=True)
+    return lambda blocks: tqdm(blocks, desc='class / size band', unit='block',
+                               file=sys.stderr)
 
 
 def main():
@@ -51,12 +70,16 @@ def main():
     from projects.mv2d_xray.core.metric import evaluate_detections, format_table
     try:
         cases, classes = load_gt_cases(args.gt)
+        if osp.isfile(args.pred) and osp.getsize(args.pred) > 20e6:
+            print(f'reading {args.pred} ({osp.getsize(args.pred) / 1e6:.0f} MB)',
+                  file=sys.stderr, flush=True)
         preds = load_predictions(args.pred, len(classes))
         check_cases(preds, cases, args.allow_missing, gt_name=args.gt)
         if not cases:
             fail(f'{args.gt} has no cases')
         result = evaluate_detections(cases, preds, classes, dist_thrs_mm=args.dist_thrs,
-                                     iou_thrs=args.iou_thrs)
+                                     iou_thrs=args.iou_thrs,
+                                     progress=_progress(preds, len(cases)))
     except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
         fail(str(exc))
     except KeyError as exc:
@@ -67,4 +90,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

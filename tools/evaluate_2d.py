@@ -12,7 +12,7 @@ count neither way; a view without ground truth is shown as ``-``.
 """
 import argparse
 
-from _common import fail, write_metrics
+from _common import add_debug_flag, fail, run_main, write_metrics
 
 
 def parse_args():
@@ -28,6 +28,7 @@ def parse_args():
                         '(default: 0.1 0.25 0.5)')
     parser.add_argument('--max-dets', type=int, default=100,
                         help='detections kept per image (default: 100)')
+    add_debug_flag(parser)
     return parser.parse_args()
 
 
@@ -53,4 +54,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

@@ -29,7 +29,7 @@ of a uniformly random peak (``pointing_game.json``; see
 import argparse
 import os.path as osp
 
-from _common import (TRUSTED_CHECKPOINT_HELP, fail, load_config, run_main,
+from _common import (TRUSTED_CHECKPOINT_HELP, add_debug_flag, fail, load_config, run_main,
                      trusted_checkpoint_loading)
 
 
@@ -64,6 +64,7 @@ def parse_args():
     parser.add_argument('--device', default='cpu', help='torch device (default: cpu)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
+    add_debug_flag(parser)
     return parser.parse_args()
 
 

@@ -10,8 +10,8 @@ import argparse
 import inspect
 import os.path as osp
 
-from _common import (TRUSTED_CHECKPOINT_HELP, default_work_dir, fail, load_config, run_main,
-                     set_local_rank, trusted_checkpoint_loading)
+from _common import (TRUSTED_CHECKPOINT_HELP, add_debug_flag, check_launcher, default_work_dir,
+                     fail, load_config, run_main, set_local_rank, trusted_checkpoint_loading)
 
 
 def parse_args():
@@ -27,6 +27,7 @@ def parse_args():
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
+    add_debug_flag(parser)
     args = parser.parse_args()
     set_local_rank(args.local_rank)
     return args
@@ -47,6 +48,7 @@ def _route_metrics_json(evaluator_cfg, path: str) -> None:
 
 def main():
     args = parse_args()
+    check_launcher(args.launcher)
     if not osp.isfile(args.checkpoint):
         fail(f'checkpoint not found: {args.checkpoint}')
     cfg = load_config(args.config, args.cfg_options)

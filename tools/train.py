@@ -8,9 +8,12 @@ processes use ``tools/dist_train.sh CONFIG NPROC``.
 """
 import argparse
 import logging
+import os.path as osp
+import sys
 
-from _common import (TRUSTED_CHECKPOINT_HELP, default_work_dir, fail, load_config, run_main,
-                     set_local_rank, trusted_checkpoint_loading)
+from _common import (AMP_MESSAGE, TRUSTED_CHECKPOINT_HELP, add_debug_flag, check_launcher,
+                     default_work_dir, fail, load_config, run_main, set_local_rank,
+                     trusted_checkpoint_loading)
 
 
 def parse_args():
@@ -33,6 +36,7 @@ def parse_args():
                         default='none', help='job launcher (dist_train.sh uses pytorch)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
+    add_debug_flag(parser)
     args = parser.parse_args()
     set_local_rank(args.local_rank)
     return args
@@ -40,9 +44,11 @@ def parse_args():
 
 def main():
     args = parse_args()
+    check_launcher(args.launcher)
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
+    print(f'work dir: {osp.abspath(cfg.work_dir)}', flush=True)
 
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -55,11 +61,18 @@ def main():
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
+    if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
+        import torch
+        if not torch.cuda.is_available():   # mmengine's AmpOptimWrapper asserts a GPU
+            fail(AMP_MESSAGE)
 
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
+        from mmengine.runner.checkpoint import find_latest_checkpoint
+        if not osp.isdir(cfg.work_dir) or find_latest_checkpoint(cfg.work_dir) is None:
+            print(f'warning: --resume: no checkpoint in the work dir {cfg.work_dir}; '
+                  'training starts from scratch', file=sys.stderr, flush=True)
     elif args.resume is not None:
-        import os.path as osp
         if not osp.isfile(args.resume):
             fail(f'checkpoint to resume from not found: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume

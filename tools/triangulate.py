@@ -18,7 +18,7 @@ prediction format, ready for ``tools/evaluate.py``.
 """
 import argparse
 
-from _common import fail
+from _common import add_debug_flag, fail, run_main
 
 
 def parse_args():
@@ -47,6 +47,7 @@ def parse_args():
                         help='views a finding needs (default: 2)')
     parser.add_argument('--min-ray-angle', type=float, default=20.0, metavar='DEG',
                         help='smallest angle between the rays of a seed pair (default: 20)')
+    add_debug_flag(parser)
     return parser.parse_args()
 
 
@@ -92,4 +93,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

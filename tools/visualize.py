@@ -17,7 +17,7 @@ cyan dashed: predicted 2D boxes.
 import argparse
 import os.path as osp
 
-from _common import fail
+from _common import add_debug_flag, fail, run_main
 
 
 def parse_args():
@@ -47,6 +47,8 @@ def parse_args():
                          help='metrics JSON of tools/evaluate.py or tools/test.py')
     metrics.add_argument('--labels', nargs='+', help='a name per file (default: file names)')
     metrics.add_argument('--out', required=True, metavar='froc.png', help='PNG to write')
+    for sub_parser in (parser, case, metrics):
+        add_debug_flag(sub_parser)
     return parser.parse_args()
 
 
@@ -149,8 +151,16 @@ def plot_metrics(args):
     print(f'written {args.out}')
 
 
+def check_out(path: str) -> None:
+    """``--out`` must name a file that can be written (before anything is drawn)."""
+    if osp.isdir(path):
+        fail(f'--out {path} is a directory; give the PNG file to write, e.g. '
+             f'{osp.join(path, "out.png")}')
+
+
 def main():
     args = parse_args()
+    check_out(args.out)
     if args.command == 'case':
         draw_case(args)
     else:
@@ -158,4 +168,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_main(main)

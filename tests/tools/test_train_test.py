@@ -113,9 +113,13 @@ def test_train_resume_then_test(small_config_file, demo_dataset, tmp_path):
     ``epoch_2.pth``; ``tools/test.py`` on it prints the metric table and writes the
     metrics and the predictions of every validation case."""
     work_dir = str(tmp_path / 'run')
-    first = run_tool('train.py', small_config_file, '--work-dir', work_dir,
+    # --resume in a work dir without a checkpoint: one warning line, then from scratch
+    first = run_tool('train.py', small_config_file, '--work-dir', work_dir, '--resume',
                      '--cfg-options', 'train_cfg.max_epochs=1')
     assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.startswith(f'work dir: {work_dir}\n'), first.stdout[:300]
+    assert f'warning: --resume: no checkpoint in the work dir {work_dir}; training starts ' \
+        'from scratch' in first.stderr.splitlines()
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
     assert not osp.exists(osp.join(work_dir, 'epoch_2.pth'))
 
@@ -136,6 +140,11 @@ def test_train_resume_then_test(small_config_file, demo_dataset, tmp_path):
     assert test.returncode == 0, test.stderr[-3000:]
     out = test.stdout + test.stderr
     assert 'CPM' in out and 'FROC' in out
+    # every file written is named
+    assert f'metrics written to {osp.join(test_dir, "metrics.json")}' in out
+    assert f'3D predictions written to {osp.join(test_dir, "predictions.json")}' in out
+    if osp.isfile(osp.join(test_dir, 'dets2d.json')):
+        assert f'2D detections written to {osp.join(test_dir, "dets2d.json")}' in out
     metrics = json.load(open(osp.join(test_dir, 'metrics.json')))
     assert metrics and isinstance(metrics, dict)
     predictions = json.load(open(osp.join(test_dir, 'predictions.json')))

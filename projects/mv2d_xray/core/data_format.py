@@ -343,10 +343,26 @@ def case_gt_from_info(info: dict) -> CaseGT:
 
 
 def load_gt_cases(infos: Union[str, dict]) -> Tuple[Dict[str, CaseGT], Tuple[str, ...]]:
-    """``({token: CaseGT}, classes)`` from an info pickle (path or loaded), in file order."""
+    """``({token: CaseGT}, classes)`` from an info pickle (path or loaded), in file order.
+
+    Raises:
+        InfoFormatError: also for a ground-truth label that is not an index of
+        ``metainfo['classes']`` (naming the file, the case and the instance).
+    """
     data = load_infos(infos)
-    cases = {item['token']: case_gt_from_info(item) for item in data['data_list']}
-    return cases, infos_classes(data)
+    classes = infos_classes(data)
+    source = 'infos' if isinstance(infos, dict) else str(infos)
+    cases = {}
+    for item in data['data_list']:
+        case = case_gt_from_info(item)
+        for i, label in enumerate(case.labels):
+            if not 0 <= label < len(classes):
+                raise InfoFormatError(f"{source}: case '{item['token']}' instance {i} has "
+                                      f'label {label}, not a class index of the file\'s '
+                                      f'metainfo classes {list(classes)} '
+                                      f'(0..{len(classes) - 1})')
+        cases[item['token']] = case
+    return cases, classes
 
 
 # -- predictions ---------------------------------------------------------------------------

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -550,7 +550,8 @@ def evaluate_detections(
         froc_fp_rates: Sequence[float] = DEFAULT_FROC_FP_RATES,
         size_bands: Sequence[Tuple[str, float, float]] = DEFAULT_SIZE_BANDS,
         centre_error_thr_mm: Optional[float] = None,
-        ap_interpolation: str = '101point') -> dict:
+        ap_interpolation: str = '101point',
+        progress: Optional[Callable[[list], Iterable]] = None) -> dict:
     """Evaluate 3D predictions against ground truth (definitions in the module docstring).
 
     Boxes of both are ``(N, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` in the ``ct`` frame, mm
@@ -569,6 +570,8 @@ def evaluate_detections(
             ``max(dist_thrs_mm)``.
         ap_interpolation: ``'101point'`` (default) or ``'area'``
             (:func:`average_precision`).
+        progress: wraps the list of (class, size band) blocks to evaluate, e.g.
+            ``tqdm`` for a progress bar on large inputs. Defaults to None (none).
 
     Returns:
         dict: the top-level figures (``CPM``, ``FROC`` {rate: sensitivity}, ``mAP_dist``,
@@ -587,9 +590,13 @@ def evaluate_detections(
         return _drop_unreported_distances(_evaluate_block(cases, preds, label, band, cfg),
                                           cfg, report_cfg)
 
-    per_class = {label: evaluate(label, None) for label in labels}
-    per_class_band = {(label, name): evaluate(label, rng)
-                      for label in labels for name, rng in bands}
+    blocks = [(label, None, None) for label in labels] + \
+        [(label, name, rng) for label in labels for name, rng in bands]
+    done = {(label, name): evaluate(label, rng) for label, name, rng in
+            (blocks if progress is None else progress(blocks))}
+    per_class = {label: done[(label, None)] for label in labels}
+    per_class_band = {(label, name): done[(label, name)]
+                      for label in labels for name, _ in bands}
     top = _mean_blocks(list(per_class.values()), report_cfg)
     result = dict(top) if top is not None else _absent(report_cfg)
     result.update(_scan_counts(cases, preds))

@@ -139,6 +139,10 @@ class MV2DXrayDataset(Det3DDataset):
             annotations = load_infos(self.ann_file)
         except InfoFormatError as exc:
             raise XrayDataError(str(exc)) from None
+        if not annotations['data_list']:
+            raise XrayDataError(f'{self.ann_file}: the split has no cases (convert the '
+                                'dataset with cases in this split, e.g. a --val-fraction '
+                                'between 0 and 1, or point ann_file at another split)')
         file_meta = annotations['metainfo']
         self._check_file_metainfo(file_meta)
         self._set_classes(tuple(file_meta['classes']))

@@ -274,8 +274,10 @@ class XrayDet3DMetric(BaseMetric):
             print_log(f'metrics written to {self.out_file}', logger='current')
         if self.pred_out_file:
             write_json(self.pred_out_file, predictions_to_json(preds))
+            print_log(f'3D predictions written to {self.pred_out_file}', logger='current')
         if self.dets2d_out_file and dets2d is not None:
             write_json(self.dets2d_out_file, dets2d)
+            print_log(f'2D detections written to {self.dets2d_out_file}', logger='current')
 
     # -- 2D --------------------------------------------------------------------------------
     def _coco_results(self, results: List[dict], infos: dict,

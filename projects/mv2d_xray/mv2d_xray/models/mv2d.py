@@ -48,6 +48,12 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
+from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
+                                                             DETECTION_PROPOSAL_KEYS,
+                                                             MV2D_TEST_CFG_KEYS,
+                                                             MV2D_TRAIN_CFG_KEYS,
+                                                             RCNN_TEST_CFG_KEYS,
+                                                             RCNN_TRAIN_CFG_KEYS, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 
 
@@ -105,6 +111,7 @@ class MV2DXray(Base3DDetector):
         self.neck = MODELS.build(neck) if neck is not None else None
         self.train_cfg = train_cfg if train_cfg is not None else dict()
         self.test_cfg = test_cfg if test_cfg is not None else dict()
+        self._check_cfg_keys()
         self.roi_head = None
         if roi_head is not None:
             roi_head = copy.deepcopy(dict(roi_head))
@@ -118,6 +125,20 @@ class MV2DXray(Base3DDetector):
             if self.roi_head is None:
                 raise ValueError('freeze_base_detector needs a 3D stage (roi_head)')
             self.base_detector.requires_grad_(False)
+
+    def _check_cfg_keys(self) -> None:
+        """A key of ``train_cfg`` / ``test_cfg`` (and of their ``detection_proposal``
+        and ``rcnn``) that this model does not read is an :class:`XrayConfigError`."""
+        check_keys(self.train_cfg, MV2D_TRAIN_CFG_KEYS, 'model.train_cfg')
+        check_keys(self.test_cfg, MV2D_TEST_CFG_KEYS, 'model.test_cfg')
+        for name, cfg in (('train_cfg', self.train_cfg), ('test_cfg', self.test_cfg)):
+            check_keys(cfg.get('detection_proposal'), DETECTION_PROPOSAL_KEYS,
+                       f'model.{name}.detection_proposal')
+        check_keys(self.train_cfg.get('rcnn'), RCNN_TRAIN_CFG_KEYS, 'model.train_cfg.rcnn')
+        check_keys(self.test_cfg.get('rcnn'), RCNN_TEST_CFG_KEYS, 'model.test_cfg.rcnn')
+        nms = (self.test_cfg.get('rcnn') or dict()).get('nms')
+        if isinstance(nms, dict) and nms.get('type', 'centre_distance') == 'centre_distance':
+            check_keys(nms, CENTRE_NMS_KEYS, 'model.test_cfg.rcnn.nms')
 
     def train(self, mode: bool = True) -> 'MV2DXray':
         """Set the mode; a frozen 2D detector stays in eval mode (BN statistics)."""

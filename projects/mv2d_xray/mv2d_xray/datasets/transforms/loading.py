@@ -18,6 +18,10 @@ ANN_KEYS = ('gt_bboxes_3d', 'gt_labels_3d') + tuple(
     key for box_key, extra in BOX2D_FIELDS.items() for key in (box_key, *extra))
 
 
+class XrayImageError(ValueError):
+    """An image file that cannot be decoded or disagrees with the info pickle."""
+
+
 @TRANSFORMS.register_module()
 class LoadXrayMultiViewImages(BaseTransform):
     """Load every view of a case as a 3-channel float32 image.
@@ -55,9 +59,13 @@ class LoadXrayMultiViewImages(BaseTransform):
         except FileNotFoundError:
             raise FileNotFoundError(f"image file of view '{view}' not found: {path}") \
                 from None
-        grey = mmcv.imfrombytes(data, flag='grayscale', backend='cv2')
-        if grey is None:
-            raise ValueError(f"cannot decode the image of view '{view}': {path}")
+        try:
+            grey = mmcv.imfrombytes(data, flag='grayscale', backend='cv2')
+        except Exception:   # cv2.error for an empty file
+            grey = None
+        if grey is None or grey.size == 0:
+            raise XrayImageError(f"cannot decode the image of view '{view}' (not a valid "
+                                 f'PNG: corrupt, truncated or empty): {path}')
         return grey
 
     def transform(self, results: dict) -> dict:
@@ -66,17 +74,17 @@ class LoadXrayMultiViewImages(BaseTransform):
             grey = self._read(path, view)
             expected = results['images'][view]
             if grey.shape != (expected['height'], expected['width']):
-                raise ValueError(f"image {path} is {grey.shape[0]}x{grey.shape[1]} (HxW), "
-                                 f"the info pickle says {expected['height']}x"
-                                 f"{expected['width']}")
+                raise XrayImageError(f'image {path} is {grey.shape[0]}x{grey.shape[1]} '
+                                     f"(HxW), the info pickle says {expected['height']}x"
+                                     f"{expected['width']}")
             # explicit grey -> 3 identical float32 channels (see the class docstring)
             img = np.empty(grey.shape + (3,), np.float32)
             img[...] = grey[:, :, None]
             imgs.append(img)
         shapes = {img.shape[:2] for img in imgs}
         if len(shapes) != 1:
-            raise ValueError(f'the views of case {results.get("token")} differ in size: '
-                             f'{sorted(shapes)}')
+            raise XrayImageError(f'the views of case {results.get("token")} differ in '
+                                 f'size: {sorted(shapes)}')
         num_views = len(imgs)
         results['img'] = imgs
         results['img_shape'] = results['ori_shape'] = imgs[0].shape[:2]

@@ -1,0 +1,50 @@
+"""Check the keys of the ``train_cfg`` / ``test_cfg`` dicts our modules read, so that a
+misspelled key (``max_per_imgg``) stops the build instead of being ignored."""
+import difflib
+from typing import Iterable, Mapping, Optional
+
+#: ``detection_proposal``: the R-CNN test settings of the detections that become queries
+#: (mmdet's ``predict_by_feat``) and ``min_bbox_size`` (:meth:`MV2DXray.detect_2d`).
+DETECTION_PROPOSAL_KEYS = ('score_thr', 'nms', 'max_per_img', 'min_bbox_size')
+#: ``model.train_cfg`` of :class:`MV2DXray`.
+MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn')
+#: ``model.test_cfg`` of :class:`MV2DXray`.
+MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
+#: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights``, the cross-attention head's
+#: ``assigner`` and ``extra_pos_radius``.
+RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius')
+#: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.select`.
+RCNN_TEST_CFG_KEYS = ('score_thr', 'nms', 'max_per_scene')
+#: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.
+CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge')
+
+
+class XrayConfigError(ValueError):
+    """A config names a key that the module it configures does not read."""
+
+
+def unknown_key_message(key: str, valid: Iterable[str], where: str) -> str:
+    """``"<where> has no key 'x' (did you mean 'y'?; valid keys: ...)"``."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ''
+    return f"{where} has no key '{key}' ({hint}valid keys: {', '.join(valid)})"
+
+
+def check_keys(cfg: Optional[Mapping], valid: Iterable[str], where: str) -> None:
+    """Raise :class:`XrayConfigError` for the first key of ``cfg`` not in ``valid``
+    (``None`` passes).
+
+    Args:
+        cfg (Mapping, optional): the config dict.
+        valid (Iterable[str]): the keys the code reads.
+        where (str): the dict's place in the config, e.g. ``model.test_cfg.rcnn``.
+    """
+    if cfg is None:
+        return
+    if not isinstance(cfg, Mapping):
+        raise XrayConfigError(f'{where} must be a dict, got {type(cfg).__name__}')
+    valid = tuple(valid)
+    for key in cfg:
+        if key not in valid:
+            raise XrayConfigError(unknown_key_message(key, valid, where))
