@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import List, Optional
 
-from data_converters.arguments import fraction, image_size, positive_float, positive_int, shard
+from data_converters.arguments import (file_prefix, fraction, image_size, positive_float,
+                                       positive_int, shard)
 from data_converters.errors import ConverterError
 
 EPILOG = """\
@@ -72,7 +73,7 @@ def _add_common(parser: argparse.ArgumentParser, default_size: int, default_pref
     run.add_argument('--shard', type=shard, default=None, metavar='I/N',
                      help='convert only every N-th case from the I-th (0-based), e.g. one '
                           'task of a job array; then run "merge"')
-    run.add_argument('--prefix', default=default_prefix,
+    run.add_argument('--prefix', type=file_prefix, default=default_prefix,
                      help=f'prefix of the split files (default: {default_prefix})')
     run.add_argument('--no-progress', action='store_true', help='no progress bar')
 
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument('--out', required=True, metavar='DIR', help='dataset folder')
     merge.add_argument('--inputs', nargs='*', default=(), metavar='DIR',
                        help='shard folders to merge into --out')
-    merge.add_argument('--prefix', default=None,
+    merge.add_argument('--prefix', type=file_prefix, default=None,
                        help='prefix of the split files (default: the shards\' prefix)')
     merge.add_argument('--val-fraction', type=fraction, default=None,
                        help='override the fraction recorded by the shards')

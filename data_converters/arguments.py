@@ -53,6 +53,19 @@ def image_size(text: str) -> Tuple[int, int]:
     return (height, int(match.group(2)) if match.group(2) else height)
 
 
+#: A prefix of the split files' names: a plain name, no folder (nothing outside ``--out``).
+FILE_PREFIX = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]*')
+
+
+def file_prefix(text: str) -> str:
+    """A prefix of file names in the output folder (letters, digits, ``_``, ``-`` and
+    ``.``, not first): ``--prefix ../x`` or ``/tmp/x`` would write outside ``--out``."""
+    if not FILE_PREFIX.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f'expected a file name prefix (letters, digits, _ - and ., no folder), got {text!r}')
+    return text
+
+
 def shard(text: str) -> Tuple[int, int]:
     """``I/N`` with ``0 <= I < N`` -> ``(I, N)``."""
     match = re.fullmatch(r'(\d+)/(\d+)', text.strip())

@@ -16,8 +16,10 @@ import pickle
 import shutil
 from typing import Dict, List, Optional, Sequence
 
+from data_converters.arguments import FILE_PREFIX
 from data_converters.errors import ConverterError
-from data_converters.storage import CaseStore, canonical_pickle, dumps_json
+from data_converters.storage import (PART_SUFFIX, SKIP_SUFFIX, CaseStore, canonical_pickle,
+                                     dumps_json)
 from projects.mv2d_xray.core.data_format import (build_coco, build_metainfo, coco_path,
                                                  split_patients)
 from projects.mv2d_xray.core.geometry import XrayGeometry
@@ -27,7 +29,15 @@ SPLITS = ('train', 'val')
 
 
 def split_file_paths(out_dir: str, prefix: str) -> Dict[str, Dict[str, str]]:
-    """``{split: {'pkl': path, 'coco': path}}`` of a dataset folder."""
+    """``{split: {'pkl': path, 'coco': path}}`` of a dataset folder.
+
+    Raises:
+        ConverterError: ``prefix`` is not a plain file name prefix (it would write outside
+        ``out_dir``; e.g. one recorded in an edited ``settings.json``).
+    """
+    if not isinstance(prefix, str) or not FILE_PREFIX.fullmatch(prefix):
+        raise ConverterError(f'split file prefix {prefix!r} is not a plain file name prefix '
+                             '(letters, digits, _ - and ., no folder)')
     pkl = {split: osp.join(out_dir, f'{prefix}_infos_{split}.pkl') for split in SPLITS}
     return {split: dict(pkl=pkl[split], coco=coco_path(pkl[split])) for split in SPLITS}
 
@@ -111,6 +121,7 @@ def check_inputs(out_dir: str, inputs: Sequence[str]) -> None:
         settings = store.read_settings()
         if settings is None:
             raise ConverterError(f'{folder} holds no conversion (no {store.settings_path()})')
+        store.check_format()
         if reference is None:
             reference = folder, settings
             continue
@@ -145,10 +156,10 @@ def merge(out_dir: str, inputs: Sequence[str] = (), prefix: Optional[str] = None
             shutil.copytree(osp.join(folder, 'images'), osp.join(out_dir, 'images'),
                             dirs_exist_ok=True)
         for name in sorted(os.listdir(other.parts_dir)):
-            if name.endswith('.pkl') or name.endswith('.skip.json'):
-                token = name[:-len('.skip.json')] if name.endswith('.skip.json') \
-                    else name[:-len('.pkl')]
-                if name.endswith('.skip.json') and store.is_done(token):
+            if name.endswith(PART_SUFFIX) or name.endswith(SKIP_SUFFIX):
+                token = name[:-len(SKIP_SUFFIX)] if name.endswith(SKIP_SUFFIX) \
+                    else name[:-len(PART_SUFFIX)]
+                if name.endswith(SKIP_SUFFIX) and store.is_done(token):
                     continue
                 with open(osp.join(other.parts_dir, name), 'rb') as f:
                     atomic_write(osp.join(store.parts_dir, name), f.read())

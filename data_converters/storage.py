@@ -2,8 +2,8 @@
 
 Every file is written to a temporary name in its final folder and renamed into place
 (:func:`~projects.mv2d_xray.core.io.atomic_write`): a file either exists complete or not at all. A case is finished
-when its *part* file ``DIR/.parts/<token>.pkl`` exists; it is written last, after the
-case's PNGs. A re-run skips finished cases and redoes the others (overwriting any PNGs a
+when its *part* file ``DIR/.parts/<token>.case.json`` exists; it is written last, after
+the case's PNGs. A re-run skips finished cases and redoes the others (overwriting any PNGs a
 killed run left). The split files are then assembled from the part files alone, in a
 fixed order, so a resumed run gives byte-identical outputs. Cases that could not be
 converted leave ``DIR/.parts/<token>.skip.json`` with the reason (retried on a re-run).
@@ -11,6 +11,10 @@ converted leave ``DIR/.parts/<token>.skip.json`` with the reason (retried on a r
 ``DIR/.parts/settings.json`` holds the settings that shape every case (geometry, label
 rule, rendering, source) and how its patients are split (``--val-fraction``, ``--seed``);
 a run with other settings refuses to mix into the folder (``merge`` re-splits it).
+
+The parts and caches are JSON or ``.npz`` read with ``allow_pickle=False``: formats that
+cannot carry code. A folder converted by an older converter (``.pkl`` parts) is refused
+with one line (:meth:`CaseStore.check_format`): convert into a new folder.
 """
 from __future__ import annotations
 
@@ -23,18 +27,28 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from data_converters.errors import ConverterError
-from projects.mv2d_xray.core.io import (atomic_write, json_bytes, read_json, read_pickle,
+from projects.mv2d_xray.core.io import (atomic_write, json_bytes, read_json,
                                         remove_stale_temporaries)
 
 PARTS_DIR = '.parts'
 SETTINGS_FILE = 'settings.json'
 #: The split settings a re-run must repeat (the prefix only names the split files).
 SPLIT_KEYS = ('val_fraction', 'seed')
+#: A finished case's part file is ``<token>`` + this; a skipped one's ``<token>.skip.json``.
+PART_SUFFIX = '.case.json'
+SKIP_SUFFIX = '.skip.json'
 
 
 def dumps_json(obj) -> bytes:
     """The converter's JSON text (indent 1: the COCO files are large)."""
     return json_bytes(obj, indent=1)
+
+
+def part_json(obj) -> bytes:
+    """A finished case as compact JSON (no NaN or infinities: they are not JSON). Read
+    back, it equals ``json.loads(json.dumps(obj))``, what :func:`canonical_pickle` pickles,
+    so the split files stay byte-identical."""
+    return json.dumps(obj, separators=(',', ':'), allow_nan=False).encode()
 
 
 def canonical_pickle(obj) -> bytes:
@@ -92,8 +106,10 @@ class CaseStore:
 
         Raises:
             ConverterError: the folder holds a conversion with another fingerprint or
-                another split (:data:`SPLIT_KEYS`).
+                another split (:data:`SPLIT_KEYS`), or one of an older converter
+                (:meth:`check_format`).
         """
+        self.check_format()
         os.makedirs(self.parts_dir, exist_ok=True)
         current = self.read_settings()
         # compare as JSON so tuples and lists are alike
@@ -122,19 +138,33 @@ class CaseStore:
         if cleanup:
             remove_stale_temporaries(self.out_dir)
 
+    def check_format(self) -> None:
+        """Refuse a folder whose parts or caches an older converter pickled (``.pkl``
+        under ``.parts``): they are not read, since a pickle can carry code.
+
+        Raises:
+            ConverterError: such a file exists.
+        """
+        for folder in (self.parts_dir, osp.join(self.parts_dir, 'cache')):
+            if osp.isdir(folder) and any(name.endswith('.pkl') for name in os.listdir(folder)):
+                raise ConverterError(
+                    f'{self.out_dir} was converted by an older version of the converter (its '
+                    f'{PARTS_DIR} holds .pkl files, which are no longer read); convert into '
+                    'a new --out, or delete that folder')
+
     # -- cases -------------------------------------------------------------------------
     def part_path(self, token: str) -> str:
-        return osp.join(self.parts_dir, f'{token}.pkl')
+        return osp.join(self.parts_dir, f'{token}{PART_SUFFIX}')
 
     def skip_path(self, token: str) -> str:
-        return osp.join(self.parts_dir, f'{token}.skip.json')
+        return osp.join(self.parts_dir, f'{token}{SKIP_SUFFIX}')
 
     def is_done(self, token: str) -> bool:
         return osp.exists(self.part_path(token))
 
     def write_case(self, token: str, info: dict) -> None:
         """Record a finished case (after its images are written)."""
-        atomic_write(self.part_path(token), canonical_pickle(info))
+        atomic_write(self.part_path(token), part_json(info))
         if osp.exists(self.skip_path(token)):
             os.remove(self.skip_path(token))
 
@@ -146,13 +176,16 @@ class CaseStore:
         infos, skipped = [], {}
         if not osp.isdir(self.parts_dir):
             return infos, skipped
+        self.check_format()
         for name in sorted(os.listdir(self.parts_dir)):
             path = osp.join(self.parts_dir, name)
-            if name.endswith('.skip.json'):
+            if name.startswith('.'):
+                continue
+            if name.endswith(SKIP_SUFFIX):
                 record = read_json(path, 'skipped-case record')
                 skipped[record['token']] = record['reason']
-            elif name.endswith('.pkl') and not name.startswith('.'):
-                infos.append(read_pickle(path, 'finished case'))
+            elif name.endswith(PART_SUFFIX):
+                infos.append(read_json(path, 'finished case'))
         infos.sort(key=lambda info: info['token'])
         done = {info['token'] for info in infos}
         return infos, {t: r for t, r in skipped.items() if t not in done}

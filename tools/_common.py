@@ -1,6 +1,5 @@
 """Helpers shared by the tools: make the repository importable, load configs with one
-clear line on bad input, and load the project's own checkpoints."""
-import contextlib
+clear line on bad input (checkpoints: ``_checkpoints.py``)."""
 import os
 import os.path as osp
 import sys
@@ -96,7 +95,8 @@ def _is_project_error(exc: BaseException) -> bool:
     """Whether ``exc`` is one of the project's own error types (the dataset's "data and
     config disagree", the info / prediction format errors, unknown config keys ...),
     without importing the plugin."""
-    return any(cls.__module__.startswith(('projects.mv2d_xray', 'data_converters'))
+    return any(cls.__module__.startswith(('projects.mv2d_xray', 'data_converters',
+                                          '_checkpoints'))
                for cls in type(exc).__mro__)
 
 
@@ -209,53 +209,3 @@ def default_work_dir(cfg, config_path: str, work_dir=None) -> str:
     if cfg.get('work_dir', None) is not None:
         return cfg.work_dir
     return osp.join('work_dirs', osp.splitext(osp.basename(config_path))[0])
-
-
-#: What ``--help`` of the tools that load checkpoints says about it.
-TRUSTED_CHECKPOINT_HELP = (
-    'The checkpoints this tool is given (and, when resuming, those in the work dir) are '
-    'loaded as mmengine saves them: torch.load with weights_only=False, which can run code '
-    'stored in the file, so pass only checkpoints you made with this project or otherwise '
-    'trust. Weights named in a config\'s init_cfg (e.g. downloaded ImageNet weights) keep '
-    'torch\'s safe loading.')
-
-
-@contextlib.contextmanager
-def trusted_checkpoint_loading(files=(), folders=()):
-    """Within the block, mmengine loads the named checkpoint ``files``, and the files under
-    the named ``folders`` (a work dir's own checkpoints, for ``--resume``), with
-    ``torch.load(weights_only=False)``; every other file keeps mmengine's loader and so
-    torch's safe default. mmengine's loader is put back afterwards.
-
-    PyTorch >= 2.6 loads with ``weights_only=True``, which rejects mmengine checkpoints
-    (they pickle the message hub's ``HistoryBuffer`` and numpy arrays), so ``--resume``,
-    ``load_from`` and ``tools/test.py`` would fail on the project's own checkpoints. Only
-    the tools that load the user's own checkpoints use this, around the runner's run, and
-    say so in their ``--help`` (:data:`TRUSTED_CHECKPOINT_HELP`); importing the project
-    changes nothing.
-
-    Args:
-        files (Iterable[str]): checkpoint files to trust (``None`` entries are skipped).
-        folders (Iterable[str]): folders whose files to trust.
-    """
-    import torch
-    from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
-    trusted_files = {osp.realpath(osp.expanduser(f)) for f in files if f}
-    trusted_folders = [osp.join(osp.realpath(osp.expanduser(d)), '') for d in folders if d]
-
-    def is_trusted(path: str) -> bool:
-        return path in trusted_files or any(path.startswith(d) for d in trusted_folders)
-
-    def load(filename, map_location):
-        path = osp.realpath(osp.expanduser(filename))
-        if not is_trusted(path):
-            return load_from_local(filename, map_location)
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return torch.load(path, map_location=map_location, weights_only=False)
-
-    CheckpointLoader.register_scheme(prefixes='', loader=load, force=True)
-    try:
-        yield
-    finally:
-        CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)

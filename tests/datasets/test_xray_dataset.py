@@ -238,3 +238,44 @@ def test_case_with_views_missing(tmp_path):
     mmengine.dump(infos, osp.join(str(tmp_path), ann_file))
     with pytest.raises(ValueError, match="case 'fake-train-0002' has views"):
         build(tmp_path, ann_file)
+
+
+@pytest.mark.parametrize('img_path', ['../../../../etc/hostname', '/etc/hostname',
+                                      'images/../../other/images/x.png', '', 'LINK'])
+def test_image_path_outside_the_data_root(tmp_path, img_path):
+    """An info file cannot make the dataset read files outside its root: absolute paths,
+    ``..`` out of it, a symbolic link pointing elsewhere (one line naming case, view and
+    path), also without the start-up check of the files."""
+    root = tmp_path / 'data'
+    root.mkdir()
+    ann_file = write_fake_dataset(str(root))
+    if img_path == 'LINK':
+        outside = tmp_path / 'outside.png'
+        outside.write_bytes(b'x')
+        os.symlink(outside, root / 'images' / 'link.png')
+        img_path = 'images/link.png'
+    infos = mmengine.load(osp.join(str(root), ann_file))
+    infos['data_list'][1]['images']['VIEW_02']['img_path'] = img_path
+    mmengine.dump(infos, osp.join(str(root), ann_file))
+    for check in (True, False):
+        with pytest.raises(ValueError) as err:
+            build(root, ann_file, check_image_files=check)
+        message = str(err.value)
+        assert '\n' not in message
+        assert "case 'fake-train-0001' view 'VIEW_02': image path " in message
+        assert repr(img_path) in message and 'not inside the data root' in message
+
+
+def test_image_paths_inside_the_data_root_are_read(tmp_path):
+    """``images/../images/...`` stays inside; a data root that is itself a symbolic link
+    is fine."""
+    root = tmp_path / 'data'
+    root.mkdir()
+    ann_file = write_fake_dataset(str(root))
+    infos = mmengine.load(osp.join(str(root), ann_file))
+    view = infos['data_list'][0]['images']['VIEW_00']
+    view['img_path'] = 'images/../' + view['img_path']
+    mmengine.dump(infos, osp.join(str(root), ann_file))
+    os.symlink(root, tmp_path / 'link')
+    dataset = build(tmp_path / 'link', ann_file)
+    assert len(dataset) == len(infos['data_list'])

@@ -56,22 +56,22 @@ def _make_runner(work_dir, max_epochs, resume):
 
 
 def test_runner_checkpoint_resumes(tmp_path):
-    """mmengine checkpoints resume inside the tools' trusted loading (the only place that
-    loads with ``weights_only=False``)."""
+    """mmengine checkpoints resume inside the tools' checkpoint loading: weights-only, with
+    the allow-list of the globals mmengine's own checkpoints hold (no trust needed)."""
     _make_runner(tmp_path, max_epochs=1, resume=False).train()
     ckpt = tmp_path / 'epoch_1.pth'
     assert ckpt.is_file()
     if tuple(int(v) for v in torch.__version__.split('.')[:2]) >= (2, 6):
-        # What the trusted loading is for: weights-only loading rejects the checkpoint.
+        # What the allow-list is for: plain weights-only loading rejects the checkpoint.
         with pytest.raises(Exception, match='[Ww]eights only load failed'):
             torch.load(ckpt)
     sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
     try:
-        from _common import trusted_checkpoint_loading
+        from _checkpoints import checkpoint_loading
     finally:
         sys.path.remove(osp.join(REPO_ROOT, 'tools'))
     runner = _make_runner(tmp_path, max_epochs=2, resume=True)
-    with trusted_checkpoint_loading(folders=[str(tmp_path)]):
+    with checkpoint_loading(folders=[str(tmp_path)]):
         runner.train()
     assert runner.epoch == 2 and runner.iter == 4   # continued from epoch 1, iteration 2
     assert (tmp_path / 'epoch_2.pth').is_file()

@@ -7,6 +7,7 @@ ignore regions (1, LUNA16's "irrelevant findings") only reach the 2D detector as
 ignore and the metric, which neither rewards nor punishes detections on them.
 """
 import os.path as osp
+import posixpath
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -213,6 +214,7 @@ class MV2DXrayDataset(Det3DDataset):
         for name in self.view_names:
             view = images[name]
             prefix = self.data_prefix.get(name, self.data_prefix.get('img', ''))
+            self._check_inside_root(where, name, prefix, view.get('img_path'))
             view['img_path'] = osp.join(prefix, view['img_path'])
             if self.check_image_files and self.backend_args is None \
                     and not osp.isfile(view['img_path']):
@@ -236,6 +238,25 @@ class MV2DXrayDataset(Det3DDataset):
         if self.test_mode and self.load_eval_anns:
             info['eval_ann_info'] = ann_info
         return info
+
+    def _check_inside_root(self, where: str, view_name: str, root: str, img_path) -> None:
+        """An info file's ``img_path`` must be a relative path that stays inside the data
+        root (``data_root`` joined with ``data_prefix``) once resolved: no absolute path,
+        no ``..`` out of it, no symbolic link pointing elsewhere (local files), so an
+        info file cannot make the dataset read another dataset's or the system's files.
+        """
+        inside = isinstance(img_path, str) and img_path != '' and not osp.isabs(img_path)
+        if inside and self.backend_args is None:
+            base = osp.realpath(root or '.')
+            path = osp.realpath(osp.join(root, img_path))
+            inside = path.startswith(osp.join(base, ''))
+        elif inside:                              # a storage backend: by name only
+            base = posixpath.normpath(root or '.')
+            path = posixpath.normpath(posixpath.join(base, img_path))
+            inside = path.startswith(base.rstrip('/') + '/')
+        if not inside:
+            raise XrayDataError(f"{where} view '{view_name}': image path {img_path!r} is not "
+                                f"inside the data root {root or '.'!r}")
 
     def parse_ann_info(self, info: dict) -> dict:
         """Split the case's annotations into findings and ignore regions.
