@@ -128,7 +128,7 @@ def test_disk_full_while_writing_cases(registry, tmp_path, capsys, monkeypatch):
     code = run(['tiny', '--out', out, '--cases', '3'] + TINY)
     one_line_error(capsys, code, 'No space left on device', 'finished cases are kept')
     parts = sorted(os.listdir(osp.join(out, '.parts')))
-    assert parts == ['settings.json', 'tiny-0.pkl']      # the finished case, no skips
+    assert parts == ['settings.json', 'tiny-0.case.json']   # the finished case, no skips
     assert not [n for n in os.listdir(out) if n.startswith('tiny_infos')]
     monkeypatch.setattr(cases, 'write_png', original)
     assert run(['tiny', '--out', out, '--cases', '3'] + TINY) == 0
