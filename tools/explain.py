@@ -127,15 +127,15 @@ def case_index(dataset, token: str) -> int:
 
 
 def run_case(model, dataset, index: int, explain: bool):
-    """``(item, inputs, sample)``: the pipeline's item, the preprocessed ``(N, 3, H, W)``
-    views and the model's prediction (with ``explanations`` when ``explain``)."""
+    """``(inputs, sample)``: the case's preprocessed ``(N, 3, H, W)`` views and the
+    model's prediction (with ``explanations`` when ``explain``)."""
     import torch
     from mmengine.dataset import pseudo_collate
     item = dataset[index]
     data = model.data_preprocessor(pseudo_collate([item]), False)
     with torch.no_grad():
         sample = model(**data, mode='predict', explain=explain)[0]
-    return item, data['inputs']['imgs'][0], sample
+    return data['inputs']['imgs'][0], sample
 
 
 def display_views(model, imgs, img_shape) -> list:
@@ -210,7 +210,7 @@ def explain_case(args, cfg, model, dataset) -> None:
         draw_finding_evidence
     from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import \
         draw_saliency_views
-    item, imgs, sample = run_case(model, dataset, case_index(dataset, args.case), True)
+    imgs, sample = run_case(model, dataset, case_index(dataset, args.case), True)
     meta, pred = sample.metainfo, sample.pred_instances_3d
     names, classes = list(meta['view_names']), dataset.metainfo['classes']
     views = display_views(model, imgs, meta['img_shape'])
@@ -288,7 +288,7 @@ def pointing_game_split(args, cfg, model, dataset) -> None:
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     records = dict(eigen_cam=[], score_cam=[])
     for index in tqdm(range(count), desc='cases', unit='case'):
-        item, imgs, sample = run_case(model, dataset, index, False)
+        imgs, sample = run_case(model, dataset, index, False)
         meta = sample.metainfo
         gts = gt_boxes_per_view(dataset, index, meta)
         for method, maps in view_maps(model, imgs, meta['img_shape']).items():

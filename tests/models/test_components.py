@@ -295,7 +295,7 @@ def test_assigner_survives_non_finite_predictions():
 def test_coder_round_trip_and_decodes_every_query_sorted():
     """The coder decodes every query, by decreasing score: no threshold, cap or
     centre-range filter of its own (the RoI head's ``test_cfg`` has them; see
-    ``test_roi_head_postprocess_has_the_only_threshold_and_cap``)."""
+    ``test_roi_head_select_has_the_only_threshold_and_cap``)."""
     coder = MV2DXrayNMSFreeCoder(pc_range=PC_RANGE)
     boxes = torch.tensor([[10., -20., 30., 8., 12., 20.],
                           [-149., 0., 149., 1., 2., 3.]])
@@ -322,7 +322,7 @@ def test_coder_round_trip_and_decodes_every_query_sorted():
     (dict(score_thr=0.2, max_per_scene=3,
           nms=dict(type='centre_distance', dist_thr_mm=5.0)), [3.0, 2.0, 0.0]),
 ])
-def test_roi_head_postprocess_has_the_only_threshold_and_cap(test_cfg, kept_logits):
+def test_roi_head_select_has_the_only_threshold_and_cap(test_cfg, kept_logits):
     head_cfg = dict(tiny_mv2d_config()['roi_head'], test_cfg=test_cfg)
     head = MODELS.build(head_cfg)
     coder = head.bbox_coder
@@ -330,14 +330,14 @@ def test_roi_head_postprocess_has_the_only_threshold_and_cap(test_cfg, kept_logi
                           [40., 0., 0., 10., 10., 10.], [80., 0., 0., 10., 10., 10.],
                           [-80., 0., 0., 10., 10., 10.]])
     logits = torch.tensor([[1.0], [3.0], [-3.0], [0.0], [2.0]])
-    result = head.postprocess(coder.decode(logits, coder.encode(boxes)), dict())
+    result = head.to_instances(head.select(coder.decode(logits, coder.encode(boxes))), dict())
     assert torch.allclose(result.scores_3d, torch.sigmoid(torch.tensor(kept_logits)))
     centre_x = {3.0: 2.0, 2.0: -80.0, 1.0: 0.0, 0.0: 80.0, -3.0: 40.0}
     assert result.bboxes_3d.gravity_center[:, 0].tolist() == pytest.approx(
         [centre_x[k] for k in kept_logits], abs=1e-3)
     head.test_cfg = dict(nms=dict(type='center_distance'))
     with pytest.raises(ValueError, match='centre_distance'):
-        head.postprocess(coder.decode(logits, coder.encode(boxes)), dict())
+        head.to_instances(head.select(coder.decode(logits, coder.encode(boxes))), dict())
 
 
 def test_centre_distance_nms():

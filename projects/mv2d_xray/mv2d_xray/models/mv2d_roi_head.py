@@ -536,19 +536,6 @@ class MV2DXrayRoIHead(BaseModule):
         return [explain_query(out['evidence'], int(queries[q]), int(q))
                 for q in query_ids.tolist()]
 
-    def postprocess(self, pred: Dict[str, Tensor], meta: dict) -> InstanceData:
-        """The ``test_cfg`` steps (:meth:`select`) on one scene's decoded boxes, and
-        the box type (:meth:`to_instances`).
-
-        Args:
-            pred (dict): see :meth:`select`.
-            meta (dict): the scene's meta (``box_type_3d``, optional).
-
-        Returns:
-            InstanceData: ``bboxes_3d``, ``scores_3d``, ``labels_3d``.
-        """
-        return self.to_instances(self.select(pred), meta)
-
     def select(self, pred: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """The ``test_cfg`` steps on one scene's decoded boxes: ``score_thr``, then
         ``nms`` (:func:`centre_distance_nms`), then the best ``max_per_scene``.
