@@ -14,10 +14,16 @@ Frames (all lengths in mm):
 * ``img`` -- continuous pixel coordinates ``(u, v) = (column, row)``; the centre of pixel
   ``(r, c)`` is at ``(c + 0.5, r + 0.5)``, as in COCO and mmdet.
 
-Acquisition: ``num_views`` views on a circle about the ct z axis. View ``i`` has the angle
-``theta_i = 2 pi i / num_views`` and its source at ``sod_mm * (sin theta, -cos theta, 0)``
-(view 0 anterior, view N/4 on the patient's left); the flat detector is ``sdd_mm`` from the
-source, centred on the central ray, ``image_size = (H, W)`` pixels of ``pixel_spacing_mm``.
+Acquisition (:class:`XrayGeometry`, the ring): ``num_views`` views on a circle about the
+ct z axis. View ``i`` has the angle ``theta_i = 2 pi i / num_views`` and its source at
+``sod_mm * (sin theta, -cos theta, 0)`` (view 0 anterior, view N/4 on the patient's left);
+the flat detector is ``sdd_mm`` from the source, centred on the central ray,
+``image_size = (H, W)`` pixels of ``pixel_spacing_mm``. The ring also covers limited arcs
+(``start_deg``, ``arc_deg``), a tilted orbit (``tilt_deg``) and an offset detector
+(``detector_offset_px``); with their defaults the matrices are exactly the plain ring's.
+Any other acquisition (one matrix per view, from a calibration file) is an
+:class:`~projects.mv2d_xray.core.acquisition.Acquisition`; ``XrayGeometry.to_acquisition``
+turns a ring into one.
 This is exactly DiffDRR 0.6.1's ``DRR(subject, sdd=sdd_mm, height=H, width=W,
 delx=dely=pixel_spacing_mm, reverse_x_axis=True)`` with the pose
 ``convert(rotation=(theta, 0, 0), translation=(0, sod_mm, 0), parameterization="euler_angles",
@@ -64,19 +70,34 @@ class XrayGeometry:
     """A circular acquisition of ``num_views`` cone-beam X-ray views around the ct z axis.
 
     Args:
-        num_views (int): number of views, evenly spaced over 360 degrees. Defaults to 10.
+        num_views (int): number of views. Defaults to 10.
         sod_mm (float): source to isocentre (ct origin) distance. Defaults to 300.
         sdd_mm (float): source to detector distance. Defaults to 600.
         image_size (tuple[int, int]): detector size ``(H, W)`` in pixels. Defaults to
             ``(1024, 1024)``.
         pixel_spacing_mm (float, optional): detector pixel pitch. Defaults to
             ``800 / max(H, W)`` (an 800 mm detector).
+        start_deg (float): angle of view 0 about the ct z axis. Defaults to 0 (anterior).
+        arc_deg (float): the angles swept, in (0, 360]. A full 360-degree ring spaces the
+            views ``arc / num_views`` apart (the last view does not repeat the first);
+            a limited arc (a C-arm) puts the first and last views at its ends,
+            ``arc / (num_views - 1)`` apart. Defaults to 360.
+        tilt_deg (float): tilt of the orbit about the ct x axis (an inclined turntable
+            or source elevation): the whole ring is rotated by ``R_x(tilt)``, so the
+            sources leave the ct xy plane. Defaults to 0.
+        detector_offset_px (tuple[float, float]): ``(du, dv)`` shift of the principal
+            point (where the central ray meets the detector) from the image centre, in
+            pixels along the image columns and rows. Defaults to ``(0, 0)``.
     """
     num_views: int = 10
     sod_mm: float = 300.0
     sdd_mm: float = 600.0
     image_size: Tuple[int, int] = (1024, 1024)
     pixel_spacing_mm: Optional[float] = field(default=None)
+    start_deg: float = 0.0
+    arc_deg: float = 360.0
+    tilt_deg: float = 0.0
+    detector_offset_px: Tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
         height, width = (int(s) for s in self.image_size)
@@ -85,6 +106,10 @@ class XrayGeometry:
             object.__setattr__(self, 'pixel_spacing_mm',
                                DEFAULT_DETECTOR_MM / max(height, width))
         object.__setattr__(self, 'pixel_spacing_mm', float(self.pixel_spacing_mm))
+        for name in ('start_deg', 'arc_deg', 'tilt_deg'):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, 'detector_offset_px',
+                           tuple(float(v) for v in self.detector_offset_px))
         problems = []
         if int(self.num_views) != self.num_views or self.num_views < 1:
             problems.append(f'num_views must be a positive integer, got {self.num_views}')
@@ -96,14 +121,29 @@ class XrayGeometry:
             problems.append(f'image_size must be positive, got {self.image_size}')
         if not self.pixel_spacing_mm > 0:
             problems.append(f'pixel_spacing_mm must be > 0, got {self.pixel_spacing_mm}')
+        if not 0 < self.arc_deg <= 360:
+            problems.append(f'arc_deg must be in (0, 360], got {self.arc_deg}')
+        if not abs(self.tilt_deg) < 90:
+            problems.append(f'tilt_deg must be in (-90, 90), got {self.tilt_deg}')
+        if len(self.detector_offset_px) != 2:
+            problems.append(f'detector_offset_px must be (du, dv), got '
+                            f'{self.detector_offset_px}')
+        values = (self.sod_mm, self.sdd_mm, self.pixel_spacing_mm, self.start_deg,
+                  self.arc_deg, self.tilt_deg, *self.detector_offset_px)
+        if not all(math.isfinite(v) for v in values):
+            problems.append('every number must be finite')
         if problems:
             raise ValueError('; '.join(problems))
 
     # -- description -------------------------------------------------------------------
     @property
     def angles_rad(self) -> Tuple[float, ...]:
-        """View angles ``2 pi i / N`` in radians."""
-        return tuple(2 * math.pi * i / self.num_views for i in range(self.num_views))
+        """View angles in radians: ``start + arc * i / N`` on a full ring (``2 pi i / N``
+        by default, bit for bit), ``start + arc * i / (N - 1)`` on a limited arc."""
+        full = self.arc_deg >= 360.0 or self.num_views == 1
+        steps = self.num_views if full else self.num_views - 1
+        start, arc = math.radians(self.start_deg), math.radians(self.arc_deg)
+        return tuple(start + arc * i / steps for i in range(self.num_views))
 
     @property
     def view_names(self) -> Tuple[str, ...]:
@@ -122,6 +162,7 @@ class XrayGeometry:
         """The geometry as recorded in the info pickles' ``metainfo['geometry']``."""
         info = asdict(self)
         info['image_size'] = list(self.image_size)
+        info['detector_offset_px'] = list(self.detector_offset_px)
         info.update(angles_rad=list(self.angles_rad),
                     angles_deg=[math.degrees(a) for a in self.angles_rad],
                     view_names=list(self.view_names), world_frame=WORLD_FRAME, units='mm')
@@ -129,22 +170,41 @@ class XrayGeometry:
 
     @classmethod
     def from_metainfo(cls, info: dict) -> 'XrayGeometry':
+        """The ring recorded by :meth:`to_metainfo` (older files lack the arc, tilt and
+        offset settings: their defaults)."""
         return cls(num_views=int(info['num_views']), sod_mm=float(info['sod_mm']),
                    sdd_mm=float(info['sdd_mm']), image_size=tuple(info['image_size']),
-                   pixel_spacing_mm=float(info['pixel_spacing_mm']))
+                   pixel_spacing_mm=float(info['pixel_spacing_mm']),
+                   start_deg=float(info.get('start_deg', 0.0)),
+                   arc_deg=float(info.get('arc_deg', 360.0)),
+                   tilt_deg=float(info.get('tilt_deg', 0.0)),
+                   detector_offset_px=tuple(info.get('detector_offset_px', (0.0, 0.0))))
+
+    def to_acquisition(self):
+        """This ring as an :class:`~projects.mv2d_xray.core.acquisition.Acquisition`
+        (the same matrices, bit for bit)."""
+        from projects.mv2d_xray.core.acquisition import Acquisition
+        return Acquisition.from_ring(self)
 
     # -- matrices ----------------------------------------------------------------------
+    def _tilt(self) -> np.ndarray:
+        """``R_x(tilt_deg)``, 3x3: the untilted ring's frame -> ct."""
+        c, s = math.cos(math.radians(self.tilt_deg)), math.sin(math.radians(self.tilt_deg))
+        return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
     def source_position(self, view: int) -> np.ndarray:
         """Position of view ``view``'s X-ray source in ct, shape (3,)."""
         theta = self.angles_rad[view]
-        return self.sod_mm * np.array([math.sin(theta), -math.cos(theta), 0.0])
+        source = self.sod_mm * np.array([math.sin(theta), -math.cos(theta), 0.0])
+        return source if self.tilt_deg == 0 else self._tilt() @ source
 
     def cam2img(self) -> np.ndarray:
         """Intrinsics (same for every view), 4x4 float64."""
         height, width = self.image_size
         mat = np.eye(4)
         mat[0, 0] = mat[1, 1] = self.focal_px
-        mat[0, 2], mat[1, 2] = width / 2.0, height / 2.0
+        mat[0, 2] = width / 2.0 + self.detector_offset_px[0]
+        mat[1, 2] = height / 2.0 + self.detector_offset_px[1]
         return mat
 
     def lidar2cam(self, view: int) -> np.ndarray:
@@ -154,6 +214,8 @@ class XrayGeometry:
         rot = np.array([[c, s, 0.0],        # x_cam: image right
                         [0.0, 0.0, -1.0],   # y_cam: image down = inferior
                         [-s, c, 0.0]])      # z_cam: central ray, source -> isocentre
+        if self.tilt_deg != 0:
+            rot = rot @ self._tilt().T      # ct -> untilted ring frame -> cam
         mat = np.eye(4)
         mat[:3, :3] = rot
         mat[:3, 3] = -rot @ self.source_position(view)
