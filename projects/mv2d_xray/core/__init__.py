@@ -5,6 +5,9 @@ the geometry).
 
 * :mod:`~projects.mv2d_xray.core.geometry` -- the camera model, the only place camera
   matrices are built, and the projection helpers (numpy or torch);
+* :mod:`~projects.mv2d_xray.core.acquisition` -- acquisitions of any shape (per-view
+  matrices) and the calibration file that describes them (explicit ``P`` or ``K`` + ``Rt``
+  per view, or the ring shorthand);
 * :mod:`~projects.mv2d_xray.core.data_format` -- the info pickles, COCO files and
   prediction files: format version, builders, readers;
 * :mod:`~projects.mv2d_xray.core.metric` -- the 3D metric as plain functions (FROC / CPM,
