@@ -12,6 +12,8 @@ the geometry).
   prediction files: format version, builders, readers;
 * :mod:`~projects.mv2d_xray.core.metric` -- the 3D metric as plain functions (FROC / CPM,
   centre-distance AP, IoU AP, centre error, size bands);
+* :mod:`~projects.mv2d_xray.core.bootstrap` -- confidence intervals of the metric by the case
+  bootstrap, and paired intervals of the difference between two methods;
 * :mod:`~projects.mv2d_xray.core.clustering` -- greedy clustering of scored points by
   distance (query merging and duplicate suppression);
 * :mod:`~projects.mv2d_xray.core.io` -- one atomic writer, one JSON reader, one reader for

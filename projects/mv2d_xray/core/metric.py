@@ -314,6 +314,8 @@ class _Settings:
     ap_interpolation: str = '101point'
 
 
+#: The predictions of a scan that has none (one object, so a memo can key it).
+_NO_PREDICTIONS = CasePred.empty()
 #: A size band: ``(name, (low_mm, high_mm))``, ``low <= diameter < high``.
 _Band = Tuple[str, Tuple[float, float]]
 
@@ -433,11 +435,22 @@ def _block_figures(scans: Sequence[_ScanMatches], cfg: _Settings) -> Optional[di
 
 
 def _evaluate_block(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred], label: int,
-                    band: Optional[Tuple[float, float]], cfg: _Settings) -> Optional[dict]:
+                    band: Optional[Tuple[float, float]], cfg: _Settings,
+                    memo: Optional[dict] = None) -> Optional[dict]:
     """All figures for one class and one size band (``None`` = all sizes) over every scan
-    of ``cases`` (``None`` without ground truth)."""
-    scans = [_match_scan(gt, preds.get(token) or CasePred.empty(), label, band, cfg)
-             for token, gt in cases.items()]
+    of ``cases`` (``None`` without ground truth). ``memo`` keeps each scan's matching by
+    the identity of its ground truth and predictions (see :func:`evaluate_detections`)."""
+    scans = []
+    for token, gt in cases.items():
+        pred = preds.get(token) or _NO_PREDICTIONS
+        key = (id(gt), id(pred), label, band)
+        if memo is None or key not in memo:
+            matches = _match_scan(gt, pred, label, band, cfg)
+            if memo is None:
+                scans.append(matches)
+                continue
+            memo[key] = matches
+        scans.append(memo[key])
     return _block_figures(scans, cfg)
 
 
@@ -551,7 +564,8 @@ def evaluate_detections(
         size_bands: Sequence[Tuple[str, float, float]] = DEFAULT_SIZE_BANDS,
         centre_error_thr_mm: Optional[float] = None,
         ap_interpolation: str = '101point',
-        progress: Optional[Callable[[list], Iterable]] = None) -> dict:
+        progress: Optional[Callable[[list], Iterable]] = None,
+        memo: Optional[dict] = None) -> dict:
     """Evaluate 3D predictions against ground truth (definitions in the module docstring).
 
     Boxes of both are ``(N, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` in the ``ct`` frame, mm
@@ -572,6 +586,11 @@ def evaluate_detections(
             (:func:`average_precision`).
         progress: wraps the list of (class, size band) blocks to evaluate, e.g.
             ``tqdm`` for a progress bar on large inputs. Defaults to None (none).
+        memo: a dict shared by calls with the same settings on the same ``CaseGT`` /
+            ``CasePred`` objects (e.g. the resamples of a bootstrap,
+            :mod:`~.bootstrap`): each scan is matched once, later calls only pool the
+            matches. The objects must stay alive and unchanged while the memo is used
+            (it keys them by identity). Defaults to None (no memo).
 
     Returns:
         dict: the top-level figures (``CPM``, ``FROC`` {rate: sensitivity}, ``mAP_dist``,
@@ -587,8 +606,8 @@ def evaluate_detections(
     labels = range(len(classes))
 
     def evaluate(label: int, band: Optional[Tuple[float, float]]) -> Optional[dict]:
-        return _drop_unreported_distances(_evaluate_block(cases, preds, label, band, cfg),
-                                          cfg, report_cfg)
+        return _drop_unreported_distances(
+            _evaluate_block(cases, preds, label, band, cfg, memo), cfg, report_cfg)
 
     blocks = [(label, None, None) for label in labels] + \
         [(label, name, rng) for label in labels for name, rng in bands]
