@@ -105,3 +105,15 @@ def test_memoised_evaluation_equals_the_plain_one():
     evaluate_detections(cases, preds, ['nodule'], memo=memo)
     assert memo
     assert evaluate_detections(cases, preds, ['nodule'], memo=memo) == plain
+
+
+def test_all_figures_lists_every_band_figure():
+    from projects.mv2d_xray.core.bootstrap import all_figures
+    from projects.mv2d_xray.core.metric import evaluate_detections
+    cases = one_finding_cases(3)
+    flat = all_figures(evaluate_detections(cases, finding(['c00']), ['nodule']))
+    assert flat['CPM'] == pytest.approx(1 / 3) and flat['CPM_6-10mm'] == pytest.approx(1 / 3)
+    assert flat['FROC@0.125_6-10mm'] == pytest.approx(1 / 3)
+    assert flat['AP_dist@2mm_6-10mm'] == pytest.approx(1 / 3, abs=0.01)
+    assert flat['centre_error_mm_6-10mm'] == 0.0
+    assert not any(key.endswith('_3-6mm') for key in flat)     # no finding in that band

@@ -25,7 +25,36 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from projects.mv2d_xray.core.data_format import CaseGT, CasePred
-from projects.mv2d_xray.core.metric import evaluate_detections, flatten_metrics
+from projects.mv2d_xray.core.metric import evaluate_detections
+
+
+#: The single-number figures of a result block that get intervals (besides ``FROC@rate``).
+FIGURE_PREFIXES = ('CPM', 'mAP_dist', 'AP_dist@', 'AP_iou@', 'centre_error_mm')
+
+
+def all_figures(result: dict) -> Dict[str, float]:
+    """Every figure of an :func:`~.metric.evaluate_detections` result, flat: ``CPM``,
+    ``mAP_dist``, ``AP_dist@{d}mm``, ``AP_iou@{t}``, ``centre_error_mm``, ``FROC@{rate}``,
+    and the same for each size band with the suffix ``_{band}`` (``CPM_3-6mm``) and each
+    class with the prefix ``{class}/`` (several classes). Absent figures have no key."""
+    flat: Dict[str, float] = {}
+
+    def add(block: Optional[dict], prefix: str = '', suffix: str = '') -> None:
+        if block is None:
+            return
+        for key, value in block.items():
+            if key.startswith(FIGURE_PREFIXES) and isinstance(value, (int, float)):
+                flat[f'{prefix}{key}{suffix}'] = float(value)
+        for rate, sens in (block.get('FROC') or {}).items():
+            flat[f'{prefix}FROC@{rate}{suffix}'] = float(sens)
+        if not suffix:
+            for band, sub in (block.get('by_size') or {}).items():
+                add(sub, prefix, f'_{band}')
+
+    add(result)
+    for name, block in (result.get('by_class') or {}).items():
+        add(block, prefix=f'{name}/')
+    return flat
 
 
 def resample_tokens(tokens: Sequence[str], num_resamples: int, seed: int) -> np.ndarray:
@@ -81,8 +110,8 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
     Returns:
         dict: ``methods`` ``{method: {'result': evaluate_detections' result,
         'intervals': {figure: {'value', 'ci': [low, high] or None, 'n'}}}}`` with the
-        figures of :func:`~.metric.flatten_metrics` (``CPM``, ``FROC@1``, ``CPM_3-6mm``,
-        ...); ``differences`` ``{'a - b': {figure: {'value', 'ci', 'n'}}}``; and
+        figures of :func:`all_figures` (``CPM``, ``FROC@1``, ``CPM_3-6mm``,
+        ``AP_dist@4mm_3-6mm``, ...); ``differences`` ``{'a - b': {figure: {'value', 'ci', 'n'}}}``; and
         ``settings`` (resamples, confidence, seed, number of cases).
     """
     tokens = sorted(cases)
@@ -94,7 +123,7 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
                 raise KeyError(f'pair ({a}, {b}): no predictions for method {name!r}')
     point = {name: evaluate_detections(cases, preds, classes, **evaluate_kwargs)
              for name, preds in preds_by_method.items()}
-    flat_point = {name: flatten_metrics(result) for name, result in point.items()}
+    flat_point = {name: all_figures(result) for name, result in point.items()}
     draws = resample_tokens(tokens, num_resamples, seed)
     # each scan is matched once per method; the resamples only pool the matches
     memos: Dict[str, dict] = {name: {} for name in preds_by_method}
@@ -102,7 +131,7 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
     for i in (range(len(draws)) if progress is None else progress(range(len(draws)))):
         for name, preds in preds_by_method.items():
             sub_cases, sub_preds = _resampled(cases, preds, tokens, draws[i])
-            samples[name].append(flatten_metrics(
+            samples[name].append(all_figures(
                 evaluate_detections(sub_cases, sub_preds, classes, memo=memos[name],
                                     **evaluate_kwargs)))
 

@@ -1,0 +1,139 @@
+"""The held-out benchmark's report: several methods on the same test cases, each figure
+with its 95 % case-bootstrap interval, and the paired interval of MV2D minus
+triangulation (``tools/benchmark_detection.py`` writes it as ``benchmark.json`` and a
+markdown table).
+
+Methods (their names in ``benchmark.json``):
+
+* ``mv2d`` -- the model's 3D boxes;
+* ``triangulation`` -- the same model's 2D detections triangulated without the learned 3D
+  head (:mod:`projects.mv2d_xray.mv2d_xray.baselines.triangulation`);
+* ``triangulation_gt2d`` -- the exact 2D boxes triangulated: the ceiling of associating
+  and triangulating per-view boxes.
+
+All lengths are mm in the ``ct`` frame; sensitivities are per finding, FP rates per scan.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from projects.mv2d_xray.core.bootstrap import format_interval
+from projects.mv2d_xray.core.metric import markdown_table
+
+#: The methods in report order.
+METHODS = ('mv2d', 'triangulation', 'triangulation_gt2d')
+#: The paired comparison the benchmark exists for.
+PAIR = ('mv2d', 'triangulation')
+#: Columns of the markdown tables: ``(figure, heading)``.
+TABLE_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'),
+                 ('FROC@8', 'sens@8'), ('AP_dist@2mm', 'AP@2mm'), ('AP_dist@4mm', 'AP@4mm'),
+                 ('AP_dist@8mm', 'AP@8mm'), ('centre_error_mm', 'centre err (mm)'))
+
+
+def _figures(intervals: Mapping[str, dict], suffix: str, bands: Sequence[str]) -> dict:
+    """``{figure: value, figure_ci: [low, high]}`` of the figures with ``suffix`` (the
+    overall ones when ``suffix`` is empty: no band suffix)."""
+    out = {}
+    for key, entry in intervals.items():
+        if suffix:
+            if not key.endswith(suffix):
+                continue
+            name = key[:-len(suffix)]
+        else:
+            if any(key.endswith(f'_{band}') for band in bands):
+                continue
+            name = key
+        out[name] = entry['value']
+        out[f'{name}_ci'] = entry['ci']
+    return out
+
+
+def _grouped(intervals: Mapping[str, dict], bands: Sequence[str]) -> dict:
+    block = _figures(intervals, '', bands)
+    block['by_size'] = {band: _figures(intervals, f'_{band}', bands) for band in bands}
+    return block
+
+
+def summarise(boot: dict, bands: Sequence[str],
+              metrics_2d: Optional[Mapping] = None) -> dict:
+    """One split's entry of ``benchmark.json`` from
+    :func:`~projects.mv2d_xray.core.bootstrap.bootstrap_metrics`.
+
+    Args:
+        boot: the bootstrap result (methods named as :data:`METHODS`; the pair
+            :data:`PAIR` bootstrapped).
+        bands: size band names, in report order.
+        metrics_2d: the 2D stage's per-view COCO AP / AR (``tools/evaluate_2d.py``), if
+            measured.
+
+    Returns:
+        dict: ``{method: {CPM, CPM_ci, FROC@r, AP_dist@dmm, centre_error_mm, ... (each
+        with ``_ci``), by_size: {band: ...}}}``, ``mv2d_minus_triangulation`` (the paired
+        differences, same layout), ``2d_stage`` and ``bootstrap`` (its settings).
+    """
+    entry = {name: _grouped(method['intervals'], bands)
+             for name, method in boot['methods'].items()}
+    diff = boot['differences'].get(f'{PAIR[0]} - {PAIR[1]}')
+    if diff is not None:
+        entry[f'{PAIR[0]}_minus_{PAIR[1]}'] = _grouped(diff, bands)
+    if metrics_2d is not None:
+        entry['2d_stage'] = dict(metrics_2d)
+    entry['bootstrap'] = dict(boot['settings'])
+    return entry
+
+
+def _cell(block: Mapping, figure: str) -> str:
+    if block.get(figure) is None:
+        return '-'
+    digits = 2 if figure == 'centre_error_mm' else 3
+    return format_interval(dict(value=block[figure], ci=block.get(f'{figure}_ci')), digits)
+
+
+def markdown_report(entry: Mapping, bands: Sequence[str], title: str) -> str:
+    """The split's entry as markdown: the methods overall, then per size band, then the
+    paired difference; each cell ``value [95 % CI]``."""
+    names = [m for m in METHODS if m in entry]
+    diff_key = f'{PAIR[0]}_minus_{PAIR[1]}'
+    header = ['method', 'band'] + [head for _, head in TABLE_FIGURES]
+    rows: List[List[str]] = [header]
+    for band in [None] + list(bands):
+        for name in names + ([diff_key] if diff_key in entry else []):
+            block = entry[name] if band is None else entry[name]['by_size'].get(band, {})
+            label = 'MV2D - triangulation (paired)' if name == diff_key else name
+            rows.append([label, band or 'all'] + [_cell(block, f) for f, _ in TABLE_FIGURES])
+    lines = [f'### {title}', '', markdown_table(rows), '']
+    settings = entry.get('bootstrap', {})
+    if settings:
+        lines.append(f"{settings['num_cases']} test cases; 95 % intervals from "
+                     f"{settings['num_resamples']} case-bootstrap resamples (seed "
+                     f"{settings['seed']}); sens@r = sensitivity at r FPs per scan.")
+    stage = entry.get('2d_stage')
+    if stage:
+        figures = ', '.join(f'{k} {v:.3f}' for k, v in stage.items()
+                            if isinstance(v, (int, float)))
+        lines += ['', f'2D stage alone, per view (COCO): {figures}']
+    return '\n'.join(lines) + '\n'
+
+
+def result_curves(boot: dict) -> List[tuple]:
+    """``(method, result)`` pairs for :func:`~..visualization.metric_plots.plot_metrics`
+    (one FROC curve per method)."""
+    return [(name, boot['methods'][name]['result']) for name in METHODS
+            if name in boot['methods']]
+
+
+def band_names(result: Mapping) -> List[str]:
+    """The size bands of an :func:`~projects.mv2d_xray.core.metric.evaluate_detections`
+    result, in its order."""
+    return [str(band[0]) for band in result['settings']['size_bands_mm']]
+
+
+def verdict(entry: Mapping) -> Dict[str, object]:
+    """Whether MV2D beats triangulation on CPM: the paired difference and whether its
+    interval excludes 0 (``'mv2d'``, ``'triangulation'`` or ``'undecided'``)."""
+    diff = entry.get(f'{PAIR[0]}_minus_{PAIR[1]}', {})
+    value, ci = diff.get('CPM'), diff.get('CPM_ci')
+    if value is None or ci is None:
+        return dict(winner='undecided', CPM_difference=value, CPM_difference_ci=ci)
+    winner = PAIR[0] if ci[0] > 0 else PAIR[1] if ci[1] < 0 else 'undecided'
+    return dict(winner=winner, CPM_difference=value, CPM_difference_ci=ci)
