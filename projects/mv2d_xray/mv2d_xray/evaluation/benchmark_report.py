@@ -63,8 +63,8 @@ def summarise(boot: dict, bands: Sequence[str],
         boot: the bootstrap result (methods named as :data:`METHODS`; the pair
             :data:`PAIR` bootstrapped).
         bands: size band names, in report order.
-        metrics_2d: the 2D stage's per-view COCO AP / AR (``tools/evaluate_2d.py``), if
-            measured.
+        metrics_2d: the 2D stage's per-view COCO AP / AR (``tools/evaluate_2d.py``'s
+            result; its ``overall`` figures are kept), if measured.
 
     Returns:
         dict: ``{method: {CPM, CPM_ci, FROC@r, AP_dist@dmm, centre_error_mm, ... (each
@@ -77,7 +77,7 @@ def summarise(boot: dict, bands: Sequence[str],
     if diff is not None:
         entry[f'{PAIR[0]}_minus_{PAIR[1]}'] = _grouped(diff, bands)
     if metrics_2d is not None:
-        entry['2d_stage'] = dict(metrics_2d)
+        entry['2d_stage'] = dict(metrics_2d.get('overall', metrics_2d))
     entry['bootstrap'] = dict(boot['settings'])
     return entry
 
@@ -89,7 +89,8 @@ def _cell(block: Mapping, figure: str) -> str:
     return format_interval(dict(value=block[figure], ci=block.get(f'{figure}_ci')), digits)
 
 
-def markdown_report(entry: Mapping, bands: Sequence[str], title: str) -> str:
+def markdown_report(entry: Mapping, bands: Sequence[str], title: str,
+                    split: str = 'test') -> str:
     """The split's entry as markdown: the methods overall, then per size band, then the
     paired difference; each cell ``value [95 % CI]``."""
     names = [m for m in METHODS if m in entry]
@@ -104,13 +105,13 @@ def markdown_report(entry: Mapping, bands: Sequence[str], title: str) -> str:
     lines = [f'### {title}', '', markdown_table(rows), '']
     settings = entry.get('bootstrap', {})
     if settings:
-        lines.append(f"{settings['num_cases']} test cases; 95 % intervals from "
+        lines.append(f"{settings['num_cases']} {split} cases; 95 % intervals from "
                      f"{settings['num_resamples']} case-bootstrap resamples (seed "
                      f"{settings['seed']}); sens@r = sensitivity at r FPs per scan.")
     stage = entry.get('2d_stage')
     if stage:
-        figures = ', '.join(f'{k} {v:.3f}' for k, v in stage.items()
-                            if isinstance(v, (int, float)))
+        figures = ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}'
+                            for k, v in stage.items() if isinstance(v, (int, float)))
         lines += ['', f'2D stage alone, per view (COCO): {figures}']
     return '\n'.join(lines) + '\n'
 

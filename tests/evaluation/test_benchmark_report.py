@@ -1,0 +1,55 @@
+"""The benchmark report: layout of benchmark.json, the paired difference and the verdict,
+on methods whose figures are known by construction."""
+import pytest
+
+from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
+from projects.mv2d_xray.core.data_format import CaseGT, CasePred
+from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (PAIR, band_names,
+                                                                      markdown_report, summarise,
+                                                                      verdict)
+
+
+def box(diameter):
+    return [0.0, 0.0, 0.0, diameter, diameter, diameter, 0.0]
+
+
+@pytest.fixture(scope='module')
+def boot():
+    # 30 scans: 4 mm findings in 0-14, 8 mm findings in 15-29
+    cases = {f'c{i:02d}': CaseGT([box(4.0 if i < 15 else 8.0)], [0], [False],
+                                 [4.0 if i < 15 else 8.0]) for i in range(30)}
+    hit = {t: CasePred([gt.boxes[0]], [0.9], [0]) for t, gt in cases.items()}
+    preds = dict(mv2d=hit,                                              # finds all
+                 triangulation={t: p for t, p in hit.items() if t >= 'c15'},  # 8 mm only
+                 triangulation_gt2d=hit)
+    return bootstrap_metrics(cases, preds, ['nodule'], pairs=[PAIR], num_resamples=200)
+
+
+def test_summary_has_each_method_band_and_the_paired_difference(boot):
+    bands = band_names(boot['methods']['mv2d']['result'])
+    assert bands == ['3-6mm', '6-10mm', '>10mm']
+    entry = summarise(boot, bands, {'overall': {'AP': 0.25, 'num_gt': 7}, 'by_view': {}})
+    assert entry['mv2d']['CPM'] == 1.0 and entry['mv2d']['CPM_ci'] == [1.0, 1.0]
+    assert entry['triangulation']['CPM'] == pytest.approx(0.5)
+    assert entry['triangulation']['by_size']['3-6mm']['CPM'] == 0.0
+    assert entry['triangulation']['by_size']['6-10mm']['CPM'] == 1.0
+    assert entry['triangulation']['by_size']['>10mm'] == {}
+    diff = entry['mv2d_minus_triangulation']
+    assert diff['CPM'] == pytest.approx(0.5)
+    low, high = diff['CPM_ci']
+    assert 0.25 < low < 0.5 < high < 0.75
+    assert diff['by_size']['3-6mm']['CPM'] == 1.0
+    assert entry['2d_stage'] == {'AP': 0.25, 'num_gt': 7}
+    assert entry['bootstrap']['num_cases'] == 30
+    assert verdict(entry)['winner'] == 'mv2d'
+    text = markdown_report(entry, bands, 'chest, test split')
+    assert '| MV2D - triangulation (paired) |    all | 0.500 [' in text
+    assert '30 test cases; 95 % intervals from 200 case-bootstrap resamples' in text
+    assert '2D stage alone, per view (COCO): AP 0.250, num_gt 7' in text
+
+
+def test_verdict_is_undecided_when_the_interval_spans_zero():
+    entry = {'mv2d_minus_triangulation': {'CPM': 0.02, 'CPM_ci': [-0.05, 0.09]}}
+    assert verdict(entry)['winner'] == 'undecided'
+    entry = {'mv2d_minus_triangulation': {'CPM': -0.2, 'CPM_ci': [-0.3, -0.1]}}
+    assert verdict(entry)['winner'] == 'triangulation'

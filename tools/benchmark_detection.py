@@ -1,0 +1,273 @@
+"""The held-out benchmark: does MV2D beat triangulating its own 2D detections?
+
+    python tools/benchmark_detection.py                      # build or reuse, train, score
+    python tools/benchmark_detection.py --quick              # a smoke run (minutes)
+    make benchmark
+
+Per domain (``chest``; ``blades`` once that source exists) it
+
+1. builds the benchmark data with the domain's converter command, or reuses a finished
+   build (the converter skips finished cases);
+2. trains the domain's 2D stage, then MV2D from it, with a fixed seed (a finished run is
+   skipped, an interrupted one resumed);
+3. runs ``tools/test.py`` on the **test split** -- the only step that reads it; settings
+   are chosen on val, which ``tools/train.py`` validates on -- giving MV2D's 3D boxes and
+   its per-view 2D detections;
+4. triangulates those 2D detections (``triangulation``) and the exact 2D boxes
+   (``triangulation_gt2d``, the association ceiling) with ``tools/triangulate.py``, and
+   scores the 2D stage alone per view (COCO AP / AR, ``tools/evaluate_2d.py``);
+5. scores the three 3D methods on the same cases with 95 % case-bootstrap intervals and
+   the paired bootstrap of MV2D - triangulation
+   (:mod:`projects.mv2d_xray.core.bootstrap`).
+
+It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
+other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; the
+machine, time and command), ``benchmark.md`` and ``froc_<domain>.png`` (one curve per
+method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints where they are.
+"""
+import argparse
+import os
+import os.path as osp
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from _common import add_debug_flag, fail, run_main
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One benchmark domain: how its data is built and which configs train on it.
+
+    Attributes:
+        source: the converter's source (``python -m data_converters SOURCE``).
+        data: the data folder (the configs' ``data_root``).
+        prefix: the split files' prefix (``<prefix>_infos_<split>.pkl``).
+        config_2d: the 2D stage's config.
+        config: MV2D's config (trained from the 2D stage, ``load_from``).
+        build_args: extra converter arguments of the full benchmark.
+        quick_build_args: converter arguments of ``--quick``.
+        quick_cfg: ``--cfg-options`` of ``--quick`` (short schedules).
+    """
+    source: str
+    data: str
+    prefix: str
+    config_2d: str
+    config: str
+    build_args: Tuple[str, ...] = ()
+    quick_build_args: Tuple[str, ...] = ()
+    quick_cfg: Tuple[str, ...] = field(default=('train_cfg.max_epochs=1',))
+
+
+DOMAINS: Dict[str, Domain] = {
+    'chest': Domain(
+        source='demo', data='data/benchmark_chest', prefix='demo',
+        config_2d='configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py',
+        config='configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_demo-256.py',
+        quick_build_args=('--cases', '6', '--val-fraction', '0.5')),
+}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Held-out benchmark: MV2D against triangulating its own 2D detections '
+        'and the exact 2D boxes, on the test split, with bootstrap confidence intervals.',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='Outputs in --work-dir: benchmark.json, benchmark.md, froc_<domain>.png, and '
+        'per domain the data, the two trainings, the test run and the baselines.')
+    parser.add_argument('--domains', nargs='+', default=['chest'], choices=sorted(DOMAINS),
+                        help='which benchmarks (default: chest)')
+    parser.add_argument('--work-dir', default='work_dirs/benchmark',
+                        help='where everything is written (default: work_dirs/benchmark)')
+    parser.add_argument('--split', default='test',
+                        help='the split scored (default: test; val is for choosing settings)')
+    parser.add_argument('--seed', type=int, default=0, help='training seed (default: 0)')
+    parser.add_argument('--resamples', type=int, default=1000,
+                        help='bootstrap resamples (default: 1000)')
+    parser.add_argument('--quick', action='store_true',
+                        help='a smoke run: tiny data under --work-dir, one epoch per stage, '
+                        '200 resamples')
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    if args.resamples < 10:
+        parser.error('--resamples must be at least 10')
+    if args.quick:
+        args.resamples = min(args.resamples, 200)
+    return args
+
+
+# -- steps (each one command, run from the repository root) ----------------------------------
+def run_step(name: str, command: List[str], log: List[dict]) -> None:
+    """Run one command, echo it, time it; stop with one line if it fails."""
+    print(f'\n== {name}\n$ {shlex.join(command)}', flush=True)
+    start = time.time()
+    done = subprocess.run(command, cwd=REPO)
+    log.append(dict(step=name, command=shlex.join(command),
+                    seconds=round(time.time() - start, 1)))
+    if done.returncode != 0:
+        fail(f'{name} failed (exit {done.returncode}): {shlex.join(command)}')
+
+
+def split_files(data: str, prefix: str, split: str) -> Tuple[str, str]:
+    """The info pickle and COCO file of a split."""
+    pkl = osp.join(data, f'{prefix}_infos_{split}.pkl')
+    return pkl, pkl[:-len('.pkl')] + '_2d.coco.json'
+
+
+def finished_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``tools/train.py`` finished in ``work_dir`` (``last_checkpoint``),
+    or None."""
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if not osp.isfile(marker):
+        return None
+    with open(marker) as f:
+        path = f.read().strip()
+    return path if osp.isfile(path) else None
+
+
+def train(name: str, config: str, work_dir: str, cfg_options: Sequence[str],
+          log: List[dict]) -> str:
+    """Train (or resume) ``config`` into ``work_dir``; returns the last checkpoint."""
+    done_marker = osp.join(work_dir, 'benchmark_done')
+    if osp.isfile(done_marker) and finished_checkpoint(work_dir):
+        print(f'\n== {name}: already trained ({finished_checkpoint(work_dir)})')
+        return finished_checkpoint(work_dir)
+    command = [sys.executable, 'tools/train.py', config, '--work-dir', work_dir]
+    if finished_checkpoint(work_dir):
+        command.append('--resume')
+    command += ['--cfg-options', *cfg_options]
+    run_step(name, command, log)
+    checkpoint = finished_checkpoint(work_dir)
+    if checkpoint is None:
+        fail(f'{name}: no checkpoint in {work_dir} after training')
+    with open(done_marker, 'w') as f:
+        f.write(checkpoint + '\n')
+    return checkpoint
+
+
+def data_options(domain: Domain, data: str, split: str) -> List[str]:
+    """``--cfg-options`` pointing a config's train / val / test data at ``data`` and its
+    test loader and metric at ``split``."""
+    root = data.rstrip('/') + '/'
+    pkl, _ = split_files(data, domain.prefix, split)
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'train_dataloader.dataset.ann_file={domain.prefix}_infos_train.pkl',
+            f'val_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.ann_file={domain.prefix}_infos_val.pkl',
+            f'val_evaluator.ann_file={root}{domain.prefix}_infos_val.pkl',
+            f'test_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.ann_file={osp.basename(pkl)}',
+            f'test_evaluator.ann_file={pkl}']
+
+
+def run_domain(name: str, domain: Domain, args: argparse.Namespace,
+               log: List[dict]) -> Dict[str, str]:
+    """Steps 1-4 for one domain; returns the prediction and metric files."""
+    out = osp.join(args.work_dir, name)
+    data = osp.join(out, 'data') if args.quick else domain.data
+    build = domain.quick_build_args if args.quick else domain.build_args
+    run_step(f'{name}: benchmark data', [sys.executable, '-m', 'data_converters',
+                                         domain.source, '--out', data, *build], log)
+    pkl, coco = split_files(data, domain.prefix, args.split)
+    if not osp.isfile(pkl):
+        fail(f'{data} has no {args.split} split ({pkl}): the {domain.source} source does not '
+             'write one; build the benchmark data with a source that does')
+    options = data_options(domain, data, args.split) + [f'randomness.seed={args.seed}']
+    quick = list(domain.quick_cfg) if args.quick else []
+    ckpt_2d = train(f'{name}: training the 2D stage', domain.config_2d,
+                    osp.join(out, '2d-stage'), options + quick, log)
+    ckpt = train(f'{name}: training MV2D', domain.config, osp.join(out, 'mv2d'),
+                 options + quick + [f'load_from={ckpt_2d}'], log)
+    test_dir = osp.join(out, f'test-{args.split}')
+    run_step(f'{name}: MV2D on the {args.split} split',
+             [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', test_dir,
+              '--cfg-options', *options], log)
+    files = dict(infos=pkl, coco=coco, mv2d=osp.join(test_dir, 'predictions.json'),
+                 dets2d=osp.join(test_dir, 'dets2d.json'),
+                 triangulation=osp.join(out, 'triangulation', 'predictions.json'),
+                 triangulation_gt2d=osp.join(out, 'triangulation_gt2d', 'predictions.json'),
+                 metrics_2d=osp.join(out, 'metrics_2d.json'))
+    run_step(f'{name}: triangulating MV2D\'s 2D detections',
+             [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--dets2d',
+              files['dets2d'], '--out', files['triangulation']], log)
+    run_step(f'{name}: triangulating the exact 2D boxes',
+             [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--gt-2d', '--out',
+              files['triangulation_gt2d']], log)
+    run_step(f'{name}: the 2D stage per view (COCO)',
+             [sys.executable, 'tools/evaluate_2d.py', '--coco', coco, '--dets',
+              files['dets2d'], '--out', files['metrics_2d']], log)
+    return files
+
+
+def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> dict:
+    """Step 5: the bootstrap report of one domain's split, and its FROC plot."""
+    from tqdm import tqdm
+
+    from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
+    from projects.mv2d_xray.core.data_format import load_gt_cases, load_predictions
+    from projects.mv2d_xray.core.io import read_json
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (METHODS, PAIR,
+                                                                          band_names,
+                                                                          result_curves, summarise,
+                                                                          verdict)
+    from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics
+    cases, classes = load_gt_cases(files['infos'])
+    preds = {method: load_predictions(files[method], len(classes)) for method in METHODS}
+    print(f'\n== {name}: bootstrap over {len(cases)} {args.split} cases '
+          f'({args.resamples} resamples)', flush=True)
+    boot = bootstrap_metrics(cases, preds, classes, pairs=[PAIR],
+                             num_resamples=args.resamples, seed=args.seed,
+                             progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
+    bands = band_names(boot['methods']['mv2d']['result'])
+    entry = summarise(boot, bands, read_json(files['metrics_2d']))
+    entry['verdict'] = verdict(entry)
+    plot_metrics(result_curves(boot), osp.join(args.work_dir, f'froc_{name}.png'))
+    return entry
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    return f'{platform.processor() or platform.machine()}, {cores} CPU cores, ' \
+        f'{platform.system()} {platform.release()}'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    from projects.mv2d_xray.core.io import atomic_write, write_json
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
+    os.makedirs(args.work_dir, exist_ok=True)
+    start, log = time.time(), []
+    report = dict(command=shlex.join([sys.executable, *sys.argv]), machine=machine(),
+                  started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
+                  seed=args.seed, domains={}, steps=log)
+    markdown = ['# Detection benchmark', '']
+    for name in args.domains:
+        files = run_domain(name, DOMAINS[name], args, log)
+        entry = score_domain(name, files, args)
+        report['domains'][name] = {args.split: entry}
+        markdown.append(markdown_report(entry, list(entry['mv2d']['by_size']),
+                                        f'{name}, {args.split} split', args.split))
+    report['seconds'] = round(time.time() - start, 1)
+    markdown.append(f"Machine: {report['machine']}; started {report['started']}; "
+                    f"{report['seconds']:.0f} s in all.\n\nCommand: `{report['command']}`\n")
+    json_path = osp.join(args.work_dir, 'benchmark.json')
+    md_path = osp.join(args.work_dir, 'benchmark.md')
+    write_json(json_path, report)
+    atomic_write(md_path, '\n'.join(markdown).encode())
+    print('\n' + '\n'.join(markdown))
+    for name in args.domains:
+        v = report['domains'][name][args.split]['verdict']
+        print(f"{name}: MV2D - triangulation CPM {v['CPM_difference']} "
+              f"{v['CPM_difference_ci']}: {v['winner']}")
+    print(f'\nwritten: {json_path}, {md_path}, ' + ', '.join(
+        osp.join(args.work_dir, f'froc_{n}.png') for n in args.domains))
+
+
+if __name__ == '__main__':
+    run_main(main)
