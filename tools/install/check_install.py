@@ -9,7 +9,7 @@ import sys
 
 MODULES = ('torch', 'mmengine', 'mmcv.ops', 'mmdet', 'mmdet3d.models', 'mmdet3d.datasets',
            'mmdet3d.evaluation', 'diffdrr.drr', 'diffdrr.data', 'pydicom', 'pycocotools.coco',
-           'cv2', 'projects.mv2d_xray', 'data_converters')
+           'cv2', 'xraydb', 'projects.mv2d_xray', 'data_converters')
 
 
 def main() -> int:
