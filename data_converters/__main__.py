@@ -4,6 +4,10 @@ One subcommand per registered source (:mod:`data_converters.sources`: ``demo``, 
 with the source's own flags and the common ones (output, geometry, label rule, run), and
 ``merge`` for the split files of a sharded run.
 
+The views are a ring from ``--views/--sod/--sdd/--image-size/--pixel-spacing``, or any
+acquisition from a calibration file (``--acquisition FILE``, README "Running on your own
+studies"); giving both is refused.
+
 Exit status: 0 when the dataset holds at least one converted case, 1 when nothing could be
 converted, 2 on a bad flag value or an unusable folder (one line on stderr, no traceback),
 130 on Ctrl-C and 143 on SIGTERM (the workers are stopped; finished cases are kept).
@@ -40,20 +44,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message}\n')
 
 
+class _RingFlag(argparse.Action):
+    """Stores a ring flag's value and notes the flag in ``ring_flags`` (the ones given
+    explicitly, which ``--acquisition`` refuses)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = list(getattr(namespace, 'ring_flags', None) or [])
+        setattr(namespace, 'ring_flags', given + [option_string])
+
+
 def _add_common(parser: argparse.ArgumentParser, default_size: int, default_prefix: str):
     """The flags every source's subcommand has (output, geometry, label rule, run)."""
     parser.add_argument('--out', required=True, metavar='DIR', help='output dataset folder')
-    geo = parser.add_argument_group('geometry (README "Conventions")')
-    geo.add_argument('--views', type=positive_int, default=10,
+    geo = parser.add_argument_group(
+        'geometry (README "Conventions"): a ring from these flags, or --acquisition FILE')
+    geo.add_argument('--views', type=positive_int, default=10, action=_RingFlag,
                      help='number of views on a circle about z (default: 10)')
     geo.add_argument('--image-size', type=image_size, default=(default_size, default_size),
-                     metavar='SIZE|HxW', help=f'image size in pixels (default: {default_size})')
-    geo.add_argument('--pixel-spacing', type=positive_float, default=None, metavar='MM',
+                     action=_RingFlag, metavar='SIZE|HxW',
+                     help=f'image size in pixels (default: {default_size})')
+    geo.add_argument('--pixel-spacing', type=positive_float, default=None, action=_RingFlag,
+                     metavar='MM',
                      help='detector pixel pitch (default: 800 mm / the longer image side)')
-    geo.add_argument('--sod', type=positive_float, default=300.0, metavar='MM',
-                     help='source to isocentre distance (default: 300)')
-    geo.add_argument('--sdd', type=positive_float, default=600.0, metavar='MM',
-                     help='source to detector distance (default: 600)')
+    geo.add_argument('--sod', type=positive_float, default=300.0, action=_RingFlag,
+                     metavar='MM', help='source to isocentre distance (default: 300)')
+    geo.add_argument('--sdd', type=positive_float, default=600.0, action=_RingFlag,
+                     metavar='MM', help='source to detector distance (default: 600)')
+    geo.add_argument('--acquisition', default=None, metavar='FILE',
+                     help='calibration file (JSON) of any acquisition: per-view P or K and '
+                          'Rt, or the ring shorthand (README "Running on your own studies");'
+                          ' not with the ring flags above')
     lab = parser.add_argument_group('labels')
     lab.add_argument('--min-readers', type=positive_int, default=3,
                      help='least readers for a ground-truth nodule; others become ignore '
@@ -115,11 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _geometry(args):
+def _acquisition(args):
+    """The run's :class:`~projects.mv2d_xray.core.acquisition.Acquisition`: read from
+    ``--acquisition FILE``, else the ring of ``--views/--sod/--sdd/--image-size/
+    --pixel-spacing``.
+
+    Raises:
+        ConverterError: ``--acquisition`` with a ring flag, a bad calibration file (its
+        one-line ``CalibrationError``) or an impossible ring.
+    """
+    from projects.mv2d_xray.core.acquisition import CalibrationError, load_acquisition
     from projects.mv2d_xray.core.geometry import XrayGeometry
+    given = sorted(set(getattr(args, 'ring_flags', None) or []))
+    if args.acquisition is not None:
+        if given:
+            raise ConverterError(
+                f'--acquisition {args.acquisition} and {" ".join(given)} cannot be combined: '
+                'the calibration file describes the views; drop the ring flag(s)')
+        try:
+            return load_acquisition(args.acquisition)
+        except CalibrationError as err:
+            raise ConverterError(f'--acquisition: {err}') from None
     try:
         return XrayGeometry(num_views=args.views, sod_mm=args.sod, sdd_mm=args.sdd,
-                            image_size=args.image_size, pixel_spacing_mm=args.pixel_spacing)
+                            image_size=args.image_size,
+                            pixel_spacing_mm=args.pixel_spacing).to_acquisition()
     except ValueError as err:
         raise ConverterError(str(err)) from None
 
@@ -192,10 +233,11 @@ def _run(args) -> int:
         print_summary(args.out, RunReport(lists=lists, prefix=prefix))
         return 0 if any(lists.values()) else 1
 
-    geometry = _geometry(args)
     source_class = load_sources()[args.command]
+    geometry = _acquisition(args)
     # everything that can be refused is refused before anything is written
-    check_acquisition(geometry, source_class.field_of_view_mm, source_class.body_radius_mm)
+    check_acquisition(geometry, source_class.field_of_view_mm, source_class.body_radius_mm,
+                      args.acquisition)
     check_memory(geometry, args.workers)
     check_writable(args.out)
     _check_device(args.device)
@@ -204,7 +246,7 @@ def _run(args) -> int:
     report = run_conversion(source, args.out, args.workers, args.limit, args.shard,
                             args.prefix, progress=not args.no_progress)
     print_summary(args.out, report)
-    for line in acquisition_warnings(geometry, args.min_diameter_mm):
+    for line in acquisition_warnings(geometry, args.min_diameter_mm, args.acquisition):
         print(line, file=sys.stderr)
     if args.shard is not None:
         print(f'shard {args.shard[0]}/{args.shard[1]} done; when all shards are: '

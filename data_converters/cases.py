@@ -13,8 +13,8 @@ import numpy as np
 
 from data_converters.findings import Finding
 from data_converters.storage import write_png
+from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.data_format import build_case_info
-from projects.mv2d_xray.core.geometry import XrayGeometry
 
 
 def image_path(token: str, view_name: str) -> str:
@@ -23,7 +23,7 @@ def image_path(token: str, view_name: str) -> str:
 
 
 def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta: dict,
-                geometry: XrayGeometry, line_integrals: np.ndarray,
+                geometry: Acquisition, line_integrals: np.ndarray,
                 findings: Sequence[Finding]) -> dict:
     """Write a case's PNGs and return its info item (boxes from the findings' masks).
 
@@ -32,7 +32,7 @@ def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta:
         token, patient_id, source: see
             :func:`~projects.mv2d_xray.core.data_format.build_case_info`.
         ct_meta (dict): ``shape``, ``spacing_mm``, ``series_uid`` of the volume.
-        geometry (XrayGeometry): the views.
+        geometry (Acquisition): the views; their ``lidar2img`` place the 2D boxes.
         line_integrals (np.ndarray): ``(num_views, H, W)`` renders (mm of water).
         findings (Sequence[Finding]): in the volume's index grid.
     """

@@ -19,7 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.core.geometry import XrayGeometry, index_to_ct, project_points
+from projects.mv2d_xray.core.acquisition import Acquisition
+from projects.mv2d_xray.core.geometry import index_to_ct, project_points
 
 #: The classes of the LIDC-based sources (``bbox_label_3d`` indexes it; a
 #: LIDC characteristics kept per nodule (the median of its readers' ratings).
@@ -133,13 +134,13 @@ class Finding:
         corners = np.argwhere((count > 0) & (count < 8)).astype(np.float64)
         return corners - 0.5 + np.asarray(self.offset, dtype=np.float64)
 
-    def boxes2d(self, geometry: XrayGeometry, lidar2img: np.ndarray, shape: Sequence[int],
+    def boxes2d(self, geometry: Acquisition, lidar2img: np.ndarray, shape: Sequence[int],
                 spacing_mm: Sequence[float]) -> List[Optional[List[float]]]:
         """Per view ``[x1, y1, x2, y2]`` (clipped to the image) or ``None`` when the
         finding is outside the image (or not in front of the source) in that view.
 
         Args:
-            geometry (XrayGeometry): the acquisition (for the image size).
+            geometry (Acquisition | XrayGeometry): the views (for the image size).
             lidar2img (np.ndarray): ``(N, 4, 4)`` ct -> img matrices of the views.
             shape, spacing_mm: the volume's shape and spacing.
         """

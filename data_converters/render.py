@@ -1,4 +1,6 @@
-"""DRR rendering with DiffDRR for an :class:`~projects.mv2d_xray.core.geometry.XrayGeometry`.
+"""DRR rendering with DiffDRR for any acquisition: an
+:class:`~projects.mv2d_xray.core.acquisition.Acquisition` (per-view 4x4 matrices) or an
+:class:`~projects.mv2d_xray.core.geometry.XrayGeometry` ring (its acquisition).
 
 Volumes are numpy arrays of Hounsfield units indexed ``[row i, column j, slice k]`` with
 DICOM's usual orientation (columns along +x = patient left, rows along +y = posterior,
@@ -6,6 +8,16 @@ slices sorted by ascending z = superior), i.e. pylidc's ``(i, j, k)``; ``spacing
 ``(row, column, slice)``. The ``ct`` frame is centred on the volume (see
 ``projects/mv2d_xray/core/geometry.py``); DiffDRR's world frame is its RAS version,
 ``diag(-1, -1, 1) @ ct``.
+
+The rays come from the acquisition's matrices, not from DiffDRR's detector and poses:
+view ``v``'s source is its camera centre (``Acquisition.source_position``, ct mm) and the
+ray of pixel ``(r, c)`` runs from there through the point of ``img`` ``(c + 0.5, r + 0.5)``
+at the camera depth ``d_ref`` (:func:`reference_depth_mm`; the detector's ``sdd_mm`` for a
+ring), i.e. ``lidar2img^-1 @ (u d_ref, v d_ref, d_ref, 1)``. Every ray's parameter
+``alpha`` (0 at the source, 1 at that point) is then ``depth / d_ref`` with ``depth`` the
+camera z (the third row of ``lidar2cam``), so one range of ``alpha`` is one range of depths
+on every ray of a view. For a ring these are the rays of DiffDRR's ``DRR(subject, sdd,
+...)`` with the poses of :func:`view_poses` (``test_render.py`` checks the projection).
 
 Attenuation is set from HU explicitly and identically for every scan of a source, by the
 source's :class:`~data_converters.density.DensityMapping` (default
@@ -18,20 +30,21 @@ Two paths render the same images:
 
 * :class:`XrayRenderer` (what :func:`render_views` and the converter use) prepares the
   density once per case -- cropped to its non-zero bounding box and, where the CT is much
-  finer than a detector pixel seen at the isocentre, resampled to that size by a
-  mass- and centroid-preserving linear splat (:func:`resample_density`) -- then traces
+  finer than the smallest detector pixel seen at the isocentre, resampled to that size by
+  a mass- and centroid-preserving linear splat (:func:`resample_density`) -- then traces
   each view's rays in memory-bounded pieces through ``DRR.render``, with DiffDRR's
   trilinear renderer (default) or its Siddon renderer, under ``torch.inference_mode``.
   It is one fixed linear operator of the full CT grid's densities, so renders of blocks
   add up (:meth:`XrayRenderer.render_density`);
 * :func:`render_views_reference` is the plain DiffDRR loop (full-resolution volume,
-  Siddon, one view per call), kept as the reference for tests and
-  ``tools/benchmark_render.py``.
+  Siddon, one ``drr(pose)`` per view), kept as the reference for tests and
+  ``tools/benchmark_render.py``; it covers the plain ring only (DiffDRR's poses).
 
 On LIDC-IDRI-0001 at 256^2 (2 CPU cores shared with other jobs) the first takes 1.3-1.7 s
 per view against 11-12 s for the second (7-9x), with a mean absolute difference of
 0.17 % of the line-integral range; ``tests/converters/test_render.py`` checks both against
-the camera model with a bead phantom.
+the camera model with a bead phantom (rings, and a tilted limited arc with an offset
+detector and an explicit calibration of uneven distances for the first).
 """
 import math
 import threading
@@ -43,8 +56,9 @@ import numpy as np
 import torch
 
 from data_converters.density import WATER_RELATIVE, DensityMapping
+from projects.mv2d_xray.core.acquisition import Acquisition, as_acquisition
 from projects.mv2d_xray.core.geometry import (XrayGeometry, index_to_ct, index_to_ct_affine,
-                                              project_points)
+                                              project_points, unproject_points)
 
 #: Fixed display window: water-equivalent path length (mm) mapped to white.
 WINDOW_MM = 400.0
@@ -216,11 +230,55 @@ class RayPieces:
     tasks: List[Tuple[int, int]] = field(default_factory=list)
 
 
+def reference_depth_mm(acquisition: Acquisition, view: int) -> float:
+    """The camera depth (mm) of view ``view``'s ray targets, where the ray parameter
+    ``alpha`` is 1: the detector (``sdd_mm``) for a ring, else twice the depth of the
+    isocentre (any depth beyond the volume would do; ``alpha = depth / d_ref``)."""
+    if acquisition.ring is not None:
+        return float(acquisition.ring.sdd_mm)
+    return 2.0 * acquisition.source_distances_mm[view]
+
+
+def view_rays(acquisition: Acquisition, view: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The rays of view ``view`` from its matrices, in DiffDRR's world frame (RAS of
+    ``ct``, mm).
+
+    Returns:
+        tuple: the source ``(3,)`` (the camera centre) and ``(H, W, 3)`` ray targets: the
+        point of each pixel centre's ray at the camera depth
+        :func:`reference_depth_mm`, float64.
+    """
+    height, width = acquisition.image_size
+    rows, cols = np.indices((height, width), dtype=np.float64)
+    uv = np.stack([cols + 0.5, rows + 0.5], -1).reshape(-1, 2)
+    depth = np.full(len(uv), reference_depth_mm(acquisition, view))
+    target = unproject_points(acquisition.lidar2img(view), uv, depth)       # (H * W, 3) ct
+    ct_to_ras = np.array([-1.0, -1.0, 1.0])
+    return (acquisition.source_position(view) * ct_to_ras,
+            (target * ct_to_ras).reshape(height, width, 3))
+
+
+def _plain_ring(geometry) -> XrayGeometry:
+    """The ring of ``geometry`` for DiffDRR's own detector and poses, which model neither a
+    tilted orbit nor an offset detector.
+
+    Raises:
+        ValueError: an acquisition that is no such ring.
+    """
+    ring = geometry if isinstance(geometry, XrayGeometry) else geometry.ring
+    if ring is None or ring.tilt_deg != 0 or any(ring.detector_offset_px):
+        raise ValueError('DiffDRR\'s own detector and poses (render_views_reference, '
+                         'view_poses, build_drr) cover only a ring without tilt or detector '
+                         'offset; render other acquisitions with XrayRenderer')
+    return ring
+
+
 def view_poses(geometry: XrayGeometry):
-    """DiffDRR poses of all views, ``RigidTransform`` of batch ``num_views``: view ``i`` is
-    ``convert(rotation=(theta_i, 0, 0), translation=(0, sod_mm, 0), 'euler_angles',
-    'ZXY')``."""
+    """DiffDRR poses of all views of a ring without tilt or detector offset,
+    ``RigidTransform`` of batch ``num_views``: view ``i`` is ``convert(rotation=(theta_i,
+    0, 0), translation=(0, sod_mm, 0), 'euler_angles', 'ZXY')``."""
     from diffdrr.pose import convert
+    geometry = _plain_ring(geometry)
     num = geometry.num_views
     rotation = torch.zeros(num, 3)
     rotation[:, 0] = torch.tensor(geometry.angles_rad, dtype=torch.float32)
@@ -231,8 +289,10 @@ def view_poses(geometry: XrayGeometry):
 
 
 def build_drr(subject, geometry: XrayGeometry, renderer: str = 'siddon', **kwargs):
-    """DiffDRR's ``DRR`` for ``geometry``'s detector (``reverse_x_axis=True``)."""
+    """DiffDRR's ``DRR`` for the detector of a ring without tilt or detector offset
+    (``reverse_x_axis=True``)."""
     from diffdrr.drr import DRR
+    geometry = _plain_ring(geometry)
     height, width = geometry.image_size
     return DRR(subject, sdd=geometry.sdd_mm, height=height, width=width,
                delx=geometry.pixel_spacing_mm, dely=geometry.pixel_spacing_mm,
@@ -240,13 +300,13 @@ def build_drr(subject, geometry: XrayGeometry, renderer: str = 'siddon', **kwarg
 
 
 class XrayRenderer:
-    """Renders all views of an :class:`XrayGeometry` from HU volumes with DiffDRR.
+    """Renders all views of an acquisition from HU volumes with DiffDRR.
 
     Per case it (1) converts HU with its ``hu_to_density`` mapping, (2) crops to the non-zero
-    bounding box (exact), (3) coarsens axes much finer than a detector pixel seen at the
-    isocentre (``pixel_spacing_mm * sod_mm / sdd_mm``) with :func:`resample_density`,
-    then (4) traces each view's rays, in pieces of at most ``patch_size ** 2``, through
-    DiffDRR's ``DRR.render`` under ``torch.inference_mode``.
+    bounding box (exact), (3) coarsens axes much finer than the smallest detector pixel
+    seen at the isocentre (:attr:`voxel_mm`) with :func:`resample_density`, then (4) traces
+    each view's rays (:func:`view_rays`, from the view's matrices), in pieces of at most
+    ``patch_size ** 2``, through DiffDRR's ``DRR.render`` under ``torch.inference_mode``.
 
     Where the speed comes from (CPU; ``tools/benchmark_render.py`` measures it):
 
@@ -263,7 +323,8 @@ class XrayRenderer:
       CPU ``grid_sample`` runs one batch item on one thread).
 
     Args:
-        geometry (XrayGeometry): views and detector.
+        geometry (Acquisition | XrayGeometry): the views (a ring becomes its
+            acquisition, kept as ``self.geometry``).
         device (str): ``'cpu'`` or ``'cuda'`` (any torch device string).
         renderer (str): ``'trilinear'`` (default) or ``'siddon'`` (DiffDRR's exact
             voxel-by-voxel line integrals; slower).
@@ -289,7 +350,7 @@ class XrayRenderer:
     runs with deterministic kernels on CPU and CUDA.
     """
 
-    def __init__(self, geometry: XrayGeometry, device: str = 'cpu',
+    def __init__(self, geometry: Acquisition, device: str = 'cpu',
                  renderer: str = 'trilinear', resample: Optional[bool] = None,
                  crop: bool = True, step_mm: Optional[float] = None,
                  patch_size: Optional[int] = None, memory_mb: float = 2048.0,
@@ -300,7 +361,7 @@ class XrayRenderer:
             raise ValueError(f'patch_size must be >= 1, got {patch_size}')
         if step_mm is not None and not step_mm > 0:
             raise ValueError(f'step_mm must be > 0, got {step_mm}')
-        self.geometry = geometry
+        self.geometry = as_acquisition(geometry)
         self.device = torch.device(device)
         self.renderer = renderer
         self.resample = (renderer == 'trilinear') if resample is None else bool(resample)
@@ -313,9 +374,14 @@ class XrayRenderer:
 
     @property
     def voxel_mm(self) -> float:
-        """Size of a detector pixel seen at the isocentre, the resampling target."""
+        """Size (mm) of the smallest detector pixel seen at the isocentre over the views
+        (``Acquisition.isocentre_pixel_mm``), the resampling target; for a ring exactly
+        ``pixel_spacing_mm * sod_mm / sdd_mm`` (its views' depths of the isocentre differ
+        from ``sod_mm`` by rounding)."""
         geo = self.geometry
-        return geo.pixel_spacing_mm * geo.sod_mm / geo.sdd_mm
+        if geo.ring is not None:
+            return geo.ring.pixel_spacing_mm * geo.ring.sod_mm / geo.ring.sdd_mm
+        return min(geo.isocentre_pixel_mm(view) for view in range(geo.num_views))
 
     def settings(self) -> Dict:
         """The rendering settings, for ``metainfo['converter']``."""
@@ -371,12 +437,13 @@ class XrayRenderer:
         """Which pixels can see the volume in ``view``, and the trilinear samples.
 
         The volume's box (voxel centres, one voxel wider on each side: beyond that
-        interpolation against the zero padding gives 0) bounds both. Its depth range
-        along the central ray becomes a range of DiffDRR's ray parameter ``alpha`` (0 at
-        the source, 1 on the detector: ``alpha = depth / sdd_mm`` on every ray, the
-        detector being flat), on the fixed lattice ``depth = k * step_mm``, so the samples
-        do not depend on the box. Rays whose pixel lies outside the box's projection are
-        0 and not traced.
+        interpolation against the zero padding gives 0) bounds both. Its range of camera
+        depths (mm along the view's central ray) becomes a range of DiffDRR's ray
+        parameter ``alpha`` (0 at the source, 1 at the targets of :func:`view_rays`:
+        ``alpha = depth / d_ref`` on every ray, :func:`reference_depth_mm`), on the fixed
+        lattice ``depth = k * step_mm``, so the samples do not depend on the box; for a
+        ring nothing behind the detector (``d_ref = sdd_mm``) is sampled. Rays whose
+        pixel lies outside the box's projection are 0 and not traced.
         """
         geo = self.geometry
         to_ct = index_to_ct_affine(spacing, origin)
@@ -395,14 +462,17 @@ class XrayRenderer:
             cols = slice(min(max(c0, 0), width), max(min(c1 + 1, width), 0))
         plan = dict(rows=rows, cols=cols, params={})
         if self.renderer == 'trilinear':
+            d_ref = reference_depth_mm(geo, view)
             k_lo = max(math.floor(depth.min() / step_mm), 0)
-            k_hi = max(min(math.ceil(depth.max() / step_mm),
-                           math.floor(geo.sdd_mm / step_mm)), k_lo + 1)
+            k_hi = math.ceil(depth.max() / step_mm)
+            if geo.ring is not None:            # the detector: nothing behind it
+                k_hi = min(k_hi, math.floor(d_ref / step_mm))
+            k_hi = max(k_hi, k_lo + 1)
             # explicit bounds: DiffDRR would otherwise take them from the rays of each
             # call, so the samples (and the image) would depend on how rays are cut up
             plan['params'] = dict(n_points=k_hi - k_lo + 1,
-                                  alphamin=k_lo * step_mm / geo.sdd_mm,
-                                  alphamax=k_hi * step_mm / geo.sdd_mm)
+                                  alphamin=k_lo * step_mm / d_ref,
+                                  alphamax=k_hi * step_mm / d_ref)
         return plan
 
     def _bytes_per_ray(self, shape, n_points: int) -> int:
@@ -415,27 +485,23 @@ class XrayRenderer:
     def _ray_axis(self, view: int, spacing) -> int:
         """The volume axis (0 = rows, 1 = columns) along which the rays of ``view`` cross
         the most voxels."""
-        theta = self.geometry.angles_rad[view]
-        # central ray direction in ct: (-sin theta, cos theta, 0); rows run along y
-        return int(abs(math.sin(theta)) / spacing[1] > abs(math.cos(theta)) / spacing[0])
+        ray = self.geometry.central_ray(view)       # unit direction in ct
+        # columns run along x, rows along y
+        return int(abs(ray[0]) / spacing[1] > abs(ray[1]) / spacing[0])
 
-    def _view_rays(self, drr, view: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """DiffDRR's rays of ``view`` in its world frame: the source ``(1, 1, 3)`` and the
-        pixel centres on the detector ``(H, W, 3)``, on ``self.device``.
+    def _view_rays(self, view: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:func:`view_rays` of ``view`` as float32 tensors on ``self.device``: the source
+        ``(1, 1, 3)`` and the targets ``(H, W, 3)`` in DiffDRR's world frame (mm).
 
-        They depend only on the geometry (the detector, and the AP reorientation that
-        every subject of :func:`make_subject` gets), not on the volume, so they are made
-        once per renderer and kept (12 bytes per pixel and view): rendering many small
-        blocks (the demo's inserted nodules) then does not redo the transform of every
-        detector pixel for every block (about 50 ms per view at 256^2 on CPU).
+        They depend only on the acquisition, not on the volume, so they are made once per
+        renderer and kept (12 bytes per pixel and view): rendering many small blocks (the
+        demo's inserted nodules) then does not redo every detector pixel for every block.
         """
         if view not in self._rays:
-            height, width = self.geometry.image_size
-            poses = view_poses(self.geometry)
-            pose = type(poses)(poses.matrix[view:view + 1]).to(self.device)
-            with torch.inference_mode():
-                source, target = drr.detector(pose, None)    # (1, 1, 3), (1, H * W, 3)
-            self._rays[view] = source, target.reshape(height, width, 3)
+            source, target = view_rays(self.geometry, view)
+            self._rays[view] = (
+                torch.as_tensor(source, dtype=torch.float32).reshape(1, 1, 3).to(self.device),
+                torch.as_tensor(target, dtype=torch.float32).to(self.device))
         return self._rays[view]
 
     def render(self, volume_hu: np.ndarray, spacing_mm: Sequence[float],
@@ -452,8 +518,7 @@ class XrayRenderer:
 
         Returns:
             np.ndarray: ``(len(views), H, W)`` float32 line integrals of the density (mm
-            of water), row 0 superior, view 0 anterior (as :meth:`XrayGeometry.lidar2img`
-            projects).
+            of water), in ``img`` rows and columns (as the views' ``lidar2img`` project).
         """
         volume_hu = np.asarray(volume_hu)
         if volume_hu.ndim != 3:
@@ -503,7 +568,7 @@ class XrayRenderer:
         plans = {view: self._view_plan(view, shape, spacing, origin, step_mm)
                  for view in views}
         rays_per_call = self._rays_per_call(shape, plans)
-        pieces = self._ray_pieces(drr, views, plans, rays_per_call)
+        pieces = self._ray_pieces(views, plans, rays_per_call)
         self._trace(drr, layouts, spacing, plans, pieces, rays_per_call, progress)
         return self._detector_images(plans, pieces)
 
@@ -524,11 +589,13 @@ class XrayRenderer:
             (:func:`_ray_axis_layout`).
         """
         layouts = {axis: _ray_axis_layout(density, axis) for axis in (0, 1)}
-        # The subject only gives the DRR its affine and DiffDRR's AP reorientation; a
-        # one-voxel placeholder with the volume's affine spares `read` converting (and
-        # torchio copying) the whole volume. The volumes are passed to `DRR.render`.
-        drr = build_drr(make_subject(torch.zeros(1, 1, 1), spacing, origin), self.geometry,
-                        self.renderer)
+        # The subject only gives the DRR its affine (world -> voxels); a one-voxel
+        # placeholder with the volume's affine spares `read` converting (and torchio
+        # copying) the whole volume. The volumes and the rays (`view_rays`) are passed to
+        # `DRR.render`, so DiffDRR's own detector is unused: a 1-pixel placeholder.
+        from diffdrr.drr import DRR
+        drr = DRR(make_subject(torch.zeros(1, 1, 1), spacing, origin), sdd=1.0, height=1,
+                  width=1, delx=1.0, renderer=self.renderer)
         drr.density = layouts[0]
         drr = drr.to(self.device)
         return drr, {0: drr.density, 1: layouts[1].to(self.device)}
@@ -545,12 +612,11 @@ class XrayRenderer:
             rays_per_call = min(rays_per_call, CPU_RAYS_PER_CALL)
         return max(rays_per_call, 1)
 
-    def _ray_pieces(self, drr, views: Sequence[int], plans: Dict[int, Dict],
+    def _ray_pieces(self, views: Sequence[int], plans: Dict[int, Dict],
                     rays_per_call: int) -> RayPieces:
         """The rays of the planned pixels of every view, cut into pieces.
 
         Args:
-            drr: the DRR of :meth:`_load_volume`.
             views (Sequence[int]): the views, in output order.
             plans (dict): ``{view: plan}`` of :meth:`_view_plan` (the pixels to trace).
             rays_per_call (int): rays per piece.
@@ -563,7 +629,7 @@ class XrayRenderer:
         with torch.inference_mode():
             for pos, view in enumerate(views):
                 plan = plans[view]
-                source, target = self._view_rays(drr, view)
+                source, target = self._view_rays(view)
                 target = target[plan['rows'], plan['cols']]
                 rays.append((source, target.reshape(1, -1, 3)))
                 outputs.append(torch.zeros(target.shape[:2]))
@@ -626,9 +692,10 @@ class XrayRenderer:
 
 
 def render_views(volume_hu: np.ndarray, spacing_mm: Sequence[float],
-                 geometry: XrayGeometry, device: str = 'cpu',
+                 geometry: Acquisition, device: str = 'cpu',
                  views: Optional[Sequence[int]] = None, **kwargs) -> np.ndarray:
-    """Render every view of ``geometry``: ``(num_views, H, W)`` float32 line integrals.
+    """Render every view of ``geometry`` (an :class:`Acquisition` or an
+    :class:`XrayGeometry` ring): ``(num_views, H, W)`` float32 line integrals (mm).
 
     Shorthand for ``XrayRenderer(geometry, device, **kwargs).render(volume_hu,
     spacing_mm, views)``; ``kwargs`` are :class:`XrayRenderer`'s (``renderer``,
@@ -649,7 +716,14 @@ def render_views_reference(volume_hu: np.ndarray, spacing_mm: Sequence[float],
     default keeps the peak near 1 GB for a 512^2 x 133 CT (63 kB per ray), ``None``
     renders whole images (4 GB at 256^2). ``views`` picks views (default all);
     ``hu_to_density`` is the HU -> density mapping, as :class:`XrayRenderer`'s.
+
+    ``geometry`` is an :class:`XrayGeometry` ring (or its acquisition) without tilt or
+    detector offset: DiffDRR's poses model no other.
+
+    Raises:
+        ValueError: any other acquisition.
     """
+    geometry = _plain_ring(geometry)
     height, width = geometry.image_size
     if patch_size is not None and (height * width) // patch_size ** 2 < 2:
         patch_size = None                # one piece: DiffDRR's patching would do nothing

@@ -20,9 +20,9 @@ from data_converters.arguments import FILE_PREFIX
 from data_converters.errors import ConverterError
 from data_converters.storage import (PART_SUFFIX, SKIP_SUFFIX, CaseStore, canonical_pickle,
                                      dumps_json)
+from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.data_format import (build_coco, build_metainfo, coco_path,
                                                  split_patients)
-from projects.mv2d_xray.core.geometry import XrayGeometry
 from projects.mv2d_xray.core.io import atomic_output, atomic_write, remove_stale_temporaries
 
 SPLITS = ('train', 'val')
@@ -72,7 +72,7 @@ def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[
     lists = {'train': [i for i in infos if i['patient_id'] not in val],
              'val': [i for i in infos if i['patient_id'] in val]}
     fingerprint = settings['fingerprint']
-    geometry = XrayGeometry.from_metainfo(fingerprint['geometry'])
+    geometry = Acquisition.from_metainfo(fingerprint['geometry'])
     converter = {k: v for k, v in fingerprint.items() if k not in ('geometry', 'classes')}
     converter['split'] = dict(split, cases={s: len(lists[s]) for s in SPLITS},
                               patients={s: len({i['patient_id'] for i in lists[s]})

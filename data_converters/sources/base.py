@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Tuple, Type
 from data_converters.density import DensityMapping
 from data_converters.errors import ConverterError
 from data_converters.findings import LabelRule
+from projects.mv2d_xray.core.acquisition import Acquisition, as_acquisition
 from projects.mv2d_xray.core.data_format import FORMAT_VERSION
-from projects.mv2d_xray.core.geometry import XrayGeometry
 
 #: Registered source classes by name (= subcommand), filled by :func:`register_source`.
 SOURCES: Dict[str, Type['ConversionSource']] = {}
@@ -48,10 +48,12 @@ class ConversionSource:
         field_of_view_mm (float): the least width (mm) about the isocentre that every
             view's detector must see (:func:`~data_converters.checks.check_acquisition`).
         body_radius_mm (float): the farthest a volume reaches from the z axis: the X-ray
-            source must be farther (``--sod``).
+            source must be farther (the isocentre's camera depth in every view: ``--sod``).
 
     Args:
-        geometry (XrayGeometry): the views.
+        geometry (Acquisition | XrayGeometry): the views (``--acquisition FILE`` or the
+            ring flags); kept as an :class:`Acquisition` in ``self.geometry``, whose
+            matrices render the views, place the 2D boxes and fill the info pickles.
         rule (LabelRule): which findings are ground truth (the others: ignore regions).
         device (str): torch device for rendering.
         val_fraction (float): fraction of patients in validation.
@@ -67,9 +69,9 @@ class ConversionSource:
     field_of_view_mm: float = 100.0
     body_radius_mm: float = 150.0
 
-    def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+    def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
-        self.geometry = geometry
+        self.geometry = as_acquisition(geometry)
         self.rule = rule
         self.device = device
         self.val_fraction = float(val_fraction)
@@ -83,10 +85,10 @@ class ConversionSource:
         ``--out``, geometry, label rule, run)."""
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+    def from_args(cls, args: argparse.Namespace, geometry: Acquisition,
                   rule: LabelRule) -> 'ConversionSource':
         """The source for parsed flags (``args.device``, ``args.val_fraction``,
-        ``args.seed`` and the source's own), with the CLI's geometry and label rule.
+        ``args.seed`` and the source's own), with the CLI's acquisition and label rule.
 
         Raises:
             ConverterError: a flag's value is unusable (e.g. a missing input folder).
@@ -96,7 +98,8 @@ class ConversionSource:
     # -- settings --------------------------------------------------------------------
     def fingerprint(self) -> dict:
         """The settings that shape every case; a folder converted with another
-        fingerprint is refused. All but ``geometry`` and ``classes`` become
+        fingerprint is refused. All but ``geometry`` (``Acquisition.to_metainfo``, so a
+        resumed run must use the same acquisition) and ``classes`` become
         ``metainfo['converter']``; the key order is the metainfo's."""
         return dict(format_version=FORMAT_VERSION, source=self.name,
                     classes=list(self.classes), geometry=self.geometry.to_metainfo(),
@@ -112,7 +115,7 @@ class ConversionSource:
         return self.make_renderer().settings()
 
     def make_renderer(self):
-        """A :class:`~data_converters.render.XrayRenderer` for the source's geometry,
+        """A :class:`~data_converters.render.XrayRenderer` for the source's acquisition,
         device and density mapping."""
         from data_converters.render import XrayRenderer
         return XrayRenderer(self.geometry, self.device, hu_to_density=self.density)

