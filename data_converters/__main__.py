@@ -54,23 +54,31 @@ class _RingFlag(argparse.Action):
         setattr(namespace, 'ring_flags', given + [option_string])
 
 
-def _add_common(parser: argparse.ArgumentParser, default_size: int, default_prefix: str):
-    """The flags every source's subcommand has (output, geometry, label rule, run)."""
+def _add_common(parser: argparse.ArgumentParser, source) -> None:
+    """The flags every source's subcommand has (output, geometry, label rule, run); the
+    ring's defaults are the source's (:attr:`ConversionSource.default_ring`)."""
+    default_size, default_prefix = source.default_image_size, source.default_prefix
+    ring = dict(views=10, sod=300.0, sdd=600.0, detector_mm=800.0)
+    ring.update(source.default_ring)
     parser.add_argument('--out', required=True, metavar='DIR', help='output dataset folder')
     geo = parser.add_argument_group(
         'geometry (README "Conventions"): a ring from these flags, or --acquisition FILE')
-    geo.add_argument('--views', type=positive_int, default=10, action=_RingFlag,
-                     help='number of views on a circle about z (default: 10)')
+    geo.add_argument('--views', type=positive_int, default=ring['views'], action=_RingFlag,
+                     help=f'number of views on a circle about z (default: {ring["views"]})')
     geo.add_argument('--image-size', type=image_size, default=(default_size, default_size),
                      action=_RingFlag, metavar='SIZE|HxW',
                      help=f'image size in pixels (default: {default_size})')
     geo.add_argument('--pixel-spacing', type=positive_float, default=None, action=_RingFlag,
                      metavar='MM',
-                     help='detector pixel pitch (default: 800 mm / the longer image side)')
-    geo.add_argument('--sod', type=positive_float, default=300.0, action=_RingFlag,
-                     metavar='MM', help='source to isocentre distance (default: 300)')
-    geo.add_argument('--sdd', type=positive_float, default=600.0, action=_RingFlag,
-                     metavar='MM', help='source to detector distance (default: 600)')
+                     help=f'detector pixel pitch (default: {ring["detector_mm"]:g} mm / the '
+                          'longer image side)')
+    geo.add_argument('--sod', type=positive_float, default=ring['sod'], action=_RingFlag,
+                     metavar='MM',
+                     help=f'source to isocentre distance (default: {ring["sod"]:g})')
+    geo.add_argument('--sdd', type=positive_float, default=ring['sdd'], action=_RingFlag,
+                     metavar='MM',
+                     help=f'source to detector distance (default: {ring["sdd"]:g})')
+    parser.set_defaults(detector_mm=ring['detector_mm'])
     geo.add_argument('--acquisition', default=None, metavar='FILE',
                      help='calibration file (JSON) of any acquisition: per-view P or K and '
                           'Rt, or the ring shorthand (README "Running on your own studies");'
@@ -118,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         source.add_arguments(command)
-        _add_common(command, source.default_image_size, source.default_prefix)
+        _add_common(command, source)
 
     merge = sub.add_parser(
         'merge', help='write the split files of a sharded conversion',
@@ -158,9 +166,12 @@ def _acquisition(args):
         except CalibrationError as err:
             raise ConverterError(f'--acquisition: {err}') from None
     try:
+        spacing = args.pixel_spacing
+        if spacing is None:
+            spacing = args.detector_mm / max(args.image_size)
         return XrayGeometry(num_views=args.views, sod_mm=args.sod, sdd_mm=args.sdd,
                             image_size=args.image_size,
-                            pixel_spacing_mm=args.pixel_spacing).to_acquisition()
+                            pixel_spacing_mm=spacing).to_acquisition()
     except ValueError as err:
         raise ConverterError(str(err)) from None
 

@@ -16,7 +16,9 @@ cubic voxels of ``pitch_mm``) and a *fill*: what its voxels hold instead of the 
   the alloy with the void fraction ``thickness / pitch`` removed (the line integral across
   the crack loses ``mu * thickness``, as for the real crack).
 
-Placement (:func:`place_defects`): a defect is kept only when every voxel of it lies at
+Placement (:func:`place_defects`): centres are drawn uniformly over the part's height (a
+slice, then a voxel of it), so the airfoil gets most defects rather than the massive root;
+a defect is kept only when every voxel of it lies at
 least one voxel inside the material (the Euclidean distance to the nearest non-material
 voxel centre is more than one pitch, which also keeps it off the cooling channels), and its
 box, grown by one voxel, overlaps no other defect's box -- so each label box holds its own
@@ -207,6 +209,12 @@ def place_defects(material: np.ndarray, pitch_mm: float, rng: np.random.Generato
         depth_mm = distance_transform_edt(material) * pitch_mm
     deep = depth_mm > pitch_mm * 1.0001                         # more than one voxel in
     candidates = np.argwhere(deep)
+    # uniform over the slices first, then over a slice's voxels: the massive root would
+    # otherwise take most defects, where the thick metal leaves little contrast
+    per_slice = np.bincount(candidates[:, 2], minlength=material.shape[2]).astype(np.float64)
+    weights = np.where(per_slice[candidates[:, 2]] > 0, 1.0 / per_slice[candidates[:, 2]], 0)
+    cdf = np.cumsum(weights)
+    cdf /= max(cdf[-1] if len(cdf) else 1.0, 1e-12)
     classes = list(settings.class_mix)
     probs = np.array([settings.class_mix[c] for c in classes], dtype=np.float64)
     count = int(rng.integers(settings.count[0], settings.count[1] + 1))
@@ -220,7 +228,9 @@ def place_defects(material: np.ndarray, pitch_mm: float, rng: np.random.Generato
         for _try in range(MAX_TRIES):
             if not len(candidates):
                 break
-            centre = candidates[int(rng.integers(len(candidates)))]
+            pick = min(int(np.searchsorted(cdf, rng.uniform(), side='right')),
+                       len(candidates) - 1)
+            centre = candidates[pick]
             offset = tuple(int(c - s // 2) for c, s in zip(centre, shape_mask.shape))
             box = tuple((o, o + s - 1) for o, s in zip(offset, shape_mask.shape))
             if any(o < 0 or o + s > n for o, s, n in zip(offset, shape_mask.shape,

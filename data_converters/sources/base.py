@@ -49,6 +49,9 @@ class ConversionSource:
             view's detector must see (:func:`~data_converters.checks.check_acquisition`).
         body_radius_mm (float): the farthest a volume reaches from the z axis: the X-ray
             source must be farther (the isocentre's camera depth in every view: ``--sod``).
+        default_ring (dict): defaults of the ring flags that differ from a chest's
+            (``views`` 10, ``sod`` 300, ``sdd`` 600, ``detector_mm`` 800: the default
+            pixel pitch is ``detector_mm`` over the longer image side).
 
     Args:
         geometry (Acquisition | XrayGeometry): the views (``--acquisition FILE`` or the
@@ -68,6 +71,7 @@ class ConversionSource:
     default_image_size: int = 256
     field_of_view_mm: float = 100.0
     body_radius_mm: float = 150.0
+    default_ring: Dict[str, float] = {}
 
     def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):

@@ -262,11 +262,16 @@ def uneven_calibration():
 
 def acquisitions():
     from projects.mv2d_xray.core.acquisition import acquisition_from_dict
-    return {'tilted_arc': tilted_arc().to_acquisition(),
+
+    # the blades source's turntable: 12 views, 400 / 800 mm (magnification 2, as here)
+    turntable = XrayGeometry(num_views=12, sod_mm=400.0, sdd_mm=800.0, image_size=(48, 64),
+                             pixel_spacing_mm=2.4)
+    return {'blade_turntable': turntable.to_acquisition(),
+            'tilted_arc': tilted_arc().to_acquisition(),
             'uneven_calibration': acquisition_from_dict(uneven_calibration(), 'uneven')}
 
 
-@pytest.mark.parametrize('name', ['tilted_arc', 'uneven_calibration'])
+@pytest.mark.parametrize('name', ['tilted_arc', 'uneven_calibration', 'blade_turntable'])
 def test_beads_project_onto_blob_centroids_for_any_acquisition(name):
     """The converter's renderer traces each view's rays from its matrices: bead centres
     projected with ``lidar2img`` land on their blobs' centroids within 0.1 px."""

@@ -18,6 +18,7 @@ from data_converters.findings import Finding
 from data_converters.render import XrayRenderer, to_uint8
 from data_converters.sources import base, load_sources
 from data_converters.sources.base import ConversionSource, register_source
+from data_converters.sources.blades import BladesSource
 from data_converters.sources.demo import DemoSource
 from data_converters.sources.lidc import LidcSource
 from data_converters.sources.lidc_annotations import NODULE_CLASSES
@@ -92,12 +93,12 @@ def _subcommands(parser):
 
 
 def test_cli_subcommands_come_from_the_registry(registry, tmp_path):
-    assert set(_subcommands(build_parser())) == {'demo', 'lidc', 'merge'}
-    assert load_sources() == {'demo': DemoSource, 'lidc': LidcSource}
+    assert set(_subcommands(build_parser())) == {'blades', 'demo', 'lidc', 'merge'}
+    assert load_sources() == {'blades': BladesSource, 'demo': DemoSource, 'lidc': LidcSource}
     tiny = define_tiny_source()
     assert registry['tiny'] is tiny
     commands = _subcommands(build_parser())
-    assert set(commands) == {'demo', 'lidc', 'merge', 'tiny'}
+    assert set(commands) == {'blades', 'demo', 'lidc', 'merge', 'tiny'}
     args = commands['tiny'].parse_args(['--out', str(tmp_path), '--cases', '3'])
     # the source's own flag, and the common ones with the source's defaults
     assert args.cases == 3 and args.image_size == (16, 16) and args.prefix == 'tiny'
@@ -137,9 +138,15 @@ def test_metainfo_records_the_sources_classes_and_density(registry, tmp_path, ca
 
 
 def test_builtin_sources_declare_classes_and_density():
-    for source in load_sources().values():
-        assert source.classes == NODULE_CLASSES and source.density is WATER_RELATIVE
+    sources = load_sources()
+    for name in ('demo', 'lidc'):
+        assert sources[name].classes == NODULE_CLASSES
+        assert sources[name].density is WATER_RELATIVE
     assert WATER_RELATIVE.description == 'max(HU + 1000, 0) / 1000'
+    # the blades' volumes hold mu already: rendered as they are
+    assert sources['blades'].classes == ('pore', 'inclusion', 'crack')
+    mu = np.array([0.0, 0.37], np.float32)
+    assert np.array_equal(sources['blades'].density(mu), mu)
 
 
 def test_register_source_refuses_incomplete_sources(registry):
@@ -166,7 +173,7 @@ def test_register_source_refuses_incomplete_sources(registry):
 
     with pytest.raises(ConverterError, match=r"'demo' is taken by .*sources\.demo\.DemoSource"):
         register_source(Demo)
-    assert set(registry) == {'demo', 'lidc'}
+    assert set(registry) == {'blades', 'demo', 'lidc'}
 
 
 @pytest.mark.parametrize('parse, good, bad, message', [

@@ -1,0 +1,310 @@
+"""Turbine-blade-like cast parts with casting defects, as an industrial cabinet sees them.
+
+No public data set of turbine-blade radiographs exists, so this source makes them: every
+case is a procedurally generated part (:mod:`data_converters.blade_parts`: airfoil with
+taper and twist, root block, platform, cooling channels; or the user's own watertight
+mesh, ``--mesh part.stl``) voxelised at ``--voxel-mm`` (default 0.2 mm), with 0-5 casting
+defects of three classes -- ``pore``, ``inclusion``, ``crack`` -- placed at least one voxel
+inside the material (:mod:`data_converters.casting_defects`).
+
+Physics (:mod:`data_converters.xray_physics`): each voxel holds the linear attenuation
+``mu`` (1/mm) of its material at ``--energy-kev`` from xraydb's reference tables (a
+CMSX-4-like nickel superalloy; hafnia and alumina inclusions; voids); the renderer gives
+``L = integral mu dl`` per pixel (:class:`~data_converters.render.XrayRenderer` on the
+``mu`` volume, resampled to the isocentre pixel); the detector sees Beer-Lambert
+``I = I0 exp(-L)`` blurred by a Gaussian of ``--blur-px`` and with Poisson noise of
+``--photons`` unattenuated photons per pixel; the PNGs are **16-bit**, ``round(L * scale)``
+with ``scale = 65535 / 12`` (a transmission of e^-12 is the darkest), recorded in
+``metainfo['converter']['blades']['image']``.
+
+Acquisition: a turntable (the part's span along the ct z axis, which the ring turns
+about), by default 12 views over 360 degrees, source-object 400 mm and source-detector
+800 mm (magnification 2), a 400 mm detector (a 200 mm field at the part, which the
+largest parts need): at the default 512^2 a pixel is 0.78 mm, 0.39 mm at the part, so a
+1 mm defect spans about 2.6 px, a 2 mm one 5 px and the 0.3 mm smallest under one
+(defects below ``--detectable-mm``, 0.4 mm, become ignore regions).
+
+Labels: per defect the tight 3D box of its voxels (ct mm) and per view the tight box of
+its voxels' projected corners, exactly as for nodules
+(:class:`~data_converters.findings.Finding`); ``diameter_mm`` is the defect's size
+(diameter, a cluster's extent, a crack's length), which the size bands use. Each part is
+its own patient, so splits never share a part, and each part draws from its own random
+stream ``(seed, part index)``, so no generation seed is shared either.
+"""
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from data_converters.arguments import non_negative_int, positive_float, positive_int
+from data_converters.blade_parts import (MARGIN_VOXELS, BladeRanges, BladeShape, sample_blade,
+                                         voxelise)
+from data_converters.cases import finish_case
+from data_converters.casting_defects import DEFECT_CLASSES, DefectSettings, place_defects
+from data_converters.density import AttenuationVolume
+from data_converters.errors import ConverterError
+from data_converters.findings import Finding, LabelRule
+from data_converters.sources.base import ConversionSource, register_source
+from data_converters.xray_physics import (INCLUSION_MATERIALS, MAX_LINE_INTEGRAL, DetectorModel,
+                                          detect, material_table, mu_volume, to_uint16,
+                                          uint16_scale)
+from projects.mv2d_xray.core.acquisition import Acquisition
+from projects.mv2d_xray.core.geometry import project_points
+
+DESCRIPTION = __doc__.split('\n\n')[0] + '''
+
+Each case: a random blade-like part (or --mesh), 0-5 defects (pore, inclusion, crack),
+mu from xraydb at --energy-kev, Beer-Lambert with Poisson noise and detector blur, 16-bit
+PNGs. Default acquisition: a turntable of 12 views, sod 400 mm, sdd 800 mm, 400 mm
+detector.'''
+
+
+class LoadedMesh:
+    """The user's part from a mesh file, voxelised once (``--mesh``).
+
+    Args:
+        path (str): an STL / OBJ / PLY file trimesh reads (mm).
+        voxel_mm (float): the voxel size.
+
+    Raises:
+        ConverterError: the file cannot be read or the mesh is not watertight (it has no
+            inside to fill).
+    """
+
+    def __init__(self, path: str, voxel_mm: float):
+        import trimesh
+        if not osp.isfile(path):
+            raise ConverterError(f'--mesh {path}: no such file')
+        try:
+            mesh = trimesh.load(path, force='mesh')
+        except Exception as exc:     # trimesh raises many types for broken files
+            raise ConverterError(f'--mesh {path}: cannot read it as a mesh ({exc})') from None
+        if not mesh.is_watertight:
+            raise ConverterError(f'--mesh {path}: the mesh is not watertight (it has holes '
+                                 'or open edges), so it has no inside to fill with material; '
+                                 'repair it first (e.g. trimesh.repair.fill_holes)')
+        grid = mesh.voxelized(voxel_mm).fill()
+        # trimesh indexes (x, y, z); the converter's volumes are (rows = y, cols = x, z)
+        self.mask = np.ascontiguousarray(np.transpose(grid.matrix, (1, 0, 2)).astype(bool))
+        self.path = path
+        self.extent_mm = [float(e) for e in mesh.extents]
+
+
+@register_source
+class BladesSource(ConversionSource):
+    """Cast blade-like parts with defects (see the module docstring).
+
+    Args:
+        geometry (Acquisition | XrayGeometry): the views.
+        rule (LabelRule): unused by the defects' labels (kept for the common interface;
+            ``--detectable-mm`` decides the ignore regions).
+        num_cases (int): parts.
+        seed (int): seed of the parts and of the split.
+        val_fraction (float): fraction of parts in validation.
+        device (str): torch device for rendering.
+        voxel_mm (float): voxel size of the parts.
+        defects (DefectSettings): defect counts, mix and sizes.
+        detector (DetectorModel): energy, dose and blur.
+        ranges (BladeRanges): part dimensions.
+        mesh (str, optional): the user's mesh instead of generated parts.
+    """
+    name = 'blades'
+    default_prefix = 'blades'
+    classes = DEFECT_CLASSES
+    density = AttenuationVolume()
+    cli_help = 'generate cast turbine-blade-like parts with defects (pore, inclusion, crack)'
+    cli_description = DESCRIPTION
+    default_image_size = 512
+    field_of_view_mm = 20.0
+    body_radius_mm = 100.0
+    default_ring = dict(views=12, sod=400.0, sdd=800.0, detector_mm=400.0)
+
+    def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
+                 num_cases: int = 40, seed: int = 0, val_fraction: float = 0.2,
+                 device: str = 'cpu', voxel_mm: float = 0.2,
+                 defects: DefectSettings = DefectSettings(),
+                 detector: DetectorModel = DetectorModel(),
+                 ranges: BladeRanges = BladeRanges(), mesh: Optional[str] = None):
+        super().__init__(geometry, rule, device, val_fraction, seed)
+        self.num_cases = int(num_cases)
+        self.voxel_mm = float(voxel_mm)
+        self.defects = defects
+        self.detector = detector
+        self.ranges = ranges
+        self.mesh_path = mesh
+        self.density = AttenuationVolume(detector.energy_kev)
+        self._mesh: Optional[LoadedMesh] = None        # per process
+        self._renderer = None
+        self.check_settings()
+        what = f'--mesh {mesh}' if mesh else 'the largest part of the ranges'
+        self.check_field_of_view(self.largest_part_mm(), what)
+
+    # -- command line ------------------------------------------------------------------
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--cases', type=positive_int, default=40,
+                            help='number of parts (default: 40)')
+        parser.add_argument('--mesh', metavar='FILE',
+                            help='your own part (watertight STL/OBJ/PLY, mm) instead of '
+                            'generated blades; defects are inserted the same way')
+        parser.add_argument('--voxel-mm', type=positive_float, default=0.2,
+                            help='voxel size of the parts (default: 0.2)')
+        parser.add_argument('--max-defects', type=non_negative_int, default=5,
+                            help='most defects per part (default: 5; 0 to 5 drawn)')
+        parser.add_argument('--defect-mm', type=positive_float, nargs=2, default=(0.3, 2.0),
+                            metavar=('LOW', 'HIGH'),
+                            help='pore and inclusion diameters (default: 0.3 2)')
+        parser.add_argument('--crack-mm', type=positive_float, nargs=2, default=(1.0, 6.0),
+                            metavar=('LOW', 'HIGH'), help='crack lengths (default: 1 6)')
+        parser.add_argument('--detectable-mm', type=positive_float, default=0.4,
+                            help='defects smaller than this become ignore regions '
+                            '(default: 0.4)')
+        parser.add_argument('--energy-kev', type=positive_float, default=150.0,
+                            help='effective beam energy (default: 150)')
+        parser.add_argument('--photons', type=positive_float, default=20000.0,
+                            help='unattenuated photons per pixel, the dose (default: 20000)')
+        parser.add_argument('--no-noise', action='store_true', help='no photon noise')
+        parser.add_argument('--blur-px', type=float, default=0.5,
+                            help='detector blur, Gaussian sigma in px (default: 0.5)')
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, geometry: Acquisition,
+                  rule: LabelRule) -> 'BladesSource':
+        defects = DefectSettings(
+            count=(0, args.max_defects),
+            size_mm=dict(pore=tuple(args.defect_mm), inclusion=tuple(args.defect_mm),
+                         crack=tuple(args.crack_mm)),
+            detectable_mm=args.detectable_mm)
+        detector = DetectorModel(energy_kev=args.energy_kev,
+                                 photons_per_pixel=None if args.no_noise else args.photons,
+                                 blur_sigma_px=args.blur_px)
+        return cls(geometry, rule, args.cases, args.seed, args.val_fraction, args.device,
+                   args.voxel_mm, defects, detector, mesh=args.mesh)
+
+    def check_settings(self) -> None:
+        """Refuse settings no part can satisfy (one line naming the flag)."""
+        for name, (low, high) in self.defects.size_mm.items():
+            flag = '--crack-mm' if name == 'crack' else '--defect-mm'
+            if not 0 < low <= high:
+                raise ConverterError(f'{flag} {low:g} {high:g}: LOW must be > 0 and <= HIGH')
+        # the thickest place of the smallest part: its root block, chord * tau * 2.5 deep
+        # and 1.2 chord wide; a defect (with a voxel each side) must fit there
+        depth = self.ranges.chord_mm[0] * self.ranges.thickness_ratio[0] * 2.5
+        width = 1.2 * self.ranges.chord_mm[0]
+        margin = 2 * self.voxel_mm
+        for name, (_, high) in self.defects.size_mm.items():
+            thick = high * (0.5 if name == 'crack' else 1.0)     # a crack's width
+            if self.mesh_path is None and (thick + margin > depth or high + margin > width):
+                flag = '--crack-mm' if name == 'crack' else '--defect-mm'
+                raise ConverterError(
+                    f'{flag}: a {high:g} mm {name} cannot fit in the parts (the smallest '
+                    f'part\'s root block is {depth:.2g} mm deep and {width:.3g} mm wide, the '
+                    'thickest place it has): lower the range')
+        if self.defects.detectable_mm < 0:
+            raise ConverterError('--detectable-mm must be >= 0')
+        if self.detector.blur_sigma_px < 0:
+            raise ConverterError('--blur-px must be >= 0')
+
+    # -- settings ----------------------------------------------------------------------
+    def source_settings(self) -> dict:
+        mu = material_table(self.detector.energy_kev, tuple(INCLUSION_MATERIALS))
+        return dict(blades=dict(
+            seed=self.seed, voxel_mm=self.voxel_mm,
+            parts=('mesh ' + self.mesh_path) if self.mesh_path else self.ranges.__dict__,
+            defects=self.defects.to_dict(), detector=self.detector.to_dict(),
+            mu_per_mm=mu, size_bands_mm=[['0.3-1mm', 0.3, 1.0], ['1-2mm', 1.0, 2.0],
+                                         ['>2mm', 2.0, None]],
+            image=dict(bits=16, encoding='round(L * scale), L = -log(I / I0)',
+                       scale=uint16_scale(), max_line_integral=MAX_LINE_INTEGRAL)))
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            self._renderer = self.make_renderer()
+        return self._renderer
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['_mesh'] = state['_renderer'] = None
+        return state
+
+    # -- cases -------------------------------------------------------------------------
+    def discover(self) -> Tuple[List[dict], Dict[str, str]]:
+        specs = [dict(token=f'blade-{i:04d}', patient_id=f'blade-{i:04d}', index=i)
+                 for i in range(self.num_cases)]
+        return specs, {}
+
+    def part(self, rng: np.random.Generator) -> Tuple[np.ndarray, Optional[BladeShape]]:
+        """The material mask of a part (a new blade, or the user's mesh)."""
+        if self.mesh_path is not None:
+            if self._mesh is None:
+                self._mesh = LoadedMesh(self.mesh_path, self.voxel_mm)
+            return self._mesh.mask, None
+        shape = sample_blade(rng, self.ranges)
+        return voxelise(shape, self.voxel_mm), shape
+
+    def largest_part_mm(self) -> Tuple[float, float, float]:
+        """Extents ``(x, y, z)`` in mm that every part fits in: the mesh's, or the largest
+        blade of the ranges (root block and platform included)."""
+        if self.mesh_path is not None:
+            if self._mesh is None:
+                self._mesh = LoadedMesh(self.mesh_path, self.voxel_mm)
+            return tuple(self._mesh.extent_mm)
+        r = self.ranges
+        chord = r.chord_mm[1]
+        width = 1.2 * chord + 3.0 + 2 * MARGIN_VOXELS * self.voxel_mm
+        depth = chord * r.thickness_ratio[1] * 2.5 + 3.0 + 2 * MARGIN_VOXELS * self.voxel_mm
+        height = r.span_mm[1] * (1 + r.root_fraction[1]) + r.platform_mm[1] \
+            + 2 * MARGIN_VOXELS * self.voxel_mm
+        return (width, max(depth, 0.6 * chord), height)
+
+    def check_field_of_view(self, extent_mm: Sequence[float], what: str) -> None:
+        """Refuse a part (a box of ``extent_mm`` about the isocentre) that some view's
+        detector does not see whole."""
+        half = np.asarray(extent_mm, dtype=np.float64) / 2
+        corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1)
+                            for sz in (-1, 1)]) * half
+        height, width = self.geometry.image_size
+        for view in range(self.geometry.num_views):
+            uv, _ = project_points(self.geometry.lidar2img(view), corners)
+            if uv.min() < 0 or uv[:, 0].max() > width or uv[:, 1].max() > height:
+                raise ConverterError(
+                    f'{what} ({extent_mm[0]:.0f} x {extent_mm[1]:.0f} x {extent_mm[2]:.0f} mm)'
+                    f' is larger than the field of view of view '
+                    f'{self.geometry.view_names[view]}: use a larger --pixel-spacing or '
+                    '--image-size, or smaller parts')
+
+    def synthesize(self, index: int, token: str):
+        """One part: its ``mu`` volume's findings and the detector's ``(N, H, W)`` line
+        integrals (noisy when the detector model says so)."""
+        from scipy.ndimage import distance_transform_edt
+        rng = np.random.default_rng([self.seed, 15, index])
+        material, _ = self.part(rng)
+        self.check_field_of_view(np.asarray(material.shape) * self.voxel_mm, token)
+        depth = distance_transform_edt(material) * self.voxel_mm
+        defects, _ = place_defects(material, self.voxel_mm, rng, self.defects,
+                                   tuple(INCLUSION_MATERIALS), depth)
+        mu = material_table(self.detector.energy_kev, tuple(INCLUSION_MATERIALS))
+        volume = mu_volume(material, defects, mu)
+        spacing = (self.voxel_mm,) * 3
+        line = self.renderer.render_density(volume, spacing)
+        noise = np.random.default_rng([self.seed, 16, index])
+        images = detect(line, self.detector, noise).astype(np.float32)
+        findings = [Finding(d.mask, d.offset, f'{token}/{n}', 1, d.size_mm,
+                            float(d.mask.sum() * d.void_fraction) * self.voxel_mm ** 3,
+                            ignore=d.size_mm < self.defects.detectable_mm, label=d.label,
+)
+                    for n, d in enumerate(defects)]
+        meta = dict(shape=list(material.shape), spacing_mm=list(spacing),
+                    series_uid=f'{token} (generated)')
+        return meta, findings, images
+
+    def convert(self, spec: dict, out_dir: str) -> dict:
+        meta, findings, images = self.synthesize(spec['index'], spec['token'])
+        scale = uint16_scale()
+        return finish_case(out_dir, spec['token'], spec['patient_id'], 'synthetic', meta,
+                           self.geometry, images, findings,
+                           encode=lambda view: to_uint16(view, scale))

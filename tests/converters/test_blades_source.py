@@ -1,0 +1,139 @@
+"""The blades source end to end on tiny parts: deterministic 16-bit cases, labels that fit
+their defects, Beer-Lambert without noise, and one clear line for every bad input."""
+import hashlib
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from data_converters.blade_parts import BladeRanges
+from data_converters.casting_defects import DEFECT_CLASSES, DefectSettings
+from data_converters.density import AttenuationVolume
+from data_converters.render import XrayRenderer
+from data_converters.sources.blades import BladesSource
+from data_converters.xray_physics import (DetectorModel, attenuation_per_mm, from_uint16,
+                                          uint16_scale)
+from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.io import read_pickle
+
+#: Small parts, coarse voxels and small images keep a case to about a second.
+TINY = ['--cases', '3', '--image-size', '96', '--views', '6', '--voxel-mm', '0.5',
+        '--max-defects', '3', '--no-progress', '--val-fraction', '0.34']
+
+
+def convert(out, *extra):
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    env['OMP_NUM_THREADS'] = '1'
+    return subprocess.run([sys.executable, '-m', 'data_converters', 'blades', '--out',
+                           str(out), *extra], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=env)
+
+
+def tree_digest(root):
+    digest = {}
+    for folder, _, files in os.walk(root):
+        if '.parts' in folder:
+            continue
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, 'rb') as f:
+                digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+@pytest.fixture(scope='module')
+def blades(tmp_path_factory):
+    out = tmp_path_factory.mktemp('blades')
+    done = convert(out, *TINY)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_cases_are_deterministic_16_bit_with_the_defect_classes(blades, tmp_path):
+    again = convert(tmp_path, *TINY)
+    assert again.returncode == 0, again.stderr
+    assert tree_digest(blades) == tree_digest(tmp_path)
+    infos = read_pickle(str(blades / 'blades_infos_train.pkl'))
+    meta = infos['metainfo']
+    assert tuple(meta['classes']) == DEFECT_CLASSES
+    settings = meta['converter']['blades']
+    assert settings['image']['bits'] == 16
+    assert settings['mu_per_mm']['superalloy'] == pytest.approx(
+        attenuation_per_mm('superalloy', 150.0))
+    assert meta['geometry']['num_views'] == 6 and meta['geometry']['sod_mm'] == 400.0
+    case = infos['data_list'][0]
+    image = cv2.imread(str(blades / case['images']['VIEW_00']['img_path']),
+                       cv2.IMREAD_UNCHANGED)
+    assert image.dtype == np.uint16 and image.shape == (96, 96) and image.max() > 1000
+
+
+def test_labels_fit_their_defects(blades):
+    tokens = []
+    for split in ('train', 'val'):
+        for case in read_pickle(str(blades / f'blades_infos_{split}.pkl'))['data_list']:
+            tokens.append(case['token'])
+            for inst in case['instances']:
+                assert inst['bbox_label_3d'] in (0, 1, 2)
+                assert all(d > 0 for d in inst['bbox_3d'][3:6])
+                # the box is the defect's voxels (0.5 mm): at least one voxel, at most
+                # its size plus a voxel each side
+                assert max(inst['bbox_3d'][3:6]) <= inst['diameter_mm'] + 2 * 0.5 + 1e-9 \
+                    or inst['bbox_label_3d'] == 0            # pore clusters: extent
+            for name, boxes in case['cam_instances'].items():
+                for box in boxes:
+                    x1, y1, x2, y2 = box['bbox']
+                    assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+    assert len(set(tokens)) == len(tokens) == 3          # every part in one split only
+
+
+def test_without_noise_images_are_the_line_integrals_of_mu():
+    """A 10 mm alloy cube: the central ray crosses 10 mm of it, so -log(I / I0) there is
+    mu * 10 (the renderer's line integral of the mu volume, Beer-Lambert without noise)."""
+    geometry = XrayGeometry(num_views=2, sod_mm=400, sdd_mm=800, image_size=(64, 64),
+                            pixel_spacing_mm=0.8)
+    mu = attenuation_per_mm('superalloy', 150.0)
+    volume = np.zeros((41, 41, 41), np.float32)
+    volume[10:30, 10:30, 10:30] = mu                   # 20 voxels of 0.5 mm = 10 mm
+    renderer = XrayRenderer(geometry, hu_to_density=AttenuationVolume())
+    line = renderer.render_density(volume, (0.5, 0.5, 0.5))
+    from data_converters.xray_physics import detect
+    image = detect(line, DetectorModel(photons_per_pixel=None, blur_sigma_px=0.0), None)
+    assert image[0, 31:33, 31:33] == pytest.approx(mu * 10.0, rel=0.01)
+    scale = uint16_scale()
+    grey = np.round(image * scale).astype(np.uint16)
+    np.testing.assert_allclose(from_uint16(grey, scale), image, atol=0.5 / scale)
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(tmp_path):
+    import trimesh
+    box = trimesh.creation.box((10, 10, 10))
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-2])      # two faces missing
+    stl = tmp_path / 'open.stl'
+    open_box.export(str(stl))
+    cases = [
+        (['--mesh', str(stl)], 'is not watertight'),
+        (['--pixel-spacing', '1.0'], 'larger than the field of view'),
+        (['--defect-mm', '1', '60'], 'cannot fit in the parts'),
+        (['--cases', '0'], '--cases'),
+        (['--defect-mm', '2', '1'], 'LOW must be > 0 and <= HIGH'),
+    ]
+    for n, (flags, message) in enumerate(cases):
+        out = tmp_path / f'out{n}'
+        done = convert(out, *TINY, *flags)
+        assert done.returncode == 2, (flags, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], (flags, done.stderr)
+        assert not out.exists() or not any(p.name != '.parts' for p in out.iterdir()), flags
+
+
+def test_source_rejects_defects_larger_than_its_parts():
+    from data_converters.errors import ConverterError
+    geometry = XrayGeometry(num_views=4, sod_mm=400, sdd_mm=800, image_size=(64, 64))
+    with pytest.raises(ConverterError, match='cannot fit'):
+        BladesSource(geometry, defects=DefectSettings(size_mm=dict(
+            pore=(0.3, 30.0), inclusion=(0.3, 2.0), crack=(1.0, 6.0))),
+            ranges=BladeRanges())
