@@ -210,19 +210,23 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
-    from projects.mv2d_xray.core.data_format import load_gt_cases, load_predictions
+    from projects.mv2d_xray.core.data_format import (infos_size_bands, load_gt_cases,
+                                                     load_infos, load_predictions)
+    from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS
     from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (METHODS, PAIR,
                                                                           band_names,
                                                                           result_curves, summarise,
                                                                           verdict)
     from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics
-    cases, classes = load_gt_cases(files['infos'])
+    infos = load_infos(files['infos'])
+    cases, classes = load_gt_cases(infos)
     preds = {method: load_predictions(files[method], len(classes)) for method in METHODS}
     print(f'\n== {name}: bootstrap over {len(cases)} {args.split} cases '
           f'({args.resamples} resamples)', flush=True)
     boot = bootstrap_metrics(cases, preds, classes, pairs=[PAIR],
                              num_resamples=args.resamples, seed=args.seed,
+                             size_bands=infos_size_bands(infos) or DEFAULT_SIZE_BANDS,
                              progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
     bands = band_names(boot['methods']['mv2d']['result'])
     entry = summarise(boot, bands, read_json(files['metrics_2d']))

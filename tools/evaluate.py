@@ -66,10 +66,14 @@ def main():
     if any(t <= 0 for t in args.dist_thrs) or any(not 0 < t <= 1 for t in args.iou_thrs):
         fail('--dist-thrs must be > 0 and --iou-thrs in (0, 1]')
     from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
-                                                     load_gt_cases, load_predictions)
-    from projects.mv2d_xray.core.metric import evaluate_detections, format_table
+                                                     infos_size_bands, load_gt_cases, load_infos,
+                                                     load_predictions)
+    from projects.mv2d_xray.core.metric import (DEFAULT_SIZE_BANDS, evaluate_detections,
+                                                format_table)
     try:
-        cases, classes = load_gt_cases(args.gt)
+        infos = load_infos(args.gt)
+        cases, classes = load_gt_cases(infos)
+        bands = infos_size_bands(infos) or DEFAULT_SIZE_BANDS
         if osp.isfile(args.pred) and osp.getsize(args.pred) > 20e6:
             print(f'reading {args.pred} ({osp.getsize(args.pred) / 1e6:.0f} MB)',
                   file=sys.stderr, flush=True)
@@ -78,7 +82,7 @@ def main():
         if not cases:
             fail(f'{args.gt} has no cases')
         result = evaluate_detections(cases, preds, classes, dist_thrs_mm=args.dist_thrs,
-                                     iou_thrs=args.iou_thrs,
+                                     iou_thrs=args.iou_thrs, size_bands=bands,
                                      progress=_progress(preds, len(cases)))
     except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
         fail(str(exc))

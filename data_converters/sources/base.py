@@ -49,6 +49,9 @@ class ConversionSource:
             view's detector must see (:func:`~data_converters.checks.check_acquisition`).
         body_radius_mm (float): the farthest a volume reaches from the z axis: the X-ray
             source must be farther (the isocentre's camera depth in every view: ``--sod``).
+        size_bands_mm (tuple, optional): ``(name, low_mm, high_mm or None)`` size bands
+            of the source's findings, for the metric (``metainfo['converter']
+            ['size_bands_mm']``); None: the metric's LUNA16 nodule bands.
         default_ring (dict): defaults of the ring flags that differ from a chest's
             (``views`` 10, ``sod`` 300, ``sdd`` 600, ``detector_mm`` 800: the default
             pixel pitch is ``detector_mm`` over the longer image side).
@@ -72,6 +75,7 @@ class ConversionSource:
     field_of_view_mm: float = 100.0
     body_radius_mm: float = 150.0
     default_ring: Dict[str, float] = {}
+    size_bands_mm: Optional[Tuple[Tuple[str, float, Optional[float]], ...]] = None
 
     def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  device: str = 'cpu', val_fraction: float = 0.2, seed: int = 0):
@@ -105,10 +109,13 @@ class ConversionSource:
         fingerprint is refused. All but ``geometry`` (``Acquisition.to_metainfo``, so a
         resumed run must use the same acquisition) and ``classes`` become
         ``metainfo['converter']``; the key order is the metainfo's."""
+        bands = {} if self.size_bands_mm is None else dict(
+            size_bands_mm=[[str(n), float(lo), None if hi is None else float(hi)]
+                           for n, lo, hi in self.size_bands_mm])
         return dict(format_version=FORMAT_VERSION, source=self.name,
                     classes=list(self.classes), geometry=self.geometry.to_metainfo(),
                     label_rule=self.rule.to_dict(), render=self.render_settings(),
-                    **self.source_settings())
+                    **bands, **self.source_settings())
 
     def source_settings(self) -> dict:
         """The source's own entries of the fingerprint (after ``render``)."""

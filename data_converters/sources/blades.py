@@ -121,6 +121,7 @@ class BladesSource(ConversionSource):
     field_of_view_mm = 20.0
     body_radius_mm = 100.0
     default_ring = dict(views=12, sod=400.0, sdd=800.0, detector_mm=400.0)
+    size_bands_mm = (('0.3-1mm', 0.3, 1.0), ('1-2mm', 1.0, 2.0), ('>2mm', 2.0, None))
 
     def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  num_cases: int = 40, seed: int = 0, val_fraction: float = 0.2,
@@ -215,8 +216,7 @@ class BladesSource(ConversionSource):
             seed=self.seed, voxel_mm=self.voxel_mm,
             parts=('mesh ' + self.mesh_path) if self.mesh_path else self.ranges.__dict__,
             defects=self.defects.to_dict(), detector=self.detector.to_dict(),
-            mu_per_mm=mu, size_bands_mm=[['0.3-1mm', 0.3, 1.0], ['1-2mm', 1.0, 2.0],
-                                         ['>2mm', 2.0, None]],
+            mu_per_mm=mu,
             image=dict(bits=16, encoding='round(L * scale), L = -log(I / I0)',
                        scale=uint16_scale(), max_line_integral=MAX_LINE_INTEGRAL)))
 

@@ -137,3 +137,30 @@ def test_source_rejects_defects_larger_than_its_parts():
         BladesSource(geometry, defects=DefectSettings(size_mm=dict(
             pore=(0.3, 30.0), inclusion=(0.3, 2.0), crack=(1.0, 6.0))),
             ranges=BladeRanges())
+
+
+def test_metric_uses_the_blades_size_bands(blades, tmp_path):
+    """The dataset declares its bands; tools/evaluate.py scores per class and per band with
+    them (the ground truth as predictions: every finding found)."""
+    import json
+    import math
+
+    from projects.mv2d_xray.core.data_format import (CasePred, infos_size_bands, load_gt_cases,
+                                                     predictions_to_json)
+    infos = read_pickle(str(blades / 'blades_infos_train.pkl'))
+    assert infos_size_bands(infos) == (('0.3-1mm', 0.3, 1.0), ('1-2mm', 1.0, 2.0),
+                                       ('>2mm', 2.0, math.inf))
+    cases, _ = load_gt_cases(infos)
+    preds = {t: CasePred(c.boxes, [0.9] * len(c.boxes), c.labels) for t, c in cases.items()}
+    pred_file = tmp_path / 'pred.json'
+    pred_file.write_text(json.dumps(predictions_to_json(preds)))
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    done = subprocess.run([sys.executable, 'tools/evaluate.py', '--gt',
+                           str(blades / 'blades_infos_train.pkl'), '--pred', str(pred_file),
+                           '--out', str(tmp_path / 'metrics.json')], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / 'metrics.json').read_text())
+    assert list(result['by_size']) == ['0.3-1mm', '1-2mm', '>2mm']
+    if any(not c.ignore.all() for c in cases.values() if len(c.labels)):
+        assert result['CPM'] == 1.0

@@ -27,7 +27,6 @@ import numpy as np
 from projects.mv2d_xray.core.data_format import CaseGT, CasePred
 from projects.mv2d_xray.core.metric import evaluate_detections
 
-
 #: The single-number figures of a result block that get intervals (besides ``FROC@rate``).
 FIGURE_PREFIXES = ('CPM', 'mAP_dist', 'AP_dist@', 'AP_iou@', 'centre_error_mm')
 

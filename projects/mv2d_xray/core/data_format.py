@@ -332,6 +332,18 @@ def infos_classes(infos: dict) -> Tuple[str, ...]:
     return tuple(str(c) for c in infos['metainfo']['classes'])
 
 
+def infos_size_bands(infos: dict) -> Optional[Tuple[Tuple[str, float, float], ...]]:
+    """The size bands a dataset declares (``metainfo['converter']['size_bands_mm']``:
+    ``[name, low_mm, high_mm or None]`` rows, e.g. the blades' 0.3-1, 1-2, > 2 mm), as
+    ``(name, low, high)`` with ``inf`` for an open end; None when it declares none (the
+    metric's LUNA16 nodule bands then apply)."""
+    rows = (infos['metainfo'].get('converter') or {}).get('size_bands_mm')
+    if rows is None:
+        return None
+    return tuple((str(name), float(low), math.inf if high is None else float(high))
+                 for name, low, high in rows)
+
+
 def case_gt_from_info(info: dict) -> CaseGT:
     """:class:`CaseGT` of one ``data_list`` item. ``diameter_mm`` missing or ``None`` falls
     back to the largest box extent."""

@@ -9,8 +9,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from projects.mv2d_xray.core.data_format import (CaseGT, CasePred, case_gt_from_info, coco_path,
-                                                 image_index, infos_classes, load_coco, load_infos,
-                                                 predictions_to_json)
+                                                 image_index, infos_classes, infos_size_bands,
+                                                 load_coco, load_infos, predictions_to_json)
 from projects.mv2d_xray.core.geometry import transform_boxes2d
 from projects.mv2d_xray.core.io import write_json
 from projects.mv2d_xray.core.metric import (DEFAULT_DIST_THRS_MM, DEFAULT_FROC_FP_RATES,
@@ -78,8 +78,9 @@ class XrayDet3DMetric(BaseMetric):
         iou_thrs (sequence[float]): 3D IoU thresholds. Defaults to (0.1, 0.25, 0.5).
         froc_fp_rates (sequence[float]): FPs per scan of the FROC. Defaults to LUNA16's
             (1/8, 1/4, 1/2, 1, 2, 4, 8).
-        size_bands (sequence): ``(name, low_mm, high_mm)`` diameter bands. Defaults to
-            3-6, 6-10, >10 mm.
+        size_bands (sequence, optional): ``(name, low_mm, high_mm)`` size bands. Defaults
+            to the dataset's (``metainfo['converter']['size_bands_mm']``, e.g. the blades'
+            0.3-1, 1-2, >2 mm), else LUNA16's 3-6, 6-10, >10 mm.
         out_file (str, optional): write the full metrics JSON there (``tools/test.py``
             sets ``<work_dir>/metrics.json``); the format of ``tools/evaluate.py``.
         pred_out_file (str, optional): write the 3D predictions there in the README's
@@ -101,7 +102,7 @@ class XrayDet3DMetric(BaseMetric):
                  dist_thrs_mm: Sequence[float] = DEFAULT_DIST_THRS_MM,
                  iou_thrs: Sequence[float] = DEFAULT_IOU_THRS,
                  froc_fp_rates: Sequence[float] = DEFAULT_FROC_FP_RATES,
-                 size_bands: Sequence[Tuple[str, float, float]] = DEFAULT_SIZE_BANDS,
+                 size_bands: Optional[Sequence[Tuple[str, float, float]]] = None,
                  out_file: Optional[str] = None,
                  pred_out_file: Optional[str] = 'auto',
                  dets2d_out_file: Optional[str] = 'auto',
@@ -113,7 +114,8 @@ class XrayDet3DMetric(BaseMetric):
         self.dist_thrs_mm = tuple(float(t) for t in dist_thrs_mm)
         self.iou_thrs = tuple(float(t) for t in iou_thrs)
         self.froc_fp_rates = tuple(float(r) for r in froc_fp_rates)
-        self.size_bands = tuple((str(n), float(lo), float(hi)) for n, lo, hi in size_bands)
+        self.size_bands = None if size_bands is None else tuple(
+            (str(n), float(lo), float(hi)) for n, lo, hi in size_bands)
         self.out_file = out_file
         out_dir = osp.dirname(out_file) if out_file else None
         self.pred_out_file = (osp.join(out_dir, 'predictions.json') if out_dir is not None
@@ -227,8 +229,9 @@ class XrayDet3DMetric(BaseMetric):
         # the scans evaluated: those processed, in the pickle's order
         cases = {d['token']: self._case_gt(d, classes) for d in infos['data']['data_list']
                  if d['token'] in preds}
+        bands = self.size_bands or infos_size_bands(infos['data']) or DEFAULT_SIZE_BANDS
         result = evaluate_detections(cases, preds, classes, self.dist_thrs_mm, self.iou_thrs,
-                                     self.froc_fp_rates, self.size_bands)
+                                     self.froc_fp_rates, bands)
         result['num_invalid_pred'] = num_invalid
         table = format_table(result)
         flat = flatten_metrics(result)
