@@ -151,6 +151,9 @@ class BladesSource(ConversionSource):
         parser.add_argument('--mesh', metavar='FILE',
                             help='your own part (watertight STL/OBJ/PLY, mm) instead of '
                             'generated blades; defects are inserted the same way')
+        parser.add_argument('--span-mm', type=positive_float, nargs=2, default=(40.0, 120.0),
+                            metavar=('LOW', 'HIGH'),
+                            help='airfoil spans of the generated parts (default: 40 120)')
         parser.add_argument('--voxel-mm', type=positive_float, default=0.2,
                             help='voxel size of the parts (default: 0.2)')
         parser.add_argument('--max-defects', type=non_negative_int, default=5,
@@ -182,8 +185,12 @@ class BladesSource(ConversionSource):
         detector = DetectorModel(energy_kev=args.energy_kev,
                                  photons_per_pixel=None if args.no_noise else args.photons,
                                  blur_sigma_px=args.blur_px)
+        low, high = args.span_mm
+        if low > high:
+            raise ConverterError(f'--span-mm {low:g} {high:g}: LOW must be <= HIGH')
         return cls(geometry, rule, args.cases, args.seed, args.val_fraction, args.device,
-                   args.voxel_mm, defects, detector, mesh=args.mesh)
+                   args.voxel_mm, defects, detector, BladeRanges(span_mm=(low, high)),
+                   mesh=args.mesh)
 
     def check_settings(self) -> None:
         """Refuse settings no part can satisfy (one line naming the flag)."""

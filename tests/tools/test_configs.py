@@ -21,6 +21,10 @@ PAPER = 'mv2d_r50_fpn_1xb1-24e_lidc-1024.py'
 STAGE_2D = 'mv2d-2d-stage_r50_fpn_1xb1-12e_lidc-1024.py'
 DEMO = 'mv2d_r18_fpn_1xb1-30e_demo-256.py'
 DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py'
+BLADES = 'mv2d_r50_fpn_1xb1-24e_blades-512.py'
+BLADES_2D = 'mv2d-2d-stage_r50_fpn_1xb1-12e_blades-512.py'
+BLADES_DEMO = 'mv2d_r18_fpn_1xb1-30e_blades-256.py'
+BLADES_DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py'
 
 
 def load(name: str) -> Config:
@@ -39,7 +43,8 @@ def build_model(cfg: Config):
 
 
 def test_the_configs_are_there():
-    assert {PAPER, STAGE_2D, DEMO, DEMO_2D} <= set(CONFIGS)
+    assert {PAPER, STAGE_2D, DEMO, DEMO_2D, BLADES, BLADES_2D, BLADES_DEMO,
+            BLADES_DEMO_2D} <= set(CONFIGS)
 
 
 def test_custom_imports_register_the_plugin_in_a_fresh_process(demo_dataset):
@@ -133,7 +138,9 @@ def test_paper_config_is_the_paper_setting():
     assert (head.loss_cls.loss_weight, head.loss_bbox.loss_weight) == (0.25, 1.0)
 
 
-@pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO)])
+@pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO),
+                                           (BLADES_2D, BLADES),
+                                           (BLADES_DEMO_2D, BLADES_DEMO)])
 def test_2d_stage_checkpoint_initialises_the_full_model(tmp_path, name_2d, name):
     """The 2D-stage config's parameters are exactly the full model's 2D stage: a checkpoint
     of it loads through ``load_from`` (mmengine, non-strict) into every ``base_detector``
@@ -186,3 +193,15 @@ def test_2d_stage_model_trains_and_predicts_2d_only():
         assert result.pred_instances_3d.bboxes_3d.tensor.shape == (0, 7)
         assert set(result.pred_instances.keys()) >= {'bboxes', 'scores', 'labels',
                                                        'view_ids'}
+
+
+@pytest.mark.parametrize('name', [BLADES, BLADES_DEMO])
+def test_blades_configs_match_the_blades_source(name):
+    """The blades configs use the source's classes, turntable and data folder names."""
+    from data_converters.sources.blades import BladesSource
+    cfg = load(name)
+    assert list(cfg.class_names) == list(BladesSource.classes)
+    assert cfg.num_views == BladesSource.default_ring['views']
+    assert cfg.sod_mm == BladesSource.default_ring['sod']
+    assert cfg.train_dataloader.dataset.ann_file == 'blades_infos_train.pkl'
+    assert cfg.model.roi_head.bbox_head.num_classes == 3
