@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: install test demo benchmark
+.PHONY: install test demo demo-blades benchmark
 
 install:  ## create or reuse .venv and install the stack (idempotent)
 	VENV=$(VENV) bash tools/install/install.sh
@@ -12,6 +12,9 @@ test: install  ## run the test suite
 
 demo: install  ## offline demo: demo dataset -> training -> test -> picture (work_dirs/demo)
 	PYTHON=$(PYTHON) bash tools/demo.sh
+
+demo-blades: install  ## the same on generated cast blades with defects (work_dirs/demo_blades)
+	DEMO=blades PYTHON=$(PYTHON) bash tools/demo.sh
 
 benchmark: install  ## held-out benchmark: MV2D vs triangulation on the test split (work_dirs/benchmark)
 	$(PYTHON) tools/benchmark_detection.py

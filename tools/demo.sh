@@ -14,16 +14,43 @@
 # A re-run resumes an interrupted training and skips a finished one. Everything lands in
 # work_dirs/demo/. Usage: tools/demo.sh (PYTHON=... picks the interpreter; default
 # .venv/bin/python).
+#
+# DEMO=blades (`make demo-blades`) runs the same steps on generated cast blade-like parts
+# with pores, inclusions and cracks (data/demo_blades, work_dirs/demo_blades): 48 parts of
+# 12 views at 256 x 256, the picture of the first validation part.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-CONFIG_2D=configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py
-CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_demo-256.py
-DATA=data/demo
-WORK_DIR_2D=work_dirs/demo/2d-stage
-WORK_DIR=work_dirs/demo
-CASE=LIDC-IDRI-0001
+DEMO=${DEMO:-chest}
+case "$DEMO" in
+    chest)
+        CONFIG_2D=configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py
+        CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_demo-256.py
+        DATA=data/demo
+        WORK_DIR=work_dirs/demo
+        PREFIX=demo
+        BUILD=(demo --out "$DATA")
+        CASE=LIDC-IDRI-0001
+        ;;
+    blades)
+        CONFIG_2D=configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py
+        CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_blades-256.py
+        DATA=data/demo_blades
+        WORK_DIR=work_dirs/demo_blades
+        PREFIX=blades
+        # the config's header: smaller parts and a finer detector than the 512^2 default
+        BUILD=(blades --out "$DATA" --cases 48 --image-size 256 --pixel-spacing 0.703125
+               --span-mm 40 60 --defect-mm 0.6 2.5 --crack-mm 1.5 6 --detectable-mm 0.6)
+        CASE=  # the first validation part, known once the data is built
+        ;;
+    *)
+        echo "error: DEMO=$DEMO: expected chest or blades" >&2
+        exit 2
+        ;;
+esac
+WORK_DIR_2D=$WORK_DIR/2d-stage
+VAL=$DATA/${PREFIX}_infos_val.pkl
 
 if [ ! -x "$PYTHON" ]; then
     echo "error: $PYTHON not found: run 'make install' first (or set PYTHON=...)" >&2
@@ -61,23 +88,27 @@ print(Config.fromfile(sys.argv[1]).train_cfg.max_epochs)" "$config")
 triangulation_baseline() {  # the same 2D detections triangulated: no learning in 3D
     local out=$WORK_DIR/triangulation
     mkdir -p "$out"
-    "$PYTHON" tools/triangulate.py --infos "$DATA/demo_infos_val.pkl" \
+    "$PYTHON" tools/triangulate.py --infos "$VAL" \
         --dets2d "$WORK_DIR/dets2d.json" --out "$out/predictions.json"
-    "$PYTHON" tools/evaluate.py --gt "$DATA/demo_infos_val.pkl" \
+    "$PYTHON" tools/evaluate.py --gt "$VAL" \
         --pred "$out/predictions.json" --out "$out/metrics.json"
-    "$PYTHON" tools/visualize.py case --infos "$DATA/demo_infos_val.pkl" --case "$CASE" \
+    "$PYTHON" tools/visualize.py case --infos "$VAL" --case "$CASE" \
         --pred "$out/predictions.json" --out "$out/$CASE.png"
 }
 
 demo_start=$(date +%s)
-stage 'demo dataset' "$PYTHON" -m data_converters demo --out "$DATA"
+stage 'demo dataset' "$PYTHON" -m data_converters "${BUILD[@]}"
+if [ -z "$CASE" ]; then
+    CASE=$("$PYTHON" -c "import sys; from projects.mv2d_xray.core.io import read_pickle; \
+print(read_pickle(sys.argv[1])['data_list'][0]['token'])" "$VAL")
+fi
 stage 'training: 2D stage' train "$CONFIG_2D" "$WORK_DIR_2D"
 stage 'training: MV2D' train "$CONFIG" "$WORK_DIR" "$(cat "$WORK_DIR_2D/last_checkpoint")"
 CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
 stage 'test (validation cases)' "$PYTHON" tools/test.py "$CONFIG" "$CHECKPOINT" \
     --work-dir "$WORK_DIR"
 stage "picture of $CASE" "$PYTHON" tools/visualize.py case \
-    --infos "$DATA/demo_infos_val.pkl" --case "$CASE" \
+    --infos "$VAL" --case "$CASE" \
     --pred "$WORK_DIR/predictions.json" --dets2d "$WORK_DIR/dets2d.json" \
     --out "$WORK_DIR/$CASE.png"
 stage 'triangulation baseline' triangulation_baseline
@@ -85,17 +116,20 @@ demo_end=$(date +%s)
 
 echo
 echo "== $CASE"
-# where the best-scoring predictions lie relative to the case's true nodule(s)
-"$PYTHON" - "$DATA/demo_infos_val.pkl" "$CASE" "$WORK_DIR/predictions.json" \
+# where the best-scoring predictions lie relative to the case's true findings
+"$PYTHON" - "$VAL" "$CASE" "$WORK_DIR/predictions.json" \
     "$WORK_DIR/triangulation/predictions.json" <<'PY'
 import json
 import sys
 
-import mmengine
 import numpy as np
 
+from projects.mv2d_xray.core.io import read_pickle
+
 infos, case, *prediction_files = sys.argv[1:]
-info = next(d for d in mmengine.load(infos)['data_list'] if d['token'] == case)
+data = read_pickle(infos)
+classes = data['metainfo']['classes']
+info = next(d for d in data['data_list'] if d['token'] == case)
 for path in prediction_files:
     preds = sorted(json.load(open(path))['results'].get(case, []), key=lambda p: -p['score'])
     centres = np.array([p['bbox_3d'][:3] for p in preds]).reshape(-1, 3)
@@ -105,12 +139,13 @@ for path in prediction_files:
             continue
         centre = np.array(inst['bbox_3d'][:3])
         where = ', '.join(f'{c:.1f}' for c in centre)
-        print(f"  true nodule: {inst['diameter_mm']:.1f} mm, centre ({where}) mm")
+        name = classes[inst['bbox_label_3d']]
+        print(f"  true {name}: {inst['diameter_mm']:.1f} mm, centre ({where}) mm")
         dist = np.linalg.norm(centres - centre, axis=1)
         for rank, (pred, d) in enumerate(zip(preds[:3], dist[:3]), 1):
             inside = 'inside' if d <= inst['diameter_mm'] / 2 else 'outside'
             print(f"    prediction #{rank}: score {pred['score']:.2f}, centre {d:.1f} mm from "
-                  f'the true centre ({inside} the nodule radius)')
+                  f'the true centre ({inside} its radius)')
 PY
 echo
 echo "== wall time"
