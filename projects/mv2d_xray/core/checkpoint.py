@@ -263,10 +263,13 @@ def require_resumable(checkpoint, name: str) -> None:
             f'load_from={name} without --resume')
 
 
-def load_weights(model, checkpoint: str, trust: bool = False) -> None:
+def load_weights(model, checkpoint: str, trust: bool = False) -> dict:
     """Load ``checkpoint`` into ``model`` (in place, on the CPU first) the safe way
     (:func:`checkpoint_loading`; weights-only unless ``trust``), refusing a checkpoint
     that does not fit (:func:`require_fit`).
+
+    Returns:
+        dict: the loaded checkpoint (``meta`` holds mmengine's ``dataset_meta``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -275,4 +278,4 @@ def load_weights(model, checkpoint: str, trust: bool = False) -> None:
     from mmengine.runner import load_checkpoint
     with checkpoint_loading(files=[checkpoint], trust=trust,
                             check=lambda name, ckpt: require_fit(model, ckpt, name)):
-        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+        return load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')

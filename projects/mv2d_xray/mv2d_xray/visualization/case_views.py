@@ -218,7 +218,8 @@ def draw_case(info: dict, data_root: str, out_file: str,
               preds3d: Sequence[dict] = (), dets2d: Sequence[dict] = (),
               score_thr: float = 0.1, max_preds: int = 5, columns: int = 5,
               zoom_min_half_px: Optional[float] = None, zoom_finding: Optional[int] = None,
-              title: Optional[str] = None) -> dict:
+              title: Optional[str] = None,
+              images: Optional[Sequence[np.ndarray]] = None) -> dict:
     """Draw a case's views with ground truth and predictions (see the module docstring).
 
     Args:
@@ -239,6 +240,9 @@ def draw_case(info: dict, data_root: str, out_file: str,
         zoom_finding: index (into ``info['instances']``) of the finding to zoom on;
             default: all findings, or the largest one when they are far apart.
         title: figure title (default: the case id and a summary).
+        images: per view of ``info['images']`` (in its order) the ``(H, W)`` grey image
+            to draw (shown 0..255), instead of reading ``img_path`` (a study's images,
+            whatever their file format).
 
     Returns:
         dict: ``{finding index: dict(diameter_mm, nearest_mm, score)}``: per finding (not
@@ -260,7 +264,8 @@ def draw_case(info: dict, data_root: str, out_file: str,
     try:
         for n, (name, view) in enumerate(views):
             row, col = divmod(n, columns)
-            img = _read_view(osp.join(data_root, view['img_path']))
+            img = images[n] if images is not None else \
+                _read_view(osp.join(data_root, view['img_path']))
             min_half = zoom_min_half_px or max(6.0, 0.04 * max(img.shape[:2]))
             window = _zoom_window(info, layers.preds, np.asarray(view['lidar2img'], np.float64),
                                   img.shape[:2], min_half, zoom_finding)
