@@ -127,33 +127,46 @@ def publish(staging: str, out: str) -> None:
     shutil.rmtree(staging)
 
 
+def check_studies(args) -> dict:
+    """Find and read every study (the core only: fast, before the model is loaded);
+    ``{folder: (study, images or None, values)}`` -- the images are kept for a single
+    study, the value ranges of every image for the intensity check."""
+    from projects.mv2d_xray.core.study import find_studies, find_study, read_images
+    folders = find_studies(args.study) if args.batch else [args.study]
+    checked = {}
+    for folder in folders:
+        study = find_study(folder, args.calibration)
+        images = read_images(study)
+        checked[folder] = (study, images if len(folders) == 1 else None,
+                           [img.values() for img in images])
+    return checked
+
+
 def main():
     args = parse_args()
     check_args(args)
+    checked = check_studies(args)
     cfg = load_config(args.config, args.cfg_options)
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.data_format import predictions_to_json
     from projects.mv2d_xray.core.io import write_json
-    from projects.mv2d_xray.core.study import find_studies
+    from projects.mv2d_xray.core.study import read_images
     from projects.mv2d_xray.mv2d_xray.apis import MV2DXrayInferencer
-    folders = find_studies(args.study) if args.batch else [args.study]
     inferencer = MV2DXrayInferencer(cfg, args.checkpoint, device=args.device,
-                                    trust_checkpoint=args.trust_checkpoint,
-                                    warn=lambda m: print(f'warning: {m}', file=sys.stderr))
-    # check every study before anything is written (keep the images of a single one)
-    single = inferencer.load_study(folders[0], args.calibration)
-    for folder in folders[1:]:
-        single = None
-        inferencer.load_study(folder, args.calibration)
+                                     trust_checkpoint=args.trust_checkpoint,
+                                     warn=lambda m: print(f'warning: {m}', file=sys.stderr))
+    for study, _, values in checked.values():      # still nothing written
+        inferencer.check_intensity(study, values)
     parent = osp.dirname(osp.abspath(args.out))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f'.{osp.basename(osp.abspath(args.out))}.', dir=parent)
     try:
         preds, lines = {}, []
-        progress = tqdm(folders, desc='studies', unit='study', disable=not args.batch)
-        for folder in progress:
-            study, images = single or inferencer.load_study(folder, args.calibration)
+        progress = tqdm(list(checked.values()), desc='studies', unit='study',
+                        disable=not args.batch)
+        for study, images, _ in progress:
+            images = images or read_images(study)
             sample = inferencer.forward(inferencer.preprocess(study, images))
             pred = preds[study.token] = inferencer.postprocess(sample)
             draw_study(study, images, pred, args.score_thr,

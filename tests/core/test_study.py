@@ -166,13 +166,13 @@ def test_intensity_mismatch_is_named(tmp_path):
     cv2.imwrite(str(tmp_path / 'a.png'), grey8)
     cv2.imwrite(str(tmp_path / 'b.png'), grey8.astype(np.uint16) * 257)
     np.save(tmp_path / 'c.npy', np.linspace(0, 1, 24 * 32, dtype=np.float32).reshape(24, 32))
-    check_intensity([read_image(str(tmp_path / 'a.png'))], DRR_INTENSITY, 'study')
+    check_intensity([read_image(str(tmp_path / 'a.png')).values()], DRR_INTENSITY, 'study')
     with pytest.raises(StudyError, match=r'study: b.png is a 16-bit png with values '
                        r"51400..51400, the model was trained on 8-bit PNG, 0..255"):
-        check_intensity([read_image(str(tmp_path / 'b.png'))], DRR_INTENSITY, 'study')
+        check_intensity([read_image(str(tmp_path / 'b.png')).values()], DRR_INTENSITY, 'study')
     with pytest.raises(StudyError, match=r'c.npy is a float32 npy with values 0..1 '
                        r'\(normalised\?\)'):
-        check_intensity([read_image(str(tmp_path / 'c.npy'))], DRR_INTENSITY, 'study')
+        check_intensity([read_image(str(tmp_path / 'c.npy')).values()], DRR_INTENSITY, 'study')
 
 
 def test_write_study_round_trips_the_matrices(tmp_path):

@@ -85,6 +85,24 @@ class StudyImage:
         kind = str(self.pixels.dtype) if self.is_float else f'{self.bit_depth}-bit'
         return f'{kind} {self.kind}'
 
+    def values(self) -> 'ImageValues':
+        """How the values are stored and their range (what :func:`check_intensity`
+        needs, without the pixels)."""
+        return ImageValues(file=osp.basename(self.path), stored=self.describe(),
+                           low=float(self.pixels.min()), high=float(self.pixels.max()),
+                           is_float=self.is_float)
+
+
+@dataclass(frozen=True)
+class ImageValues:
+    """The grey values of one image: ``file`` (name), ``stored`` (e.g. ``'16-bit png'``),
+    their range ``low..high`` and whether they are floats."""
+    file: str
+    stored: str
+    low: float
+    high: float
+    is_float: bool
+
 
 @dataclass
 class Study:
@@ -121,6 +139,13 @@ class IntensityConvention:
     high: float = 255.0
     bit_depth: int = 8
     description: str = "8-bit PNG, 0..255 (the converter's DRRs)"
+
+
+    @classmethod
+    def from_setting(cls, setting: Optional[dict]) -> 'IntensityConvention':
+        """A config's ``image_intensity`` (``dict(low, high, bit_depth, description)``),
+        or :data:`DRR_INTENSITY` when it has none."""
+        return cls(**setting) if setting else DRR_INTENSITY
 
 
 #: The converter's DRRs: what the project's configs train on.
@@ -346,28 +371,32 @@ def read_images(study: Study) -> List[StudyImage]:
     return images
 
 
-def check_intensity(images: Sequence[StudyImage], convention: IntensityConvention,
+def check_intensity(values: Sequence[ImageValues], convention: IntensityConvention,
                     where: str) -> None:
     """Refuse images whose values do not fit the training convention: values outside
     ``[low, high]`` (a 16-bit or 12-bit study given to an 8-bit model), or float values
     within 0..1 for a model trained on a larger range (a normalised image).
 
+    Args:
+        values (Sequence[ImageValues]): per image, :meth:`StudyImage.values`.
+        convention (IntensityConvention): the model's.
+        where (str): how messages name the study.
+
     Raises:
         StudyError: one line naming ``where``, the image, how it is stored, its range and
             the model's convention.
     """
-    for img in images:
-        low, high = float(img.pixels.min()), float(img.pixels.max())
-        found = f'{img.describe()} with values {low:g}..{high:g}'
-        if low < convention.low or high > convention.high:
+    for img in values:
+        found = f'{img.stored} with values {img.low:g}..{img.high:g}'
+        if img.low < convention.low or img.high > convention.high:
             raise StudyError(
-                f'{where}: {osp.basename(img.path)} is a {found}, the model was trained on '
+                f'{where}: {img.file} is a {found}, the model was trained on '
                 f'{convention.description}: convert the study to that range (the window '
                 'the model was trained with), or use a model trained on such images')
-        if img.is_float and convention.high > 1 and high <= 1.0 and high > low:
+        if img.is_float and convention.high > 1 and img.low < img.high <= 1.0:
             raise StudyError(
-                f'{where}: {osp.basename(img.path)} is a {found} (normalised?), the model '
-                f'was trained on {convention.description}: scale it to that range')
+                f'{where}: {img.file} is a {found} (normalised?), the model was trained on '
+                f'{convention.description}: scale it to that range')
 
 
 # -- writing a study -----------------------------------------------------------------------

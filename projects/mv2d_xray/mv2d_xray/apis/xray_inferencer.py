@@ -29,7 +29,7 @@ case gives ``tools/test.py``'s boxes and scores.
 **Edges.** A study with another number of views than the config's acquisition runs (the
 model takes any N) and the inferencer says so once (:attr:`warn`); images whose grey
 values do not fit the training convention (``image_intensity`` in the config, else the
-converter's 8-bit DRRs, :data:`~projects.mv2d_xray.core.study.DRR_INTENSITY`) are refused
+converter's 8-bit DRRs, :data:`projects.mv2d_xray.core.study.DRR_INTENSITY`) are refused
 with one line naming it; missing, extra or unreadable images and a calibration that does
 not fit its images are refused by :func:`load_study` with one line.
 
@@ -56,7 +56,7 @@ import torch
 
 from projects.mv2d_xray.core.checkpoint import load_weights
 from projects.mv2d_xray.core.data_format import CasePred
-from projects.mv2d_xray.core.study import (DRR_INTENSITY, IntensityConvention, Study, StudyImage,
+from projects.mv2d_xray.core.study import (ImageValues, IntensityConvention, Study, StudyImage,
                                            check_intensity, find_study, read_images)
 
 #: Transforms of the test pipeline that the inferencer replaces: image loading (done from
@@ -109,8 +109,7 @@ class MV2DXrayInferencer:
         self._said = set()
         dataset_cfg = cfg.test_dataloader.dataset
         self.train_num_views = dataset_cfg.get('num_views', cfg.get('num_views'))
-        intensity = cfg.get('image_intensity')
-        self.intensity = IntensityConvention(**intensity) if intensity else DRR_INTENSITY
+        self.intensity = IntensityConvention.from_setting(cfg.get('image_intensity'))
         self.pipeline = self._init_pipeline(dataset_cfg.pipeline)
         self.model, checkpoint = self._init_model(cfg, weights, trust_checkpoint)
         meta = (checkpoint or {}).get('meta') or {}
@@ -163,12 +162,13 @@ class MV2DXrayInferencer:
         """
         study = find_study(folder, calibration)
         images = read_images(study)
-        check_intensity(images, self.intensity, study.folder)
-        if self.train_num_views is not None and study.num_views != self.train_num_views:
-            self._say_once(f'studies with {study.num_views} views (e.g. {study.token}): the '
-                           f'model was trained on {self.train_num_views}; it takes any '
-                           'number of views, but was not tested on this one')
+        self.check_intensity(study, [img.values() for img in images])
         return study, images
+
+    def check_intensity(self, study: Study, values: Sequence[ImageValues]) -> None:
+        """Refuse a study whose grey values do not fit :attr:`intensity` (one
+        :class:`StudyError` line naming the study, the image and both ranges)."""
+        check_intensity(values, self.intensity, study.folder)
 
     # -- the three steps ---------------------------------------------------------------------
     def preprocess(self, study: Study, images: Sequence[StudyImage]) -> dict:
@@ -176,11 +176,17 @@ class MV2DXrayInferencer:
         case: ``inputs['imgs']`` ``(1, N, 3, H', W')`` normalised and padded, and one
         ``Det3DDataSample`` whose metainfo has the resized views' ``lidar2img`` /
         ``cam2img`` ``(N, 4, 4)`` and the study's (``ori_*``), ``view_names``, ``token``.
+        A study with another number of views than the config's acquisition is said once
+        (:attr:`warn`).
         """
         from mmdet3d.structures import get_box_type
         from mmengine.dataset import pseudo_collate
 
         from projects.mv2d_xray.mv2d_xray.datasets.transforms.loading import add_views
+        if self.train_num_views is not None and study.num_views != self.train_num_views:
+            self._say_once(f'studies with {study.num_views} views (e.g. {study.token}): the '
+                           f'model was trained on {self.train_num_views}; it takes any '
+                           'number of views, but was not tested on this one')
         mats = study.acquisition.view_matrices()
         box_type, box_mode = get_box_type('LiDAR')
         results = dict(token=study.token, sample_idx=0,
