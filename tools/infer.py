@@ -155,7 +155,7 @@ def main():
     from projects.mv2d_xray.mv2d_xray.apis import MV2DXrayInferencer
     inferencer = MV2DXrayInferencer(cfg, args.checkpoint, device=args.device,
                                      trust_checkpoint=args.trust_checkpoint,
-                                     warn=lambda m: print(f'warning: {m}', file=sys.stderr))
+                                     warn=lambda m: tqdm.write(f'warning: {m}', file=sys.stderr))
     for study, _, values in checked.values():      # still nothing written
         inferencer.check_intensity(study, values)
     parent = osp.dirname(osp.abspath(args.out))
