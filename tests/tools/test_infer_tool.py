@@ -12,12 +12,14 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from test_explain_tool import explain_setup  # noqa: F401 -- the fixture
+import test_explain_tool
 from test_train_test import run_tool
 
 from data_converters.export_study import export_study
 
 CASE = 'LIDC-IDRI-0001'
+#: The small demo config and its seeded initial checkpoint (``test_explain_tool``).
+explain_setup = test_explain_tool.explain_setup
 
 
 @pytest.fixture(scope='module')
