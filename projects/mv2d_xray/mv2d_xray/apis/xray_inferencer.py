@@ -137,9 +137,10 @@ class MV2DXrayInferencer:
                              'inferencer reads studies in its place')
         return Compose(kept)
 
-    def _say_once(self, message: str) -> None:
-        if message not in self._said:
-            self._said.add(message)
+    def _say_once(self, key, message: str) -> None:
+        """Pass ``message`` to :attr:`warn` the first time ``key`` comes up."""
+        if key not in self._said:
+            self._said.add(key)
             self.warn(message)
 
     # -- reading studies ----------------------------------------------------------------------
@@ -184,7 +185,8 @@ class MV2DXrayInferencer:
 
         from projects.mv2d_xray.mv2d_xray.datasets.transforms.loading import add_views
         if self.train_num_views is not None and study.num_views != self.train_num_views:
-            self._say_once(f'studies with {study.num_views} views (e.g. {study.token}): the '
+            self._say_once(('num_views', study.num_views),
+                           f'studies with {study.num_views} views (e.g. {study.token}): the '
                            f'model was trained on {self.train_num_views}; it takes any '
                            'number of views, but was not tested on this one')
         mats = study.acquisition.view_matrices()
