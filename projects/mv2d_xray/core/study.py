@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from projects.mv2d_xray.core.acquisition import Acquisition, check_image_sizes, load_acquisition
-from projects.mv2d_xray.core.io import atomic_write, write_json
+from projects.mv2d_xray.core.io import atomic_write, json_bytes
 
 #: The calibration file of a study folder.
 CALIBRATION_FILE = 'calibration.json'
@@ -425,6 +426,16 @@ def write_study(folder: str, acquisition: Acquisition, sources: Sequence[str],
         with open(source, 'rb') as f:
             atomic_write(osp.join(folder, image), f.read())
     path = osp.join(folder, CALIBRATION_FILE)
-    write_json(path, acquisition.to_calibration(form))
+    atomic_write(path, calibration_json(acquisition.to_calibration(form)))
     return path
+
+
+def calibration_json(calibration: dict) -> bytes:
+    """A calibration dict as JSON text, each matrix row on one line (``json_bytes`` with
+    its innermost lists of numbers joined)."""
+    text = json_bytes(calibration).decode()
+    text = re.sub(r'\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]',
+                  lambda m: '[' + ', '.join(v.strip() for v in m.group(1).split(',')) + ']',
+                  text)
+    return text.encode()
 

@@ -201,8 +201,9 @@ def _title_lines(info: dict, num_views: int, layers: _CaseLayers, score_thr: flo
     return lines[:6]
 
 
-def _add_title_and_legend(fig, lines: List[str]) -> None:
-    """The title lines on top, the legend of the colours at the bottom, then the layout."""
+def _add_title_and_legend(fig, lines: List[str], with_gt: bool = True) -> None:
+    """The title lines on top, the legend of the colours at the bottom (without the
+    ground-truth entries when ``with_gt`` is False), then the layout."""
     from matplotlib.lines import Line2D
     fig.suptitle('\n'.join(lines), fontsize=10)
     handles = [Line2D([], [], color=GT_COLOR, lw=1.5, ls='--', label='ground-truth 2D box'),
@@ -210,7 +211,9 @@ def _add_title_and_legend(fig, lines: List[str]) -> None:
                Line2D([], [], color=IGNORE_COLOR, lw=1.5, ls=':', label='ignore region'),
                Line2D([], [], color=PRED3D_COLOR, lw=1.5, label='predicted 3D box'),
                Line2D([], [], color=PRED2D_COLOR, lw=1.5, ls='--', label='predicted 2D box')]
-    fig.legend(handles=handles, loc='lower center', ncol=5, fontsize=8, frameon=False)
+    handles = handles if with_gt else handles[3:]
+    fig.legend(handles=handles, loc='lower center', ncol=len(handles), fontsize=8,
+               frameon=False)
     fig.tight_layout(rect=(0, 0.02, 1, 1 - 0.14 * len(lines) / fig.get_figheight()))
 
 
@@ -273,8 +276,9 @@ def draw_case(info: dict, data_root: str, out_file: str,
                        window)
         _hide_unused_axes(axes, len(views), columns)
         summary = _finding_summary(layers.instances, layers.preds)
+        with_gt = bool(layers.instances or info.get('cam_instances'))
         _add_title_and_legend(fig, _title_lines(info, len(views), layers, score_thr, summary,
-                                                title))
+                                                title), with_gt)
         save_png(fig, out_file)
     finally:
         plt.close(fig)
