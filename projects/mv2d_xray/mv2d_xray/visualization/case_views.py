@@ -201,9 +201,11 @@ def _title_lines(info: dict, num_views: int, layers: _CaseLayers, score_thr: flo
     return lines[:6]
 
 
-def _add_title_and_legend(fig, lines: List[str], with_gt: bool = True) -> None:
+def _add_title_and_legend(fig, lines: List[str], with_gt: bool = True,
+                          with_dets2d: bool = True) -> None:
     """The title lines on top, the legend of the colours at the bottom (without the
-    ground-truth entries when ``with_gt`` is False), then the layout."""
+    ground-truth entries when ``with_gt`` is False, without the 2D detections' when
+    ``with_dets2d`` is False), then the layout."""
     from matplotlib.lines import Line2D
     fig.suptitle('\n'.join(lines), fontsize=10)
     handles = [Line2D([], [], color=GT_COLOR, lw=1.5, ls='--', label='ground-truth 2D box'),
@@ -211,7 +213,8 @@ def _add_title_and_legend(fig, lines: List[str], with_gt: bool = True) -> None:
                Line2D([], [], color=IGNORE_COLOR, lw=1.5, ls=':', label='ignore region'),
                Line2D([], [], color=PRED3D_COLOR, lw=1.5, label='predicted 3D box'),
                Line2D([], [], color=PRED2D_COLOR, lw=1.5, ls='--', label='predicted 2D box')]
-    handles = handles if with_gt else handles[3:]
+    handles = (handles[:3] if with_gt else []) + handles[3:4] + \
+        (handles[4:] if with_dets2d else [])
     fig.legend(handles=handles, loc='lower center', ncol=len(handles), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0.02, 1, 1 - 0.14 * len(lines) / fig.get_figheight()))
@@ -278,7 +281,7 @@ def draw_case(info: dict, data_root: str, out_file: str,
         summary = _finding_summary(layers.instances, layers.preds)
         with_gt = bool(layers.instances or info.get('cam_instances'))
         _add_title_and_legend(fig, _title_lines(info, len(views), layers, score_thr, summary,
-                                                title), with_gt)
+                                                title), with_gt, bool(dets2d) or with_gt)
         save_png(fig, out_file)
     finally:
         plt.close(fig)
