@@ -61,6 +61,15 @@ def test_missing_extra_and_ambiguous_images(tmp_path, change, message):
         find_study(str(folder))
 
 
+def test_calibration_from_elsewhere(tmp_path):
+    folder = ring_study(tmp_path / 's')
+    other = tmp_path / 'rig.json'
+    (folder / CALIBRATION_FILE).rename(other)
+    study = find_study(str(folder), str(other))
+    assert study.calibration_path == str(other) and study.num_views == 3
+    assert len(read_images(study)) == 3
+
+
 def test_named_image_missing_and_size_mismatch(tmp_path):
     folder = ring_study(tmp_path / 's', images=['a.png', 'b.png', 'c.png'])
     (folder / 'b.png').unlink()

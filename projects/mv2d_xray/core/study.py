@@ -1,5 +1,5 @@
 """Study folders: the images of one acquisition and its calibration file, as the inferencer
-reads them and ``python -m data_converters export-study`` writes them.
+reads them and the converter's ``export-study`` command writes them.
 
 A study folder ``DIR`` holds::
 
