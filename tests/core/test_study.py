@@ -7,6 +7,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+from study_fake_data import write_dicom
 
 from projects.mv2d_xray.core.acquisition import Acquisition, CalibrationError
 from projects.mv2d_xray.core.geometry import XrayGeometry
@@ -122,27 +123,6 @@ def test_png_tiff_npy_readers_keep_values_and_bit_depth(tmp_path):
     cv2.imwrite(str(tmp_path / 'f.png'), colour)
     np.testing.assert_array_equal(read_image(str(tmp_path / 'f.png')).pixels,
                                   cv2.imread(str(tmp_path / 'f.png'), cv2.IMREAD_GRAYSCALE))
-
-
-def write_dicom(path, pixels, modality='DX', slope=1.0, intercept=0.0, spacing=None,
-                photometric='MONOCHROME2', bits=12):
-    """A minimal uncompressed DICOM radiograph."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.1.1'
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b'\x00' * 128)
-    ds.Modality, ds.PhotometricInterpretation = modality, photometric
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, bits, bits - 1
-    ds.PixelRepresentation = 0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if spacing is not None:
-        ds.ImagerPixelSpacing = [spacing, spacing]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
 
 
 def test_dicom_rescale_inversion_modality_and_spacing(tmp_path):

@@ -1,8 +1,9 @@
 """``tools/infer.py`` end to end on the session's demo dataset (CPU), with the small demo
 model of ``test_explain_tool`` (initial, seeded weights): a val case exported as a study
 gives ``tools/test.py``'s boxes and scores; the same study with its views in another order
-gives the same boxes; with 3 of its 10 views removed it runs and says so once; every bad
-input stops with one line and leaves ``--out`` untouched."""
+gives the same boxes, and as DICOM or float TIFF files the same boxes exactly; with 3 of
+its 10 views removed it runs and says so once; every bad input stops with one line and
+leaves ``--out`` untouched."""
 import json
 import os
 import os.path as osp
@@ -13,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import test_explain_tool
+import tifffile
+from study_fake_data import write_dicom
 from test_train_test import run_tool
 
 from data_converters.export_study import export_study
@@ -46,6 +49,23 @@ def copy_study(study: str, folder, views=None) -> str:
         with open(path, 'w') as f:
             json.dump(calibration, f)
     return str(folder)
+
+
+def convert_images(folder: str, suffix: str, write) -> str:
+    """Rewrite every view image of a study copy as ``<view><suffix>`` with ``write(path,
+    grey uint8 (H, W), pixel spacing mm)`` and name it in the calibration."""
+    path = osp.join(folder, 'calibration.json')
+    with open(path) as f:
+        calibration = json.load(f)
+    for view in calibration['views']:
+        png = osp.join(folder, view['image'])
+        grey = cv2.imread(png, cv2.IMREAD_UNCHANGED)
+        os.remove(png)
+        view['image'] = view['name'] + suffix
+        write(osp.join(folder, view['image']), grey, view['pixel_spacing_mm'])
+    with open(path, 'w') as f:
+        json.dump(calibration, f)
+    return folder
 
 
 def boxes(path: str, token: str):
@@ -84,6 +104,12 @@ def test_batch_view_order_and_fewer_views(explain_setup, study, tmp_path):
     copy_study(study, batch / 'a_all')
     copy_study(study, batch / 'b_reordered', [3, 7, 0, 9, 1, 5, 2, 8, 6, 4])
     copy_study(study, batch / 'c_seven', [0, 2, 3, 5, 6, 7, 9])
+    # the same grey values as DICOM DX (8 bits stored, the detector pitch in the header)
+    # and as float32 TIFF: the same boxes as the PNGs
+    convert_images(copy_study(study, batch / 'd_dicom'), '.dcm',
+                   lambda path, grey, mm: write_dicom(path, grey, spacing=mm, bits=8))
+    convert_images(copy_study(study, batch / 'e_tiff'), '.tif',
+                   lambda path, grey, mm: tifffile.imwrite(path, grey.astype(np.float32)))
     out = tmp_path / 'out'
     result = run_tool('infer.py', config, checkpoint, '--study', str(batch), '--batch',
                       '--out', str(out), '--score-thr', '0')
@@ -96,6 +122,10 @@ def test_batch_view_order_and_fewer_views(explain_setup, study, tmp_path):
     assert len(full) == len(reordered) > 0
     assert dist.min(1).max() < 0.5 and dist.min(0).max() < 0.5
     np.testing.assert_allclose(np.sort(full_scores), np.sort(reordered_scores), atol=1e-4)
+    for token in ('d_dicom', 'e_tiff'):
+        same, same_scores = boxes(preds, token)
+        np.testing.assert_array_equal(same, full)
+        np.testing.assert_array_equal(same_scores, full_scores)
     seven, seven_scores = boxes(preds, 'c_seven')
     assert len(seven) > 0 and np.isfinite(seven).all()
     assert np.abs(seven[:, :3]).max() < 300          # inside the scanned volume's reach, mm
@@ -103,7 +133,8 @@ def test_batch_view_order_and_fewer_views(explain_setup, study, tmp_path):
     assert re.search(r'^warning: studies with 7 views \(e.g. c_seven\): the model was '
                      r'trained on 10; it takes any number of views, but was not tested on '
                      r'this one$', result.stderr, re.M)
-    for token, views in (('a_all', 10), ('b_reordered', 10), ('c_seven', 7)):
+    for token, views in (('a_all', 10), ('b_reordered', 10), ('c_seven', 7), ('d_dicom', 10),
+                         ('e_tiff', 10)):
         assert re.search(rf'^{token}: {views} views, \d+ box\(es\)', result.stdout, re.M)
         assert cv2.imread(str(out / f'{token}.png')) is not None
     assert 'studies: 100%' in result.stderr         # the progress bar
