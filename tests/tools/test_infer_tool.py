@@ -191,3 +191,22 @@ def test_bad_study_in_a_batch_stops_before_anything_is_written(explain_setup, st
     assert result.stderr.strip().splitlines()[-1].endswith(
         'the image VIEW_09.png of view VIEW_09 (named in calibration.json) is missing')
     assert not out.exists()
+
+
+def test_bad_arguments_are_one_line(explain_setup, study, tmp_path):
+    config, checkpoint, _ = explain_setup
+    a_file = tmp_path / 'file.txt'
+    a_file.write_text('x')
+    for extra, message in (
+            (['--study', study, '--score-thr', '2'], '--score-thr must be in [0, 1], got 2.0'),
+            (['--study', str(tmp_path / 'none')], f'study folder not found: {tmp_path}/none'),
+            (['--study', study, '--out', str(a_file)],
+             f'--out {a_file} exists and is not a folder'),
+            (['--study', study, '--calibration', str(tmp_path / 'c.json')],
+             f'calibration file not found: {tmp_path}/c.json'),
+            (['--study', str(tmp_path), '--batch', '--out', str(tmp_path / 'o')],
+             f'{tmp_path}: no study folders in it (sub-folders with a calibration.json)')):
+        result = run_tool('infer.py', config, checkpoint, *extra)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f'error: {message}', result.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ['file.txt']
