@@ -83,8 +83,9 @@ class MV2DXrayInferencer:
         scope (str): registry scope. Defaults to ``'mmdet3d'``.
         trust_checkpoint (bool): load the checkpoint with ``weights_only=False`` (can run
             code stored in it). Defaults to False.
-        warn (Callable[[str], None], optional): where notes go (each message once);
-            defaults to mmengine's current logger at WARNING.
+        warn (Callable[[str], None], optional): where notes go (a study with another
+            number of views than the config's: once per number); defaults to mmengine's
+            current logger at WARNING.
 
     Attributes:
         cfg: the config. model: the network (eval mode, on ``device``).
@@ -131,10 +132,13 @@ class MV2DXrayInferencer:
     def _init_pipeline(pipeline_cfg):
         """The test pipeline without :data:`REPLACED_TRANSFORMS`."""
         from mmengine.dataset import Compose
+
+        from projects.mv2d_xray.mv2d_xray.datasets.xray_dataset import XrayDataError
         kept = [copy.deepcopy(t) for t in pipeline_cfg if t['type'] not in REPLACED_TRANSFORMS]
         if len(kept) == len(pipeline_cfg):
-            raise ValueError('the test pipeline has no LoadXrayMultiViewImages: the '
-                             'inferencer reads studies in its place')
+            raise XrayDataError('the config\'s test pipeline has no LoadXrayMultiViewImages: '
+                                'the inferencer reads the study in its place, so it needs '
+                                'the test pipeline of an MV2D X-ray config')
         return Compose(kept)
 
     def _say_once(self, key, message: str) -> None:
