@@ -141,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help='override the fraction recorded by the shards')
     merge.add_argument('--seed', type=int, default=None,
                        help='override the split seed recorded by the shards')
+
+    export = sub.add_parser(
+        'export-study', help='write one converted case as a study folder (images + '
+        'calibration.json) for tools/infer.py',
+        description='Copy a case\'s view images and write its calibration.json (K + Rt, '
+        'the exact matrices): a study folder as tools/infer.py reads it.')
+    export.add_argument('--infos', required=True, metavar='PKL', help='info pickle')
+    export.add_argument('--case', required=True, metavar='TOKEN', help='case id')
+    export.add_argument('--out', required=True, metavar='DIR',
+                        help='study folder to write (new or empty)')
     return parser
 
 
@@ -192,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     previous = _terminate_like_interrupt()
     try:
-        return _run(args)
+        return _export_study(args) if args.command == 'export-study' else _run(args)
     except ConverterError as err:
         print(f'python -m data_converters {args.command}: error: {err}', file=sys.stderr)
         return 2
@@ -210,6 +220,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _export_study(args) -> int:
+    from data_converters.export_study import export_study
+    path = export_study(args.infos, args.case, args.out)
+    print(f'wrote {path} and the images of {args.case} in {args.out}')
+    return 0
 
 
 class Terminated(KeyboardInterrupt):

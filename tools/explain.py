@@ -29,8 +29,7 @@ of a uniformly random peak (``pointing_game.json``; see
 import argparse
 import os.path as osp
 
-from _checkpoints import (CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, checkpoint_loading,
-                          require_fit)
+from _checkpoints import CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, load_weights
 from _common import add_debug_flag, fail, load_config, run_main
 
 
@@ -101,11 +100,8 @@ def build_model(cfg, checkpoint: str, device: str, trust: bool = False):
     """The config's model with the checkpoint's weights, in eval mode on ``device``
     (safe loading unless ``trust``; a checkpoint that does not fit is refused)."""
     from mmdet3d.registry import MODELS
-    from mmengine.runner import load_checkpoint
     model = MODELS.build(cfg.model)
-    with checkpoint_loading(files=[checkpoint], trust=trust,
-                            check=lambda name, ckpt: require_fit(model, ckpt, name)):
-        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    load_weights(model, checkpoint, trust)
     return model.to(device).eval()
 
 

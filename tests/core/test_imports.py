@@ -22,6 +22,9 @@ def test_core_data_format_and_metric_import_no_torch():
         import projects.mv2d_xray.core.io
         import projects.mv2d_xray.core.clustering
         import projects.mv2d_xray.core.acquisition
+        import projects.mv2d_xray.core.study
+        import projects.mv2d_xray.core.checkpoint
+        import projects.mv2d_xray.core.bootstrap
         heavy = sorted(m for m in ('torch', 'mmengine', 'mmdet3d', 'data_converters')
                        if m in sys.modules)
         print(heavy)

@@ -1,5 +1,6 @@
 """Checkpoints in the tools: loaded without running code (weights-only with the allow-list
-of ``tools/_checkpoints.py``; ``--trust-checkpoint`` for anything else), one line for an
+of ``projects/mv2d_xray/core/checkpoint.py``, which ``tools/_checkpoints.py``
+re-exports; ``--trust-checkpoint`` for anything else), one line for an
 unreadable file, and refused when the weights do not fit the model."""
 import os
 import os.path as osp
@@ -97,7 +98,7 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, content):
 
 def test_history_buffer_getattr_admits_its_statistics_only():
     from mmengine.logging.history_buffer import HistoryBuffer
-    getattr_ = _checkpoints._history_buffer_getattr
+    getattr_ = _checkpoints.history_buffer_getattr
     assert getattr_(HistoryBuffer, 'mean') is HistoryBuffer.mean
     for obj, name in ((HistoryBuffer, '__init__'), (HistoryBuffer, '_set_default_statistics'),
                       (os, 'system'), (HistoryBuffer(), 'mean')):

@@ -201,8 +201,11 @@ def _title_lines(info: dict, num_views: int, layers: _CaseLayers, score_thr: flo
     return lines[:6]
 
 
-def _add_title_and_legend(fig, lines: List[str]) -> None:
-    """The title lines on top, the legend of the colours at the bottom, then the layout."""
+def _add_title_and_legend(fig, lines: List[str], with_gt: bool = True,
+                          with_dets2d: bool = True) -> None:
+    """The title lines on top, the legend of the colours at the bottom (without the
+    ground-truth entries when ``with_gt`` is False, without the 2D detections' when
+    ``with_dets2d`` is False), then the layout."""
     from matplotlib.lines import Line2D
     fig.suptitle('\n'.join(lines), fontsize=10)
     handles = [Line2D([], [], color=GT_COLOR, lw=1.5, ls='--', label='ground-truth 2D box'),
@@ -210,7 +213,10 @@ def _add_title_and_legend(fig, lines: List[str]) -> None:
                Line2D([], [], color=IGNORE_COLOR, lw=1.5, ls=':', label='ignore region'),
                Line2D([], [], color=PRED3D_COLOR, lw=1.5, label='predicted 3D box'),
                Line2D([], [], color=PRED2D_COLOR, lw=1.5, ls='--', label='predicted 2D box')]
-    fig.legend(handles=handles, loc='lower center', ncol=5, fontsize=8, frameon=False)
+    handles = (handles[:3] if with_gt else []) + handles[3:4] + \
+        (handles[4:] if with_dets2d else [])
+    fig.legend(handles=handles, loc='lower center', ncol=len(handles), fontsize=8,
+               frameon=False)
     fig.tight_layout(rect=(0, 0.02, 1, 1 - 0.14 * len(lines) / fig.get_figheight()))
 
 
@@ -218,7 +224,8 @@ def draw_case(info: dict, data_root: str, out_file: str,
               preds3d: Sequence[dict] = (), dets2d: Sequence[dict] = (),
               score_thr: float = 0.1, max_preds: int = 5, columns: int = 5,
               zoom_min_half_px: Optional[float] = None, zoom_finding: Optional[int] = None,
-              title: Optional[str] = None) -> dict:
+              title: Optional[str] = None,
+              images: Optional[Sequence[np.ndarray]] = None) -> dict:
     """Draw a case's views with ground truth and predictions (see the module docstring).
 
     Args:
@@ -239,6 +246,9 @@ def draw_case(info: dict, data_root: str, out_file: str,
         zoom_finding: index (into ``info['instances']``) of the finding to zoom on;
             default: all findings, or the largest one when they are far apart.
         title: figure title (default: the case id and a summary).
+        images: per view of ``info['images']`` (in its order) the ``(H, W)`` grey image
+            to draw (shown 0..255), instead of reading ``img_path`` (a study's images,
+            whatever their file format).
 
     Returns:
         dict: ``{finding index: dict(diameter_mm, nearest_mm, score)}``: per finding (not
@@ -260,7 +270,8 @@ def draw_case(info: dict, data_root: str, out_file: str,
     try:
         for n, (name, view) in enumerate(views):
             row, col = divmod(n, columns)
-            img = _read_view(osp.join(data_root, view['img_path']))
+            img = images[n] if images is not None else \
+                _read_view(osp.join(data_root, view['img_path']))
             min_half = zoom_min_half_px or max(6.0, 0.04 * max(img.shape[:2]))
             window = _zoom_window(info, layers.preds, np.asarray(view['lidar2img'], np.float64),
                                   img.shape[:2], min_half, zoom_finding)
@@ -268,8 +279,9 @@ def draw_case(info: dict, data_root: str, out_file: str,
                        window)
         _hide_unused_axes(axes, len(views), columns)
         summary = _finding_summary(layers.instances, layers.preds)
+        with_gt = bool(layers.instances or info.get('cam_instances'))
         _add_title_and_legend(fig, _title_lines(info, len(views), layers, score_thr, summary,
-                                                title))
+                                                title), with_gt, bool(dets2d) or with_gt)
         save_png(fig, out_file)
     finally:
         plt.close(fig)

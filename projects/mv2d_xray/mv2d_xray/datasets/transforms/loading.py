@@ -1,5 +1,5 @@
 """Loading transforms: the N grey views of a case and its annotations."""
-from typing import Optional
+from typing import Optional, Sequence
 
 import mmcv
 import numpy as np
@@ -20,6 +20,45 @@ ANN_KEYS = ('gt_bboxes_3d', 'gt_labels_3d') + tuple(
 
 class XrayImageError(ValueError):
     """An image file that cannot be decoded or disagrees with the info pickle."""
+
+
+def add_views(results: dict, greys: Sequence[np.ndarray]) -> dict:
+    """Put a case's N grey views into ``results`` as :class:`LoadXrayMultiViewImages`
+    does (also used by the inferencer for a study's images).
+
+    Args:
+        results (dict): with ``cam2img`` and ``lidar2img`` ``(N, 4, 4)`` (and ``token``
+            for messages).
+        greys (Sequence[np.ndarray]): per view an ``(H, W)`` array of grey values (any
+            numeric type; the model's training convention is 0..255).
+
+    Returns:
+        dict: ``results`` with ``img`` (N ``(H, W, 3)`` float32, the grey value in 3
+        identical channels), ``img_shape`` / ``ori_shape`` ``(H, W)``, ``num_views``,
+        ``ori_cam2img`` / ``ori_lidar2img`` (copies) and ``img_aug_matrix`` ``(N, 4, 4)``
+        identity.
+
+    Raises:
+        XrayImageError: views of different sizes.
+    """
+    imgs = []
+    for grey in greys:
+        # explicit grey -> 3 identical float32 channels (see LoadXrayMultiViewImages)
+        img = np.empty(grey.shape + (3,), np.float32)
+        img[...] = grey[:, :, None]
+        imgs.append(img)
+    shapes = {img.shape[:2] for img in imgs}
+    if len(shapes) != 1:
+        raise XrayImageError(f'the views of case {results.get("token")} differ in '
+                             f'size: {sorted(shapes)}')
+    num_views = len(imgs)
+    results['img'] = imgs
+    results['img_shape'] = results['ori_shape'] = imgs[0].shape[:2]
+    results['num_views'] = num_views
+    results['ori_cam2img'] = results['cam2img'].copy()
+    results['ori_lidar2img'] = results['lidar2img'].copy()
+    results['img_aug_matrix'] = np.tile(np.eye(4), (num_views, 1, 1))
+    return results
 
 
 @TRANSFORMS.register_module()
@@ -69,7 +108,7 @@ class LoadXrayMultiViewImages(BaseTransform):
         return grey
 
     def transform(self, results: dict) -> dict:
-        imgs = []
+        greys = []
         for view, path in zip(results['view_names'], results['img_path']):
             grey = self._read(path, view)
             expected = results['images'][view]
@@ -77,22 +116,8 @@ class LoadXrayMultiViewImages(BaseTransform):
                 raise XrayImageError(f'image {path} is {grey.shape[0]}x{grey.shape[1]} '
                                      f"(HxW), the info pickle says {expected['height']}x"
                                      f"{expected['width']}")
-            # explicit grey -> 3 identical float32 channels (see the class docstring)
-            img = np.empty(grey.shape + (3,), np.float32)
-            img[...] = grey[:, :, None]
-            imgs.append(img)
-        shapes = {img.shape[:2] for img in imgs}
-        if len(shapes) != 1:
-            raise XrayImageError(f'the views of case {results.get("token")} differ in '
-                                 f'size: {sorted(shapes)}')
-        num_views = len(imgs)
-        results['img'] = imgs
-        results['img_shape'] = results['ori_shape'] = imgs[0].shape[:2]
-        results['num_views'] = num_views
-        results['ori_cam2img'] = results['cam2img'].copy()
-        results['ori_lidar2img'] = results['lidar2img'].copy()
-        results['img_aug_matrix'] = np.tile(np.eye(4), (num_views, 1, 1))
-        return results
+            greys.append(grey)
+        return add_views(results, greys)
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(backend_args={self.backend_args})'
