@@ -5,6 +5,10 @@
     python tools/explain.py CONFIG CHECKPOINT --infos data/demo/demo_infos_val.pkl \\
         --case LIDC-IDRI-0001 --out work_dirs/demo/explain [--finding K | --top K]
 
+    # a study of your own (images + calibration.json, README "Running on your own studies")
+    python tools/explain.py CONFIG CHECKPOINT --study DIR [--calibration FILE] \
+        --out DIR [--finding K | --top K]
+
     # how well the 2D stage's saliency points at the findings of a split (pointing game)
     python tools/explain.py CONFIG CHECKPOINT --infos data/demo/demo_infos_val.pkl \\
         --pointing-game --out work_dirs/demo/explain
@@ -44,13 +48,19 @@ def parse_args():
     parser.add_argument('config', help='config file of the model')
     parser.add_argument('checkpoint', help='checkpoint file (.pth)')
     parser.add_argument('--trust-checkpoint', action='store_true', help=TRUST_HELP)
-    parser.add_argument('--infos', required=True, metavar='INFOS.pkl',
-                        help='info pickle of a converted split (the images lie beside it)')
+    parser.add_argument('--infos', metavar='INFOS.pkl',
+                        help='info pickle of a converted split (the images lie beside it); '
+                        'with --case or --pointing-game')
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument('--case', metavar='TOKEN', help='the case to explain, e.g. '
+    what.add_argument('--case', metavar='TOKEN', help='the case of --infos to explain, e.g. '
                       'LIDC-IDRI-0001')
+    what.add_argument('--study', metavar='DIR',
+                      help='a study folder to explain: its images and calibration.json '
+                      '(README "Running on your own studies")')
     what.add_argument('--pointing-game', action='store_true',
                       help='score the saliency maps of every case of --infos')
+    parser.add_argument('--calibration', metavar='FILE',
+                        help='--study: the calibration file, if not DIR/calibration.json')
     parser.add_argument('--out', required=True, metavar='DIR',
                         help='folder for the pictures and the JSON (created if needed)')
     parser.add_argument('--finding', type=int, metavar='K',
@@ -81,9 +91,18 @@ def check_args(args) -> None:
         fail(f'--score-thr must be in [0, 1], got {args.score_thr}')
     if args.limit is not None and args.limit < 1:
         fail(f'--limit must be >= 1, got {args.limit}')
-    for path, what in ((args.checkpoint, 'checkpoint'), (args.infos, 'info pickle')):
-        if not osp.isfile(path):
-            fail(f'{what} not found: {path}')
+    if args.study is None and args.infos is None:
+        fail('--case and --pointing-game need --infos (the info pickle of the split)')
+    if args.study is not None and args.infos is not None:
+        fail('--study explains a study folder: drop --infos (or use --case with it)')
+    if args.calibration is not None and args.study is None:
+        fail('--calibration goes with --study')
+    if args.study is not None and not osp.isdir(args.study):
+        fail(f'--study {args.study}: no such folder')
+    if not osp.isfile(args.checkpoint):
+        fail(f'checkpoint not found: {args.checkpoint}')
+    if args.infos is not None and not osp.isfile(args.infos):
+        fail(f'info pickle not found: {args.infos}')
     if osp.exists(args.out) and not osp.isdir(args.out):
         fail(f'--out {args.out} exists and is not a folder')
 
@@ -150,7 +169,7 @@ def selected_findings(sample, args) -> list:
     if args.finding is not None:
         if args.finding >= len(scores):
             fail(f'--finding {args.finding}: the model found {len(scores)} finding(s) in '
-                 f'{args.case}')
+                 f'{args.case or args.study}')
         return [args.finding]
     return [k for k, s in enumerate(scores) if s >= args.score_thr][:args.top]
 
@@ -199,6 +218,38 @@ def finding_record(k: int, sample, explanation: dict, classes, view_names) -> di
 
 
 def explain_case(args, cfg, model, dataset) -> None:
+    """``--case``: one case of the info pickle."""
+    imgs, sample = run_case(model, dataset, case_index(dataset, args.case), True)
+    explain_findings(args, model, imgs, sample, dataset.metainfo['classes'], args.case,
+                     dict(case=args.case))
+
+
+def explain_study(args, cfg) -> None:
+    """``--study``: a study folder, through the inferencer (its checks: every image
+    present and readable, the calibration fitting them, the intensity convention)."""
+    from projects.mv2d_xray.mv2d_xray.apis import MV2DXrayInferencer
+    inferencer = MV2DXrayInferencer(cfg, args.checkpoint, device=args.device,
+                                    trust_checkpoint=args.trust_checkpoint,
+                                    warn=lambda message: print(message))
+    study, images = inferencer.load_study(args.study, args.calibration)
+    data = inferencer.preprocess(study, images)
+    sample = inferencer.forward(data, explain=True)
+    name = osp.basename(osp.normpath(args.study))
+    explain_findings(args, inferencer.model, data['inputs']['imgs'][0], sample,
+                     inferencer.classes, name, dict(study=osp.abspath(args.study)))
+
+
+def explain_findings(args, model, imgs, sample, classes, name: str, where: dict) -> None:
+    """The pictures and ``explanations.json`` of the selected findings of one prediction.
+
+    Args:
+        model: the model (its 2D stage makes the saliency maps).
+        imgs: ``(N, 3, H, W)`` preprocessed views.
+        sample: the prediction with ``explanations``.
+        classes: class names.
+        name (str): the case or study, in titles and messages.
+        where (dict): what the JSON records as the input (``case`` or ``study``).
+    """
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.io import write_json
@@ -206,9 +257,8 @@ def explain_case(args, cfg, model, dataset) -> None:
         draw_finding_evidence
     from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import \
         draw_saliency_views
-    imgs, sample = run_case(model, dataset, case_index(dataset, args.case), True)
     meta, pred = sample.metainfo, sample.pred_instances_3d
-    names, classes = list(meta['view_names']), dataset.metainfo['classes']
+    names = list(meta['view_names'])
     views = display_views(model, imgs, meta['img_shape'])
     records = []
     for k in tqdm(selected_findings(sample, args), desc='findings', unit='finding'):
@@ -223,13 +273,13 @@ def explain_case(args, cfg, model, dataset) -> None:
                     for v in range(len(views))]
             draw_saliency_views(views, maps, osp.join(args.out, f'saliency_{k}.png'),
                                 dets=dets, view_names=names,
-                                title=f'{args.case}, finding {k}: 2D saliency '
+                                title=f'{name}, finding {k}: 2D saliency '
                                       f'({args.saliency})')
         records.append(finding_record(k, sample, explanation, classes, names))
     path = osp.join(args.out, 'explanations.json')
-    write_json(path, dict(case=args.case, config=args.config, checkpoint=args.checkpoint,
+    write_json(path, dict(**where, config=args.config, checkpoint=args.checkpoint,
                           num_findings=len(pred.scores_3d), findings=records))
-    print(f'{args.case}: {len(pred.scores_3d)} finding(s), {len(records)} explained')
+    print(f'{name}: {len(pred.scores_3d)} finding(s), {len(records)} explained')
     for record in records:
         top = max(record['view_attention'], key=record['view_attention'].get)
         print(f"  finding {record['finding']}: score {record['score']:.3f}, centre "
@@ -321,6 +371,9 @@ def main():
     check_args(args)
     cfg = load_config(args.config, args.cfg_options)
     register_modules(cfg)
+    if args.study is not None:
+        explain_study(args, cfg)
+        return
     dataset = build_dataset(cfg, args.infos)
     model = build_model(cfg, args.checkpoint, args.device, args.trust_checkpoint)
     if args.pointing_game:

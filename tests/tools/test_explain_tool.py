@@ -100,3 +100,44 @@ def test_missing_checkpoint_and_out_file(explain_setup, tmp_path):
                       '--out', str(a_file))
     assert result.returncode == 2
     assert result.stderr.strip() == f'error: --out {a_file} exists and is not a folder'
+
+
+def test_explain_a_study_equals_explaining_its_case(explain_setup, tmp_path):
+    """``--study`` on LIDC-IDRI-0001 exported as a study folder explains the same findings
+    (boxes, scores, view attention) as ``--case`` on the converted case."""
+    from data_converters.export_study import export_study
+    config, checkpoint, infos = explain_setup
+    study = str(tmp_path / 'LIDC-IDRI-0001')
+    export_study(infos, 'LIDC-IDRI-0001', study)
+    outs = {}
+    for kind, extra in (('case', ['--infos', infos, '--case', 'LIDC-IDRI-0001']),
+                        ('study', ['--study', study])):
+        out = tmp_path / kind
+        result = run_tool('explain.py', config, checkpoint, *extra, '--top', '2',
+                          '--saliency', 'none', '--out', str(out))
+        assert result.returncode == 0, result.stderr[-3000:]
+        outs[kind] = json.loads((out / 'explanations.json').read_text())
+    assert outs['study']['study'] == study
+    assert len(outs['study']['findings']) == len(outs['case']['findings']) == 2
+    for a, b in zip(outs['case']['findings'], outs['study']['findings']):
+        assert a['bbox_3d'] == pytest.approx(b['bbox_3d'], abs=1e-3)
+        assert a['score'] == pytest.approx(b['score'], abs=1e-5)
+        assert a['source_view'] == b['source_view']
+        for view, share in a['view_attention'].items():
+            assert b['view_attention'][view] == pytest.approx(share, abs=1e-5)
+
+
+def test_study_arguments_are_one_line(explain_setup, tmp_path):
+    config, checkpoint, infos = explain_setup
+    for extra, message in (
+            (['--study', str(tmp_path / 'none')], '--study .*: no such folder'),
+            (['--study', str(tmp_path), '--infos', infos], 'drop --infos'),
+            (['--case', 'x'], '--case and --pointing-game need --infos'),
+            (['--infos', infos, '--case', 'x', '--calibration', 'c.json'],
+             '--calibration goes with --study')):
+        result = run_tool('explain.py', config, checkpoint, *extra, '--out',
+                          str(tmp_path / 'o'))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        import re
+        assert re.search(message, lines[0]), lines[0]
