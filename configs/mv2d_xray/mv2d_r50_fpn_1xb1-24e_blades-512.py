@@ -21,10 +21,16 @@ body_radius_mm = 100.0
 depth_range = (sod_mm - body_radius_mm, sod_mm + body_radius_mm)
 point_cloud_range = [-100.0, -100.0, -100.0, 100.0, 100.0, 100.0]
 
+# The grey values the model is trained on (tools/infer.py refuses studies outside them):
+# 16-bit PNGs of L = -log(I / I0) * 65535 / 12 (the blades source).
+image_intensity = dict(low=0, high=65535, bit_depth=16,
+                       description='16-bit PNG of -log(I/I0) * 65535 / 12 (the blades source)')
+
 # -- model: the differences -------------------------------------------------------------------
 model = dict(
-    # 16-bit images on the 0..255 grey scale: the parts are bright on a black background
-    data_preprocessor=dict(mean=[30.0, 30.0, 30.0], std=[60.0, 60.0, 60.0]),
+    # 16-bit images on the 0..255 grey scale (the loader's 255 / 65535): bright parts on
+    # a black background, measured on the blades demo's training views
+    data_preprocessor=dict(mean=[5.0, 5.0, 5.0], std=[19.0, 19.0, 19.0]),
     base_detector=dict(roi_head=dict(bbox_head=dict(num_classes=len(class_names)))),
     roi_head=dict(
         query_generator=dict(depth_scale_mm=body_radius_mm),

@@ -317,3 +317,28 @@ def test_pack_without_annotations_leaves_instances_empty(blob_dataset):
     assert packed['inputs']['img'].dtype == torch.float32
     assert sample.scale_factor == (1.0, 1.0) and sample.flip == [False] * 4
     assert osp.isfile(sample.img_path[0])
+
+
+def test_16_bit_pngs_load_on_the_8_bit_scale(tmp_path):
+    """A 16-bit PNG is read unchanged and scaled by 255 / 65535: 65535 -> 255 and the
+    steps between 8-bit levels survive; an 8-bit PNG keeps its values."""
+    import cv2
+    import numpy as np
+
+    from projects.mv2d_xray.mv2d_xray.datasets.transforms.loading import (
+        LoadXrayMultiViewImages, is_16bit_png)
+    deep = np.array([[0, 257, 300], [1000, 65535, 12345]], np.uint16)
+    flat = np.array([[0, 1, 2], [3, 255, 128]], np.uint8)
+    paths = [str(tmp_path / 'a.png'), str(tmp_path / 'b.png')]
+    cv2.imwrite(paths[0], deep)
+    cv2.imwrite(paths[1], flat)
+    assert is_16bit_png(open(paths[0], 'rb').read())
+    assert not is_16bit_png(open(paths[1], 'rb').read())
+    results = dict(view_names=['A', 'B'], img_path=paths,
+                   images={v: dict(height=2, width=3) for v in 'AB'},
+                   cam2img=np.tile(np.eye(4), (2, 1, 1)),
+                   lidar2img=np.tile(np.eye(4), (2, 1, 1)))
+    out = LoadXrayMultiViewImages().transform(results)
+    np.testing.assert_allclose(out['img'][0][..., 0], deep * 255.0 / 65535.0, rtol=1e-6)
+    assert out['img'][0][0, 1, 0] == pytest.approx(1.0) and out['img'][0][0, 2, 0] > 1.0
+    np.testing.assert_array_equal(out['img'][1][..., 2], flat)
