@@ -7,7 +7,7 @@ and findings; the runner then records the returned info item as a finished case
 from __future__ import annotations
 
 import os.path as osp
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ def image_path(token: str, view_name: str) -> str:
 
 def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta: dict,
                 geometry: XrayGeometry, line_integrals: np.ndarray,
-                findings: Sequence[Finding]) -> dict:
+                findings: Sequence[Finding],
+                encode: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> dict:
     """Write a case's PNGs and return its info item (boxes from the findings' masks).
 
     Args:
@@ -35,12 +36,16 @@ def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta:
         geometry (XrayGeometry): the views.
         line_integrals (np.ndarray): ``(num_views, H, W)`` renders (mm of water).
         findings (Sequence[Finding]): in the volume's index grid.
+        encode (callable, optional): one view's ``(H, W)`` line integrals -> the PNG's
+            pixels. Defaults to :func:`~data_converters.render.to_uint8` (8-bit); a 16-bit
+            source passes :func:`~data_converters.image_encoding.to_uint16` with its window.
     """
     from data_converters.render import to_uint8
+    encode = to_uint8 if encode is None else encode
     paths = []
     for view, name in enumerate(geometry.view_names):
         paths.append(image_path(token, name))
-        write_png(osp.join(out_dir, paths[-1]), to_uint8(line_integrals[view]))
+        write_png(osp.join(out_dir, paths[-1]), encode(line_integrals[view]))
     lidar2img = geometry.view_matrices()['lidar2img']
     shape, spacing = ct_meta['shape'], ct_meta['spacing_mm']
     instances, boxes2d = [], []
