@@ -18,6 +18,19 @@ ANN_KEYS = ('gt_bboxes_3d', 'gt_labels_3d') + tuple(
     key for box_key, extra in BOX2D_FIELDS.items() for key in (box_key, *extra))
 
 
+#: PNG signature; byte :data:`PNG_BIT_DEPTH_BYTE` of a PNG is its bit depth (IHDR).
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+PNG_BIT_DEPTH_BYTE = 24
+#: 16-bit images are scaled by ``255 / 65535`` onto the 8-bit images' grey scale.
+UINT16_TO_GREY = 255.0 / 65535.0
+
+
+def is_16bit_png(data: bytes) -> bool:
+    """Whether ``data`` is a PNG with 16 bits per sample (its IHDR's bit depth)."""
+    return (len(data) > PNG_BIT_DEPTH_BYTE and data[:8] == PNG_SIGNATURE
+            and data[PNG_BIT_DEPTH_BYTE] == 16)
+
+
 class XrayImageError(ValueError):
     """An image file that cannot be decoded or disagrees with the info pickle."""
 
@@ -26,8 +39,14 @@ class XrayImageError(ValueError):
 class LoadXrayMultiViewImages(BaseTransform):
     """Load every view of a case as a 3-channel float32 image.
 
-    The DRRs are 8-bit grey PNGs. Each file is decoded as grey (a colour file would be
-    converted to grey) and the grey channel is replicated into **3 identical channels**, so
+    The DRRs are 8-bit or 16-bit grey PNGs. An 8-bit file is decoded as grey (a colour
+    file would be converted to grey), values 0..255. A 16-bit PNG (e.g. the chest
+    benchmark's, see ``data_converters/image_encoding.py``) is decoded unchanged and
+    scaled by ``255 / 65535`` (:data:`UINT16_TO_GREY`) onto the same float grey scale,
+    keeping its 257x finer steps: with the converter's window ``metainfo['converter']
+    ['image']['window_mm']`` (400 mm) a pixel's line integral is ``grey * window_mm / 255``
+    mm of water for both depths, so one ``data_preprocessor`` mean/std convention serves
+    both. The grey channel is replicated into **3 identical channels**, so
     that 3-channel backbones (and ``Det3DDataPreprocessor`` with a 3-value mean/std) take it
     unchanged; the photometric augmentations keep the channels identical. mmdet3d's
     ``LoadMultiViewImageFromFiles`` is not used: with ``color_type='unchanged'`` a grey PNG
@@ -40,7 +59,8 @@ class LoadXrayMultiViewImages(BaseTransform):
 
     Added keys:
 
-    * ``img`` (list of N ``(H, W, 3)`` float32 arrays, values 0..255);
+    * ``img`` (list of N ``(H, W, 3)`` float32 arrays, values 0..255; 16-bit files give
+      non-integer values);
     * ``img_shape``, ``ori_shape`` (``(H, W)``), ``num_views``;
     * ``ori_cam2img``, ``ori_lidar2img`` (copies before augmentation) and
       ``img_aug_matrix`` (``(N, 4, 4)`` identity; image-space augmentations compose into
@@ -59,10 +79,15 @@ class LoadXrayMultiViewImages(BaseTransform):
         except FileNotFoundError:
             raise FileNotFoundError(f"image file of view '{view}' not found: {path}") \
                 from None
+        deep = is_16bit_png(data)
         try:
-            grey = mmcv.imfrombytes(data, flag='grayscale', backend='cv2')
+            grey = mmcv.imfrombytes(data, flag='unchanged' if deep else 'grayscale',
+                                    backend='cv2')
         except Exception:   # cv2.error for an empty file
             grey = None
+        if deep and grey is not None and (grey.ndim != 2 or grey.dtype != np.uint16):
+            raise XrayImageError(f"the 16-bit image of view '{view}' is not one grey "
+                                 f'channel ({grey.shape}, {grey.dtype}): {path}')
         if grey is None or grey.size == 0:
             raise XrayImageError(f"cannot decode the image of view '{view}' (not a valid "
                                  f'PNG: corrupt, truncated or empty): {path}')
@@ -79,7 +104,8 @@ class LoadXrayMultiViewImages(BaseTransform):
                                      f"{expected['width']}")
             # explicit grey -> 3 identical float32 channels (see the class docstring)
             img = np.empty(grey.shape + (3,), np.float32)
-            img[...] = grey[:, :, None]
+            img[...] = (grey[:, :, None] * np.float32(UINT16_TO_GREY)
+                        if grey.dtype == np.uint16 else grey[:, :, None])
             imgs.append(img)
         shapes = {img.shape[:2] for img in imgs}
         if len(shapes) != 1:
