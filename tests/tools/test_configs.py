@@ -21,6 +21,8 @@ PAPER = 'mv2d_r50_fpn_1xb1-24e_lidc-1024.py'
 STAGE_2D = 'mv2d-2d-stage_r50_fpn_1xb1-12e_lidc-1024.py'
 DEMO = 'mv2d_r18_fpn_1xb1-30e_demo-256.py'
 DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_demo-256.py'
+BENCH = 'mv2d_r18_fpn_1xb1-30e_chest-bench-320.py'
+BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_chest-bench-320.py'
 
 
 def load(name: str) -> Config:
@@ -39,7 +41,7 @@ def build_model(cfg: Config):
 
 
 def test_the_configs_are_there():
-    assert {PAPER, STAGE_2D, DEMO, DEMO_2D} <= set(CONFIGS)
+    assert {PAPER, STAGE_2D, DEMO, DEMO_2D, BENCH, BENCH_2D} <= set(CONFIGS)
 
 
 def test_custom_imports_register_the_plugin_in_a_fresh_process(demo_dataset):
@@ -77,7 +79,7 @@ def test_config_settings_agree(name):
     """What the acquisition fixes must agree everywhere it appears: image size in the
     pipelines, views, source distance, image size and classes in the datasets (which
     check them against the data), ranges and class counts in the model,
-    one stage weight per decoder layer, the evaluator on the validation pickle."""
+    one stage weight per decoder layer, each evaluator on its dataloader's pickle."""
     cfg = load(name)
     model = cfg.model
     assert model.base_detector.roi_head.bbox_head.num_classes == len(cfg.class_names)
@@ -89,9 +91,12 @@ def test_config_settings_agree(name):
         assert list(dataset.metainfo.classes) == list(cfg.class_names)
         for resize in _find(dataset.pipeline, 'XrayResizeCropFlip'):
             assert tuple(resize.img_scale) == tuple(cfg.img_size)
-    val = cfg.val_dataloader.dataset
-    assert cfg.val_evaluator.ann_file == val.data_root + val.ann_file
-    assert cfg.test_evaluator == cfg.val_evaluator
+    # each evaluator reads its split's pickle (test = val, or a held-out test split)
+    for split in ('val', 'test'):
+        dataset = cfg[f'{split}_dataloader'].dataset
+        assert cfg[f'{split}_evaluator'].ann_file == dataset.data_root + dataset.ann_file
+    assert {k: v for k, v in cfg.test_evaluator.items() if k != 'ann_file'} == \
+        {k: v for k, v in cfg.val_evaluator.items() if k != 'ann_file'}
     if model.roi_head is None:
         return
     head = model.roi_head
@@ -133,7 +138,8 @@ def test_paper_config_is_the_paper_setting():
     assert (head.loss_cls.loss_weight, head.loss_bbox.loss_weight) == (0.25, 1.0)
 
 
-@pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO)])
+@pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO),
+                                           (BENCH_2D, BENCH)])
 def test_2d_stage_checkpoint_initialises_the_full_model(tmp_path, name_2d, name):
     """The 2D-stage config's parameters are exactly the full model's 2D stage: a checkpoint
     of it loads through ``load_from`` (mmengine, non-strict) into every ``base_detector``
