@@ -18,6 +18,7 @@ from data_converters.findings import Finding
 from data_converters.render import XrayRenderer, to_uint8
 from data_converters.sources import base, load_sources
 from data_converters.sources.base import ConversionSource, register_source
+from data_converters.sources.chest_bench import ChestBenchSource
 from data_converters.sources.demo import DemoSource
 from data_converters.sources.lidc import LidcSource
 from data_converters.sources.lidc_annotations import NODULE_CLASSES
@@ -92,12 +93,13 @@ def _subcommands(parser):
 
 
 def test_cli_subcommands_come_from_the_registry(registry, tmp_path):
-    assert set(_subcommands(build_parser())) == {'demo', 'lidc', 'merge'}
-    assert load_sources() == {'demo': DemoSource, 'lidc': LidcSource}
+    assert set(_subcommands(build_parser())) == {'chest-bench', 'demo', 'lidc', 'merge'}
+    assert load_sources() == {'chest-bench': ChestBenchSource, 'demo': DemoSource,
+                              'lidc': LidcSource}
     tiny = define_tiny_source()
     assert registry['tiny'] is tiny
     commands = _subcommands(build_parser())
-    assert set(commands) == {'demo', 'lidc', 'merge', 'tiny'}
+    assert set(commands) == {'chest-bench', 'demo', 'lidc', 'merge', 'tiny'}
     args = commands['tiny'].parse_args(['--out', str(tmp_path), '--cases', '3'])
     # the source's own flag, and the common ones with the source's defaults
     assert args.cases == 3 and args.image_size == (16, 16) and args.prefix == 'tiny'
@@ -166,7 +168,7 @@ def test_register_source_refuses_incomplete_sources(registry):
 
     with pytest.raises(ConverterError, match=r"'demo' is taken by .*sources\.demo\.DemoSource"):
         register_source(Demo)
-    assert set(registry) == {'demo', 'lidc'}
+    assert set(registry) == {'chest-bench', 'demo', 'lidc'}
 
 
 @pytest.mark.parametrize('parse, good, bad, message', [
