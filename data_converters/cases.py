@@ -36,8 +36,9 @@ def finish_case(out_dir: str, token: str, patient_id: str, source: str, ct_meta:
         geometry (Acquisition): the views; their ``lidar2img`` place the 2D boxes.
         line_integrals (np.ndarray): ``(num_views, H, W)`` renders (mm of water).
         findings (Sequence[Finding]): in the volume's index grid.
-        encode (callable, optional): ``(H, W)`` render -> the PNG's pixels (uint8 or
-            uint16). Defaults to :func:`~data_converters.render.to_uint8`.
+        encode (callable, optional): one view's ``(H, W)`` line integrals -> the PNG's
+            pixels. Defaults to :func:`~data_converters.render.to_uint8` (8-bit); a 16-bit
+            source passes :func:`~data_converters.image_encoding.to_uint16` with its window.
     """
     from data_converters.render import to_uint8
     encode = to_uint8 if encode is None else encode

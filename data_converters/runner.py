@@ -136,6 +136,8 @@ def empty_split_warnings(source, specs: List[dict], limit: Optional[int]) -> Lis
     if not patients:
         return []
     split = source.split_settings()
+    if split.get('named_splits'):
+        return []                   # the source assigns the splits itself
     val = split_patients(patients, split['val_fraction'], split['seed'],
                          split.get('force_val', ()))
     where = f'{len(patients)} patient(s), --val-fraction {split["val_fraction"]:g}'

@@ -26,10 +26,49 @@ from projects.mv2d_xray.core.data_format import (build_coco, build_metainfo, coc
 from projects.mv2d_xray.core.io import atomic_output, atomic_write, remove_stale_temporaries
 
 SPLITS = ('train', 'val')
+#: Split settings key of a source that names its own splits (e.g. ``['train', 'val',
+#: 'test']``): patient ``<name>-...`` goes to split ``<name>``, the ``force_val``
+#: patients to ``val``; ``val_fraction`` is then unused.
+NAMED_SPLITS = 'named_splits'
 
 
-def split_file_paths(out_dir: str, prefix: str) -> Dict[str, Dict[str, str]]:
-    """``{split: {'pkl': path, 'coco': path}}`` of a dataset folder.
+def split_names(split: dict) -> tuple:
+    """The splits a folder's split settings make: :data:`SPLITS`, or the source's own
+    (:data:`NAMED_SPLITS`)."""
+    return tuple(split.get(NAMED_SPLITS) or SPLITS)
+
+
+def assign_splits(infos: List[dict], split: dict) -> Dict[str, List[dict]]:
+    """``{split: infos}`` by patient: by ``val_fraction`` and ``seed``
+    (:func:`~projects.mv2d_xray.core.data_format.split_patients`), or by name
+    (:data:`NAMED_SPLITS`).
+
+    Raises:
+        ConverterError: with named splits, a patient that fits none of them.
+    """
+    names = split_names(split)
+    force_val = set(split.get('force_val', ()))
+    if not split.get(NAMED_SPLITS):
+        val = split_patients([info['patient_id'] for info in infos], split['val_fraction'],
+                             split['seed'], force_val)
+        return {'train': [i for i in infos if i['patient_id'] not in val],
+                'val': [i for i in infos if i['patient_id'] in val]}
+    lists = {name: [] for name in names}
+    for info in infos:
+        patient = info['patient_id']
+        name = 'val' if patient in force_val else patient.split('-', 1)[0]
+        if name not in lists:
+            raise ConverterError(f'patient {patient!r} is in none of the named splits '
+                                 f'{list(names)} (named_splits: a patient id starts with '
+                                 '"<split>-")')
+        lists[name].append(info)
+    return lists
+
+
+def split_file_paths(out_dir: str, prefix: str, names: Sequence[str] = SPLITS
+                     ) -> Dict[str, Dict[str, str]]:
+    """``{split: {'pkl': path, 'coco': path}}`` of a dataset folder, for the splits
+    ``names`` (default train and val).
 
     Raises:
         ConverterError: ``prefix`` is not a plain file name prefix (it would write outside
@@ -38,8 +77,8 @@ def split_file_paths(out_dir: str, prefix: str) -> Dict[str, Dict[str, str]]:
     if not isinstance(prefix, str) or not FILE_PREFIX.fullmatch(prefix):
         raise ConverterError(f'split file prefix {prefix!r} is not a plain file name prefix '
                              '(letters, digits, _ - and ., no folder)')
-    pkl = {split: osp.join(out_dir, f'{prefix}_infos_{split}.pkl') for split in SPLITS}
-    return {split: dict(pkl=pkl[split], coco=coco_path(pkl[split])) for split in SPLITS}
+    pkl = {split: osp.join(out_dir, f'{prefix}_infos_{split}.pkl') for split in names}
+    return {split: dict(pkl=pkl[split], coco=coco_path(pkl[split])) for split in names}
 
 
 def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[float] = None,
@@ -67,19 +106,17 @@ def assemble(out_dir: str, prefix: Optional[str] = None, val_fraction: Optional[
     prefix = prefix or split.pop('prefix')
     split.pop('prefix', None)
     infos, _ = store.load()
-    val = split_patients([info['patient_id'] for info in infos], split['val_fraction'],
-                         split['seed'], split.get('force_val', ()))
-    lists = {'train': [i for i in infos if i['patient_id'] not in val],
-             'val': [i for i in infos if i['patient_id'] in val]}
+    names = split_names(split)
+    lists = assign_splits(infos, split)
     fingerprint = settings['fingerprint']
     geometry = Acquisition.from_metainfo(fingerprint['geometry'])
     converter = {k: v for k, v in fingerprint.items() if k not in ('geometry', 'classes')}
-    converter['split'] = dict(split, cases={s: len(lists[s]) for s in SPLITS},
+    converter['split'] = dict(split, cases={s: len(lists[s]) for s in names},
                               patients={s: len({i['patient_id'] for i in lists[s]})
-                                        for s in SPLITS})
-    paths = split_file_paths(out_dir, prefix)
+                                        for s in names})
+    paths = split_file_paths(out_dir, prefix, names)
     files = {}
-    for name in SPLITS:
+    for name in names:
         data_list = [dict(sample_idx=idx, **info) for idx, info in enumerate(lists[name])]
         metainfo = build_metainfo(geometry, converter, fingerprint['classes'])
         # (pickled in two parts: metainfo keeps its tuples; the data as canonical JSON types)

@@ -63,8 +63,8 @@ def canonical_pickle(obj) -> bytes:
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-    """Write an 8- or 16-bit grey image as PNG, atomically (OpenCV's encoder is
-    deterministic)."""
+    """Write an 8- or 16-bit grey image (uint8 / uint16) as PNG, atomically (OpenCV's
+    encoder is deterministic)."""
     import cv2
     ok, buf = cv2.imencode('.png', np.ascontiguousarray(image))
     if not ok:

