@@ -31,9 +31,16 @@ def from_uint16(values: np.ndarray, window_mm: float) -> np.ndarray:
     return np.asarray(values, dtype=np.float64) * (window_mm / MAX_VALUE_16)
 
 
-def image_settings(window_mm: float) -> dict:
-    """``metainfo['converter']['image']`` of a 16-bit dataset."""
+def image_settings(window_mm: float, unit: str = 'mm of water') -> dict:
+    """``metainfo['converter']['image']`` of a 16-bit dataset.
+
+    Args:
+        window_mm (float): the line integral at white, in the renderer's units.
+        unit (str): what those units are: ``'mm of water'`` for the chest sources; the
+            blades render ``mu`` volumes, whose line integral ``-log(I / I0)`` has none.
+    """
     return dict(format='png', bit_depth=16, window_mm=float(window_mm),
                 max_value=MAX_VALUE_16, mm_per_level=float(window_mm) / MAX_VALUE_16,
+                unit=unit,
                 value='round(clip(L / window_mm, 0, 1) * max_value), L the line integral '
-                      'in mm of water; LoadXrayMultiViewImages reads value * 255 / max_value')
+                      f'({unit}); LoadXrayMultiViewImages reads value * 255 / max_value')

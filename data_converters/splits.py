@@ -26,6 +26,8 @@ from projects.mv2d_xray.core.data_format import (build_coco, build_metainfo, coc
 from projects.mv2d_xray.core.io import atomic_output, atomic_write, remove_stale_temporaries
 
 SPLITS = ('train', 'val')
+#: The named splits of the benchmark sources (``chest-bench``, ``blades``).
+SPLIT_NAMES = ('train', 'val', 'test')
 #: Split settings key of a source that names its own splits (e.g. ``['train', 'val',
 #: 'test']``): patient ``<name>-...`` goes to split ``<name>``, the ``force_val``
 #: patients to ``val``; ``val_fraction`` is then unused.

@@ -13,8 +13,8 @@ photon noise, detector blur and 16-bit images.
   I0)`` (half a photon stands in for zero).
 * **Detector blur**: a Gaussian of ``sigma_px`` on the expected intensity before the noise
   (the scintillator's light spread).
-* **16-bit images**: ``L`` is stored as ``round(L * scale)`` in uint16 with ``scale =
-  65535 / max_line_integral``, recorded in ``metainfo``; :func:`from_uint16` inverts it.
+* **16-bit images**: ``L`` over the window 0..:data:`MAX_LINE_INTEGRAL` with
+  :mod:`data_converters.image_encoding` (the chest benchmark's encoder).
 
 numpy and scipy (and xraydb, imported when an attenuation is looked up).
 """
@@ -32,7 +32,8 @@ SUPERALLOY = dict(name='superalloy', mass_fractions=dict(
 #: Inclusion materials (formula -> density g/cm^3): hafnia is denser than the alloy,
 #: alumina (ceramic shell / core) lighter.
 INCLUSION_MATERIALS: Dict[str, float] = {'HfO2': 9.68, 'Al2O3': 3.95}
-#: Largest line integral a 16-bit image can hold (mu * mm), i.e. a transmission of e^-12.
+#: The 16-bit images' window: the largest line integral (mu * mm) they hold, a
+#: transmission of e^-12.
 MAX_LINE_INTEGRAL = 12.0
 
 
@@ -117,21 +118,6 @@ def detect(line_integral: np.ndarray, model: DetectorModel,
         return -np.log(intensity / i0)
     counts = rng.poisson(intensity).astype(np.float64)
     return -np.log(np.maximum(counts, 0.5) / i0)
-
-
-def uint16_scale(max_line_integral: float = MAX_LINE_INTEGRAL) -> float:
-    """Grey levels per unit of line integral of :func:`to_uint16`."""
-    return 65535.0 / float(max_line_integral)
-
-
-def to_uint16(line_integral: np.ndarray, scale: float) -> np.ndarray:
-    """``round(clip(L * scale, 0, 65535))`` as uint16."""
-    return np.round(np.clip(np.asarray(line_integral) * scale, 0, 65535)).astype(np.uint16)
-
-
-def from_uint16(image: np.ndarray, scale: float) -> np.ndarray:
-    """Inverse of :func:`to_uint16` (float32 line integrals)."""
-    return (np.asarray(image, dtype=np.float32) / np.float32(scale)).astype(np.float32)
 
 
 def material_table(energy_kev: float, inclusions: Tuple[str, ...]) -> Dict[str, float]:

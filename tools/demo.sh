@@ -5,7 +5,7 @@
 #      are skipped on a re-run);
 #   2. train the 2D stage alone (Faster R-CNN on the per-view boxes, from scratch);
 #   3. train MV2D, starting from the 2D stage (`load_from`);
-#   4. test it on the validation cases: the metric table, metrics.json, predictions.json
+#   4. test it on the validation (blades: test) cases: the metric table, metrics.json, predictions.json
 #      (3D) and dets2d.json (per-view 2D detections);
 #   5. draw LIDC-IDRI-0001's views with the true and the predicted boxes;
 #   6. for reference, triangulate the same 2D detections without the learned 3D head
@@ -16,8 +16,9 @@
 # .venv/bin/python).
 #
 # DEMO=blades (`make demo-blades`) runs the same steps on generated cast blade-like parts
-# with pores, inclusions and cracks (data/demo_blades, work_dirs/demo_blades): 48 parts of
-# 12 views at 256 x 256, the picture of the first validation part.
+# with pores, inclusions and cracks (data/demo_blades, work_dirs/demo_blades): 36 parts of
+# 12 views at 256 x 256 (22 train, 7 val, 7 test), scored on the test parts, the picture
+# of the first test part.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,19 +31,21 @@ case "$DEMO" in
         DATA=data/demo
         WORK_DIR=work_dirs/demo
         PREFIX=demo
+        SPLIT=val   # the demo has train and val; its config tests on val
         BUILD=(demo --out "$DATA")
         CASE=LIDC-IDRI-0001
         ;;
     blades)
         CONFIG_2D=configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py
-        CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_blades-256.py
+        CONFIG=configs/mv2d_xray/mv2d_r18_fpn_1xb1-20e_blades-256.py
         DATA=data/demo_blades
         WORK_DIR=work_dirs/demo_blades
         PREFIX=blades
+        SPLIT=test  # the config tests on the held-out test parts
         # the config's header: smaller parts and a finer detector than the 512^2 default
-        BUILD=(blades --out "$DATA" --cases 48 --image-size 256 --pixel-spacing 0.703125
+        BUILD=(blades --out "$DATA" --cases 36 --image-size 256 --pixel-spacing 0.703125
                --span-mm 40 60 --defect-mm 0.6 2.5 --crack-mm 1.5 6 --detectable-mm 0.6)
-        CASE=  # the first validation part, known once the data is built
+        CASE=  # the first test part, known once the data is built
         ;;
     *)
         echo "error: DEMO=$DEMO: expected chest or blades" >&2
@@ -50,7 +53,7 @@ case "$DEMO" in
         ;;
 esac
 WORK_DIR_2D=$WORK_DIR/2d-stage
-VAL=$DATA/${PREFIX}_infos_val.pkl
+EVAL=$DATA/${PREFIX}_infos_${SPLIT}.pkl   # the split tools/test.py scores
 
 if [ ! -x "$PYTHON" ]; then
     echo "error: $PYTHON not found: run 'make install' first (or set PYTHON=...)" >&2
@@ -88,11 +91,11 @@ print(Config.fromfile(sys.argv[1]).train_cfg.max_epochs)" "$config")
 triangulation_baseline() {  # the same 2D detections triangulated: no learning in 3D
     local out=$WORK_DIR/triangulation
     mkdir -p "$out"
-    "$PYTHON" tools/triangulate.py --infos "$VAL" \
+    "$PYTHON" tools/triangulate.py --infos "$EVAL" \
         --dets2d "$WORK_DIR/dets2d.json" --out "$out/predictions.json"
-    "$PYTHON" tools/evaluate.py --gt "$VAL" \
+    "$PYTHON" tools/evaluate.py --gt "$EVAL" \
         --pred "$out/predictions.json" --out "$out/metrics.json"
-    "$PYTHON" tools/visualize.py case --infos "$VAL" --case "$CASE" \
+    "$PYTHON" tools/visualize.py case --infos "$EVAL" --case "$CASE" \
         --pred "$out/predictions.json" --out "$out/$CASE.png"
 }
 
@@ -100,15 +103,15 @@ demo_start=$(date +%s)
 stage 'demo dataset' "$PYTHON" -m data_converters "${BUILD[@]}"
 if [ -z "$CASE" ]; then
     CASE=$("$PYTHON" -c "import sys; from projects.mv2d_xray.core.io import read_pickle; \
-print(read_pickle(sys.argv[1])['data_list'][0]['token'])" "$VAL")
+print(read_pickle(sys.argv[1])['data_list'][0]['token'])" "$EVAL")
 fi
 stage 'training: 2D stage' train "$CONFIG_2D" "$WORK_DIR_2D"
 stage 'training: MV2D' train "$CONFIG" "$WORK_DIR" "$(cat "$WORK_DIR_2D/last_checkpoint")"
 CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
-stage 'test (validation cases)' "$PYTHON" tools/test.py "$CONFIG" "$CHECKPOINT" \
+stage "test ($SPLIT cases)" "$PYTHON" tools/test.py "$CONFIG" "$CHECKPOINT" \
     --work-dir "$WORK_DIR"
 stage "picture of $CASE" "$PYTHON" tools/visualize.py case \
-    --infos "$VAL" --case "$CASE" \
+    --infos "$EVAL" --case "$CASE" \
     --pred "$WORK_DIR/predictions.json" --dets2d "$WORK_DIR/dets2d.json" \
     --out "$WORK_DIR/$CASE.png"
 stage 'triangulation baseline' triangulation_baseline
@@ -117,7 +120,7 @@ demo_end=$(date +%s)
 echo
 echo "== $CASE"
 # where the best-scoring predictions lie relative to the case's true findings
-"$PYTHON" - "$VAL" "$CASE" "$WORK_DIR/predictions.json" \
+"$PYTHON" - "$EVAL" "$CASE" "$WORK_DIR/predictions.json" \
     "$WORK_DIR/triangulation/predictions.json" <<'PY'
 import json
 import sys

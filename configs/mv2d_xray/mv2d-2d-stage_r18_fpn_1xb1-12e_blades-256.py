@@ -1,6 +1,6 @@
 # The blades demo's 2D stage (`make demo-blades`), 12 epochs from scratch with the paper's
-# augmentations; then mv2d_r18_fpn_1xb1-30e_blades-256.py starts from it.
-_base_ = ['./mv2d_r18_fpn_1xb1-30e_blades-256.py']
+# augmentations; then mv2d_r18_fpn_1xb1-20e_blades-256.py starts from it.
+_base_ = ['./mv2d_r18_fpn_1xb1-20e_blades-256.py']
 
 work_dir = 'work_dirs/demo_blades/2d-stage'
 

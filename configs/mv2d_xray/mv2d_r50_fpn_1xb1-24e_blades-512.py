@@ -72,6 +72,10 @@ val_dataloader = dict(
     dataset=dict(data_root=data_root, ann_file='blades_infos_val.pkl', num_views=num_views,
                  sod_mm=sod_mm, image_size=img_size, metainfo=dict(classes=class_names),
                  pipeline=test_pipeline))
-test_dataloader = val_dataloader
+# tools/test.py scores the held-out test parts; validation during training reads val
+test_dataloader = dict(
+    dataset=dict(data_root=data_root, ann_file='blades_infos_test.pkl', num_views=num_views,
+                 sod_mm=sod_mm, image_size=img_size, metainfo=dict(classes=class_names),
+                 pipeline=test_pipeline))
 val_evaluator = dict(ann_file=data_root + 'blades_infos_val.pkl')
-test_evaluator = val_evaluator
+test_evaluator = dict(ann_file=data_root + 'blades_infos_test.pkl')

@@ -13,9 +13,10 @@ CMSX-4-like nickel superalloy; hafnia and alumina inclusions; voids); the render
 ``L = integral mu dl`` per pixel (:class:`~data_converters.render.XrayRenderer` on the
 ``mu`` volume, resampled to the isocentre pixel); the detector sees Beer-Lambert
 ``I = I0 exp(-L)`` blurred by a Gaussian of ``--blur-px`` and with Poisson noise of
-``--photons`` unattenuated photons per pixel; the PNGs are **16-bit**, ``round(L * scale)``
-with ``scale = 65535 / 12`` (a transmission of e^-12 is the darkest), recorded in
-``metainfo['converter']['blades']['image']``.
+``--photons`` unattenuated photons per pixel; the PNGs are **16-bit** over the window
+``L`` in 0..12 (:mod:`data_converters.image_encoding`: ``round(clip(L / 12, 0, 1) *
+65535)``; a transmission of e^-12 is white), recorded in ``metainfo['converter']
+['image']``.
 
 Acquisition: a turntable (the part's span along the ct z axis, which the ring turns
 about), by default 12 views over 360 degrees, source-object 400 mm and source-detector
@@ -27,9 +28,10 @@ largest parts need): at the default 512^2 a pixel is 0.78 mm, 0.39 mm at the par
 Labels: per defect the tight 3D box of its voxels (ct mm) and per view the tight box of
 its voxels' projected corners, exactly as for nodules
 (:class:`~data_converters.findings.Finding`); ``diameter_mm`` is the defect's size
-(diameter, a cluster's extent, a crack's length), which the size bands use. Each part is
-its own patient, so splits never share a part, and each part draws from its own random
-stream ``(seed, part index)``, so no generation seed is shared either.
+(diameter, a cluster's extent, a crack's length), which the size bands (0.3-1, 1-2, > 2 mm)
+use. Splits: train, val and test by part (``--val-fraction``, ``--test-fraction``; the
+part ``<split>-blade-NNNN`` is in ``<split>``), each part drawing from its own random
+stream ``(seed, part index)``, so no part and no generation seed is shared between them.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_converters.arguments import non_negative_int, positive_float, positive_int
+from data_converters.arguments import fraction, non_negative_int, positive_float, positive_int
 from data_converters.blade_parts import (MARGIN_VOXELS, BladeRanges, BladeShape, sample_blade,
                                          voxelise)
 from data_converters.cases import finish_case
@@ -47,10 +49,11 @@ from data_converters.casting_defects import DEFECT_CLASSES, DefectSettings, plac
 from data_converters.density import AttenuationVolume
 from data_converters.errors import ConverterError
 from data_converters.findings import Finding, LabelRule
+from data_converters.image_encoding import image_settings, to_uint16
 from data_converters.sources.base import ConversionSource, register_source
+from data_converters.splits import SPLIT_NAMES
 from data_converters.xray_physics import (INCLUSION_MATERIALS, MAX_LINE_INTEGRAL, DetectorModel,
-                                          detect, material_table, mu_volume, to_uint16,
-                                          uint16_scale)
+                                          detect, material_table, mu_volume)
 from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.geometry import project_points
 
@@ -106,6 +109,8 @@ class BladesSource(ConversionSource):
         val_fraction (float): fraction of parts in validation.
         device (str): torch device for rendering.
         voxel_mm (float): voxel size of the parts.
+        test_fraction (float): fraction of parts in test (val: ``val_fraction``; train
+            the rest).
         defects (DefectSettings): defect counts, mix and sizes.
         detector (DetectorModel): energy, dose and blur.
         ranges (BladeRanges): part dimensions.
@@ -126,11 +131,13 @@ class BladesSource(ConversionSource):
     def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  num_cases: int = 40, seed: int = 0, val_fraction: float = 0.2,
                  device: str = 'cpu', voxel_mm: float = 0.2,
+                 test_fraction: float = 0.2,
                  defects: DefectSettings = DefectSettings(),
                  detector: DetectorModel = DetectorModel(),
                  ranges: BladeRanges = BladeRanges(), mesh: Optional[str] = None):
         super().__init__(geometry, rule, device, val_fraction, seed)
         self.num_cases = int(num_cases)
+        self.test_fraction = float(test_fraction)
         self.voxel_mm = float(voxel_mm)
         self.defects = defects
         self.detector = detector
@@ -140,6 +147,11 @@ class BladesSource(ConversionSource):
         self._mesh: Optional[LoadedMesh] = None        # per process
         self._renderer = None
         self.check_settings()
+        counts = self.split_counts()
+        if min(counts.values()) < 1:
+            raise ConverterError(f'--cases {self.num_cases} with --val-fraction '
+                                 f'{self.val_fraction:g} and --test-fraction '
+                                 f'{self.test_fraction:g} leaves a split empty ({counts})')
         what = f'--mesh {mesh}' if mesh else 'the largest part of the ranges'
         self.check_field_of_view(self.largest_part_mm(), what)
 
@@ -148,6 +160,8 @@ class BladesSource(ConversionSource):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument('--cases', type=positive_int, default=40,
                             help='number of parts (default: 40)')
+        parser.add_argument('--test-fraction', type=fraction, default=0.2,
+                            help='fraction of the parts in the test split (default: 0.2)')
         parser.add_argument('--mesh', metavar='FILE',
                             help='your own part (watertight STL/OBJ/PLY, mm) instead of '
                             'generated blades; defects are inserted the same way')
@@ -189,8 +203,8 @@ class BladesSource(ConversionSource):
         if low > high:
             raise ConverterError(f'--span-mm {low:g} {high:g}: LOW must be <= HIGH')
         return cls(geometry, rule, args.cases, args.seed, args.val_fraction, args.device,
-                   args.voxel_mm, defects, detector, BladeRanges(span_mm=(low, high)),
-                   mesh=args.mesh)
+                   args.voxel_mm, args.test_fraction, defects, detector,
+                   BladeRanges(span_mm=(low, high)), mesh=args.mesh)
 
     def check_settings(self) -> None:
         """Refuse settings no part can satisfy (one line naming the flag)."""
@@ -224,8 +238,8 @@ class BladesSource(ConversionSource):
             parts=('mesh ' + self.mesh_path) if self.mesh_path else self.ranges.__dict__,
             defects=self.defects.to_dict(), detector=self.detector.to_dict(),
             mu_per_mm=mu,
-            image=dict(bits=16, encoding='round(L * scale), L = -log(I / I0)',
-                       scale=uint16_scale(), max_line_integral=MAX_LINE_INTEGRAL)))
+            splits=self.split_counts()),
+            image=image_settings(MAX_LINE_INTEGRAL, unit='-log(I / I0), dimensionless'))
 
     @property
     def renderer(self):
@@ -238,10 +252,24 @@ class BladesSource(ConversionSource):
         state['_mesh'] = state['_renderer'] = None
         return state
 
+    def split_counts(self) -> Dict[str, int]:
+        """Parts per split."""
+        val = int(round(self.num_cases * self.val_fraction))
+        test = int(round(self.num_cases * self.test_fraction))
+        return dict(train=self.num_cases - val - test, val=val, test=test)
+
+    def split_settings(self) -> dict:
+        return dict(val_fraction=self.val_fraction, seed=self.seed, force_val=[],
+                    named_splits=list(SPLIT_NAMES), test_fraction=self.test_fraction)
+
     # -- cases -------------------------------------------------------------------------
     def discover(self) -> Tuple[List[dict], Dict[str, str]]:
-        specs = [dict(token=f'blade-{i:04d}', patient_id=f'blade-{i:04d}', index=i)
-                 for i in range(self.num_cases)]
+        specs, index = [], 0
+        for split, count in self.split_counts().items():
+            for _ in range(count):
+                token = f'{split}-blade-{index:04d}'
+                specs.append(dict(token=token, patient_id=token, index=index))
+                index += 1
         return specs, {}
 
     def part(self, rng: np.random.Generator) -> Tuple[np.ndarray, Optional[BladeShape]]:
@@ -311,7 +339,6 @@ class BladesSource(ConversionSource):
 
     def convert(self, spec: dict, out_dir: str) -> dict:
         meta, findings, images = self.synthesize(spec['index'], spec['token'])
-        scale = uint16_scale()
         return finish_case(out_dir, spec['token'], spec['patient_id'], 'synthetic', meta,
                            self.geometry, images, findings,
-                           encode=lambda view: to_uint16(view, scale))
+                           encode=lambda view: to_uint16(view, MAX_LINE_INTEGRAL))

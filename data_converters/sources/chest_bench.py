@@ -63,12 +63,11 @@ from data_converters.sources.demo import (GROUND_GLASS_HU, SOLID_HU, insert_shap
                                           save_shape_pool)
 from data_converters.sources.lidc_annotations import (NODULE_CLASSES, nodule_from_annotations,
                                                       scan_tokens)
+from data_converters.splits import SPLIT_NAMES  # in the order of their random streams
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
 from projects.mv2d_xray.core.geometry import XrayGeometry
 from projects.mv2d_xray.core.io import atomic_write
 
-#: The splits, in the order of their random streams.
-SPLIT_NAMES = ('train', 'val', 'test')
 #: Diameter bands of ground-truth shapes (mm, [lo, hi)) and LUNA16's size mix over them.
 SIZE_BANDS_MM = ((3.0, 6.0), (6.0, 10.0), (10.0, 30.0))
 SIZE_MIX = (0.45, 0.35, 0.20)

@@ -9,8 +9,9 @@ from data_converters.blade_parts import (BladeRanges, channel_centres, sample_bl
                                          voxelise)
 from data_converters.casting_defects import (DEFECT_CLASSES, DefectSettings, crack_mask,
                                              place_defects)
-from data_converters.xray_physics import (DetectorModel, attenuation_per_mm, detect, from_uint16,
-                                          material_table, mu_volume, to_uint16, uint16_scale)
+from data_converters.image_encoding import from_uint16, to_uint16
+from data_converters.xray_physics import (MAX_LINE_INTEGRAL, DetectorModel, attenuation_per_mm,
+                                          detect, material_table, mu_volume)
 
 #: Small parts at a coarse pitch keep the tests fast.
 SMALL = BladeRanges(span_mm=(40.0, 50.0), chord_mm=(15.0, 18.0))
@@ -118,10 +119,9 @@ def test_photon_noise_has_poisson_statistics():
 
 def test_16_bit_images_round_trip_exactly(tmp_path):
     import cv2
-    scale = uint16_scale()
     grey = np.arange(0, 65536, 7, dtype=np.uint16)[:64 * 64].reshape(64, 64)
-    line = from_uint16(grey, scale)
-    assert np.array_equal(to_uint16(line, scale), grey)
+    line = from_uint16(grey, MAX_LINE_INTEGRAL)
+    assert np.array_equal(to_uint16(line, MAX_LINE_INTEGRAL), grey)
     path = str(tmp_path / 'view.png')
     cv2.imwrite(path, grey)
     back = cv2.imread(path, cv2.IMREAD_UNCHANGED)

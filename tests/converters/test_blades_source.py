@@ -13,16 +13,17 @@ from conftest import REPO_ROOT
 from data_converters.blade_parts import BladeRanges
 from data_converters.casting_defects import DEFECT_CLASSES, DefectSettings
 from data_converters.density import AttenuationVolume
+from data_converters.image_encoding import from_uint16, to_uint16
 from data_converters.render import XrayRenderer
 from data_converters.sources.blades import BladesSource
-from data_converters.xray_physics import (DetectorModel, attenuation_per_mm, from_uint16,
-                                          uint16_scale)
+from data_converters.xray_physics import MAX_LINE_INTEGRAL, DetectorModel, attenuation_per_mm
 from projects.mv2d_xray.core.geometry import XrayGeometry
 from projects.mv2d_xray.core.io import read_pickle
 
 #: Small parts, coarse voxels and small images keep a case to about a second.
 TINY = ['--cases', '3', '--image-size', '96', '--views', '6', '--voxel-mm', '0.5',
-        '--max-defects', '3', '--no-progress', '--val-fraction', '0.34']
+        '--max-defects', '3', '--no-progress', '--val-fraction', '0.34', '--test-fraction',
+        '0.34']
 
 
 def convert(out, *extra):
@@ -61,7 +62,8 @@ def test_cases_are_deterministic_16_bit_with_the_defect_classes(blades, tmp_path
     meta = infos['metainfo']
     assert tuple(meta['classes']) == DEFECT_CLASSES
     settings = meta['converter']['blades']
-    assert settings['image']['bits'] == 16
+    assert meta['converter']['image']['bit_depth'] == 16
+    assert meta['converter']['image']['window_mm'] == MAX_LINE_INTEGRAL
     assert settings['mu_per_mm']['superalloy'] == pytest.approx(
         attenuation_per_mm('superalloy', 150.0))
     assert meta['geometry']['num_views'] == 6 and meta['geometry']['sod_mm'] == 400.0
@@ -73,7 +75,7 @@ def test_cases_are_deterministic_16_bit_with_the_defect_classes(blades, tmp_path
 
 def test_labels_fit_their_defects(blades):
     tokens = []
-    for split in ('train', 'val'):
+    for split in ('train', 'val', 'test'):
         for case in read_pickle(str(blades / f'blades_infos_{split}.pkl'))['data_list']:
             tokens.append(case['token'])
             for inst in case['instances']:
@@ -88,6 +90,7 @@ def test_labels_fit_their_defects(blades):
                     x1, y1, x2, y2 = box['bbox']
                     assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
     assert len(set(tokens)) == len(tokens) == 3          # every part in one split only
+    assert sorted(t.split('-')[0] for t in tokens) == ['test', 'train', 'val']
 
 
 def test_without_noise_images_are_the_line_integrals_of_mu():
@@ -103,9 +106,9 @@ def test_without_noise_images_are_the_line_integrals_of_mu():
     from data_converters.xray_physics import detect
     image = detect(line, DetectorModel(photons_per_pixel=None, blur_sigma_px=0.0), None)
     assert image[0, 31:33, 31:33] == pytest.approx(mu * 10.0, rel=0.01)
-    scale = uint16_scale()
-    grey = np.round(image * scale).astype(np.uint16)
-    np.testing.assert_allclose(from_uint16(grey, scale), image, atol=0.5 / scale)
+    grey = to_uint16(image, MAX_LINE_INTEGRAL)
+    np.testing.assert_allclose(from_uint16(grey, MAX_LINE_INTEGRAL), image,
+                               atol=0.5 * MAX_LINE_INTEGRAL / 65535)
 
 
 def test_bad_inputs_are_one_line_and_write_nothing(tmp_path):

@@ -94,14 +94,15 @@ def _subcommands(parser):
 
 
 def test_cli_subcommands_come_from_the_registry(registry, tmp_path):
-    assert set(_subcommands(build_parser())) == {'blades', 'chest-bench', 'demo', 'lidc',
-                                                 'merge'}
+    assert set(_subcommands(build_parser())) == {'blades', 'chest-bench', 'demo',
+                                                 'export-study', 'lidc', 'merge'}
     assert load_sources() == {'blades': BladesSource, 'chest-bench': ChestBenchSource,
                               'demo': DemoSource, 'lidc': LidcSource}
     tiny = define_tiny_source()
     assert registry['tiny'] is tiny
     commands = _subcommands(build_parser())
-    assert set(commands) == {'blades', 'chest-bench', 'demo', 'lidc', 'merge', 'tiny'}
+    assert set(commands) == {'blades', 'chest-bench', 'demo', 'export-study', 'lidc',
+                             'merge', 'tiny'}
     args = commands['tiny'].parse_args(['--out', str(tmp_path), '--cases', '3'])
     # the source's own flag, and the common ones with the source's defaults
     assert args.cases == 3 and args.image_size == (16, 16) and args.prefix == 'tiny'

@@ -4,11 +4,11 @@
 # minutes, the 3D stage on the frozen 2D stage (as the chest demo). This file lists only
 # the differences from mv2d_r50_fpn_1xb1-24e_blades-512.py:
 #
-#   python -m data_converters blades --out data/demo_blades --cases 48 --image-size 256 \
+#   python -m data_converters blades --out data/demo_blades --cases 36 --image-size 256 \
 #       --pixel-spacing 0.703125 --span-mm 40 60 --defect-mm 0.6 2.5 --crack-mm 1.5 6 \
 #       --detectable-mm 0.6
 #   python tools/train.py configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py
-#   python tools/train.py configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_blades-256.py \
+#   python tools/train.py configs/mv2d_xray/mv2d_r18_fpn_1xb1-20e_blades-256.py \
 #       --cfg-options load_from=work_dirs/demo_blades/2d-stage/epoch_12.pth
 _base_ = ['./mv2d_r50_fpn_1xb1-24e_blades-512.py']
 
@@ -83,12 +83,14 @@ train_dataloader = dict(
 val_dataloader = dict(
     num_workers=2,
     dataset=dict(data_root=data_root, image_size=img_size, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+test_dataloader = dict(
+    num_workers=2,
+    dataset=dict(data_root=data_root, image_size=img_size, pipeline=test_pipeline))
 val_evaluator = dict(ann_file=data_root + 'blades_infos_val.pkl')
-test_evaluator = val_evaluator
+test_evaluator = dict(ann_file=data_root + 'blades_infos_test.pkl')
 
 # -- schedule: the chest demo's --------------------------------------------------------------
-max_epochs = 30
+max_epochs = 20
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=50),
