@@ -147,6 +147,7 @@ def setup_distributed(cfg, launcher: str) -> None:
     if launcher != 'pytorch':
         fail(f'--launcher {launcher} without CUDA is not supported: start the processes '
              'with torchrun (tools/dist_train.sh), which uses gloo on the CPU')
+    cfg.setdefault('env_cfg', dict())
     cfg.env_cfg.setdefault('dist_cfg', dict())
     cfg.env_cfg.dist_cfg.backend = 'gloo'
     wrapper = dict(cfg.get('model_wrapper_cfg', None) or dict())

@@ -199,6 +199,8 @@ def test_amp_training_on_cpu_resumes(small_config_file, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     log = first.stdout + first.stderr
     assert "type='XrayAmpOptimWrapper'" in log
+    from projects.mv2d_xray.mv2d_xray.engine import cpu_bf16_native
+    assert ('mixed precision on a CPU without native bf16' in log) != cpu_bf16_native()
     losses = [float(v) for v in re.findall(r'\sloss: (\S+)', log)]
     assert len(losses) == 2 and np.isfinite(losses).all() and min(losses) > 0, losses
     checkpoint = torch.load(osp.join(work_dir, 'epoch_1.pth'), map_location='cpu',
