@@ -45,13 +45,14 @@ def write_metrics(result: dict, path: str) -> None:
     print(f'\nmetrics written to {path}')
 
 
-def load_config(path: str, cfg_options=None):
-    """``Config.fromfile`` with one clear error line for a missing or broken config."""
+def load_config(path: str, cfg_options=None, import_custom_modules: bool = True):
+    """``Config.fromfile`` with one clear error line for a missing or broken config
+    (``import_custom_modules=False``: without importing the plugin, fast)."""
     from mmengine.config import Config
     if not osp.isfile(path):
         fail(f'config file not found: {path}')
     try:
-        cfg = Config.fromfile(path)
+        cfg = Config.fromfile(path, import_custom_modules=import_custom_modules)
     except Exception as exc:  # syntax errors, missing bases, failed custom_imports
         fail(f'cannot load config {path}: {type(exc).__name__}: {exc}')
     if cfg_options:
@@ -87,8 +88,108 @@ def check_launcher(launcher: str) -> None:
 
 
 #: What ``--amp`` needs (mmengine's AmpOptimWrapper asserts a GPU otherwise).
-AMP_MESSAGE = ('--amp needs a CUDA device or a CPU with bf16 support; mmengine\'s '
-               'AmpOptimWrapper found no CUDA device here (train without --amp on the CPU)')
+AMP_MESSAGE = ('--amp needs a CUDA device or a CPU with bf16 support; this machine has '
+               'neither (train without --amp)')
+
+
+def enable_amp(cfg) -> None:
+    """``--amp``: mixed precision through the plugin's ``XrayAmpOptimWrapper`` (mmengine's
+    ``AmpOptimWrapper`` on a GPU: fp16 with a dynamic loss scale, or the config's
+    ``optim_wrapper.dtype``; bf16 without loss scaling on the CPU). A config that already
+    names mmengine's ``AmpOptimWrapper`` keeps its settings. Stops with one line for
+    another wrapper type, or without CUDA and without CPU bf16 kernels."""
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper not in ('OptimWrapper', 'AmpOptimWrapper', 'XrayAmpOptimWrapper'):
+        fail(f'--amp needs optim_wrapper.type OptimWrapper, the config has {wrapper}')
+    cfg.optim_wrapper.type = 'XrayAmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    check_amp_device(cfg)
+
+
+def check_amp_device(cfg) -> None:
+    """One line when the config's mixed precision cannot run here: mmengine's
+    ``AmpOptimWrapper`` without CUDA (it asserts a GPU; ``--amp`` uses the plugin's
+    wrapper, which runs bf16 on the CPU), or no CUDA and no CPU bf16 kernels."""
+    import torch
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if torch.cuda.is_available() or wrapper not in ('AmpOptimWrapper',
+                                                    'XrayAmpOptimWrapper'):
+        return
+    from projects.mv2d_xray.mv2d_xray.engine.amp_optim_wrapper import cpu_bf16_supported
+    if not cpu_bf16_supported():
+        fail(AMP_MESSAGE)
+    if wrapper == 'AmpOptimWrapper':
+        fail('optim_wrapper.type AmpOptimWrapper (mmengine\'s) needs a GPU; use '
+             'XrayAmpOptimWrapper (or --amp), which runs bf16 on the CPU')
+    dtype = str(cfg.optim_wrapper.get('dtype', None) or 'bfloat16')
+    if dtype.replace('torch.', '') != 'bfloat16':
+        fail(f'optim_wrapper.dtype={dtype}: mixed precision on the CPU runs in bfloat16 '
+             'only (set optim_wrapper.dtype=bfloat16 or leave it unset)')
+
+
+def setup_distributed(cfg, launcher: str) -> None:
+    """Multi-process runs on a machine without CUDA: gloo, and a model wrapper that
+    takes CPU modules.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` (an error without CUDA) and
+    its ``Runner`` wraps the model with ``device_ids``, which DDP refuses for CPU
+    modules: without CUDA this starts the process group itself with gloo (from the
+    environment torchrun sets) and selects the plugin's ``XrayDistributedDataParallel``.
+    ``sync_bn`` (the config key mmengine's ``Runner`` reads) needs CUDA: PyTorch's
+    SyncBatchNorm has no CPU kernel. With CUDA everything is mmengine's (nccl, the
+    config's ``env_cfg.dist_cfg``)."""
+    import torch
+    if launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.get('sync_bn', None):
+        fail(f"sync_bn={cfg.sync_bn!r} needs CUDA: PyTorch's SyncBatchNorm has no CPU "
+             'kernel (set sync_bn=None for multi-process CPU runs)')
+    if launcher != 'pytorch':
+        fail(f'--launcher {launcher} without CUDA is not supported: start the processes '
+             'with torchrun (tools/dist_train.sh), which uses gloo on the CPU')
+    cfg.setdefault('env_cfg', dict())
+    cfg.env_cfg.setdefault('dist_cfg', dict())
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    wrapper = dict(cfg.get('model_wrapper_cfg', None) or dict())
+    wrapper.setdefault('type', 'mmdet3d.XrayDistributedDataParallel')
+    wrapper.setdefault('broadcast_buffers', False)   # as mmengine's default wrapper
+    wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    cfg.model_wrapper_cfg = wrapper
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist_cfg = {k: v for k, v in cfg.env_cfg.dist_cfg.items() if k != 'backend'}
+        if 'timeout' in dist_cfg:
+            import datetime
+            dist_cfg['timeout'] = datetime.timedelta(seconds=dist_cfg['timeout'])
+        dist.init_process_group(backend='gloo', **dist_cfg)
+
+
+def count_cases(cfg, split: str = 'train'):
+    """``(path, number of cases)`` of a split's info pickle as the config names it
+    (``<split>_dataloader.dataset``: ``data_root`` + ``ann_file``), read without the
+    plugin (numpy only); None when the dataset is not such a file."""
+    dataset = cfg.get(f'{split}_dataloader', dict()).get('dataset', dict())
+    ann_file = dataset.get('ann_file', None)
+    if not isinstance(ann_file, str):
+        return None
+    path = osp.join(dataset.get('data_root', '') or '', ann_file)
+    if not osp.isfile(path):
+        return None
+    from projects.mv2d_xray.core.data_format import load_infos
+    try:
+        return path, len(load_infos(path)['data_list'])
+    except (ValueError, OSError):
+        return None
+
+
+def check_world_size(cfg, world_size: int) -> None:
+    """One line when more processes than training cases were asked for (every process
+    needs at least one case; mmengine's sampler would repeat cases instead)."""
+    counted = count_cases(cfg, 'train')
+    if counted is not None and world_size > counted[1]:
+        path, num = counted
+        fail(f'{path}: {num} training cases for {world_size} processes (NNODES x NPROC); '
+             f'use at most {num} processes')
 
 
 def _is_project_error(exc: BaseException) -> bool:

@@ -3,6 +3,8 @@
     python tools/test.py CONFIG CHECKPOINT [--trust-checkpoint] [--work-dir DIR]
         [--cfg-options ...] [--launcher ...]
 
+Several processes: ``tools/dist_test.sh CONFIG CHECKPOINT NPROC`` (same metrics).
+
 The metrics are printed as a table and, for the project's metric, written to
 ``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``).
 """
@@ -12,8 +14,8 @@ import os.path as osp
 
 from _checkpoints import (CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, checkpoint_loading,
                           require_fit)
-from _common import (add_debug_flag, check_launcher, default_work_dir, fail, load_config,
-                     run_main, set_local_rank)
+from _common import (add_debug_flag, check_launcher, default_work_dir, fail, load_config, run_main,
+                     set_local_rank, setup_distributed)
 
 
 def parse_args():
@@ -61,6 +63,7 @@ def main():
     cfg.launcher = args.launcher
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint
+    setup_distributed(cfg, args.launcher)
     if cfg.get('test_evaluator') is not None:
         _route_metrics_json(cfg.test_evaluator, osp.join(cfg.work_dir, 'metrics.json'))
 

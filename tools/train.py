@@ -5,17 +5,18 @@
         [--launcher none|pytorch|slurm|mpi]
 
 Run it from anywhere; the repository root is put on ``sys.path``. For several GPUs or
-processes use ``tools/dist_train.sh CONFIG NPROC``.
+processes use ``tools/dist_train.sh CONFIG NPROC`` (gloo and a CPU-capable DDP wrapper
+when there is no CUDA: ``_common.setup_distributed``).
 """
 import argparse
-import logging
 import os.path as osp
 import sys
 
 from _checkpoints import (CHECKPOINT_HELP, TRUST_HELP, checkpoint_loading, require_fit,
                           require_resumable, starting_weights_note)
-from _common import (AMP_MESSAGE, add_debug_flag, check_launcher, default_work_dir, fail,
-                     load_config, run_main, set_local_rank)
+from _common import (add_debug_flag, check_amp_device, check_launcher, check_world_size,
+                     default_work_dir, enable_amp, fail, load_config, run_main, set_local_rank,
+                     setup_distributed)
 
 
 def parse_args():
@@ -29,7 +30,9 @@ def parse_args():
     parser.add_argument('config', help='config file, e.g. configs/mv2d_xray/...py')
     parser.add_argument('--work-dir', help='where to save logs and checkpoints')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+                        help='automatic mixed precision (mmengine\'s AmpOptimWrapper: fp16 '
+                        'with a dynamic loss scale on a GPU, or optim_wrapper.dtype=bfloat16; '
+                        'bf16 on the CPU); the 3D head stays fp32')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from this checkpoint, or without a value from the '
                         'latest checkpoint in the work dir')
@@ -43,6 +46,7 @@ def parse_args():
                         default='none', help='job launcher (dist_train.sh uses pytorch)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
                         help=argparse.SUPPRESS)
+    parser.add_argument('--check-world-size', type=int, metavar='N', help=argparse.SUPPRESS)
     add_debug_flag(parser)
     args = parser.parse_args()
     set_local_rank(args.local_rank)
@@ -51,6 +55,14 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.check_world_size is not None:
+        # tools/dist_train.sh's check before it starts the processes: the config and
+        # the info pickle only (no plugin import, about a second)
+        if args.check_world_size < 1:
+            fail(f'the number of processes must be at least 1, got {args.check_world_size}')
+        check_world_size(load_config(args.config, args.cfg_options, False),
+                         args.check_world_size)
+        return
     check_launcher(args.launcher)
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
@@ -58,20 +70,10 @@ def main():
     print(f'work dir: {osp.abspath(cfg.work_dir)}', flush=True)
 
     if args.amp:
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper == 'AmpOptimWrapper':
-            from mmengine.logging import print_log
-            print_log('AMP is already enabled in the config.', logger='current',
-                      level=logging.WARNING)
-        elif wrapper != 'OptimWrapper':
-            fail(f'--amp needs optim_wrapper.type OptimWrapper, the config has {wrapper}')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
-    if cfg.optim_wrapper.get('type') == 'AmpOptimWrapper':
-        import torch
-        if not torch.cuda.is_available():   # mmengine's AmpOptimWrapper asserts a GPU
-            fail(AMP_MESSAGE)
+        enable_amp(cfg)
+    else:
+        check_amp_device(cfg)
+    setup_distributed(cfg, args.launcher)
 
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
@@ -87,6 +89,8 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if runner.distributed:   # torchrun without dist_train.sh's check
+        check_world_size(cfg, runner.world_size)
 
     def check(name: str, checkpoint) -> None:
         if cfg.get('resume'):

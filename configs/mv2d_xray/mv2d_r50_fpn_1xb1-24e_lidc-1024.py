@@ -68,7 +68,15 @@ model = dict(
             depth=50,
             num_stages=4,
             out_indices=(0, 1, 2, 3),
-            frozen_stages=-1,        # from scratch: train the stem too
+            # Frozen stages (mmdet's ResNet): -1 trains every stage (from scratch); with a
+            # pretrained backbone, 1 keeps the stem and the first stage as loaded (no
+            # gradients, no optimiser state, their BN in eval mode).
+            frozen_stages=-1,
+            # Gradient checkpointing (memory): True recomputes each residual block's
+            # activations in the backward pass instead of keeping them (blocks whose
+            # input needs no gradient, under frozen stages, are not checkpointed);
+            # README "Memory, mixed precision and several processes" has the figures.
+            with_cp=False,
             norm_cfg=dict(type='BN', requires_grad=True),
             norm_eval=False,
             style='pytorch',

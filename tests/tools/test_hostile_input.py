@@ -1,7 +1,7 @@
 """Careless and hostile input to the tools (issue 13): one line "error: ..." and exit
 status 2 instead of a traceback or a silently wrong run -- misspelled config keys,
-ground-truth labels outside the class list, an empty split, a corrupt PNG, ``--amp``
-without a GPU, ``--launcher pytorch`` without torchrun, ``--out`` a directory -- and the
+ground-truth labels outside the class list, an empty split, a corrupt PNG, mixed
+precision the CPU cannot run, ``--launcher pytorch`` without torchrun, ``--out`` a directory -- and the
 full traceback with ``--debug``."""
 import json
 import os
@@ -12,8 +12,9 @@ import shutil
 import pytest
 import torch
 from conftest import REPO_ROOT
-from eval_fake_data import DEFAULT_EVAL_CASES, write_eval_dataset
+from eval_fake_data import DEFAULT_EVAL_CASES
 from eval_fake_data import run_tool as run_tool_inline
+from eval_fake_data import write_eval_dataset
 from test_train_test import DEMO_CONFIG, run_tool
 
 
@@ -120,11 +121,35 @@ def test_launcher_pytorch_without_torchrun(tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='AMP runs on a GPU')
-def test_amp_on_cpu(tmp_path):
-    out = run_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'run'), '--amp')
-    one_error_line(out, '--amp needs a CUDA device or a CPU with bf16 support')
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path of AMP')
+@pytest.mark.parametrize('options, named', [
+    (['optim_wrapper.type=AmpOptimWrapper'], "AmpOptimWrapper (mmengine's) needs a GPU"),
+    (['optim_wrapper.dtype=float16'], 'optim_wrapper.dtype=float16: mixed precision on the '
+     'CPU runs in bfloat16 only'),
+])
+def test_amp_settings_the_cpu_cannot_run(tmp_path, options, named):
+    args = ['--amp'] if 'dtype' in options[0] else []
+    out = run_tool('train.py', DEMO_CONFIG, '--work-dir', str(tmp_path / 'run'), *args,
+                   '--cfg-options', *options)
+    one_error_line(out, named)
     assert not (tmp_path / 'run').exists()
+
+
+def test_amp_on_a_cpu_without_bf16(monkeypatch, capsys):
+    """Without CUDA and without CPU bf16 kernels, ``--amp`` stops with one line."""
+    import importlib
+
+    from mmengine.config import Config
+    monkeypatch.syspath_prepend(osp.join(REPO_ROOT, 'tools'))
+    common = importlib.import_module('_common')
+    engine = importlib.import_module('projects.mv2d_xray.mv2d_xray.engine.amp_optim_wrapper')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(engine, 'cpu_bf16_supported', lambda: False)
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD'))))
+    with pytest.raises(SystemExit) as exc:
+        common.enable_amp(cfg)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == f'error: {common.AMP_MESSAGE}'
 
 
 def test_visualize_metrics_out_a_directory(tmp_path):

@@ -184,3 +184,35 @@ def test_tools_test_routes_metrics_json():
     cfg = ConfigDict(type='XrayDet3DMetric', ann_file='x.pkl')
     module._route_metrics_json(cfg, 'work/metrics.json')
     assert cfg['out_file'] == 'work/metrics.json'
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU (bf16) path')
+def test_amp_training_on_cpu_resumes(small_config_file, tmp_path):
+    """``--amp`` on the CPU trains in bf16 through the plugin's ``XrayAmpOptimWrapper``
+    with finite losses (2D and 3D terms), saves its (disabled) loss scaler with the
+    optimiser, and ``--resume --amp`` continues from that checkpoint at epoch 2."""
+    work_dir = str(tmp_path / 'amp')
+    no_val = 'train_cfg.val_begin=100'
+    two_cases = 'train_dataloader.dataset.indices=2'     # two iterations per epoch
+    first = run_tool('train.py', small_config_file, '--work-dir', work_dir, '--amp',
+                     '--cfg-options', 'train_cfg.max_epochs=1', no_val, two_cases)
+    assert first.returncode == 0, first.stderr[-3000:]
+    log = first.stdout + first.stderr
+    assert "type='XrayAmpOptimWrapper'" in log
+    from projects.mv2d_xray.mv2d_xray.engine import cpu_bf16_native
+    assert ('mixed precision on a CPU without native bf16' in log) != cpu_bf16_native()
+    losses = [float(v) for v in re.findall(r'\sloss: (\S+)', log)]
+    assert len(losses) == 2 and np.isfinite(losses).all() and min(losses) > 0, losses
+    checkpoint = torch.load(osp.join(work_dir, 'epoch_1.pth'), map_location='cpu',
+                            weights_only=False)
+    assert checkpoint['optimizer']['loss_scaler'] == {}
+
+    second = run_tool('train.py', small_config_file, '--work-dir', work_dir, '--amp',
+                      '--resume', '--cfg-options', no_val, two_cases)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert 'resumed epoch: 1' in log and re.search(r'Epoch\(train\)\s+\[2\]', log)
+    losses = [float(v) for v in re.findall(r'\sloss: (\S+)', log)]
+    assert len(losses) == 2 and np.isfinite(losses).all(), losses
+    assert torch.load(osp.join(work_dir, 'epoch_2.pth'), map_location='cpu',
+                      weights_only=False)['meta']['epoch'] == 2

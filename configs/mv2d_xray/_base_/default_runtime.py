@@ -13,7 +13,12 @@ default_hooks = dict(
 env_cfg = dict(
     cudnn_benchmark=False,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'))
+    dist_cfg=dict(backend='nccl'))   # without CUDA, tools/train.py uses gloo
+
+# Multi-process runs (tools/dist_train.sh): 'torch' makes mmengine's Runner convert the BN
+# layers to SyncBatchNorm (batch statistics over all processes; CUDA only -- the tools
+# refuse it without CUDA); None keeps per-process BN. One process ignores it.
+sync_bn = None
 
 vis_backends = [dict(type='LocalVisBackend')]  # scalars.json in the run's folder
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')

@@ -30,9 +30,12 @@ With ``explain=True`` (:meth:`predict`), every output box also comes with its ev
 the detection its query was lifted from, the relevant detections it attended to and the
 decoder's cross-attention over them (:mod:`.explanation`); the boxes are the same.
 
-All of it runs in fp32 with autocast disabled on the features' device (MV2D's
-``force_fp32``): depths of hundreds of mm and inverse projection matrices do not
-survive fp16. Scenes are independent and may hold any number of views and detections.
+All of it -- RoI-align, geometry, query generation, the decoder, the Hungarian matching
+and the losses -- runs in fp32 with autocast disabled on the features' device (MV2D's
+``force_fp32``; the features are cast with ``.float()``): depths of hundreds of mm and
+inverse projection matrices do not survive fp16 or bf16, and mmcv's CPU RoI-align has
+no bf16 kernel. Under ``--amp`` only the 2D backbone, FPN and RPN convolutions run in
+half precision (:mod:`.two_stage_2d`). Scenes are independent and may hold any number of views and detections.
 """
 from contextlib import nullcontext
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -468,10 +471,12 @@ class MV2DXrayRoIHead(BaseModule):
                 and ``labels_3d``.
         """
         out = self.forward(feats, rois, batch_img_metas, num_views, roi_scores)
-        return self.bbox_head.loss_by_feat(out['all_cls_scores'],
-                                           out['all_codes'], out['scene_ids'],
-                                           batch_gt_instances_3d,
-                                           self.stage_loss_weights)
+        # the matching and the losses in fp32 too (the outputs are fp32 already)
+        with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
+            return self.bbox_head.loss_by_feat(out['all_cls_scores'],
+                                               out['all_codes'], out['scene_ids'],
+                                               batch_gt_instances_3d,
+                                               self.stage_loss_weights)
 
     def predict(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,

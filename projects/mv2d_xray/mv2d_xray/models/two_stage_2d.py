@@ -6,17 +6,47 @@ needs the same backbone/FPN features for the RoI-aligned 3D queries, so this sub
 splits both into ``*_by_feat`` methods that take the features. Everything else
 (backbone, neck, RPN, RoI head, configs, checkpoints) is plain mmdet, so Faster R-CNN
 and other two-stage detectors (Cascade R-CNN, ...) fit.
+
+Mixed precision: under autocast (``--amp``: fp16/bf16 on CUDA, bf16 on the CPU) the
+backbone, the FPN and the RPN's convolutions run in the autocast dtype; the rest of the
+2D stage runs in fp32 with autocast disabled (:func:`fp32_region`, inputs cast with
+``.float()``): the RPN's proposal decoding + NMS, and the R-CNN (RoI-align, its FCs,
+its losses in training, decoding + NMS at test time). mmcv's CPU ops have float32
+kernels only (``nms``: "expected scalar type Float but found BFloat16"; ``RoIAlign``:
+"not implemented for 'BFloat16'"), and box coordinates of a 1024 px image lose whole
+pixels in bf16 (8 bits of mantissa: steps of 4 px above 512 px). One code path on every
+device: the R-CNN is small next to the backbone on N full views (its fp32 cost is the
+sampled RoIs -- 512 per view -- through two FCs).
 """
+from contextlib import contextmanager
 from typing import Dict, Tuple
 
 import torch
 from mmdet3d.registry import MODELS
 from mmdet.models.detectors import TwoStageDetector
+from mmdet.models.utils import unpack_gt_instances
 from mmdet.structures import SampleList
 from mmdet.utils import InstanceList
 from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
 from torch import Tensor
+
+
+@contextmanager
+def fp32_region(device: torch.device):
+    """Disable autocast on ``device``'s type (a no-op without autocast); callers cast
+    their inputs with ``.float()``."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _float(tensors):
+    """Nested lists/tuples of tensors with every floating tensor as float32."""
+    if isinstance(tensors, Tensor):
+        return tensors.float() if tensors.is_floating_point() else tensors
+    if isinstance(tensors, (list, tuple)):
+        return type(tensors)(_float(t) for t in tensors)
+    return tensors
 
 
 @MODELS.register_module()
@@ -61,14 +91,20 @@ class MV2DXrayTwoStage2D(TwoStageDetector):
             rpn_sample.gt_instances.labels = torch.zeros_like(
                 sample.gt_instances.labels)
             rpn_data_samples.append(rpn_sample)
-        rpn_losses, rpn_results_list = self.rpn_head.loss_and_predict(
-            x, rpn_data_samples, proposal_cfg=proposal_cfg)
+        # mmdet's ``rpn_head.loss_and_predict``, with the proposals made in fp32
+        gt_instances, gt_ignore, img_metas = unpack_gt_instances(rpn_data_samples)
+        outs = self.rpn_head(x)
+        rpn_losses = self.rpn_head.loss_by_feat(*outs, gt_instances, img_metas, gt_ignore)
+        with fp32_region(x[0].device):
+            rpn_results_list = self.rpn_head.predict_by_feat(
+                *_float(outs), batch_img_metas=img_metas, cfg=proposal_cfg)
         for key in list(rpn_losses):
             if 'loss' in key and 'rpn' not in key:
                 rpn_losses[f'rpn_{key}'] = rpn_losses.pop(key)
         losses.update(rpn_losses)
-        losses.update(
-            self.roi_head.loss(x, rpn_results_list, batch_data_samples))
+        with fp32_region(x[0].device):   # RoI-align in fp32 (module docstring)
+            losses.update(
+                self.roi_head.loss(_float(tuple(x)), rpn_results_list, batch_data_samples))
         return losses
 
     def predict_by_feat(self, x: Tuple[Tensor], batch_data_samples: SampleList,
@@ -87,9 +123,11 @@ class MV2DXrayTwoStage2D(TwoStageDetector):
             list[InstanceData]: per image ``bboxes`` ``(K, 4)``, ``scores``,
             ``labels``.
         """
-        rpn_results_list = self.rpn_head.predict(
-            x, batch_data_samples, rescale=False)
         batch_img_metas = [sample.metainfo for sample in batch_data_samples]
-        return self.roi_head.predict_bbox(
-            x, batch_img_metas, rpn_results_list,
-            rcnn_test_cfg=ConfigDict(rcnn_test_cfg), rescale=False)
+        outs = self.rpn_head(x)
+        with fp32_region(x[0].device):   # decoding and NMS in fp32 (module docstring)
+            rpn_results_list = self.rpn_head.predict_by_feat(
+                *_float(outs), batch_img_metas=batch_img_metas, rescale=False)
+            return self.roi_head.predict_bbox(
+                _float(tuple(x)), batch_img_metas, rpn_results_list,
+                rcnn_test_cfg=ConfigDict(rcnn_test_cfg), rescale=False)
