@@ -65,7 +65,7 @@ from data_converters.sources.lidc_annotations import (NODULE_CLASSES, nodule_fro
                                                       scan_tokens)
 from data_converters.splits import SPLIT_NAMES  # in the order of their random streams
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
-from projects.mv2d_xray.core.geometry import XrayGeometry
+from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.io import atomic_write
 
 #: Diameter bands of ground-truth shapes (mm, [lo, hi)) and LUNA16's size mix over them.
@@ -137,7 +137,7 @@ class ChestBenchSource(ConversionSource):
     """The chest benchmark (see the module docstring).
 
     Args:
-        geometry (XrayGeometry): the views.
+        geometry (Acquisition | XrayGeometry): the views.
         rule (LabelRule): which nodules are ground truth.
         num_cases (int): synthetic cases in all (LIDC-IDRI-0001 comes on top).
         seed (int): seed of everything drawn.
@@ -157,7 +157,7 @@ class ChestBenchSource(ConversionSource):
     cli_description = DESCRIPTION
     default_image_size = 320
 
-    def __init__(self, geometry: XrayGeometry, rule: LabelRule = LabelRule(),
+    def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
                  num_cases: int = 440, seed: int = 0, val_fraction: float = 0.2,
                  test_fraction: float = 0.25,
                  deformations: Tuple[int, int, int] = DEFAULT_DEFORMATIONS,
@@ -198,7 +198,7 @@ class ChestBenchSource(ConversionSource):
                             help='most inserted nodules per case (default: 3)')
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, geometry: XrayGeometry,
+    def from_args(cls, args: argparse.Namespace, geometry: Acquisition,
                   rule: LabelRule) -> 'ChestBenchSource':
         return cls(geometry, rule, args.cases, args.seed, args.val_fraction,
                    args.test_fraction, args.deformations,
@@ -223,8 +223,22 @@ class ChestBenchSource(ConversionSource):
         probs = np.asarray(NODULE_COUNT_PROBS[:self.max_nodules + 1], dtype=float)
         return probs / probs.sum()
 
+    def detector_pitch_mm(self) -> float:
+        """The detector pitch of the views (the photon noise counts quanta per pixel).
+
+        Raises:
+            ConverterError: a calibration without ``pixel_spacing_mm`` for every view, or
+                with several pitches.
+        """
+        pitches = set(self.geometry.pixel_spacing)
+        if None in pitches or len(pitches) != 1:
+            raise ConverterError(
+                'chest-bench: the photon noise needs one detector pitch for all views: give '
+                'pixel_spacing_mm (the same) for every view of the --acquisition file')
+        return float(pitches.pop())
+
     def source_settings(self) -> dict:
-        pitch = self.geometry.pixel_spacing_mm
+        pitch = self.detector_pitch_mm()
         return dict(
             image=image_settings(WINDOW_MM),
             chest_bench=dict(
@@ -467,7 +481,7 @@ class ChestBenchSource(ConversionSource):
 
     def noisy(self, images: np.ndarray, stream: int, index: int) -> np.ndarray:
         """Photon noise on each view, seeded per (split stream, case, view)."""
-        pitch = self.geometry.pixel_spacing_mm
+        pitch = self.detector_pitch_mm()
         return np.stack([self.noise.apply(view, pitch, np.random.default_rng(
             [self.seed, STREAM_NOISE, stream, index, number]))
             for number, view in enumerate(images)])

@@ -187,7 +187,8 @@ class MV2DXrayInferencer:
         from mmdet3d.structures import get_box_type
         from mmengine.dataset import pseudo_collate
 
-        from projects.mv2d_xray.mv2d_xray.datasets.transforms.loading import add_views
+        from projects.mv2d_xray.mv2d_xray.datasets.transforms.loading import (add_views,
+                                                                           grey_scale)
         if self.train_num_views is not None and study.num_views != self.train_num_views:
             self._say_once(('num_views', study.num_views),
                            f'studies with {study.num_views} views (e.g. {study.token}): the '
@@ -199,7 +200,10 @@ class MV2DXrayInferencer:
                        view_names=list(study.acquisition.view_names),
                        img_path=list(study.image_paths), box_type_3d=box_type,
                        box_mode_3d=box_mode, **mats)
-        add_views(results, [img.pixels for img in images])
+        # the training images' scale: 16-bit values onto 0..255 for a 16-bit model (its
+        # data were 16-bit PNGs, which the loader scales the same way)
+        add_views(results, [grey_scale(img.pixels, self.intensity.bit_depth)
+                            for img in images])
         item = self.pipeline(results)
         return self.model.data_preprocessor(pseudo_collate([item]), False)
 

@@ -32,6 +32,16 @@ def is_16bit_png(data: bytes) -> bool:
             and data[PNG_BIT_DEPTH_BYTE] == 16)
 
 
+def grey_scale(values: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Grey values of an image on the models' 0..255 scale: a 16-bit image's (values
+    0..65535) times :data:`UINT16_TO_GREY` as float32, an 8-bit image's as they are. The
+    rule goes by the image's bit depth (a 16-bit PNG; for a study, the depth the model
+    was trained on), not by the array's type: an 8-bit DICOM stores 0..255 in uint16."""
+    if bit_depth == 16:
+        return np.asarray(values, np.float32) * np.float32(UINT16_TO_GREY)
+    return values
+
+
 class XrayImageError(ValueError):
     """An image file that cannot be decoded or disagrees with the info pickle."""
 
@@ -43,9 +53,9 @@ def add_views(results: dict, greys: Sequence[np.ndarray]) -> dict:
     Args:
         results (dict): with ``cam2img`` and ``lidar2img`` ``(N, 4, 4)`` (and ``token``
             for messages).
-        greys (Sequence[np.ndarray]): per view an ``(H, W)`` array of grey values (any
-            numeric type; the model's training convention is 0..255). ``uint16`` arrays
-            (16-bit images) are scaled by :data:`UINT16_TO_GREY` onto that scale.
+        greys (Sequence[np.ndarray]): per view an ``(H, W)`` array of grey values on
+            the model's 0..255 scale (any numeric type; 16-bit images first go through
+            :func:`grey_scale`).
 
     Returns:
         dict: ``results`` with ``img`` (N ``(H, W, 3)`` float32, the grey value in 3
@@ -60,10 +70,7 @@ def add_views(results: dict, greys: Sequence[np.ndarray]) -> dict:
     for grey in greys:
         # explicit grey -> 3 identical float32 channels (see LoadXrayMultiViewImages)
         img = np.empty(grey.shape + (3,), np.float32)
-        if grey.dtype == np.uint16:
-            img[...] = grey[:, :, None] * np.float32(UINT16_TO_GREY)
-        else:
-            img[...] = grey[:, :, None]
+        img[...] = grey[:, :, None]
         imgs.append(img)
     shapes = {img.shape[:2] for img in imgs}
     if len(shapes) != 1:
@@ -86,7 +93,7 @@ class LoadXrayMultiViewImages(BaseTransform):
     The views are 8-bit or 16-bit grey PNGs. An 8-bit file is decoded as grey (a colour
     file would be converted to grey), values 0..255; a 16-bit PNG (the blades' and the
     chest benchmark's) is decoded unchanged and put on the same scale by ``255 / 65535``
-    (:func:`add_views`), keeping its finer steps, so one ``data_preprocessor`` mean/std
+    (:func:`grey_scale`), keeping its finer steps, so one ``data_preprocessor`` mean/std
     convention serves both. The grey channel is replicated into **3 identical channels**, so
     that 3-channel backbones (and ``Det3DDataPreprocessor`` with a 3-value mean/std) take it
     unchanged; the photometric augmentations keep the channels identical. mmdet3d's
@@ -132,7 +139,7 @@ class LoadXrayMultiViewImages(BaseTransform):
         if grey is None or grey.size == 0:
             raise XrayImageError(f"cannot decode the image of view '{view}' (not a valid "
                                  f'PNG: corrupt, truncated or empty): {path}')
-        return grey
+        return grey_scale(grey, 16 if deep else 8)
 
     def transform(self, results: dict) -> dict:
         greys = []
