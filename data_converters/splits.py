@@ -28,6 +28,15 @@ from projects.mv2d_xray.core.io import atomic_output, atomic_write, remove_stale
 SPLITS = ('train', 'val')
 #: The named splits of the benchmark sources (``chest-bench``, ``blades``).
 SPLIT_NAMES = ('train', 'val', 'test')
+
+
+def named_split_counts(num_cases: int, val_fraction: float,
+                       test_fraction: float) -> Dict[str, int]:
+    """Cases per split of :data:`SPLIT_NAMES`: val and test the rounded fractions of
+    ``num_cases``, train the rest."""
+    val = int(round(num_cases * val_fraction))
+    test = int(round(num_cases * test_fraction))
+    return dict(train=num_cases - val - test, val=val, test=test)
 #: Split settings key of a source that names its own splits (e.g. ``['train', 'val',
 #: 'test']``): patient ``<name>-...`` goes to split ``<name>``, the ``force_val``
 #: patients to ``val``; ``val_fraction`` is then unused.

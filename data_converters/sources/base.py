@@ -35,7 +35,7 @@ class ConversionSource:
     Subclasses set the class attributes, implement :meth:`discover`, :meth:`convert` and
     :meth:`from_args`, and may override :meth:`add_arguments`, :meth:`source_settings`,
     :meth:`split_settings` and :meth:`prepare`. A source is pickled to worker processes
-    (``spawn``): keep per-process caches out of :meth:`__getstate__`.
+    (``spawn``): name per-process caches in :attr:`process_caches`, which pickling drops.
 
     Class attributes:
         name (str): subcommand and ``metainfo['converter']['source']``, e.g. ``'lidc'``.
@@ -124,6 +124,25 @@ class ConversionSource:
     def render_settings(self) -> dict:
         """The renderer's settings, the density mapping's description included."""
         return self.make_renderer().settings()
+
+    #: Attributes that hold per-process state (caches a worker rebuilds itself); pickling
+    #: a source for a worker process drops them (:meth:`__getstate__`).
+    process_caches: Tuple[str, ...] = ('_renderer',)
+
+    @property
+    def renderer(self):
+        """The source's one :class:`~data_converters.render.XrayRenderer` per process
+        (:meth:`make_renderer`, made on first use), with the settings of
+        ``fingerprint()['render']``."""
+        if getattr(self, '_renderer', None) is None:
+            self._renderer = self.make_renderer()
+        return self._renderer
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for name in self.process_caches:
+            state[name] = None
+        return state
 
     def make_renderer(self):
         """A :class:`~data_converters.render.XrayRenderer` for the source's acquisition,

@@ -51,7 +51,7 @@ from data_converters.errors import ConverterError
 from data_converters.findings import Finding, LabelRule
 from data_converters.image_encoding import image_settings, to_uint16
 from data_converters.sources.base import ConversionSource, register_source
-from data_converters.splits import SPLIT_NAMES
+from data_converters.splits import SPLIT_NAMES, named_split_counts
 from data_converters.xray_physics import (INCLUSION_MATERIALS, MAX_LINE_INTEGRAL, DetectorModel,
                                           detect, material_table, mu_volume)
 from projects.mv2d_xray.core.acquisition import Acquisition
@@ -122,6 +122,7 @@ class BladesSource(ConversionSource):
     density = AttenuationVolume()
     cli_help = 'generate cast turbine-blade-like parts with defects (pore, inclusion, crack)'
     cli_description = DESCRIPTION
+    process_caches = ('_mesh', '_renderer')
     default_image_size = 512
     field_of_view_mm = 20.0
     body_radius_mm = 100.0
@@ -241,22 +242,10 @@ class BladesSource(ConversionSource):
             splits=self.split_counts()),
             image=image_settings(MAX_LINE_INTEGRAL, unit='-log(I / I0), dimensionless'))
 
-    @property
-    def renderer(self):
-        if self._renderer is None:
-            self._renderer = self.make_renderer()
-        return self._renderer
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state['_mesh'] = state['_renderer'] = None
-        return state
 
     def split_counts(self) -> Dict[str, int]:
         """Parts per split."""
-        val = int(round(self.num_cases * self.val_fraction))
-        test = int(round(self.num_cases * self.test_fraction))
-        return dict(train=self.num_cases - val - test, val=val, test=test)
+        return named_split_counts(self.num_cases, self.val_fraction, self.test_fraction)
 
     def split_settings(self) -> dict:
         return dict(val_fraction=self.val_fraction, seed=self.seed, force_val=[],

@@ -63,7 +63,8 @@ from data_converters.sources.demo import (GROUND_GLASS_HU, SOLID_HU, insert_shap
                                           save_shape_pool)
 from data_converters.sources.lidc_annotations import (NODULE_CLASSES, nodule_from_annotations,
                                                       scan_tokens)
-from data_converters.splits import SPLIT_NAMES  # in the order of their random streams
+from data_converters.splits import (SPLIT_NAMES,  # in the order of their random streams
+                                    named_split_counts)
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
 from projects.mv2d_xray.core.acquisition import Acquisition
 from projects.mv2d_xray.core.io import atomic_write
@@ -155,6 +156,7 @@ class ChestBenchSource(ConversionSource):
     density = WATER_RELATIVE
     cli_help = 'build the offline chest benchmark (deformed anatomies, 16-bit, noise)'
     cli_description = DESCRIPTION
+    process_caches = ('_base', '_anatomy', '_renderer')
     default_image_size = 320
 
     def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
@@ -207,9 +209,7 @@ class ChestBenchSource(ConversionSource):
     # -- settings ----------------------------------------------------------------------
     def split_counts(self) -> Dict[str, int]:
         """Synthetic cases per split."""
-        val = int(round(self.num_cases * self.val_fraction))
-        test = int(round(self.num_cases * self.test_fraction))
-        return dict(train=self.num_cases - val - test, val=val, test=test)
+        return named_split_counts(self.num_cases, self.val_fraction, self.test_fraction)
 
     def shapes_wanted(self, split: str) -> Dict[str, int]:
         """Shapes to collect per kind (``band0`` ... and ``ignore``) for ``split``."""
@@ -261,16 +261,6 @@ class ChestBenchSource(ConversionSource):
                     force_val=[EXAMPLE_PATIENT_ID], named_splits=list(SPLIT_NAMES),
                     test_fraction=self.test_fraction)
 
-    @property
-    def renderer(self):
-        if self._renderer is None:
-            self._renderer = self.make_renderer()
-        return self._renderer
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state['_base'] = state['_anatomy'] = state['_renderer'] = None
-        return state
 
     # -- anatomies ---------------------------------------------------------------------
     def base(self) -> dict:

@@ -285,6 +285,7 @@ class DemoSource(ConversionSource):
     density = WATER_RELATIVE
     cli_help = 'build the offline demo dataset from the installed packages'
     cli_description = DESCRIPTION
+    process_caches = ('_ct', '_renderer')   # workers load the CT themselves
     default_image_size = 256
 
     def __init__(self, geometry: Acquisition, rule: LabelRule = LabelRule(),
@@ -331,13 +332,6 @@ class DemoSource(ConversionSource):
         return dict(val_fraction=self.val_fraction, seed=self.seed,
                     force_val=[EXAMPLE_PATIENT_ID])
 
-    @property
-    def renderer(self):
-        """The one :class:`~data_converters.render.XrayRenderer` of the demo (base CT and
-        inserted nodules alike), with the settings of ``fingerprint()['render']``."""
-        if self._renderer is None:
-            self._renderer = self.make_renderer()
-        return self._renderer
 
     # -- cases -------------------------------------------------------------------------
     def discover(self) -> Tuple[List[dict], Dict[str, str]]:
@@ -442,12 +436,6 @@ class DemoSource(ConversionSource):
             np.save(buf, images)
             atomic_write(path, buf.getvalue())
         return path
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state['_ct'] = None             # workers load the CT themselves
-        state['_renderer'] = None
-        return state
 
     # -- one case ----------------------------------------------------------------------
     def _place(self, mask: np.ndarray, flip: bool, taken: List[Finding],
