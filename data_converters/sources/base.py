@@ -144,6 +144,43 @@ class ConversionSource:
             state[name] = None
         return state
 
+    def render_to_cache(self, path: str, volume_hu, spacing_mm, what: str) -> None:
+        """Render every view of a HU volume with :attr:`renderer` (a progress bar on
+        stderr unless ``show_progress`` is off) and save the ``(N, H, W)`` float32 line
+        integrals as ``.npy`` at ``path``, atomically: the shared renders a source
+        caches under ``DIR/.parts/cache``.
+
+        Args:
+            path (str): the ``.npy`` file.
+            volume_hu (np.ndarray): ``(rows, cols, slices)`` HU.
+            spacing_mm: ``(row, col, slice)`` voxel size in mm.
+            what (str): names the volume in the progress bar.
+        """
+        import io
+        import sys
+
+        import numpy as np
+        from tqdm import tqdm
+
+        from projects.mv2d_xray.core.io import atomic_write
+        height, width = self.geometry.image_size
+        bar = tqdm(total=self.geometry.num_views, unit='view', file=sys.stderr,
+                   desc=f'rendering {what} ({height}x{width})',
+                   bar_format='{l_bar}{bar}| {n:.1f}/{total} views [{elapsed}<{remaining}]',
+                   disable=not self.show_progress)
+
+        def progress(done: int, total: int) -> None:
+            bar.n = done * self.geometry.num_views / total
+            bar.refresh()
+
+        try:
+            images = self.renderer.render(volume_hu, spacing_mm, progress=progress)
+        finally:
+            bar.close()
+        buf = io.BytesIO()
+        np.save(buf, images)
+        atomic_write(path, buf.getvalue())
+
     def make_renderer(self):
         """A :class:`~data_converters.render.XrayRenderer` for the source's acquisition,
         device and density mapping."""

@@ -42,7 +42,6 @@ and its 8-bit images put a 5 mm solid nodule at the quantisation floor. This sou
 from __future__ import annotations
 
 import argparse
-import io
 import os.path as osp
 from typing import Dict, List, Optional, Tuple
 
@@ -63,11 +62,10 @@ from data_converters.sources.demo import (GROUND_GLASS_HU, SOLID_HU, insert_shap
                                           save_shape_pool)
 from data_converters.sources.lidc_annotations import (NODULE_CLASSES, nodule_from_annotations,
                                                       scan_tokens)
-from data_converters.splits import (SPLIT_NAMES,  # in the order of their random streams
-                                    named_split_counts)
+from data_converters.splits import SPLIT_NAMES  # in the order of their random streams
+from data_converters.splits import named_split_counts
 from data_converters.volume import EXAMPLE_PATIENT_ID, CTVolume, load_example_ct
 from projects.mv2d_xray.core.acquisition import Acquisition
-from projects.mv2d_xray.core.io import atomic_write
 
 #: Diameter bands of ground-truth shapes (mm, [lo, hi)) and LUNA16's size mix over them.
 SIZE_BANDS_MM = ((3.0, 6.0), (6.0, 10.0), (10.0, 30.0))
@@ -311,27 +309,7 @@ class ChestBenchSource(ConversionSource):
         return store.cache_path(f'anatomy-{split}-{number}.npy')
 
     def _render_cached(self, path: str, hu: np.ndarray, what: str) -> None:
-        import sys
-
-        from tqdm import tqdm
-        height, width = self.geometry.image_size
-        bar = tqdm(total=self.geometry.num_views, unit='view', file=sys.stderr,
-                   desc=f'rendering {what} ({height}x{width})',
-                   bar_format='{l_bar}{bar}| {n:.1f}/{total} views [{elapsed}<{remaining}]',
-                   disable=not getattr(self, 'show_progress', True))
-
-        def progress(done: int, total: int) -> None:
-            bar.n = done * self.geometry.num_views / total
-            bar.refresh()
-
-        try:
-            images = self.renderer.render(hu, self.base()['volume'].spacing_mm,
-                                          progress=progress)
-        finally:
-            bar.close()
-        buf = io.BytesIO()
-        np.save(buf, images)
-        atomic_write(path, buf.getvalue())
+        self.render_to_cache(path, hu, self.base()['volume'].spacing_mm, what)
 
     # -- shapes ------------------------------------------------------------------------
     def build_pool(self) -> Dict[str, list]:

@@ -411,30 +411,10 @@ class DemoSource(ConversionSource):
         left <-> right mirrored CT), rendered now when missing."""
         path = store.cache_path(name)
         if not osp.exists(path):
-            import sys
-
-            from tqdm import tqdm
             volume = self._context()['volume']
             volume = volume.flipped_lr() if mirrored else volume
-            height, width = self.geometry.image_size
-            what = 'the mirrored base CT' if mirrored else 'the base CT'
-            bar = tqdm(total=self.geometry.num_views, unit='view', file=sys.stderr,
-                       desc=f'rendering {what} ({height}x{width})',
-                       bar_format='{l_bar}{bar}| {n:.1f}/{total} views [{elapsed}<{remaining}]',
-                       disable=not getattr(self, 'show_progress', True))
-
-            def progress(done: int, total: int) -> None:
-                bar.n = done * self.geometry.num_views / total
-                bar.refresh()
-
-            try:
-                images = self.renderer.render(volume.hu, volume.spacing_mm,
-                                              progress=progress)
-            finally:
-                bar.close()
-            buf = io.BytesIO()
-            np.save(buf, images)
-            atomic_write(path, buf.getvalue())
+            self.render_to_cache(path, volume.hu, volume.spacing_mm,
+                                 'the mirrored base CT' if mirrored else 'the base CT')
         return path
 
     # -- one case ----------------------------------------------------------------------
