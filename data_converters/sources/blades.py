@@ -145,6 +145,8 @@ class BladesSource(ConversionSource):
         self.ranges = ranges
         self.mesh_path = mesh
         self.density = AttenuationVolume(detector.energy_kev)
+        # mu (1/mm) of the alloy and the inclusions: looked up once, not per part
+        self.mu_per_mm = material_table(detector.energy_kev, tuple(INCLUSION_MATERIALS))
         self._mesh: Optional[LoadedMesh] = None        # per process
         self._renderer = None
         self.check_settings()
@@ -233,12 +235,11 @@ class BladesSource(ConversionSource):
 
     # -- settings ----------------------------------------------------------------------
     def source_settings(self) -> dict:
-        mu = material_table(self.detector.energy_kev, tuple(INCLUSION_MATERIALS))
         return dict(blades=dict(
             seed=self.seed, voxel_mm=self.voxel_mm,
             parts=('mesh ' + self.mesh_path) if self.mesh_path else self.ranges.__dict__,
             defects=self.defects.to_dict(), detector=self.detector.to_dict(),
-            mu_per_mm=mu,
+            mu_per_mm=self.mu_per_mm,
             splits=self.split_counts()),
             image=image_settings(MAX_LINE_INTEGRAL, unit='-log(I / I0), dimensionless'))
 
@@ -311,8 +312,7 @@ class BladesSource(ConversionSource):
         depth = distance_transform_edt(material) * self.voxel_mm
         defects, _ = place_defects(material, self.voxel_mm, rng, self.defects,
                                    tuple(INCLUSION_MATERIALS), depth)
-        mu = material_table(self.detector.energy_kev, tuple(INCLUSION_MATERIALS))
-        volume = mu_volume(material, defects, mu)
+        volume = mu_volume(material, defects, self.mu_per_mm)
         spacing = (self.voxel_mm,) * 3
         line = self.renderer.render_density(volume, spacing)
         noise = np.random.default_rng([self.seed, 16, index])
