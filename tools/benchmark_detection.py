@@ -234,8 +234,8 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
                                                                           result_curves, summarise,
                                                                           verdict)
     from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics
-    cases, classes = load_gt_cases(files['infos'])
     infos = load_infos(files['infos'])
+    cases, classes = load_gt_cases(infos, files['infos'])
     preds = {method: load_predictions(files[method], len(classes)) for method in METHODS}
     print(f'\n== {name}: bootstrap over {len(cases)} {args.split} cases '
           f'({args.resamples} resamples)', flush=True)

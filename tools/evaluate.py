@@ -71,8 +71,9 @@ def main():
     from projects.mv2d_xray.core.metric import (DEFAULT_SIZE_BANDS, evaluate_detections,
                                                 format_table)
     try:
-        cases, classes = load_gt_cases(args.gt)
-        bands = infos_size_bands(load_infos(args.gt)) or DEFAULT_SIZE_BANDS
+        infos = load_infos(args.gt)
+        cases, classes = load_gt_cases(infos, args.gt)
+        bands = infos_size_bands(infos) or DEFAULT_SIZE_BANDS
         if osp.isfile(args.pred) and osp.getsize(args.pred) > 20e6:
             print(f'reading {args.pred} ({osp.getsize(args.pred) / 1e6:.0f} MB)',
                   file=sys.stderr, flush=True)

@@ -358,8 +358,14 @@ def case_gt_from_info(info: dict) -> CaseGT:
                   diameters_mm=diameters)
 
 
-def load_gt_cases(infos: Union[str, dict]) -> Tuple[Dict[str, CaseGT], Tuple[str, ...]]:
+def load_gt_cases(infos: Union[str, dict], name: Optional[str] = None
+                  ) -> Tuple[Dict[str, CaseGT], Tuple[str, ...]]:
     """``({token: CaseGT}, classes)`` from an info pickle (path or loaded), in file order.
+
+    Args:
+        infos (str | dict): the pickle's path, or its loaded content.
+        name (str, optional): how messages name a loaded pickle (its path). Defaults to
+            the path, or ``'infos'``.
 
     Raises:
         InfoFormatError: also for a ground-truth label that is not an index of
@@ -367,7 +373,7 @@ def load_gt_cases(infos: Union[str, dict]) -> Tuple[Dict[str, CaseGT], Tuple[str
     """
     data = load_infos(infos)
     classes = infos_classes(data)
-    source = 'infos' if isinstance(infos, dict) else str(infos)
+    source = name or ('infos' if isinstance(infos, dict) else str(infos))
     cases = {}
     for item in data['data_list']:
         case = case_gt_from_info(item)
