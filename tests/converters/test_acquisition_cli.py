@@ -11,6 +11,7 @@ import os.path as osp
 
 import numpy as np
 import pytest
+from test_cli_robustness import one_line_error
 
 from data_converters.__main__ import main
 from data_converters.splits import split_file_paths
@@ -46,14 +47,6 @@ def arc_views():
 def tolerance_mm(extents):
     """The ring test's bound for exact 2D boxes: max(1 mm, 10 % of the largest extent)."""
     return max(1.0, 0.1 * float(np.max(extents)))
-
-
-def one_line_error(capsys, code, *words):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    for word in words:
-        assert word in err[0], err[0]
-    return err[0]
 
 
 @pytest.fixture(scope='module')
