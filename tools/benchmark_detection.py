@@ -69,8 +69,8 @@ DOMAINS: Dict[str, Domain] = {
     # the chest benchmark (data_converters/sources/chest_bench.py): 440 cases, 320^2
     'chest': Domain(
         source='chest-bench', data='data/chest-bench', prefix='chest_bench',
-        config_2d='configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_chest-bench-320.py',
-        config='configs/mv2d_xray/mv2d_r18_fpn_1xb1-30e_chest-bench-320.py',
+        config_2d='configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-5e_chest-bench-320.py',
+        config='configs/mv2d_xray/mv2d_r18_fpn_1xb1-6e_chest-bench-320.py',
         quick_build_args=('--cases', '12', '--deformations', '1,1,1',
                           '--test-fraction', '0.34', '--val-fraction', '0.25')),
     # generated cast blades (data_converters/sources/blades.py) at the blades demo's
