@@ -12,7 +12,7 @@ from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, ima
                                               project_boxes3d, project_points, triangulate_points,
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
-                                                 centre_distance_nms)
+                                                 centre_distance_nms, view_support)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 
@@ -355,6 +355,33 @@ def test_centre_distance_nms():
     assert merged['bboxes'][0, 0] == pytest.approx(0.8 * 3 / 1.7)
     other_class = centre_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]))
     assert len(other_class['scores']) == 4
+
+
+def test_view_support_hand_computed():
+    """Support = mean over views of the best 2D score whose (grown) box holds the
+    centre's projection, computed by hand on a 4-view ring."""
+    geometry = XrayGeometry(num_views=4, image_size=(100, 100))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    point = torch.tensor([[10.0, -5.0, 8.0]])
+    uv = project_points(lidar2img, point.double())[0][:, 0]     # (4, 2) px
+    def box(view, dx, half):                                     # a box around uv + dx
+        u, v = uv[view].tolist()
+        return [u + dx - half, v - half, u + dx + half, v + half]
+    boxes = torch.tensor([box(0, 0, 3), box(0, 1, 2),           # both hold it: best 0.9
+                          box(1, 0, 3),                          # holds it: 0.4
+                          box(2, 5, 3),                          # misses by 2 px
+                          box(3, 0, 3)], dtype=torch.float32)    # holds it, but view 3
+    scores = torch.tensor([0.5, 0.9, 0.4, 0.8, 0.7])
+    views = torch.tensor([0, 0, 1, 2, 0])                        # ... is listed as view 0
+    support = view_support(point, lidar2img, boxes, scores, views)
+    assert support.tolist() == pytest.approx([(0.9 + 0.4) / 4])
+    grown = view_support(point, lidar2img, boxes, scores, views, margin_px=2.5)
+    assert grown.tolist() == pytest.approx([(0.9 + 0.4 + 0.8) / 4])
+    # a point far outside every view, or no detections: no support
+    behind = view_support(torch.tensor([[0.0, 0.0, 0.0]]) + 1e4, lidar2img, boxes, scores,
+                          views)
+    assert behind.tolist() == [0.0]
+    assert view_support(point, lidar2img, boxes[:0], scores[:0], views[:0]).tolist() == [0.0]
 
 
 # -- position encoding, decoder, grid mask ---------------------------------------------

@@ -119,6 +119,43 @@ def test_predict_batch_of_two():
         assert ((pred_2d.view_ids >= 0) & (pred_2d.view_ids < num_views)).all()
 
 
+def test_view_support_rescores_the_3d_boxes():
+    """``test_cfg.rcnn.view_support`` with weight 1: every 3D score is the box's support
+    by the scene's own 2D detections (recomputed from the outputs), in decreasing order;
+    weight 0 gives back the decoder's scores; a misspelled key stops the build."""
+    from projects.mv2d_xray.mv2d_xray.models import view_support
+    from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
+    torch.set_num_threads(1)
+    num_views = 4
+    batch = make_batch(num_views, [2], seed=5)
+    outputs = {}
+    for weight in (None, 0.0, 1.0):
+        cfg = tiny_mv2d_config()
+        rcnn = cfg['test_cfg'].setdefault('rcnn', dict())
+        rcnn.update(nms=None, max_per_scene=100)
+        if weight is not None:
+            rcnn['view_support'] = dict(weight=weight, margin_px=2.0)
+        model = _build(cfg)
+        model.eval()
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        with torch.no_grad():
+            outputs[weight] = model(**data, mode='predict')[0]
+    plain, same, rescored = outputs[None], outputs[0.0], outputs[1.0]
+    assert torch.equal(plain.pred_instances_3d.scores_3d, same.pred_instances_3d.scores_3d)
+    pred, pred_2d = rescored.pred_instances_3d, rescored.pred_instances
+    assert len(pred_2d) > 0
+    lidar2img = torch.as_tensor(np.asarray(rescored.metainfo['lidar2img']))
+    support = view_support(pred.bboxes_3d.gravity_center, lidar2img, pred_2d.bboxes,
+                           pred_2d.scores, pred_2d.view_ids, margin_px=2.0)
+    assert torch.allclose(pred.scores_3d, support, atol=1e-6)
+    assert (pred.scores_3d[:-1] >= pred.scores_3d[1:]).all()
+    assert len(pred.scores_3d) == len(plain.pred_instances_3d.scores_3d)
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg'].setdefault('rcnn', dict())['view_support'] = dict(weigth=1.0)
+    with pytest.raises(XrayConfigError, match='weigth'):
+        _build(cfg)
+
+
 def test_predict_without_detections_is_empty_and_well_formed():
     cfg = tiny_mv2d_config()
     cfg['test_cfg']['detection_proposal']['score_thr'] = 1.0

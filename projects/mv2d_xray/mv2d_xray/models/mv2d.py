@@ -53,7 +53,8 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
                                                              MV2D_TEST_CFG_KEYS,
                                                              MV2D_TRAIN_CFG_KEYS,
                                                              RCNN_TEST_CFG_KEYS,
-                                                             RCNN_TRAIN_CFG_KEYS, check_keys)
+                                                             RCNN_TRAIN_CFG_KEYS,
+                                                             VIEW_SUPPORT_KEYS, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 
 
@@ -136,6 +137,8 @@ class MV2DXray(Base3DDetector):
                        f'model.{name}.detection_proposal')
         check_keys(self.train_cfg.get('rcnn'), RCNN_TRAIN_CFG_KEYS, 'model.train_cfg.rcnn')
         check_keys(self.test_cfg.get('rcnn'), RCNN_TEST_CFG_KEYS, 'model.test_cfg.rcnn')
+        check_keys((self.test_cfg.get('rcnn') or dict()).get('view_support'),
+                   VIEW_SUPPORT_KEYS, 'model.test_cfg.rcnn.view_support')
         nms = (self.test_cfg.get('rcnn') or dict()).get('nms')
         if isinstance(nms, dict) and nms.get('type', 'centre_distance') == 'centre_distance':
             check_keys(nms, CENTRE_NMS_KEYS, 'model.test_cfg.rcnn.nms')

@@ -52,7 +52,7 @@ from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
-from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms
+from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms, view_support
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
@@ -514,6 +514,8 @@ class MV2DXrayRoIHead(BaseModule):
                             scores=rois.new_zeros((0, )),
                             labels=rois.new_zeros((0, ), dtype=torch.long),
                             query_ids=rois.new_zeros((0, ), dtype=torch.long))
+            if rois.numel():
+                pred = self.rescore(pred, meta, rois, roi_scores, scene, num_views)
             kept = self.select(pred)
             results.append(self.to_instances(kept, meta))
             if explain:
@@ -540,6 +542,42 @@ class MV2DXrayRoIHead(BaseModule):
         queries = (out['scene_ids'] == scene).nonzero(as_tuple=True)[0]
         return [explain_query(out['evidence'], int(queries[q]), int(q))
                 for q in query_ids.tolist()]
+
+    def rescore(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
+                roi_scores: Optional[Tensor], scene: int,
+                num_views: int) -> Dict[str, Tensor]:
+        """``test_cfg.view_support``: weigh one scene's decoded scores with their
+        support by the scene's 2D detections (:func:`view_support`); the boxes come
+        back re-sorted by the new scores. Without it, ``pred`` unchanged.
+
+        Args:
+            pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres, ct mm), ``scores``
+                and the other per-box keys, by decreasing score.
+            meta (dict): the scene's ``lidar2img`` ``(num_views, 4, 4)``.
+            rois (Tensor): ``(R, 5)`` the batch's RoIs (see :meth:`forward`).
+            roi_scores (Tensor, optional): ``(R,)`` their 2D scores (None: all 1).
+            scene (int): which scene of the batch ``pred`` is.
+            num_views (int): Views per scene.
+        """
+        cfg = self.test_cfg.get('view_support', None)
+        if cfg is None or len(pred['scores']) == 0:
+            return pred
+        weight = float(cfg['weight'])
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f'test_cfg.view_support.weight must be in [0, 1], got {weight}')
+        mine = (rois[:, 0].long() // num_views) == scene
+        if roi_scores is None:
+            roi_scores = rois.new_ones(len(rois))
+        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
+                                    device=rois.device)
+        support = view_support(pred['bboxes'][:, :3], lidar2img, rois[mine, 1:],
+                               roi_scores[mine], rois[mine, 0].long() % num_views,
+                               float(cfg.get('margin_px', 0.0)))
+        scores = pred['scores'].clamp(min=0) ** (1 - weight) * support ** weight
+        order = scores.argsort(descending=True, stable=True)
+        out = {key: value[order] for key, value in pred.items()}
+        out['scores'] = scores[order]
+        return out
 
     def select(self, pred: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """The ``test_cfg`` steps on one scene's decoded boxes: ``score_thr``, then

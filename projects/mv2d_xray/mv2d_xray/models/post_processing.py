@@ -12,12 +12,19 @@ higher-scoring detection's box or within ``dist_thr_mm`` of its centre -- the sa
 nodule, so a suppressed box would have been a duplicate (a false positive) anyway.
 Optionally the kept box becomes the score-weighted mean of its cluster (``merge``).
 The clustering itself is :func:`~projects.mv2d_xray.core.clustering.greedy_clusters`.
+
+:func:`view_support` is a multi-view consistency score: how many of the views' own 2D
+detections confirm a 3D box (its centre projects inside a detection), weighted by their
+2D scores -- the evidence the triangulation baseline scores its findings with
+(``baselines/triangulation.py``), which a decoder trained briefly may not yet weigh.
 """
 from typing import Dict
 
+import torch
 from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
+from projects.mv2d_xray.core.geometry import project_points
 
 
 def centre_distance_nms(bboxes: Tensor,
@@ -58,3 +65,40 @@ def centre_distance_nms(bboxes: Tensor,
         weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
         out[:, :6] = weights @ bboxes[:, :6]
     return dict(bboxes=out, scores=scores[keep], labels=labels[keep], keep=order[keep])
+
+
+def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scores: Tensor,
+                 roi_views: Tensor, margin_px: float = 0.0) -> Tensor:
+    """Multi-view support of 3D boxes by one scene's 2D detections.
+
+    Args:
+        centres (Tensor): ``(K, 3)`` box centres, ct mm.
+        lidar2img (Tensor): ``(V, 4, 4)`` ct -> img of the scene's views.
+        roi_boxes (Tensor): ``(R, 4)`` the scene's 2D detections, xyxy img px.
+        roi_scores (Tensor): ``(R,)`` their 2D scores in [0, 1].
+        roi_views (Tensor): ``(R,)`` their views (``0 .. V-1``).
+        margin_px (float): Grow every 2D box by this much on each side (img px): the
+            tolerance of "the centre projects inside". Defaults to 0.
+
+    Returns:
+        Tensor: ``(K,)`` in [0, 1], the mean over the ``V`` views of the best 2D score
+        among the view's detections whose grown box contains the centre's projection (0
+        for a view with none, or when the centre lies behind that view's source).
+    """
+    num_views = len(lidar2img)
+    if len(centres) == 0 or len(roi_boxes) == 0:
+        return centres.new_zeros(len(centres))
+    uv, depth = project_points(lidar2img.double()[:, None],
+                               centres.double()[None, :, None])   # (V, K, 1, 2)
+    uv, depth = uv[:, :, 0], depth[:, :, 0]                          # (V, K, 2), (V, K)
+    views = roi_views.long()
+    mine = uv[views]                                                  # (R, K, 2) px
+    boxes = roi_boxes.double()[:, None]                               # (R, 1, 4)
+    inside = ((mine >= boxes[..., :2] - margin_px) &
+              (mine <= boxes[..., 2:] + margin_px)).all(dim=-1)       # (R, K)
+    inside &= depth[views] > 0
+    score = torch.where(inside, roi_scores.double()[:, None], 0.0)     # (R, K)
+    best = score.new_zeros((num_views, len(centres)))
+    best = best.scatter_reduce(0, views[:, None].expand_as(score), score,
+                               reduce='amax')
+    return best.mean(dim=0).to(centres.dtype)
