@@ -164,6 +164,19 @@ def setup_distributed(cfg, launcher: str) -> None:
         dist.init_process_group(backend='gloo', **dist_cfg)
 
 
+def pin_memory_only_with_cuda(cfg) -> None:
+    """Turn off ``pin_memory`` of the config's train / val / test dataloaders on a machine
+    without CUDA. Pinned (page-locked) host memory only speeds the copy of a batch to a
+    CUDA device; without one torch ignores it and warns for every loader it starts."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader', None)
+        if loader is not None and loader.get('pin_memory', False):
+            loader.pin_memory = False
+
+
 def count_cases(cfg, split: str = 'train'):
     """``(path, number of cases)`` of a split's info pickle as the config names it
     (``<split>_dataloader.dataset``: ``data_root`` + ``ann_file``), read without the

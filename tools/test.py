@@ -3,7 +3,8 @@
     python tools/test.py CONFIG CHECKPOINT [--trust-checkpoint] [--work-dir DIR]
         [--cfg-options ...] [--launcher ...]
 
-Several processes: ``tools/dist_test.sh CONFIG CHECKPOINT NPROC`` (same metrics).
+Several processes: ``tools/dist_test.sh CONFIG CHECKPOINT NPROC`` (same metrics). Without
+CUDA the config's dataloaders do not pin memory (``_common.pin_memory_only_with_cuda``).
 
 The metrics are printed as a table and, for the project's metric, written to
 ``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``).
@@ -14,8 +15,8 @@ import os.path as osp
 
 from _checkpoints import (CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, checkpoint_loading,
                           require_fit)
-from _common import (add_debug_flag, check_launcher, default_work_dir, fail, load_config, run_main,
-                     set_local_rank, setup_distributed)
+from _common import (add_debug_flag, check_launcher, default_work_dir, fail, load_config,
+                     pin_memory_only_with_cuda, run_main, set_local_rank, setup_distributed)
 
 
 def parse_args():
@@ -64,6 +65,7 @@ def main():
     cfg.work_dir = default_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint
     setup_distributed(cfg, args.launcher)
+    pin_memory_only_with_cuda(cfg)
     if cfg.get('test_evaluator') is not None:
         _route_metrics_json(cfg.test_evaluator, osp.join(cfg.work_dir, 'metrics.json'))
 

@@ -6,7 +6,8 @@
 
 Run it from anywhere; the repository root is put on ``sys.path``. For several GPUs or
 processes use ``tools/dist_train.sh CONFIG NPROC`` (gloo and a CPU-capable DDP wrapper
-when there is no CUDA: ``_common.setup_distributed``).
+when there is no CUDA: ``_common.setup_distributed``). Without CUDA the config's
+dataloaders do not pin memory (``_common.pin_memory_only_with_cuda``).
 """
 import argparse
 import os.path as osp
@@ -15,8 +16,8 @@ import sys
 from _checkpoints import (CHECKPOINT_HELP, TRUST_HELP, checkpoint_loading, require_fit,
                           require_resumable, starting_weights_note)
 from _common import (add_debug_flag, check_amp_device, check_launcher, check_world_size,
-                     default_work_dir, enable_amp, fail, load_config, run_main, set_local_rank,
-                     setup_distributed)
+                     default_work_dir, enable_amp, fail, load_config, pin_memory_only_with_cuda,
+                     run_main, set_local_rank, setup_distributed)
 
 
 def parse_args():
@@ -74,6 +75,7 @@ def main():
     else:
         check_amp_device(cfg)
     setup_distributed(cfg, args.launcher)
+    pin_memory_only_with_cuda(cfg)
 
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None

@@ -273,10 +273,17 @@ test_pipeline = [
     dict(type='PackMV2DXrayInputs')
 ]
 
+# Loading: worker processes read and augment the next studies while the model computes,
+# and persist across epochs and validations instead of starting again each time (every
+# config with workers keeps persistent_workers=True; tests/tools/test_configs.py). Batches
+# go to pinned (page-locked) host memory, from which the copy to a CUDA device is faster;
+# without CUDA pinning does nothing (torch warns and ignores it), so the tools turn it off
+# there (tools/_common.py, `pin_memory_only_with_cuda`).
 train_dataloader = dict(
     batch_size=1,
     num_workers=4,
     persistent_workers=True,
+    pin_memory=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
@@ -293,6 +300,7 @@ val_dataloader = dict(
     batch_size=1,
     num_workers=4,
     persistent_workers=True,
+    pin_memory=True,
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(

@@ -143,6 +143,57 @@ def test_paper_config_is_the_paper_setting():
     assert (head.loss_cls.loss_weight, head.loss_bbox.loss_weight) == (0.25, 1.0)
 
 
+def loading_problems(cfg) -> list:
+    """What a config's train / val / test dataloaders miss: ``persistent_workers=True``
+    when they have worker processes (``num_workers > 0``), and ``pin_memory=True``."""
+    problems = []
+    for split in ('train', 'val', 'test'):
+        loader = cfg[f'{split}_dataloader']
+        if loader.get('num_workers', 0) > 0 and not loader.get('persistent_workers', False):
+            problems.append(f'{split}: {loader.num_workers} workers, not persistent')
+        if not loader.get('pin_memory', False):
+            problems.append(f'{split}: no pin_memory')
+    return problems
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_dataloaders_keep_their_workers_and_pin_memory(name):
+    """Worker processes persist across epochs and validations (not started again each
+    time), and batches are pinned for the copy to a GPU (the tools turn pinning off
+    without CUDA: ``test_pin_memory_only_with_cuda``)."""
+    assert loading_problems(load(name)) == []
+    assert loading_problems(Config(dict(
+        train_dataloader=dict(num_workers=2), val_dataloader=dict(num_workers=0),
+        test_dataloader=dict(num_workers=2, persistent_workers=True, pin_memory=True)))) == \
+        ['train: 2 workers, not persistent', 'train: no pin_memory', 'val: no pin_memory']
+
+
+def test_pin_memory_only_with_cuda(monkeypatch):
+    """``tools/train.py`` / ``tools/test.py`` keep the configs' ``pin_memory`` with CUDA and
+    turn it off without, where torch would only warn about it for every loader."""
+    import importlib
+    import warnings
+
+    from torch.utils.data import DataLoader
+    monkeypatch.syspath_prepend(osp.join(REPO_ROOT, 'tools'))
+    common = importlib.import_module('_common')
+    cfg = load(PAPER)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    common.pin_memory_only_with_cuda(cfg)
+    assert [cfg[f'{s}_dataloader'].pin_memory for s in ('train', 'val', 'test')] == [True] * 3
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    common.pin_memory_only_with_cuda(cfg)
+    assert [cfg[f'{s}_dataloader'].pin_memory for s in ('train', 'val', 'test')] == [False] * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert list(DataLoader([1, 2], pin_memory=cfg.train_dataloader.pin_memory)) == \
+            [torch.tensor([1]), torch.tensor([2])]
+    if not torch.accelerator.is_available():
+        with pytest.warns(UserWarning, match="'pin_memory' argument is set as true but no "
+                                             'accelerator is found'):
+            list(DataLoader([1, 2], pin_memory=True))
+
+
 @pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO),
                                            (BENCH_2D, BENCH), (BLADES_2D, BLADES),
                                            (BLADES_DEMO_2D, BLADES_DEMO)])

@@ -12,6 +12,11 @@
 # * mmcv 2.1.0 needs its compiled ops. pip takes a wheel where its find-links offer one
 #   (CI prepends ../shared/wheelhouse to PIP_FIND_LINKS); otherwise it builds the sdist
 #   (--no-build-isolation, so the build sees our torch; about 20 min on 2 cores).
+# * CUDA ops: when torch has CUDA (torch.version.cuda) and an nvcc of the same major
+#   version is found ($CUDA_HOME/bin/nvcc, PATH, /usr/local/cuda), mmcv's ops are built
+#   with CUDA (FORCE_CUDA=1, also on a build machine without a GPU), and an mmcv without
+#   CUDA kernels is rebuilt from source. A CUDA torch without such an nvcc gets CPU ops
+#   and a warning saying how to fix it. check_install.py --ops-plan decides and says why.
 # * Idempotent: a second run on an installed tree checks the imports and stops.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +40,7 @@ py="$VENV/bin/python"
 
 # Fast path: nothing that drives the install changed and the stack imports.
 stamp="$VENV/.mv2d-xray-install"
-want=$(cat "$here"/*.txt "$here"/install.sh setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat "$here"/*.txt "$here"/*.sh "$here"/*.py setup.py | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" "$here/check_install.py" --quiet; then
     log "already installed in $VENV (torch $("$py" -c 'import torch; print(torch.__version__)'))"
     exit 0
@@ -60,17 +65,27 @@ pip_install -r "$here/requirements.txt"
 log "packages whose declared dependencies are not needed (tools/install/no-deps.txt)"
 pip_install --no-deps -r "$here/no-deps.txt"
 
-mmcv_ok() { "$py" -c 'import mmcv, mmcv.ops; assert mmcv.__version__ == "2.1.0"' 2>/dev/null; }
-if ! mmcv_ok; then
-    log "mmcv 2.1.0 with compiled ops (a wheel from find-links if one fits, else a source build)"
+mmcv_version=2.1.0
+plan=$("$py" "$here/check_install.py" --ops-plan) || exit 2  # its error line says why
+ops=${plan%% *}
+log "mmcv's ops: ${plan#* }"
+if [ "$ops" = cuda ]; then
+    # mmcv's setup.py compiles the CUDA kernels when torch sees a GPU or FORCE_CUDA=1
+    export FORCE_CUDA=1
+fi
+mmcv_ok() { "$py" "$here/check_install.py" --mmcv-fits "$ops" --mmcv-version "$mmcv_version"; }
+if ! mmcv_ok 2>/dev/null; then
+    log "mmcv $mmcv_version, $ops ops (a wheel from find-links if one fits, else a source build)"
     # --no-deps: its requirements are in requirements.txt; resolving them again would pull
     # mmengine's `opencv-python`, which overwrites `opencv-python-headless`'s cv2.
-    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation --no-deps mmcv==2.1.0
-    if ! mmcv_ok; then
-        # A wheel built against another torch ABI installs but fails to load its ops.
-        log "that mmcv does not load its ops with torch $torch_version: building it from source"
+    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation --no-deps \
+        "mmcv==$mmcv_version"
+    if ! why=$(mmcv_ok 2>&1); then
+        # A wheel built against another torch ABI installs but fails to load its ops; a
+        # wheel (or an mmcv already installed) without CUDA kernels does not fit `cuda`.
+        log "that mmcv does not fit ($why): building it from source"
         MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_install --no-build-isolation \
-            --no-binary mmcv --no-deps --force-reinstall --no-cache-dir mmcv==2.1.0
+            --no-binary mmcv --no-deps --force-reinstall --no-cache-dir "mmcv==$mmcv_version"
     fi
 fi
 
