@@ -20,6 +20,13 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
    the paired bootstrap of MV2D - triangulation
    (:mod:`projects.mv2d_xray.core.bootstrap`).
 
+Settings of MV2D's test step are tried on val with ``--split val --variant NAME
+--test-cfg-options KEY=VALUE ...`` (e.g. ``model.test_cfg.rcnn.view_support.weight=0.5``):
+the trainings and the triangulations are reused, only MV2D's test run is redone, and its
+report is stored as ``<split>+<NAME>``. Each run adds its entries to an existing
+``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an entry of the same domain and
+split is replaced).
+
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; the
 machine, time and command), ``benchmark.md`` and ``froc_<domain>.png`` (one curve per
@@ -109,10 +116,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--quick', action='store_true',
                         help='a smoke run: tiny data under --work-dir, one epoch per stage, '
                         '200 resamples')
+    parser.add_argument('--variant', default=None,
+                        help='a name for MV2D test settings tried on val (with '
+                        '--test-cfg-options); its report is stored as <split>+<variant>')
+    parser.add_argument('--test-cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help="config overrides of MV2D's test run only (tools/test.py "
+                        '--cfg-options), e.g. model.test_cfg.rcnn.view_support.weight=0.5')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.resamples < 10:
         parser.error('--resamples must be at least 10')
+    if bool(args.variant) != bool(args.test_cfg_options):
+        parser.error('--variant and --test-cfg-options go together')
+    if args.variant is not None and not args.variant.replace('_', '').replace(
+            '.', '').replace('-', '').isalnum():
+        parser.error(f'--variant must be letters, digits, "_", "-" or ".", '
+                     f'got {args.variant!r}')
+    for option in args.test_cfg_options:
+        if '=' not in option:
+            parser.error(f'--test-cfg-options takes KEY=VALUE, got {option!r}')
     if args.quick:
         args.resamples = min(args.resamples, 200)
     return args
@@ -182,6 +204,11 @@ def data_options(domain: Domain, data: str, split: str) -> List[str]:
             f'test_evaluator.ann_file={pkl}']
 
 
+def report_key(args: argparse.Namespace) -> str:
+    """The split's key in the report: ``test``, or ``val+<variant>`` for a variant."""
+    return args.split if args.variant is None else f'{args.split}+{args.variant}'
+
+
 def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                log: List[dict]) -> Dict[str, str]:
     """Steps 1-4 for one domain; returns the prediction and metric files."""
@@ -199,15 +226,17 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                     osp.join(out, '2d-stage'), options + quick, log)
     ckpt = train(f'{name}: training MV2D', domain.config, osp.join(out, 'mv2d'),
                  options + quick + [f'load_from={ckpt_2d}'], log)
-    test_dir = osp.join(out, f'test-{args.split}')
-    run_step(f'{name}: MV2D on the {args.split} split',
+    key = report_key(args)
+    test_dir = osp.join(out, f'test-{key}')
+    run_step(f'{name}: MV2D on the {key} split',
              [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', test_dir,
-              '--cfg-options', *options], log)
+              '--cfg-options', *options, *args.test_cfg_options], log)
     files = dict(infos=pkl, coco=coco, mv2d=osp.join(test_dir, 'predictions.json'),
                  dets2d=osp.join(test_dir, 'dets2d.json'),
-                 triangulation=osp.join(out, 'triangulation', 'predictions.json'),
-                 triangulation_gt2d=osp.join(out, 'triangulation_gt2d', 'predictions.json'),
-                 metrics_2d=osp.join(out, 'metrics_2d.json'))
+                 triangulation=osp.join(out, f'triangulation-{key}', 'predictions.json'),
+                 triangulation_gt2d=osp.join(out, f'triangulation_gt2d-{key}',
+                                             'predictions.json'),
+                 metrics_2d=osp.join(out, f'metrics_2d-{key}.json'))
     run_step(f'{name}: triangulating MV2D\'s 2D detections',
              [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--dets2d',
               files['dets2d'], '--out', files['triangulation']], log)
@@ -246,7 +275,8 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
     bands = band_names(boot['methods']['mv2d']['result'])
     entry = summarise(boot, bands, read_json(files['metrics_2d']))
     entry['verdict'] = verdict(entry)
-    plot_metrics(result_curves(boot), osp.join(args.work_dir, f'froc_{name}.png'))
+    plot_metrics(result_curves(boot),
+                 osp.join(args.work_dir, f'froc_{name}_{report_key(args)}.png'))
     return entry
 
 
@@ -256,36 +286,58 @@ def machine() -> str:
         f'{platform.system()} {platform.release()}'
 
 
+def load_report(path: str) -> dict:
+    """The ``domains`` of an earlier ``benchmark.json`` (to add this run's entries to);
+    empty when there is none. A file that is not a benchmark report stops with one line."""
+    from projects.mv2d_xray.core.io import read_json
+    if not osp.isfile(path):
+        return {}
+    try:
+        domains = read_json(path)['domains']
+        assert isinstance(domains, dict)
+    except Exception as exc:
+        fail(f'{path} is not a benchmark report ({type(exc).__name__}: {exc}); '
+             'use another --work-dir or delete it')
+    return domains
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     from projects.mv2d_xray.core.io import atomic_write, write_json
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
     os.makedirs(args.work_dir, exist_ok=True)
-    start, log = time.time(), []
-    report = dict(command=shlex.join([sys.executable, *sys.argv]), machine=machine(),
-                  started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
-                  seed=args.seed, domains={}, steps=log)
-    markdown = ['# Detection benchmark', '']
-    for name in args.domains:
-        files = run_domain(name, DOMAINS[name], args, log)
-        entry = score_domain(name, files, args)
-        report['domains'][name] = {args.split: entry}
-        markdown.append(markdown_report(entry, list(entry['mv2d']['by_size']),
-                                        f'{name}, {args.split} split', args.split))
-    report['seconds'] = round(time.time() - start, 1)
-    markdown.append(f"Machine: {report['machine']}; started {report['started']}; "
-                    f"{report['seconds']:.0f} s in all.\n\nCommand: `{report['command']}`\n")
     json_path = osp.join(args.work_dir, 'benchmark.json')
     md_path = osp.join(args.work_dir, 'benchmark.md')
-    write_json(json_path, report)
+    domains = load_report(json_path)
+    key = report_key(args)
+    for name in args.domains:
+        start, log = time.time(), []
+        run = dict(command=shlex.join([sys.executable, *sys.argv]), machine=machine(),
+                   started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
+                   seed=args.seed, test_cfg_options=args.test_cfg_options, steps=log)
+        files = run_domain(name, DOMAINS[name], args, log)
+        entry = score_domain(name, files, args)
+        entry['run'] = dict(run, seconds=round(time.time() - start, 1))
+        domains.setdefault(name, {})[key] = entry
+    markdown = ['# Detection benchmark', '']
+    for name, splits in domains.items():
+        for split_key, entry in splits.items():
+            run = entry.get('run', {})
+            markdown.append(markdown_report(entry, list(entry['mv2d']['by_size']),
+                                            f'{name}, {split_key} split',
+                                            split_key.split('+')[0]))
+            if run:
+                markdown.append(f"Machine: {run['machine']}; started {run['started']}; "
+                                f"{run['seconds']:.0f} s. Command: `{run['command']}`\n")
+    write_json(json_path, dict(domains=domains))
     atomic_write(md_path, '\n'.join(markdown).encode())
     print('\n' + '\n'.join(markdown))
     for name in args.domains:
-        v = report['domains'][name][args.split]['verdict']
-        print(f"{name}: MV2D - triangulation CPM {v['CPM_difference']} "
+        v = domains[name][key]['verdict']
+        print(f"{name}, {key}: MV2D - triangulation CPM {v['CPM_difference']} "
               f"{v['CPM_difference_ci']}: {v['winner']}")
     print(f'\nwritten: {json_path}, {md_path}, ' + ', '.join(
-        osp.join(args.work_dir, f'froc_{n}.png') for n in args.domains))
+        osp.join(args.work_dir, f'froc_{n}_{key}.png') for n in args.domains))
 
 
 if __name__ == '__main__':

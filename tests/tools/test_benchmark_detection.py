@@ -13,3 +13,25 @@ def test_too_few_resamples_is_refused(tmp_path):
 def test_unknown_domain_is_refused(tmp_path):
     out = run_tool('benchmark_detection.py', '--domains', 'lungs', '--work-dir', str(tmp_path))
     assert out.returncode == 2 and "invalid choice: 'lungs'" in out.stderr
+
+
+def test_variant_needs_test_cfg_options(tmp_path):
+    out = run_tool('benchmark_detection.py', '--split', 'val', '--variant', 'vs',
+                   '--work-dir', str(tmp_path))
+    assert out.returncode == 2
+    assert '--variant and --test-cfg-options go together' in out.stderr
+    out = run_tool('benchmark_detection.py', '--variant', 'a/b', '--test-cfg-options', 'x=1',
+                   '--work-dir', str(tmp_path))
+    assert out.returncode == 2 and '--variant must be letters' in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_foreign_benchmark_json_is_refused(tmp_path):
+    """Runs add to an earlier benchmark.json; one that is not a report stops the run
+    before anything is built or trained."""
+    (tmp_path / 'benchmark.json').write_text('[1, 2]')
+    out = run_tool('benchmark_detection.py', '--domains', 'chest', '--work-dir',
+                   str(tmp_path))
+    assert out.returncode == 2
+    assert 'benchmark.json is not a benchmark report' in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['benchmark.json']
