@@ -254,10 +254,10 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
-    from projects.mv2d_xray.core.data_format import (infos_size_bands, load_gt_cases,
-                                                     load_infos, load_predictions)
-    from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS
+    from projects.mv2d_xray.core.data_format import (infos_size_bands, load_gt_cases, load_infos,
+                                                     load_predictions)
     from projects.mv2d_xray.core.io import read_json
+    from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (METHODS, PAIR,
                                                                           band_names,
                                                                           result_curves, summarise,
