@@ -33,6 +33,7 @@ machine, time and command), ``benchmark.md`` and ``froc_<domain>.png`` (one curv
 method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints where they are.
 """
 import argparse
+import math
 import os
 import os.path as osp
 import platform
@@ -61,6 +62,8 @@ class Domain:
         build_args: extra converter arguments of the full benchmark.
         quick_build_args: converter arguments of ``--quick``.
         quick_cfg: ``--cfg-options`` of ``--quick`` (short schedules).
+        target_bands: size bands reported besides the dataset's (``(name, low_mm,
+            high_mm)``, ``low <= d < high``): those of the issue's targets.
     """
     source: str
     data: str
@@ -70,6 +73,7 @@ class Domain:
     build_args: Tuple[str, ...] = ()
     quick_build_args: Tuple[str, ...] = ()
     quick_cfg: Tuple[str, ...] = field(default=('train_cfg.max_epochs=1',))
+    target_bands: Tuple[Tuple[str, float, float], ...] = ()
 
 
 DOMAINS: Dict[str, Domain] = {
@@ -79,7 +83,8 @@ DOMAINS: Dict[str, Domain] = {
         config_2d='configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-5e_chest-bench-320.py',
         config='configs/mv2d_xray/mv2d_r18_fpn_1xb1-6e_chest-bench-320.py',
         quick_build_args=('--cases', '12', '--deformations', '1,1,1',
-                          '--test-fraction', '0.34', '--val-fraction', '0.25')),
+                          '--test-fraction', '0.34', '--val-fraction', '0.25'),
+        target_bands=(('>=6mm', 6.0, math.inf), )),
     # generated cast blades (data_converters/sources/blades.py) at the blades demo's
     # acquisition and size (its configs run on a CPU), 120 parts
     'blades': Domain(
@@ -92,7 +97,8 @@ DOMAINS: Dict[str, Domain] = {
         quick_build_args=('--cases', '6', '--image-size', '256', '--pixel-spacing',
                           '0.703125', '--span-mm', '40', '60', '--defect-mm', '0.6', '2.5',
                           '--crack-mm', '1.5', '6', '--detectable-mm', '0.6',
-                          '--test-fraction', '0.34', '--val-fraction', '0.34')),
+                          '--test-fraction', '0.34', '--val-fraction', '0.34'),
+        target_bands=(('>=1mm', 1.0, math.inf), )),
 }
 
 
@@ -270,7 +276,8 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
           f'({args.resamples} resamples)', flush=True)
     boot = bootstrap_metrics(cases, preds, classes, pairs=[PAIR],
                              num_resamples=args.resamples, seed=args.seed,
-                             size_bands=infos_size_bands(infos) or DEFAULT_SIZE_BANDS,
+                             size_bands=tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
+                             + DOMAINS[name].target_bands,
                              progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
     bands = band_names(boot['methods']['mv2d']['result'])
     entry = summarise(boot, bands, read_json(files['metrics_2d']))
