@@ -154,6 +154,9 @@ def test_view_support_rescores_the_3d_boxes():
     cfg['test_cfg'].setdefault('rcnn', dict())['view_support'] = dict(weigth=1.0)
     with pytest.raises(XrayConfigError, match='weigth'):
         _build(cfg)
+    cfg['test_cfg']['rcnn']['view_support'] = dict(weight=1.5)
+    with pytest.raises(ValueError, match=r'weight must be in \[0, 1\], got 1.5'):
+        _build(cfg)
 
 
 def test_predict_without_detections_is_empty_and_well_formed():

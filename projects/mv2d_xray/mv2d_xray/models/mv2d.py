@@ -137,9 +137,10 @@ class MV2DXray(Base3DDetector):
                        f'model.{name}.detection_proposal')
         check_keys(self.train_cfg.get('rcnn'), RCNN_TRAIN_CFG_KEYS, 'model.train_cfg.rcnn')
         check_keys(self.test_cfg.get('rcnn'), RCNN_TEST_CFG_KEYS, 'model.test_cfg.rcnn')
-        check_keys((self.test_cfg.get('rcnn') or dict()).get('view_support'),
-                   VIEW_SUPPORT_KEYS, 'model.test_cfg.rcnn.view_support')
-        nms = (self.test_cfg.get('rcnn') or dict()).get('nms')
+        rcnn_test = self.test_cfg.get('rcnn') or dict()
+        check_keys(rcnn_test.get('view_support'), VIEW_SUPPORT_KEYS,
+                   'model.test_cfg.rcnn.view_support')
+        nms = rcnn_test.get('nms')
         if isinstance(nms, dict) and nms.get('type', 'centre_distance') == 'centre_distance':
             check_keys(nms, CENTRE_NMS_KEYS, 'model.test_cfg.rcnn.nms')
 

@@ -167,6 +167,10 @@ class MV2DXrayRoIHead(BaseModule):
         self.force_fp32 = force_fp32
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg if test_cfg is not None else dict()
+        view_support_cfg = self.test_cfg.get('view_support', None)
+        if view_support_cfg is not None and not 0.0 <= float(view_support_cfg['weight']) <= 1.0:
+            raise ValueError('test_cfg.view_support.weight must be in [0, 1], got '
+                             f"{view_support_cfg['weight']}")
         output_size = bbox_roi_extractor['roi_layer']['output_size']
         self.roi_size = ((output_size, output_size)
                          if isinstance(output_size, int) else tuple(output_size))
@@ -562,9 +566,7 @@ class MV2DXrayRoIHead(BaseModule):
         cfg = self.test_cfg.get('view_support', None)
         if cfg is None or len(pred['scores']) == 0:
             return pred
-        weight = float(cfg['weight'])
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f'test_cfg.view_support.weight must be in [0, 1], got {weight}')
+        weight = float(cfg['weight'])                # in [0, 1]: checked in __init__
         mine = (rois[:, 0].long() // num_views) == scene
         if roi_scores is None:
             roi_scores = rois.new_ones(len(rois))
