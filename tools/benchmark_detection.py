@@ -22,8 +22,9 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
 
 Settings of MV2D's test step are tried on val with ``--split val --variant NAME
 --test-cfg-options KEY=VALUE ...`` (e.g. ``model.test_cfg.rcnn.view_support.weight=0.5``):
-the trainings and the triangulations are reused, only MV2D's test run is redone, and its
-report is stored as ``<split>+<NAME>``. Each run adds its entries to an existing
+the trainings are reused; MV2D's test run and the baselines on its 2D detections are
+redone (the overrides may change the 2D detections too), and the report is stored as
+``<split>+<NAME>``. Each run adds its entries to an existing
 ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an entry of the same domain and
 split is replaced).
 
@@ -37,6 +38,7 @@ import math
 import os
 import os.path as osp
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -134,8 +136,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('--resamples must be at least 10')
     if bool(args.variant) != bool(args.test_cfg_options):
         parser.error('--variant and --test-cfg-options go together')
-    if args.variant is not None and not args.variant.replace('_', '').replace(
-            '.', '').replace('-', '').isalnum():
+    if args.variant is not None and not re.fullmatch(r'[\w.-]+', args.variant):
         parser.error(f'--variant must be letters, digits, "_", "-" or ".", '
                      f'got {args.variant!r}')
     for option in args.test_cfg_options:
@@ -301,7 +302,8 @@ def load_report(path: str) -> dict:
         return {}
     try:
         domains = read_json(path)['domains']
-        assert isinstance(domains, dict)
+        if not isinstance(domains, dict):
+            raise TypeError(f"'domains' is a {type(domains).__name__}")
     except Exception as exc:
         fail(f'{path} is not a benchmark report ({type(exc).__name__}: {exc}); '
              'use another --work-dir or delete it')
