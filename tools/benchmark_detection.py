@@ -29,9 +29,9 @@ redone (the overrides may change the 2D detections too), and the report is store
 split is replaced).
 
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
-other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; the
-machine, time and command), ``benchmark.md`` and ``froc_<domain>.png`` (one curve per
-method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints where they are.
+other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; under
+``run`` the machine, time and command), ``benchmark.md`` and ``froc_<domain>_<split>.png``
+(one curve per method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints where they are.
 """
 import argparse
 import math
@@ -109,8 +109,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Held-out benchmark: MV2D against triangulating its own 2D detections '
         'and the exact 2D boxes, on the test split, with bootstrap confidence intervals.',
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='Outputs in --work-dir: benchmark.json, benchmark.md, froc_<domain>.png, and '
-        'per domain the data, the two trainings, the test run and the baselines.')
+        epilog='Outputs in --work-dir: benchmark.json, benchmark.md, froc_<domain>_<split>.png, '
+        'and per domain the data, the two trainings, the test run and the baselines.')
     parser.add_argument('--domains', nargs='+', default=['chest', 'blades'],
                         choices=sorted(DOMAINS),
                         help='which benchmarks (default: chest blades)')
