@@ -31,7 +31,8 @@ split is replaced).
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; under
 ``run`` the machine, time and command), ``benchmark.md`` and ``froc_<domain>_<split>.png``
-(one curve per method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints where they are.
+(one curve per method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints
+where they are.
 """
 import argparse
 import math
