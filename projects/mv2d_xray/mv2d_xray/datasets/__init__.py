@@ -2,11 +2,12 @@
 from projects.mv2d_xray.mv2d_xray.datasets.transforms import (LoadXrayAnnotations3D,
                                                               LoadXrayMultiViewImages,
                                                               PackMV2DXrayInputs,
+                                                              XrayLocalContrast,
                                                               XrayPhotoMetricDistortion,
                                                               XrayResizeCropFlip)
 from projects.mv2d_xray.mv2d_xray.datasets.xray_dataset import MV2DXrayDataset, XrayDataError
 
 __all__ = [
     'MV2DXrayDataset', 'XrayDataError', 'LoadXrayMultiViewImages', 'LoadXrayAnnotations3D',
-    'XrayPhotoMetricDistortion', 'XrayResizeCropFlip', 'PackMV2DXrayInputs'
+    'XrayPhotoMetricDistortion', 'XrayResizeCropFlip', 'XrayLocalContrast', 'PackMV2DXrayInputs'
 ]
