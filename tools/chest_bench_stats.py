@@ -6,7 +6,9 @@ Prints, per split: cases, negative cases, ground-truth findings per size band an
 regions; the grey mean / std of the training images as the loading transform reads them
 (0..255 scale: the config's ``data_preprocessor``); with ``--contrast``, the peak
 contrast of a solid 5 mm nodule inserted in the lung of the clean CT against the photon
-noise there, in mm of water and in grey levels of 16-bit and 8-bit PNG over the window.
+noise there, in mm of water and in grey levels of 16-bit and 8-bit PNG over the window,
+and against the anatomy ("clutter"): the nodule's peak in the high-pass residue at
+``--sigma-px`` (``XrayLocalContrast``'s channel 1) over the std of the anatomy's residue.
 """
 import argparse
 import os.path as osp
@@ -65,14 +67,17 @@ def grey_stats(root: str, prefix: str, max_cases: int = 40) -> tuple:
     return mean, float(np.sqrt(total_sq / count - mean ** 2))
 
 
-def nodule_contrast(root: str) -> dict:
+def nodule_contrast(root: str, sigma_px: float = 1.5) -> dict:
     """Peak line-integral contrast of a solid 5 mm sphere in the clean CT's lung (the
-    lung voxel nearest the isocentre) and the noise sigma at that pixel, per view."""
+    lung voxel nearest the isocentre) and the noise sigma at that pixel, per view; and
+    the sphere's peak in the high-pass residue at ``sigma_px`` against the std of the
+    clean anatomy's residue over the whole view (grey levels, 0..255 scale)."""
     from data_converters.render import WINDOW_MM
     from data_converters.sources.chest_bench import ChestBenchSource
     from data_converters.sources.demo import insert_shape, nodule_hu
     from data_converters.storage import CaseStore
     from projects.mv2d_xray.core.geometry import XrayGeometry
+    from projects.mv2d_xray.mv2d_xray.datasets.transforms.contrast import high_pass
     settings = CaseStore(root).read_settings()['fingerprint']
     source = ChestBenchSource(XrayGeometry.from_metainfo(settings['geometry']))
     base = source.base()
@@ -93,19 +98,24 @@ def nodule_contrast(root: str) -> dict:
     delta = insert_shape(base['clean_hu'], spacing, mask, offset, values, source.renderer,
                          source.density, write=False)
     anatomy = source.renderer.render(base['clean_hu'], spacing)
-    pitch = source.geometry.pixel_spacing_mm
+    pitch = source.detector_pitch_mm()
     rows = []
     for view in range(len(delta)):
         peak = np.unravel_index(np.argmax(delta[view]), delta[view].shape)
         sigma = float(source.noise.sigma_mm(anatomy[view][peak], pitch))
+        grey = 255.0 / WINDOW_MM
         rows.append(dict(contrast_mm=float(delta[view][peak]), background_mm=float(
-            anatomy[view][peak]), sigma_mm=sigma))
+            anatomy[view][peak]), sigma_mm=sigma,
+            residue_peak=float(high_pass(delta[view] * grey, sigma_px).max()),
+            clutter_std=float(high_pass(anatomy[view] * grey, sigma_px).std())))
     contrast = np.median([r['contrast_mm'] for r in rows])
     sigma = np.median([r['sigma_mm'] for r in rows])
     return dict(views=rows, median_contrast_mm=float(contrast), median_sigma_mm=float(sigma),
                 levels_16bit=float(contrast * MAX_VALUE_16 / WINDOW_MM),
                 sigma_levels_16bit=float(sigma * MAX_VALUE_16 / WINDOW_MM),
-                levels_8bit=float(contrast * 255 / WINDOW_MM))
+                levels_8bit=float(contrast * 255 / WINDOW_MM), sigma_px=sigma_px,
+                median_residue_peak=float(np.median([r['residue_peak'] for r in rows])),
+                median_clutter_std=float(np.median([r['clutter_std'] for r in rows])))
 
 
 def main(argv=None) -> int:
@@ -113,6 +123,8 @@ def main(argv=None) -> int:
     parser.add_argument('root')
     parser.add_argument('--prefix', default='chest_bench')
     parser.add_argument('--contrast', action='store_true')
+    parser.add_argument('--sigma-px', type=float, default=1.5,
+                        help='high-pass blur of the clutter figure, px (default: 1.5)')
     args = parser.parse_args(argv)
     for split, fig in split_figures(args.root, args.prefix).items():
         bands = ', '.join(f'{lo:g}-{hi:g} mm: {n}' for (lo, hi), n in
@@ -123,7 +135,7 @@ def main(argv=None) -> int:
     mean, std = grey_stats(args.root, args.prefix)
     print(f'training images (0..255 scale, first 40 cases): mean {mean:.1f}, std {std:.1f}')
     if args.contrast:
-        out = nodule_contrast(args.root)
+        out = nodule_contrast(args.root, args.sigma_px)
         for view, row in enumerate(out['views']):
             print(f'  view {view}: 5 mm solid nodule {row["contrast_mm"]:.2f} mm over '
                   f'{row["background_mm"]:.1f} mm, noise sigma {row["sigma_mm"]:.3f} mm')
@@ -131,6 +143,9 @@ def main(argv=None) -> int:
               f'{out["levels_16bit"]:.0f} levels 16-bit ({out["levels_8bit"]:.1f} 8-bit); '
               f'noise sigma {out["median_sigma_mm"]:.3f} mm = '
               f'{out["sigma_levels_16bit"]:.0f} levels 16-bit')
+        print(f'high-pass residue at {out["sigma_px"]:g} px (grey levels, 0..255): the '
+              f'nodule\'s peak {out["median_residue_peak"]:.2f}, the anatomy\'s std '
+              f'{out["median_clutter_std"]:.2f} (median over views)')
     return 0
 
 
