@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
 
+from data_converters.arguments import positive_float  # noqa: E402
 from data_converters.image_encoding import MAX_VALUE_16  # noqa: E402
 from data_converters.sources.chest_bench import SIZE_BANDS_MM  # noqa: E402
 
@@ -99,21 +100,21 @@ def nodule_contrast(root: str, sigma_px: float = 1.5) -> dict:
                          source.density, write=False)
     anatomy = source.renderer.render(base['clean_hu'], spacing)
     pitch = source.detector_pitch_mm()
+    grey_per_mm = 255.0 / WINDOW_MM                    # the models' 0..255 grey scale
     rows = []
     for view in range(len(delta)):
         peak = np.unravel_index(np.argmax(delta[view]), delta[view].shape)
         sigma = float(source.noise.sigma_mm(anatomy[view][peak], pitch))
-        grey = 255.0 / WINDOW_MM
         rows.append(dict(contrast_mm=float(delta[view][peak]), background_mm=float(
             anatomy[view][peak]), sigma_mm=sigma,
-            residue_peak=float(high_pass(delta[view] * grey, sigma_px).max()),
-            clutter_std=float(high_pass(anatomy[view] * grey, sigma_px).std())))
+            residue_peak=float(high_pass(delta[view] * grey_per_mm, sigma_px).max()),
+            clutter_std=float(high_pass(anatomy[view] * grey_per_mm, sigma_px).std())))
     contrast = np.median([r['contrast_mm'] for r in rows])
     sigma = np.median([r['sigma_mm'] for r in rows])
     return dict(views=rows, median_contrast_mm=float(contrast), median_sigma_mm=float(sigma),
                 levels_16bit=float(contrast * MAX_VALUE_16 / WINDOW_MM),
                 sigma_levels_16bit=float(sigma * MAX_VALUE_16 / WINDOW_MM),
-                levels_8bit=float(contrast * 255 / WINDOW_MM), sigma_px=sigma_px,
+                levels_8bit=float(contrast * grey_per_mm), sigma_px=sigma_px,
                 median_residue_peak=float(np.median([r['residue_peak'] for r in rows])),
                 median_clutter_std=float(np.median([r['clutter_std'] for r in rows])))
 
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument('root')
     parser.add_argument('--prefix', default='chest_bench')
     parser.add_argument('--contrast', action='store_true')
-    parser.add_argument('--sigma-px', type=float, default=1.5,
+    parser.add_argument('--sigma-px', type=positive_float, default=1.5,
                         help='high-pass blur of the clutter figure, px (default: 1.5)')
     args = parser.parse_args(argv)
     for split, fig in split_figures(args.root, args.prefix).items():
