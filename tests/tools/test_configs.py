@@ -27,6 +27,8 @@ BLADES_DEMO = 'mv2d_r18_fpn_1xb1-20e_blades-256.py'
 BLADES_DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py'
 BENCH = 'mv2d_r18_fpn_1xb1-6e_chest-bench-320.py'
 BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-5e_chest-bench-320.py'
+BLADES_BENCH = 'mv2d_r18_fpn_1xb1-20e_blades-bench-256.py'
+BLADES_BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-16e_blades-bench-256.py'
 
 
 def load(name: str) -> Config:
@@ -46,7 +48,7 @@ def build_model(cfg: Config):
 
 def test_the_configs_are_there():
     assert {PAPER, STAGE_2D, DEMO, DEMO_2D, BENCH, BENCH_2D, BLADES, BLADES_2D, BLADES_DEMO,
-            BLADES_DEMO_2D} <= set(CONFIGS)
+            BLADES_DEMO_2D, BLADES_BENCH, BLADES_BENCH_2D} <= set(CONFIGS)
 
 
 def test_custom_imports_register_the_plugin_in_a_fresh_process(demo_dataset):
@@ -196,7 +198,8 @@ def test_pin_memory_only_with_cuda(monkeypatch):
 
 @pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO),
                                            (BENCH_2D, BENCH), (BLADES_2D, BLADES),
-                                           (BLADES_DEMO_2D, BLADES_DEMO)])
+                                           (BLADES_DEMO_2D, BLADES_DEMO),
+                                           (BLADES_BENCH_2D, BLADES_BENCH)])
 def test_2d_stage_checkpoint_initialises_the_full_model(tmp_path, name_2d, name):
     """The 2D-stage config's parameters are exactly the full model's 2D stage: a checkpoint
     of it loads through ``load_from`` (mmengine, non-strict) into every ``base_detector``
@@ -251,7 +254,7 @@ def test_2d_stage_model_trains_and_predicts_2d_only():
                                                        'view_ids'}
 
 
-@pytest.mark.parametrize('name', [BLADES, BLADES_DEMO])
+@pytest.mark.parametrize('name', [BLADES, BLADES_DEMO, BLADES_BENCH])
 def test_blades_configs_match_the_blades_source(name):
     """The blades configs use the source's classes, turntable and data folder names."""
     from data_converters.sources.blades import BladesSource

@@ -1,0 +1,36 @@
+# The blades benchmark's 2D stage: the Faster R-CNN of mv2d_r18_fpn_1xb1-20e_blades-bench-256.py
+# trained alone, from scratch, on the per-view defect boxes (the 3D head switched off);
+# its checkpoint starts the full model. The demo's 2D-stage settings
+# (mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py) with this benchmark's pipeline and 16
+# epochs.
+_base_ = ['./mv2d_r18_fpn_1xb1-20e_blades-bench-256.py']
+
+work_dir = 'work_dirs/blades-bench/2d-stage'
+
+model = dict(
+    roi_head=None,
+    freeze_base_detector=False,
+    train_cfg=dict(_delete_=True),
+    test_cfg=dict(
+        _delete_=True,
+        detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
+train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
+
+# 16 epochs of the 72 training parts' 864 views (EPOCH_TIME on 2 CPU cores)
+max_epochs = 16
+optim_wrapper = dict(
+    optimizer=dict(lr=2e-3),
+    paramwise_cfg=dict(custom_keys={'base_detector.backbone': dict(lr_mult=1.0)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=50),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs,
+        eta_min_ratio=1e-3,
+        begin=0,
+        end=max_epochs,
+        by_epoch=True,
+        convert_to_iter_based=True)
+]
+train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+default_hooks = dict(checkpoint=dict(interval=max_epochs))
