@@ -24,7 +24,9 @@ Settings of MV2D's test step are tried on val with ``--split val --variant NAME
 --test-cfg-options KEY=VALUE ...`` (e.g. ``model.test_cfg.rcnn.view_support.weight=0.5``):
 the trainings are reused; MV2D's test run and the baselines on its 2D detections are
 redone (the overrides may change the 2D detections too), and the report is stored as
-``<split>+<NAME>``. Each run adds its entries to an existing
+``<split>+<NAME>``. Settings of MV2D's training go in ``--cfg-options KEY=VALUE ...``
+(e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew into ``mv2d-<NAME>``
+from the same 2D stage and tested with them. Each run adds its entries to an existing
 ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an entry of the same domain and
 split is replaced).
 
@@ -126,23 +128,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='a smoke run: tiny data under --work-dir, one epoch per stage, '
                         '200 resamples')
     parser.add_argument('--variant', default=None,
-                        help='a name for MV2D test settings tried on val (with '
-                        '--test-cfg-options); its report is stored as <split>+<variant>')
+                        help='a name for MV2D settings tried on val (with --test-cfg-options '
+                        'and / or --cfg-options); its report is stored as <split>+<variant>')
     parser.add_argument('--test-cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help="config overrides of MV2D's test run only (tools/test.py "
                         '--cfg-options), e.g. model.test_cfg.rcnn.view_support.weight=0.5')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help="config overrides of MV2D's training and test: MV2D is trained "
+                        'anew into <domain>/mv2d-<variant> from the same 2D stage, e.g. '
+                        'model.roi_head.view_probes=True')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.resamples < 10:
         parser.error('--resamples must be at least 10')
-    if bool(args.variant) != bool(args.test_cfg_options):
-        parser.error('--variant and --test-cfg-options go together')
+    if bool(args.variant) != bool(args.test_cfg_options or args.cfg_options):
+        parser.error('--variant and --test-cfg-options / --cfg-options go together')
     if args.variant is not None and not re.fullmatch(r'[\w.-]+', args.variant):
         parser.error(f'--variant must be letters, digits, "_", "-" or ".", '
                      f'got {args.variant!r}')
-    for option in args.test_cfg_options:
-        if '=' not in option:
-            parser.error(f'--test-cfg-options takes KEY=VALUE, got {option!r}')
+    for flag, options in (('--test-cfg-options', args.test_cfg_options),
+                          ('--cfg-options', args.cfg_options)):
+        for option in options:
+            if '=' not in option:
+                parser.error(f'{flag} takes KEY=VALUE, got {option!r}')
     if args.quick:
         args.resamples = min(args.resamples, 200)
     return args
@@ -232,13 +240,14 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     quick = list(domain.quick_cfg) if args.quick else []
     ckpt_2d = train(f'{name}: training the 2D stage', domain.config_2d,
                     osp.join(out, '2d-stage'), options + quick, log)
-    ckpt = train(f'{name}: training MV2D', domain.config, osp.join(out, 'mv2d'),
-                 options + quick + [f'load_from={ckpt_2d}'], log)
     key = report_key(args)
+    mv2d_dir = osp.join(out, f'mv2d-{args.variant}' if args.cfg_options else 'mv2d')
+    ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
+                 options + quick + args.cfg_options + [f'load_from={ckpt_2d}'], log)
     test_dir = osp.join(out, f'test-{key}')
     run_step(f'{name}: MV2D on the {key} split',
              [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', test_dir,
-              '--cfg-options', *options, *args.test_cfg_options], log)
+              '--cfg-options', *options, *args.cfg_options, *args.test_cfg_options], log)
     files = dict(infos=pkl, coco=coco, mv2d=osp.join(test_dir, 'predictions.json'),
                  dets2d=osp.join(test_dir, 'dets2d.json'),
                  triangulation=osp.join(out, f'triangulation-{key}', 'predictions.json'),
@@ -324,7 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         start, log = time.time(), []
         run = dict(command=shlex.join([sys.executable, *sys.argv]), machine=machine(),
                    started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
-                   seed=args.seed, test_cfg_options=args.test_cfg_options, steps=log)
+                   seed=args.seed, test_cfg_options=args.test_cfg_options,
+                   cfg_options=args.cfg_options, steps=log)
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)
         entry['run'] = dict(run, seconds=round(time.time() - start, 1))

@@ -157,6 +157,92 @@ def test_merging_keeps_one_query_per_finding_the_best_scoring():
                        torch.arange(len(bboxes)))
 
 
+def test_view_probes_fill_the_views_without_a_detection():
+    """Finding 0 is missed by the 2D stage in views 2 and 5: its query (lifted in view 0)
+    gets exactly two probes, there, centred on the finding's exact projections with its
+    own box's size; findings seen everywhere and the lone detection (no valid prior) get
+    none."""
+    num_views = 10
+    head, bboxes, view_ids, lidar2img, shape, points = _prior_scene(num_views)
+    finding = torch.arange(len(bboxes)) % 3
+    missed = (finding == 0) & ((view_ids == 2) | (view_ids == 5))
+    missed[-1] = False                                          # the lone detection
+    bboxes, view_ids = bboxes[~missed], view_ids[~missed]
+    bboxes[0] = torch.tensor([bboxes[0, 0] - 2, bboxes[0, 1] - 1, bboxes[0, 2] + 2,
+                              bboxes[0, 3] + 1])               # a 12 x 10 px box
+    bboxes[0] -= torch.tensor([0.0, 0.0, 0.0, 0.0])
+    prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
+    rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
+    cam2img = make_geometry(num_views).view_matrices()['cam2img']
+    geo = head.gather_rois(rois, [dict(lidar2img=lidar2img.numpy(), cam2img=cam2img,
+                                       img_shape=shape)], num_views)
+    corr, mask = head.correlate(bboxes, geo.scene_ids, view_ids, lidar2img[None],
+                                [shape], 1)
+    queries = torch.tensor([0, 1, 2, len(bboxes) - 1])          # findings 0, 1, 2; lone
+    probes, slots, slot_mask = head.probe_rois(prior[queries], ok[queries], queries,
+                                               corr[queries], mask[queries], geo)
+    assert slot_mask.shape == (4, num_views)
+    assert slot_mask[0].nonzero()[:, 0].tolist() == [2, 5]
+    assert not slot_mask[1:].any() and len(probes) == 2
+    truth, _ = project_points(lidar2img[[2, 5]].double(),
+                              torch.from_numpy(points[:1]).expand(2, 1, 3))
+    own = probes[slots[0, [2, 5]]]
+    assert own[:, 0].tolist() == [2.0, 5.0]                     # scene 0, views 2 and 5
+    centre = (own[:, 1:3] + own[:, 3:]) / 2
+    assert (centre - truth[:, 0].float()).abs().max() < 1e-3
+    assert torch.allclose(own[:, 3:] - own[:, 1:3], torch.tensor([[12.0, 10.0]] * 2))
+    # a prior that projects outside a view's image gets no probe there
+    far = torch.tensor([[0.0, 0.0, 400.0]])
+    _, _, outside = head.probe_rois(far, torch.tensor([True]), queries[:1], corr[:1],
+                                    mask[:1], geo)
+    assert not outside.any()
+
+
+@pytest.mark.parametrize('view_probes', [False, True])
+def test_view_probes_read_the_features_where_the_2d_stage_missed(view_probes):
+    """The RoI head on finding 0 missed in views 2 and 5 (random features): changing the
+    stride-4 features around its projection in view 2, where there is no detection,
+    changes the decoded boxes only with ``view_probes``; its explanation then lists all
+    10 views, the two probes without a 2D score, and attention on them."""
+    from projects.mv2d_xray.mv2d_xray.models.explanation import explain_query
+    torch.manual_seed(0)
+    num_views = 10
+    head, bboxes, view_ids, lidar2img, shape, points = _prior_scene(num_views)
+    head.view_probes = view_probes
+    head.eval()
+    finding = torch.arange(len(bboxes)) % 3
+    missed = (finding == 0) & ((view_ids == 2) | (view_ids == 5))
+    missed[-1] = False
+    rois = torch.cat([view_ids[~missed, None].float(), bboxes[~missed]], dim=1)
+    metas = [dict(lidar2img=lidar2img.numpy(), img_shape=shape,
+                  cam2img=make_geometry(num_views).view_matrices()['cam2img'])]
+    dims = head.bbox_roi_extractor.out_channels
+    feats = [torch.randn(num_views, dims, shape[0] // s, shape[1] // s)
+             for s in head.bbox_roi_extractor.featmap_strides]
+    uv, _ = project_points(lidar2img[2].double(), torch.from_numpy(points[:1]))
+    col, row = (uv[0] / 4).long().tolist()
+    changed = [f.clone() for f in feats]
+    changed[0][2, :, row - 3:row + 4, col - 3:col + 4] += 3.0
+    scores = torch.ones(len(rois))
+    with torch.no_grad():
+        before = head(feats, rois, metas, num_views, scores, explain=True)
+        after = head(changed, rois, metas, num_views, scores)
+    moved = (before['all_codes'] - after['all_codes']).abs().max()
+    query = int((before['evidence'].query_rois == 0).nonzero()[0, 0])
+    expl = explain_query(before['evidence'], query, query)
+    if not view_probes:
+        assert moved == 0
+        assert sorted(expl['attended_views'].tolist()) == [0, 1, 3, 4, 6, 7, 8, 9]
+        return
+    assert moved > 1e-3
+    assert sorted(expl['attended_views'].tolist()) == list(range(num_views))
+    probes = torch.isin(expl['attended_views'], torch.tensor([2, 5]))
+    assert torch.isnan(expl['attended_scores'][probes]).all()
+    assert not torch.isnan(expl['attended_scores'][~probes]).any()
+    assert (expl['attention'][probes] > 0).all()
+    assert torch.allclose(expl['attention'].sum(), torch.ones(()), atol=1e-5)
+
+
 # -- box correlation ------------------------------------------------------------------
 def _scene_boxes(num_views: int, aug: bool = False):
     """Three findings at well separated heights, their 2D boxes in every view

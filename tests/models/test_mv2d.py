@@ -31,12 +31,16 @@ def _total_loss(model, losses):
     return total
 
 
-@pytest.mark.parametrize('num_views', [3, 10, 20])
-def test_loss_forward_backward(num_views):
+@pytest.mark.parametrize('num_views,view_probes', [(3, False), (10, False), (20, False),
+                                                 (10, True)])
+def test_loss_forward_backward(num_views, view_probes):
     """Batch of 2 (one scene without findings): every loss term is finite and the
-    gradients reach the 2D detector, the query generator and the 3D head."""
+    gradients reach the 2D detector, the query generator and the 3D head (also with the
+    RoI head's view probes)."""
     torch.set_num_threads(1)
-    model = _build()
+    cfg = tiny_mv2d_config()
+    cfg['roi_head']['view_probes'] = view_probes
+    model = _build(cfg)
     model.train()
     data = model.data_preprocessor(make_batch(num_views, [2, 0], seed=num_views),
                                    True)

@@ -19,10 +19,18 @@ def test_variant_needs_test_cfg_options(tmp_path):
     out = run_tool('benchmark_detection.py', '--split', 'val', '--variant', 'vs',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2
-    assert '--variant and --test-cfg-options go together' in out.stderr
+    assert '--variant and --test-cfg-options / --cfg-options go together' in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'a/b', '--test-cfg-options', 'x=1',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--variant must be letters' in out.stderr
+    out = run_tool('benchmark_detection.py', '--cfg-options', 'model.roi_head.view_probes=1',
+                   '--work-dir', str(tmp_path))
+    assert out.returncode == 2
+    assert '--variant and --test-cfg-options / --cfg-options go together' in out.stderr
+    out = run_tool('benchmark_detection.py', '--variant', 'probes', '--cfg-options',
+                   'view_probes', '--work-dir', str(tmp_path))
+    assert out.returncode == 2
+    assert "--cfg-options takes KEY=VALUE, got 'view_probes'" in out.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,10 +12,14 @@ For the detections of all views of a batch of scenes:
 5. optionally merge the detections of one finding into one query (``merge_dist_mm``);
 6. generate one 3D reference point per query (:class:`MV2DXrayQueryGenerator`,
    residual to the prior);
-7. decode: queries self-attend within their scene and cross-attend to the RoI tokens of
-   their relevant detections (:class:`MV2DXrayCrossAttentionHead`).
+7. optionally add *view probes* (``view_probes``): a query with a valid prior also reads
+   every view where it has no relevant detection, at the prior's projection
+   (:meth:`MV2DXrayRoIHead.probe_rois`), so a finding the 2D stage missed in some views
+   is still seen there;
+8. decode: queries self-attend within their scene and cross-attend to the RoI tokens of
+   their relevant detections (and probes) (:class:`MV2DXrayCrossAttentionHead`).
 
-Steps 4 and 5 are ours, not MV2D's. MV2D regresses each query's depth from one view's
+Steps 4, 5 and 7 are ours, not MV2D's. MV2D regresses each query's depth from one view's
 RoI feature and leaves duplicates (one query per view of the same object) to its
 one-to-one matching, which works with nuScenes' 6 barely overlapping cameras and long
 schedules. In X-ray every finding is seen in all N views: N near-identical queries
@@ -124,6 +128,10 @@ class MV2DXrayRoIHead(BaseModule):
         merge_dist_mm (float, optional): Merge detections whose triangulated priors
             are closer than this into the query of the best-scoring one (step 5);
             None keeps one query per detection, as MV2D. Defaults to None.
+        view_probes (bool): Let each query with a valid prior also attend to a box
+            (its own detection's size) at the prior's projection in every view of its
+            scene where it has no relevant detection (step 7, :meth:`probe_rois`).
+            Defaults to False (MV2D: the relevant detections only).
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
@@ -147,6 +155,7 @@ class MV2DXrayRoIHead(BaseModule):
                  prior_min_ray_angle_deg: float = 15.0,
                  prior_min_partners: int = 2,
                  merge_dist_mm: Optional[float] = None,
+                 view_probes: bool = False,
                  force_fp32: bool = True,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
@@ -164,6 +173,7 @@ class MV2DXrayRoIHead(BaseModule):
         self.prior_min_ray_angle_deg = prior_min_ray_angle_deg
         self.prior_min_partners = prior_min_partners
         self.merge_dist_mm = merge_dist_mm
+        self.view_probes = bool(view_probes)
         self.force_fp32 = force_fp32
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg if test_cfg is not None else dict()
@@ -224,22 +234,38 @@ class MV2DXrayRoIHead(BaseModule):
                                             roi_scores)
             ref_points = self.generate_queries(roi_feats, geo, prior_points, query_rois)
             scene_ids = geo.scene_ids[query_rois]
+            query_corr, query_mask = corr[query_rois], corr_mask[query_rois]
+            roi_bboxes, roi_view_ids, scores = geo.bboxes, geo.view_ids, roi_scores
+            if self.view_probes:
+                probes, slots, slot_mask = self.probe_rois(
+                    prior_points[query_rois], prior_ok[query_rois], query_rois,
+                    query_corr, query_mask, geo)
+                if len(probes):
+                    probe_geo = self.gather_rois(probes, batch_img_metas, num_views)
+                    _, probe_tokens, probe_pos = self.encode_rois(feats, probes, probe_geo)
+                    tokens = torch.cat([tokens, probe_tokens])
+                    pos = torch.cat([pos, probe_pos])
+                    query_corr = torch.cat([query_corr, slots + len(rois)], dim=1)
+                    query_mask = torch.cat([query_mask, slot_mask], dim=1)
+                    roi_bboxes = torch.cat([roi_bboxes, probe_geo.bboxes])
+                    roi_view_ids = torch.cat([roi_view_ids, probe_geo.view_ids])
+                    if scores is not None:     # a probe is no detection: no 2D score
+                        scores = torch.cat([scores, scores.new_full((len(probes), ),
+                                                                    float('nan'))])
             recorder = (self.bbox_head.record_cross_attention() if explain else
                         nullcontext([]))
             with recorder as attention:
                 all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens,
-                                                        pos, corr[query_rois],
-                                                        corr_mask[query_rois])
+                                                        pos, query_corr, query_mask)
         out = dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
                    scene_ids=scene_ids)
         if explain:
             out['evidence'] = QueryEvidence(
-                query_rois=query_rois, corr=corr[query_rois],
-                corr_mask=corr_mask[query_rois],
+                query_rois=query_rois, corr=query_corr, corr_mask=query_mask,
                 cell_attention=torch.stack(attention).unflatten(
-                    -1, (corr.shape[1], ) + self.roi_size),
-                roi_bboxes=geo.bboxes, roi_view_ids=geo.view_ids,
-                roi_scores=roi_scores, num_views=num_views)
+                    -1, (query_corr.shape[1], ) + self.roi_size),
+                roi_bboxes=roi_bboxes, roi_view_ids=roi_view_ids,
+                roi_scores=scores, num_views=num_views)
         return out
 
     @staticmethod
@@ -318,6 +344,50 @@ class MV2DXrayRoIHead(BaseModule):
             depth_prior = depth[:, 0]                            # (Q,) cam mm
         return self.query_generator(roi_feats[query_rois], geo.bboxes[query_rois],
                                     lidar2img, geo.cam2img[query_rois], depth_prior)
+
+    @torch.no_grad()
+    def probe_rois(self, points: Tensor, points_ok: Tensor, query_rois: Tensor,
+                   query_corr: Tensor, query_mask: Tensor,
+                   geo: RoIGeometry) -> Tuple[Tensor, Tensor, Tensor]:
+        """The view probes of the queries (step 7): for a query with a valid prior, one
+        box per view of its scene that holds none of its relevant detections, centred at
+        the prior's projection, of the query's own detection's width and height; only
+        where the prior is in front of the source and projects inside the image.
+
+        Args:
+            points (Tensor): ``(Q, 3)`` the queries' priors, ct mm.
+            points_ok (Tensor): ``(Q,)`` their validity.
+            query_rois (Tensor): ``(Q,)`` the RoI each query was lifted from.
+            query_corr, query_mask (Tensor): ``(Q, M)`` its relevant RoIs.
+            geo (RoIGeometry): the RoIs' geometry (:meth:`gather_rois`).
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor]: the probes as RoIs ``(P, 5)`` ``[image index,
+            x1, y1, x2, y2]`` (px), and per query ``(Q, V)`` the probe of each view
+            (an index into the ``P`` probes; 0 where there is none) with its mask
+            ``(Q, V)``.
+        """
+        num_views = geo.num_views
+        scenes = geo.scene_ids[query_rois]
+        mats = geo.views_lidar2img[scenes]                       # (Q, V, 4, 4)
+        uv, depth = project_points(mats, points.double()[:, None, None, :])
+        uv, depth = uv[:, :, 0].float(), depth[:, :, 0]          # (Q, V, 2), (Q, V)
+        hw = geo.bboxes.new_tensor(geo.img_shapes)[scenes]       # (Q, 2) (H, W)
+        inside = (uv >= 0).all(-1) & (uv[..., 0] < hw[:, None, 1]) & \
+            (uv[..., 1] < hw[:, None, 0])
+        covered = torch.zeros_like(inside)                       # views it already reads
+        row, col = query_mask.nonzero(as_tuple=True)
+        covered[row, geo.view_ids[query_corr[row, col]]] = True
+        wanted = points_ok[:, None] & ~covered & (depth > 0) & inside
+        size = geo.bboxes[query_rois, 2:] - geo.bboxes[query_rois, :2]       # (Q, 2)
+        query, view = wanted.nonzero(as_tuple=True)
+        centre = uv[query, view]
+        half = size[query] / 2
+        probes = torch.cat([(scenes[query] * num_views + view)[:, None].to(centre),
+                            centre - half, centre + half], dim=1)
+        slots = torch.zeros_like(wanted, dtype=torch.long)
+        slots[query, view] = torch.arange(len(query), device=slots.device)
+        return probes, slots, wanted
 
     def decode(self, ref_points: Tensor, scene_ids: Tensor, tokens: Tensor,
                pos: Tensor, corr: Tensor, corr_mask: Tensor) -> Tuple[Tensor, Tensor]:
