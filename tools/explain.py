@@ -20,7 +20,8 @@ the attention each view received; and ``saliency_<k>.png``: every view with the 
 stage's saliency map (EigenCAM on the FPN level of the finding's detection in that view,
 or with ``--saliency score`` a box-score-driven Score-CAM of it). ``explanations.json``
 holds, per finding, its 3D box (ct mm) and score, its source view and detection, the
-attended detections with their attention (last decoder layer and mean over layers) and
+attended detections with their attention (last decoder layer and mean over layers; a
+view probe of ``model.roi_head.view_probes`` has score null) and
 ``view_attention`` (the share of the cross-attention each view received, summing to 1).
 2D boxes in the JSON are in the original images' pixels.
 
@@ -31,6 +32,7 @@ of a uniformly random peak (``pointing_game.json``; see
 ``projects/mv2d_xray/mv2d_xray/evaluation/pointing_game.py``).
 """
 import argparse
+import math
 import os.path as osp
 
 from _checkpoints import CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, load_weights
@@ -200,8 +202,10 @@ def finding_record(k: int, sample, explanation: dict, classes, view_names) -> di
     meta, pred = sample.metainfo, sample.pred_instances_3d
     original = explanation_to_original(explanation, meta['img_aug_matrix'])
     label = int(pred.labels_3d[k])
+    # a view probe (model.roi_head.view_probes) is no detection: its score is null
     attended = [dict(view=view_names[int(v)], bbox=[float(x) for x in box],
-                     score=float(s), attention=float(a), attention_mean=float(m))
+                     score=None if math.isnan(float(s)) else float(s),
+                     attention=float(a), attention_mean=float(m))
                 for v, box, s, a, m in zip(original['attended_views'],
                                            original['attended_bboxes'],
                                            original['attended_scores'],

@@ -141,3 +141,35 @@ def test_study_arguments_are_one_line(explain_setup, tmp_path):
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
         import re
         assert re.search(message, lines[0]), lines[0]
+
+
+def test_a_view_probe_is_recorded_with_a_null_score():
+    """A view probe (``model.roi_head.view_probes``) has no 2D score (NaN in the
+    explanation): ``explanations.json`` records it as null, since NaN is not JSON."""
+    import sys
+
+    import numpy as np
+    from conftest import REPO_ROOT
+    from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
+    from mmengine.structures import InstanceData
+
+    from projects.mv2d_xray.core.io import json_bytes
+    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+    try:
+        from explain import finding_record
+    finally:
+        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+    sample = Det3DDataSample(metainfo=dict(img_aug_matrix=np.stack([np.eye(4)] * 2)))
+    sample.pred_instances_3d = InstanceData(
+        bboxes_3d=LiDARInstance3DBoxes(torch.tensor([[1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 0.0]])),
+        scores_3d=torch.tensor([0.7]), labels_3d=torch.tensor([0]))
+    explanation = dict(
+        source_view=0, source_bbox=torch.tensor([10.0, 10.0, 14.0, 14.0]),
+        source_score=0.9, attended_views=torch.tensor([0, 1]),
+        attended_bboxes=torch.tensor([[10.0, 10.0, 14.0, 14.0], [20.0, 10.0, 24.0, 14.0]]),
+        attended_scores=torch.tensor([0.9, float('nan')]),
+        attention=torch.tensor([0.6, 0.4]), attention_mean=torch.tensor([0.5, 0.5]),
+        view_attention=torch.tensor([0.6, 0.4]))
+    record = finding_record(0, sample, explanation, ['nodule'], ['view0', 'view1'])
+    assert [a['score'] for a in record['attended']] == [pytest.approx(0.9), None]
+    assert json.loads(json_bytes(record))['attended'][1]['attention'] == pytest.approx(0.4)
