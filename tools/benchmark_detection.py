@@ -25,8 +25,9 @@ Settings of MV2D's test step are tried on val with ``--split val --variant NAME
 the trainings are reused; MV2D's test run and the baselines on its 2D detections are
 redone (the overrides may change the 2D detections too), and the report is stored as
 ``<split>+<NAME>``. Settings of MV2D's training go in ``--cfg-options KEY=VALUE ...``
-(e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew into ``mv2d-<NAME>``
-from the same 2D stage and tested with them. Each run adds its entries to an existing
+(e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew from the same 2D stage
+into a folder named after those options (``mv2d-model.roi_head.view_probes=True``; variants
+with the same ``--cfg-options`` share it) and tested with them. Each run adds its entries to an existing
 ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an entry of the same domain and
 split is replaced).
 
@@ -135,7 +136,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         '--cfg-options), e.g. model.test_cfg.rcnn.view_support.weight=0.5')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help="config overrides of MV2D's training and test: MV2D is trained "
-                        'anew into <domain>/mv2d-<variant> from the same 2D stage, e.g. '
+                        'anew from the same 2D stage into <domain>/mv2d-<the options> '
+                        '(shared by variants with the same options), e.g. '
                         'model.roi_head.view_probes=True')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -220,6 +222,14 @@ def data_options(domain: Domain, data: str, split: str) -> List[str]:
             f'test_evaluator.ann_file={pkl}']
 
 
+def mv2d_folder(cfg_options: Sequence[str]) -> str:
+    """The folder of an MV2D training: ``mv2d``, or with training overrides
+    ``mv2d-<the overrides>`` (characters other than letters, digits, ``._=-`` as ``_``)."""
+    if not cfg_options:
+        return 'mv2d'
+    return 'mv2d-' + re.sub(r'[^\w.=-]', '_', '+'.join(cfg_options))
+
+
 def report_key(args: argparse.Namespace) -> str:
     """The split's key in the report: ``test``, or ``val+<variant>`` for a variant."""
     return args.split if args.variant is None else f'{args.split}+{args.variant}'
@@ -241,7 +251,7 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     ckpt_2d = train(f'{name}: training the 2D stage', domain.config_2d,
                     osp.join(out, '2d-stage'), options + quick, log)
     key = report_key(args)
-    mv2d_dir = osp.join(out, f'mv2d-{args.variant}' if args.cfg_options else 'mv2d')
+    mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options))
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
                  options + quick + args.cfg_options + [f'load_from={ckpt_2d}'], log)
     test_dir = osp.join(out, f'test-{key}')

@@ -43,3 +43,21 @@ def test_a_foreign_benchmark_json_is_refused(tmp_path):
     assert out.returncode == 2
     assert 'benchmark.json is not a benchmark report' in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['benchmark.json']
+
+
+def test_mv2d_training_folder_is_named_after_its_overrides():
+    """Variants that retrain MV2D (``--cfg-options``) get one folder per set of overrides,
+    shared by variants with the same ones; test-only variants reuse ``mv2d``."""
+    import os.path as osp
+    import sys
+
+    from conftest import REPO_ROOT
+    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+    try:
+        from benchmark_detection import mv2d_folder
+    finally:
+        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+    assert mv2d_folder([]) == 'mv2d'
+    assert mv2d_folder(['model.roi_head.view_probes=True']) == \
+        'mv2d-model.roi_head.view_probes=True'
+    assert mv2d_folder(['a=1', 'b=[1, 2]']) == 'mv2d-a=1_b=_1__2_'
