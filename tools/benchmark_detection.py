@@ -26,8 +26,8 @@ the trainings are reused; MV2D's test run and the baselines on its 2D detections
 redone (the overrides may change the 2D detections too), and the report is stored as
 ``<split>+<NAME>``. Settings of MV2D's training go in ``--cfg-options KEY=VALUE ...``
 (e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew from the same 2D stage
-into a folder named after those options (``mv2d-model.roi_head.view_probes=True``; variants
-with the same ``--cfg-options`` share it) and tested with them. Each run adds its entries to an existing
+into a folder named after those options (``mv2d-model.roi_head.view_probes=True-<hash>``;
+variants with the same ``--cfg-options`` share it) and tested with them. Each run adds its entries to an existing
 ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an entry of the same domain and
 split is replaced).
 
@@ -38,6 +38,7 @@ other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stag
 where they are.
 """
 import argparse
+import hashlib
 import math
 import os
 import os.path as osp
@@ -224,10 +225,14 @@ def data_options(domain: Domain, data: str, split: str) -> List[str]:
 
 def mv2d_folder(cfg_options: Sequence[str]) -> str:
     """The folder of an MV2D training: ``mv2d``, or with training overrides
-    ``mv2d-<the overrides>`` (characters other than letters, digits, ``._=-`` as ``_``)."""
+    ``mv2d-<the overrides>-<hash>``: the overrides joined by ``+`` (other characters than
+    letters, digits, ``._=+-`` as ``_``, at most 80) and the first 8 hex digits of the
+    SHA-1 of the exact list, so different overrides never share a training."""
     if not cfg_options:
         return 'mv2d'
-    return 'mv2d-' + re.sub(r'[^\w.=-]', '_', '+'.join(cfg_options))
+    readable = re.sub(r'[^\w.=+-]', '_', '+'.join(cfg_options))[:80]
+    digest = hashlib.sha1('\n'.join(cfg_options).encode()).hexdigest()[:8]
+    return f'mv2d-{readable}-{digest}'
 
 
 def report_key(args: argparse.Namespace) -> str:

@@ -178,10 +178,14 @@ def selected_findings(sample, args) -> list:
 
 def finding_saliency(model, imgs, explanation: dict, img_shape, method: str) -> list:
     """Per view ``(H, W)`` maps of the 2D stage for the finding's detection in that view
-    (the attended one; EigenCAM on the finest level where it has none)."""
+    (the attended one; EigenCAM on the finest level where it has none: a view probe, with
+    no 2D score, is no detection)."""
+    import torch
+
     from projects.mv2d_xray.mv2d_xray.visualization.saliency import eigen_cam, score_cam
-    boxes = {int(v): b.tolist() for v, b in zip(explanation['attended_views'].tolist(),
-                                                 explanation['attended_bboxes'])}
+    detected = ~torch.isnan(explanation['attended_scores'])
+    boxes = {int(v): b.tolist() for v, b in zip(explanation['attended_views'][detected].tolist(),
+                                                 explanation['attended_bboxes'][detected])}
     height, width = img_shape[:2]
     maps = []
     for view in range(len(imgs)):
@@ -254,6 +258,7 @@ def explain_findings(args, model, imgs, sample, classes, name: str, where: dict)
         name (str): the case or study, in titles and messages.
         where (dict): what the JSON records as the input (``case`` or ``study``).
     """
+    import torch
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.io import write_json
@@ -273,7 +278,9 @@ def explain_findings(args, model, imgs, sample, classes, name: str, where: dict)
         if args.saliency != 'none':
             maps = finding_saliency(model, imgs, explanation, meta['img_shape'],
                                     args.saliency)
-            dets = [explanation['attended_bboxes'][explanation['attended_views'] == v].numpy()
+            detected = ~torch.isnan(explanation['attended_scores'])      # not view probes
+            dets = [explanation['attended_bboxes'][(explanation['attended_views'] == v) &
+                                                   detected].numpy()
                     for v in range(len(views))]
             draw_saliency_views(views, maps, osp.join(args.out, f'saliency_{k}.png'),
                                 dets=dets, view_names=names,

@@ -1,4 +1,4 @@
-# The blades benchmark (README "Benchmark"; tools/benchmark_detection.py --domains blades):
+# The blades benchmark (README "The held-out benchmark"; benchmark_detection.py --domains blades):
 # the blades demo's model and acquisition (mv2d_r18_fpn_1xb1-20e_blades-256.py: 12 views of
 # 256 x 256 px, 0.35 mm at the part, a 1 mm defect spans 2.8 px) on 120 generated parts,
 # with the chest benchmark's lessons for few tiny boxes per view. This file lists only the

@@ -170,7 +170,6 @@ def test_view_probes_fill_the_views_without_a_detection():
     bboxes, view_ids = bboxes[~missed], view_ids[~missed]
     bboxes[0] = torch.tensor([bboxes[0, 0] - 2, bboxes[0, 1] - 1, bboxes[0, 2] + 2,
                               bboxes[0, 3] + 1])               # a 12 x 10 px box
-    bboxes[0] -= torch.tensor([0.0, 0.0, 0.0, 0.0])
     prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
     rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
     cam2img = make_geometry(num_views).view_matrices()['cam2img']

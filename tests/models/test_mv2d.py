@@ -42,10 +42,14 @@ def test_loss_forward_backward(num_views, view_probes):
     cfg['roi_head']['view_probes'] = view_probes
     model = _build(cfg)
     model.train()
+    probes = []                                  # how many view probes each step made
+    make_probes = model.roi_head.probe_rois
+    model.roi_head.probe_rois = lambda *a: probes.append(make_probes(*a)) or probes[-1]
     data = model.data_preprocessor(make_batch(num_views, [2, 0], seed=num_views),
                                    True)
     assert data['inputs']['imgs'].shape[:2] == (2, num_views)
     losses = model(**data, mode='loss')
+    assert (len(probes) == 1 and len(probes[0][0]) > 0) if view_probes else not probes
     for layer in range(6):
         assert f'l{layer}.loss_cls' in losses and f'l{layer}.loss_bbox' in losses
     for key in ('det_loss_rpn_cls', 'det_loss_cls', 'det_loss_bbox'):

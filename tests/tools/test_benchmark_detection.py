@@ -57,7 +57,14 @@ def test_mv2d_training_folder_is_named_after_its_overrides():
         from benchmark_detection import mv2d_folder
     finally:
         sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+    import hashlib
     assert mv2d_folder([]) == 'mv2d'
-    assert mv2d_folder(['model.roi_head.view_probes=True']) == \
-        'mv2d-model.roi_head.view_probes=True'
-    assert mv2d_folder(['a=1', 'b=[1, 2]']) == 'mv2d-a=1_b=_1__2_'
+    probes = ['model.roi_head.view_probes=True']
+    digest = hashlib.sha1(probes[0].encode()).hexdigest()[:8]
+    assert mv2d_folder(probes) == f'mv2d-model.roi_head.view_probes=True-{digest}'
+    assert mv2d_folder(probes) == mv2d_folder(list(probes))
+    assert mv2d_folder(['a=1', 'b=[1, 2]']).startswith('mv2d-a=1+b=_1__2_-')
+    # overrides that read alike never share a folder
+    assert mv2d_folder(['a=1', 'b=2']) != mv2d_folder(['a=1+b=2'])
+    assert mv2d_folder(['x=[1,2]']) != mv2d_folder(['x=(1,2)'])
+    assert len(mv2d_folder(['k=' + 'v' * 300])) == len('mv2d-') + 80 + 9

@@ -118,3 +118,24 @@ def test_bad_inputs_raise_before_anything_is_written(tmp_path):
         draw_finding_evidence([str(tmp_path / 'missing.png')] * 4, lidar2img, explanation,
                               BOX_3D, str(out))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_view_probe_is_drawn_as_an_outline_not_a_filled_detection(tmp_path):
+    """A view probe (NaN 2D score, ``view_probes``) is drawn dashed and unfilled: the
+    views' row has fewer blue-tinted (attended-fill) pixels than with the same box as a
+    detection, and still some (its outline)."""
+    images, lidar2img, explanation = _case(4)
+    pixels = {}
+
+    def blue_fill(img_bgr):
+        views_row = img_bgr[:img_bgr.shape[0] // 2].astype(int)
+        return int((views_row[..., 0] - views_row[..., 2] > 40).sum())
+
+    for name, score in (('detection', 0.8), ('probe', float('nan'))):
+        scores = explanation['attended_scores'].clone()
+        scores[2] = score
+        out = tmp_path / f'{name}.png'
+        draw_finding_evidence(images, lidar2img, dict(explanation, attended_scores=scores),
+                              BOX_3D, str(out), score=0.7)
+        pixels[name] = blue_fill(cv2.imread(str(out)))
+    assert 0 < pixels['probe'] < 0.9 * pixels['detection']

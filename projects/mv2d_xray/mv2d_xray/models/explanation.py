@@ -14,8 +14,10 @@ plain dict per box, the format of ``Det3DDataSample.explanations`` written by
   ``source_score`` (float, the 2D detector's score): the detection the query was lifted
   from;
 * ``attended_views`` ``(A,)`` int64, ``attended_bboxes`` ``(A, 4)`` float32 px,
-  ``attended_scores`` ``(A,)`` float32: the ``A`` detections the query attends to,
-  entry 0 the source, entries ``1..A-1`` its relevant detections in the other views;
+  ``attended_scores`` ``(A,)`` float32: the ``A`` boxes the query attends to, entry 0 the
+  source, then its relevant detections in the other views, then (with the RoI head's
+  ``view_probes``) its view probes -- boxes at its prior's projection in views without a
+  relevant detection, which are no detections: their score is NaN;
 * ``attention`` ``(A,)``: the last decoder layer's cross-attention over them (the
   weights of each RoI's cells summed, averaged over the heads; sums to 1);
 * ``attention_mean`` ``(A,)``: the same averaged over the decoder layers (sums to 1);
@@ -24,7 +26,7 @@ plain dict per box, the format of ``Det3DDataSample.explanations`` written by
   over the box: cell ``(i, j)`` is centred at ``x1 + (j + 0.5) (x2 - x1) / S_w``,
   ``y1 + (i + 0.5) (y2 - y1) / S_h``); ``attention`` is their sum per RoI;
 * ``view_attention`` ``(V,)``: the share of the last layer's cross-attention each view
-  of the scene received (sums to 1; 0 for views without an attended detection).
+  of the scene received (sums to 1; 0 for views without an attended box).
 
 Tensors are on the CPU, detached. Boxes are in the ``img`` frame of the network input:
 pixels of the view after the pipeline's resize / crop / flip (``metainfo['img_shape']``,
@@ -47,18 +49,21 @@ class QueryEvidence(NamedTuple):
     RoIs, ``M`` relevant-RoI slots per query, ``L`` decoder layers."""
     #: ``(Q,)`` the RoI each query was lifted from.
     query_rois: Tensor
-    #: ``(Q, M)`` each query's relevant RoIs (column 0: its own RoI).
+    #: ``(Q, M)`` each query's relevant RoIs (column 0: its own RoI), then its view
+    #: probes (indices ``R ..``, with ``view_probes``).
     corr: Tensor
-    #: ``(Q, M)`` True where ``corr`` is a relevant RoI (False: padding).
+    #: ``(Q, M)`` True where ``corr`` is a relevant RoI or probe (False: padding).
     corr_mask: Tensor
     #: ``(L, Q, M, S_h, S_w)`` cross-attention weight of every RoI cell, averaged over
     #: the heads (0 on padding; sums to 1 over ``(M, S_h, S_w)``).
     cell_attention: Tensor
-    #: ``(R, 4)`` RoI boxes ``[x1, y1, x2, y2]``, img px of their views.
+    #: ``(R + P, 4)`` boxes ``[x1, y1, x2, y2]`` of the RoIs, then of the ``P`` view
+    #: probes (``view_probes``; ``P = 0`` without), img px of their views.
     roi_bboxes: Tensor
-    #: ``(R,)`` view of each RoI.
+    #: ``(R + P,)`` view of each.
     roi_view_ids: Tensor
-    #: ``(R,)`` 2D scores of the RoIs, or None (then NaN in the explanations).
+    #: ``(R + P,)`` 2D scores of the RoIs, NaN for the probes; or None (then NaN in the
+    #: explanations).
     roi_scores: Optional[Tensor]
     #: Views per scene, ``V``.
     num_views: int

@@ -329,7 +329,8 @@ class MV2DXray(Base3DDetector):
             (:func:`~projects.mv2d_xray.mv2d_xray.models.explanation.explain_query`:
             ``source_view`` / ``source_bbox`` / ``source_score``, ``attended_views``
             ``(A,)``, ``attended_bboxes`` ``(A, 4)`` (img px of the network input),
-            ``attended_scores``, ``attention`` / ``attention_mean`` ``(A,)``,
+            ``attended_scores`` (NaN for view probes), ``attention`` /
+            ``attention_mean`` ``(A,)``,
             ``attention_layers`` ``(L, A)``, ``attention_cells`` ``(A, S_h, S_w)``,
             ``view_attention`` ``(V,)``); empty without the 3D stage.
         """

@@ -130,8 +130,11 @@ class MV2DXrayRoIHead(BaseModule):
             None keeps one query per detection, as MV2D. Defaults to None.
         view_probes (bool): Let each query with a valid prior also attend to a box
             (its own detection's size) at the prior's projection in every view of its
-            scene where it has no relevant detection (step 7, :meth:`probe_rois`).
-            Defaults to False (MV2D: the relevant detections only).
+            scene where it has no relevant detection, the prior is in front of the
+            source and projects inside the image (step 7, :meth:`probe_rois`). In
+            training, ``complement_2d_gt`` adds the GT boxes the detector missed, so
+            true findings rarely get probes there; at test time they do. Defaults to
+            False (MV2D: the relevant detections only).
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).

@@ -95,8 +95,8 @@ def _as_numpy(explanation: dict) -> dict:
         raise KeyError(f'explanation lacks {missing}')
     out = dict(source_view=int(explanation['source_view']),
                source_score=float(explanation.get('source_score', float('nan'))))
-    for key in ('source_bbox', 'attended_bboxes', 'attended_views', 'attention',
-                'attention_mean', 'view_attention'):
+    for key in ('source_bbox', 'attended_bboxes', 'attended_views', 'attended_scores',
+                'attention', 'attention_mean', 'view_attention'):
         if key in explanation:
             out[key] = np.asarray(explanation[key], dtype=np.float64)
     out['source_bbox'] = out['source_bbox'].reshape(4)
@@ -131,11 +131,17 @@ def _draw_view(ax, img: np.ndarray, lidar2img: np.ndarray, box_3d: np.ndarray,
     weights = evidence['attention']
     top = max(float(weights.max()), 1e-12) if len(weights) else 1.0
     in_view = np.nonzero(evidence['attended_views'] == view)[0]
+    probes = np.isnan(evidence['attended_scores']) if 'attended_scores' in evidence else \
+        np.zeros(len(weights), bool)
     for k in in_view:
         x1, y1, x2, y2 = evidence['attended_bboxes'][k]
         alpha = 0.08 + 0.42 * float(weights[k]) / top
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fc=ATTENDED_COLOR, ec=ATTENDED_COLOR,
-                               alpha=alpha, lw=1.0))
+        if probes[k]:       # a view probe (no 2D detection there): dashed outline
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=ATTENDED_COLOR,
+                                   ls='--', lw=1.2))
+        else:
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fc=ATTENDED_COLOR,
+                                   ec=ATTENDED_COLOR, alpha=alpha, lw=1.0))
         ax.text(x2, y1, f'{weights[k]:.2f}', color=ATTENDED_COLOR, fontsize=7, ha='left',
                 va='bottom', clip_on=True)
     if evidence['source_view'] == view:
@@ -204,7 +210,12 @@ def _title(box_3d: np.ndarray, evidence: dict, names: Sequence[str],
     source = f'lifted from {names[evidence["source_view"]]}'
     if not math.isnan(evidence['source_score']):
         source += f' (2D score {evidence["source_score"]:.2f})'
-    return f'{line}\n{source}; attends to {len(evidence["attention"])} detection(s)'
+    attended = len(evidence['attention'])
+    probes = int(np.isnan(evidence['attended_scores']).sum()) \
+        if 'attended_scores' in evidence else 0
+    what = f'{attended - probes} detection(s)' + (f' and {probes} view probe(s)' if probes
+                                                  else '')
+    return f'{line}\n{source}; attends to {what}'
 
 
 def _legend(fig) -> None:
@@ -213,8 +224,9 @@ def _legend(fig) -> None:
     handles = [Line2D([], [], color=PRED3D_COLOR, lw=1.5, label='3D box, projected'),
                Line2D([], [], color=SOURCE_COLOR, lw=2.5, label='source detection'),
                Patch(fc=ATTENDED_COLOR, alpha=0.5,
-                     label='attended detection (opacity, label: attention weight)')]
-    fig.legend(handles=handles, loc='lower center', ncol=3, fontsize=8, frameon=False)
+                     label='attended detection (opacity, label: attention weight)'),
+               Patch(fill=False, ec=ATTENDED_COLOR, ls='--', label='view probe (no detection)')]
+    fig.legend(handles=handles, loc='lower center', ncol=4, fontsize=8, frameon=False)
 
 
 def draw_finding_evidence(images: Images, lidar2img, explanation: dict, box_3d,
