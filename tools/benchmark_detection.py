@@ -27,9 +27,9 @@ redone (the overrides may change the 2D detections too), and the report is store
 ``<split>+<NAME>``. Settings of MV2D's training go in ``--cfg-options KEY=VALUE ...``
 (e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew from the same 2D stage
 into a folder named after those options (``mv2d-model.roi_head.view_probes=True-<hash>``;
-variants with the same ``--cfg-options`` share it) and tested with them. Each run adds its entries to an existing
-``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an entry of the same domain and
-split is replaced).
+variants with the same ``--cfg-options`` share it) and tested with them. Each run adds
+its entries to an existing ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an
+entry of the same domain and split is replaced).
 
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; under

@@ -182,8 +182,9 @@ def finding_saliency(model, imgs, explanation: dict, img_shape, method: str) -> 
     no 2D score, is no detection)."""
     import torch
 
+    from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
     from projects.mv2d_xray.mv2d_xray.visualization.saliency import eigen_cam, score_cam
-    detected = ~torch.isnan(explanation['attended_scores'])
+    detected = torch.as_tensor(~view_probe_mask(explanation))
     boxes = {int(v): b.tolist() for v, b in zip(explanation['attended_views'][detected].tolist(),
                                                  explanation['attended_bboxes'][detected])}
     height, width = img_shape[:2]
@@ -262,6 +263,7 @@ def explain_findings(args, model, imgs, sample, classes, name: str, where: dict)
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.io import write_json
+    from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
     from projects.mv2d_xray.mv2d_xray.visualization.attention_views import \
         draw_finding_evidence
     from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import \
@@ -278,7 +280,7 @@ def explain_findings(args, model, imgs, sample, classes, name: str, where: dict)
         if args.saliency != 'none':
             maps = finding_saliency(model, imgs, explanation, meta['img_shape'],
                                     args.saliency)
-            detected = ~torch.isnan(explanation['attended_scores'])      # not view probes
+            detected = torch.as_tensor(~view_probe_mask(explanation))
             dets = [explanation['attended_bboxes'][(explanation['attended_views'] == v) &
                                                    detected].numpy()
                     for v in range(len(views))]

@@ -281,3 +281,11 @@ def test_no_boxes_no_explanations():
         results = _predict(model, make_batch(3, [1, 1]), explain=True)
         assert [r.explanations for r in results] == [[], []]
         assert all(len(r.pred_instances_3d) == 0 for r in results)
+
+
+def test_view_probe_mask_marks_the_entries_without_a_2d_score():
+    from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
+    scores = torch.tensor([0.9, float('nan'), 0.4, float('nan')])
+    assert view_probe_mask(dict(attended_scores=scores, attention=torch.ones(4))).tolist() \
+        == [False, True, False, True]
+    assert view_probe_mask(dict(attention=torch.ones(3))).tolist() == [False] * 3

@@ -69,6 +69,15 @@ class QueryEvidence(NamedTuple):
     num_views: int
 
 
+def view_probe_mask(explanation: dict) -> np.ndarray:
+    """``(A,)`` bool: which attended entries of an explanation (:func:`explain_query`'s
+    dict, tensors or arrays) are view probes, i.e. have no 2D score (NaN); all False
+    without ``attended_scores``."""
+    if 'attended_scores' not in explanation:
+        return np.zeros(len(explanation['attention']), bool)
+    return np.isnan(np.asarray(explanation['attended_scores'], np.float64)).reshape(-1)
+
+
 def view_shares(weights: Tensor, view_ids: Tensor, num_views: int) -> Tensor:
     """Sum per view: ``(A,)`` weights of detections in views ``view_ids`` ``(A,)`` ->
     ``(num_views,)``."""

@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from projects.mv2d_xray.core.geometry import project_boxes3d, view_name
+from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
 from projects.mv2d_xray.mv2d_xray.visualization.case_views import PRED3D_COLOR, project_box_edges
 from projects.mv2d_xray.mv2d_xray.visualization.figures import pyplot, save_png
 
@@ -95,13 +96,14 @@ def _as_numpy(explanation: dict) -> dict:
         raise KeyError(f'explanation lacks {missing}')
     out = dict(source_view=int(explanation['source_view']),
                source_score=float(explanation.get('source_score', float('nan'))))
-    for key in ('source_bbox', 'attended_bboxes', 'attended_views', 'attended_scores',
-                'attention', 'attention_mean', 'view_attention'):
+    for key in ('source_bbox', 'attended_bboxes', 'attended_views', 'attention',
+                'attention_mean', 'view_attention'):
         if key in explanation:
             out[key] = np.asarray(explanation[key], dtype=np.float64)
     out['source_bbox'] = out['source_bbox'].reshape(4)
     out['attended_bboxes'] = out['attended_bboxes'].reshape(-1, 4)
     out['attended_views'] = out['attended_views'].astype(np.int64).reshape(-1)
+    out['probes'] = view_probe_mask(explanation)
     return out
 
 
@@ -131,8 +133,7 @@ def _draw_view(ax, img: np.ndarray, lidar2img: np.ndarray, box_3d: np.ndarray,
     weights = evidence['attention']
     top = max(float(weights.max()), 1e-12) if len(weights) else 1.0
     in_view = np.nonzero(evidence['attended_views'] == view)[0]
-    probes = np.isnan(evidence['attended_scores']) if 'attended_scores' in evidence else \
-        np.zeros(len(weights), bool)
+    probes = evidence['probes']
     for k in in_view:
         x1, y1, x2, y2 = evidence['attended_bboxes'][k]
         alpha = 0.08 + 0.42 * float(weights[k]) / top
@@ -211,8 +212,7 @@ def _title(box_3d: np.ndarray, evidence: dict, names: Sequence[str],
     if not math.isnan(evidence['source_score']):
         source += f' (2D score {evidence["source_score"]:.2f})'
     attended = len(evidence['attention'])
-    probes = int(np.isnan(evidence['attended_scores']).sum()) \
-        if 'attended_scores' in evidence else 0
+    probes = int(evidence['probes'].sum())
     what = f'{attended - probes} detection(s)' + (f' and {probes} view probe(s)' if probes
                                                   else '')
     return f'{line}\n{source}; attends to {what}'
