@@ -440,6 +440,73 @@ def test_centre_distance_nms():
     assert merged['bboxes'][0, 0] == pytest.approx(0.8 * 3 / 1.7)
     other_class = centre_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]))
     assert len(other_class['scores']) == 4
+    # across classes, box 1 (class 1) inside box 0 goes as if it had box 0's class
+    agnostic = centre_distance_nms(boxes, scores, torch.tensor([0, 1, 0, 0]),
+                                   class_agnostic=True)
+    assert agnostic['scores'].tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert agnostic['keep'].tolist() == [0, 2, 3]
+
+
+def _refine_head(radius):
+    return MODELS.build(dict(tiny_mv2d_config()['roi_head'],
+                             test_cfg=dict(refine_radius_mm=radius)))
+
+
+@pytest.mark.parametrize('radius, centres', [
+    (0.0, [[0., 0., 0.], [10., 0., 0.], [0., 0., 0.]]),          # onto the valid prior
+    (2.0, [[1.2, 1.6, 0.], [10., 0., 0.], [0., 0., 2.]]),        # 2 mm along the line
+    (10.0, [[3., 4., 0.], [10., 0., 0.], [0., 0., 5.]]),         # already within 10 mm
+])
+def test_limit_refinement_hand_computed(radius, centres):
+    """``test_cfg.refine_radius_mm``: a decoded centre of a query with a valid prior
+    moves to within the radius of the prior along the line between them; a query
+    without a valid prior, extents, scores and labels stay."""
+    pred = dict(bboxes=torch.tensor([[3., 4., 0., 1., 2., 3., 0.],
+                                     [10., 0., 0., 1., 1., 1., 0.],
+                                     [0., 0., 5., 2., 2., 2., 0.]]),
+                scores=torch.tensor([0.9, 0.5, 0.2]), labels=torch.tensor([0, 0, 1]),
+                query_ids=torch.tensor([1, 0, 1]))
+    priors = torch.tensor([[-7., 3., 1.], [0., 0., 0.]])        # query 0's is not valid
+    prior_ok = torch.tensor([False, True])
+    out = _refine_head(radius).limit_refinement(pred, priors, prior_ok)
+    assert torch.allclose(out['bboxes'][:, :3], torch.tensor(centres), atol=1e-6)
+    assert torch.equal(out['bboxes'][:, 3:], pred['bboxes'][:, 3:])
+    for key in ('scores', 'labels', 'query_ids'):
+        assert torch.equal(out[key], pred[key])
+    assert _refine_head(None).limit_refinement(pred, priors, prior_ok) is pred
+    with pytest.raises(ValueError, match='refine_radius_mm must be None or >= 0, got -1'):
+        _refine_head(-1.0)
+
+
+def test_rescore_per_class_support_hand_computed():
+    """``view_support.per_class``: a 3D box of class ``c`` is supported only by the 2D
+    detections of class ``c``; without it, by the best detection of any class."""
+    num_views = 4
+    geometry = XrayGeometry(num_views=num_views, image_size=(100, 100))
+    lidar2img = geometry.view_matrices()['lidar2img']
+    point = torch.tensor([[10.0, -5.0, 8.0]])
+    uv = project_points(torch.from_numpy(lidar2img), point.double())[0][:, 0]
+    scene = 1                                                    # the batch's 2nd scene
+    rois = torch.tensor([[scene * num_views + view, u - 3, v - 3, u + 3, v + 3]
+                         for view, (u, v) in enumerate(uv.tolist())] +
+                        [[scene * num_views, uv[0, 0] - 2, uv[0, 1] - 2,
+                          uv[0, 0] + 2, uv[0, 1] + 2]], dtype=torch.float32)
+    roi_scores = torch.tensor([0.8, 0.8, 0.8, 0.8, 0.5])
+    roi_labels = torch.tensor([1, 1, 1, 1, 0])                   # class 0 in view 0 only
+    pred = dict(bboxes=torch.tensor([[10., -5., 8., 1., 1., 1., 0.]] * 2),
+                scores=torch.tensor([0.6, 0.4]), labels=torch.tensor([0, 1]),
+                query_ids=torch.tensor([0, 0]))
+    supports = {}
+    for per_class in (False, True):
+        head = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+            view_support=dict(weight=1.0, per_class=per_class))))
+        out = head.rescore(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene,
+                           num_views, roi_labels)
+        supports[per_class] = dict(zip(out['labels'].tolist(), out['scores'].tolist()))
+    assert supports[False] == pytest.approx({0: 0.8, 1: 0.8})
+    assert supports[True] == pytest.approx({0: 0.5 / 4, 1: 0.8})
+    with pytest.raises(ValueError, match='per_class needs'):
+        head.rescore(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene, num_views)
 
 
 def test_view_support_hand_computed():

@@ -167,6 +167,45 @@ def test_view_support_rescores_the_3d_boxes():
         _build(cfg)
 
 
+def test_refine_radius_puts_centres_on_the_valid_priors():
+    """``test_cfg.rcnn.refine_radius_mm=0`` end to end: each output centre of a query
+    with a valid triangulated prior is that prior (the scene's own queries); the
+    others keep their decoded centres; scores do not change."""
+    torch.set_num_threads(1)
+    num_views = 4
+    batch = make_batch(num_views, [2, 1], seed=3)
+    outputs, forwards = {}, {}
+    for radius in (None, 0.0):
+        cfg = tiny_mv2d_config()
+        cfg['test_cfg'].setdefault('rcnn', dict()).update(nms=None, max_per_scene=1000,
+                                                          refine_radius_mm=radius)
+        cfg['test_cfg']['detection_proposal'].update(score_thr=0.0)
+        model = _build(cfg)
+        model.eval()
+        head_forward = model.roi_head.forward
+        def record(*args, _radius=radius, **kwargs):
+            forwards[_radius] = head_forward(*args, **kwargs)
+            return forwards[_radius]
+        model.roi_head.forward = record
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        with torch.no_grad():
+            outputs[radius] = model(**data, mode='predict')
+    out = forwards[0.0]
+    num_snapped = 0
+    for scene, (plain, snapped) in enumerate(zip(outputs[None], outputs[0.0])):
+        mine = out['scene_ids'] == scene
+        priors = out['query_priors'][mine][out['query_prior_ok'][mine]].float()
+        plain, snapped = plain.pred_instances_3d, snapped.pred_instances_3d
+        assert torch.equal(plain.scores_3d, snapped.scores_3d)
+        before, after = plain.bboxes_3d.gravity_center, snapped.bboxes_3d.gravity_center
+        moved = (after - before).norm(dim=1) > 1e-4
+        on_prior = torch.cdist(after, priors).min(dim=1).values < 1e-3 if len(priors) \
+            else torch.zeros(len(after), dtype=torch.bool)
+        assert (on_prior | ~moved).all()
+        num_snapped += int(on_prior.sum())
+    assert num_snapped > 0, 'no valid prior in this batch: the test checks nothing'
+
+
 def test_predict_without_detections_is_empty_and_well_formed():
     cfg = tiny_mv2d_config()
     cfg['test_cfg']['detection_proposal']['score_thr'] = 1.0

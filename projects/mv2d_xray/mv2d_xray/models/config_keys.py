@@ -13,12 +13,13 @@ MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 #: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights``, the cross-attention head's
 #: ``assigner`` and ``extra_pos_radius``.
 RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius')
-#: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.rescore` and :meth:`MV2DXrayRoIHead.select`.
-RCNN_TEST_CFG_KEYS = ('view_support', 'score_thr', 'nms', 'max_per_scene')
+#: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.limit_refinement`,
+#: :meth:`MV2DXrayRoIHead.rescore` and :meth:`MV2DXrayRoIHead.select`.
+RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'view_support', 'score_thr', 'nms', 'max_per_scene')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
-VIEW_SUPPORT_KEYS = ('weight', 'margin_px')
+VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'per_class')
 #: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.
-CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge')
+CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge', 'class_agnostic')
 
 
 class XrayConfigError(ValueError):

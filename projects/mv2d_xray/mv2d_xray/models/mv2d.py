@@ -354,7 +354,8 @@ class MV2DXray(Base3DDetector):
             rois, roi_scores = self._rois(dets)
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
                                                metas, num_views, roi_scores,
-                                               explain=explain)
+                                               explain=explain,
+                                               roi_labels=torch.cat([d.labels for d in dets]))
             if explain:
                 results_3d, explanations = results_3d
         results_2d = []

@@ -39,7 +39,12 @@ and the losses -- runs in fp32 with autocast disabled on the features' device (M
 ``force_fp32``; the features are cast with ``.float()``): depths of hundreds of mm and
 inverse projection matrices do not survive fp16 or bf16, and mmcv's CPU RoI-align has
 no bf16 kernel. Under ``--amp`` only the 2D backbone, FPN and RPN convolutions run in
-half precision (:mod:`.two_stage_2d`). Scenes are independent and may hold any number of views and detections.
+half precision (:mod:`.two_stage_2d`). Scenes are independent and may hold any number of
+views and detections.
+
+At test time (``test_cfg``), the decoded boxes can be held near their queries' priors
+(``refine_radius_mm``), rescored by their views' 2D support (``view_support``), thresholded,
+suppressed and capped (:meth:`MV2DXrayRoIHead.select`).
 """
 from contextlib import nullcontext
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -138,8 +143,11 @@ class MV2DXrayRoIHead(BaseModule):
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
-        test_cfg (dict, optional): the post-processing of the decoded boxes
-            (:meth:`select`), in this order: ``score_thr`` (keep scores
+        test_cfg (dict, optional): the post-processing of the decoded boxes, in this
+            order: ``refine_radius_mm`` (None, or keep each decoded centre within this
+            distance of its query's valid triangulated prior, :meth:`limit_refinement`;
+            0 puts it at the prior), ``view_support`` (:meth:`rescore`), then
+            (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False)``, see
             :func:`centre_distance_nms`) and ``max_per_scene`` (keep the best
@@ -180,6 +188,10 @@ class MV2DXrayRoIHead(BaseModule):
         self.force_fp32 = force_fp32
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg if test_cfg is not None else dict()
+        refine_radius_mm = self.test_cfg.get('refine_radius_mm', None)
+        if refine_radius_mm is not None and not float(refine_radius_mm) >= 0.0:
+            raise ValueError('test_cfg.refine_radius_mm must be None or >= 0, got '
+                             f'{refine_radius_mm}')
         view_support_cfg = self.test_cfg.get('view_support', None)
         if view_support_cfg is not None and not 0.0 <= float(view_support_cfg['weight']) <= 1.0:
             raise ValueError('test_cfg.view_support.weight must be in [0, 1], got '
@@ -219,8 +231,9 @@ class MV2DXrayRoIHead(BaseModule):
         Returns:
             dict: for the ``Q`` queries, ``all_cls_scores`` ``(L, Q,
             num_classes)`` logits, ``all_codes`` ``(L, Q, 6)`` box codes (``L``
-            decoder layers) and ``scene_ids`` ``(Q,)``; with ``explain``, also
-            ``evidence`` (:class:`QueryEvidence`).
+            decoder layers), ``scene_ids`` ``(Q,)``, the queries' triangulated priors
+            ``query_priors`` ``(Q, 3)`` (ct mm) and their validity ``query_prior_ok``
+            ``(Q,)``; with ``explain``, also ``evidence`` (:class:`QueryEvidence`).
         """
         geo = self.gather_rois(rois, batch_img_metas, num_views)
         with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
@@ -261,7 +274,8 @@ class MV2DXrayRoIHead(BaseModule):
                 all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens,
                                                         pos, query_corr, query_mask)
         out = dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
-                   scene_ids=scene_ids)
+                   scene_ids=scene_ids, query_priors=prior_points[query_rois],
+                   query_prior_ok=prior_ok[query_rois])
         if explain:
             out['evidence'] = QueryEvidence(
                 query_rois=query_rois, corr=query_corr, corr_mask=query_mask,
@@ -557,7 +571,8 @@ class MV2DXrayRoIHead(BaseModule):
 
     def predict(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,
-                roi_scores: Optional[Tensor] = None, explain: bool = False
+                roi_scores: Optional[Tensor] = None, explain: bool = False,
+                roi_labels: Optional[Tensor] = None
                 ) -> Union[List[InstanceData], Tuple[List[InstanceData], List[List[dict]]]]:
         """3D detections per scene, and optionally their evidence.
 
@@ -568,6 +583,8 @@ class MV2DXrayRoIHead(BaseModule):
                 (:func:`explain_query`: its source detection, the detections it
                 attended to and the cross-attention over them). The boxes, scores
                 and labels are the same with and without. Defaults to False.
+            roi_labels (Tensor, optional): ``(R,)`` the 2D classes of the RoIs, for
+                ``test_cfg.view_support.per_class`` (:meth:`rescore`).
 
         Returns:
             list[InstanceData]: per scene ``bboxes_3d`` (the meta's
@@ -592,7 +609,11 @@ class MV2DXrayRoIHead(BaseModule):
                             labels=rois.new_zeros((0, ), dtype=torch.long),
                             query_ids=rois.new_zeros((0, ), dtype=torch.long))
             if rois.numel():
-                pred = self.rescore(pred, meta, rois, roi_scores, scene, num_views)
+                mine = out['scene_ids'] == scene
+                pred = self.limit_refinement(pred, out['query_priors'][mine],
+                                             out['query_prior_ok'][mine])
+                pred = self.rescore(pred, meta, rois, roi_scores, scene, num_views,
+                                    roi_labels)
             kept = self.select(pred)
             results.append(self.to_instances(kept, meta))
             if explain:
@@ -620,11 +641,43 @@ class MV2DXrayRoIHead(BaseModule):
         return [explain_query(out['evidence'], int(queries[q]), int(q))
                 for q in query_ids.tolist()]
 
+    def limit_refinement(self, pred: Dict[str, Tensor], priors: Tensor,
+                         prior_ok: Tensor) -> Dict[str, Tensor]:
+        """``test_cfg.refine_radius_mm``: move each decoded centre whose query has a
+        valid triangulated prior to within this distance of the prior, along the line
+        between them (0: onto the prior); extents, scores and the other boxes
+        unchanged. Without it, ``pred`` unchanged.
+
+        The decoder's refinement can lose what triangulation found: on the blades
+        benchmark's val defects the best query's prior lies within the hit radius
+        more often than its decoded centre (README "The held-out benchmark").
+
+        Args:
+            pred (dict): one scene's ``bboxes`` ``(K, 7)`` (gravity centres, ct mm)
+                and ``query_ids`` ``(K,)`` (indices into the scene's queries), with
+                the other per-box keys.
+            priors (Tensor): ``(Q, 3)`` the scene's queries' priors, ct mm.
+            prior_ok (Tensor): ``(Q,)`` their validity.
+        """
+        radius = self.test_cfg.get('refine_radius_mm', None)
+        if radius is None or len(pred['bboxes']) == 0:
+            return pred
+        prior = priors[pred['query_ids']].to(pred['bboxes'])           # (K, 3) ct mm
+        offset = pred['bboxes'][:, :3] - prior
+        scale = (float(radius) / offset.norm(dim=1).clamp(min=1e-12)).clamp(max=1.0)
+        centre = torch.where(prior_ok[pred['query_ids']][:, None],
+                             prior + offset * scale[:, None], pred['bboxes'][:, :3])
+        out = dict(pred)
+        out['bboxes'] = torch.cat([centre, pred['bboxes'][:, 3:]], dim=1)
+        return out
+
     def rescore(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
                 roi_scores: Optional[Tensor], scene: int,
-                num_views: int) -> Dict[str, Tensor]:
+                num_views: int, roi_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """``test_cfg.view_support``: weigh one scene's decoded scores with their
-        support by the scene's 2D detections (:func:`view_support`); the boxes come
+        support by the scene's 2D detections (:func:`view_support`); with
+        ``per_class``, a box of class ``c`` is supported only by detections of class
+        ``c`` (as the triangulation baseline associates per class). The boxes come
         back re-sorted by the new scores. Without it, ``pred`` unchanged.
 
         Args:
@@ -635,6 +688,8 @@ class MV2DXrayRoIHead(BaseModule):
             roi_scores (Tensor, optional): ``(R,)`` their 2D scores (None: all 1).
             scene (int): which scene of the batch ``pred`` is.
             num_views (int): Views per scene.
+            roi_labels (Tensor, optional): ``(R,)`` the RoIs' 2D classes; needed by
+                ``per_class``.
         """
         cfg = self.test_cfg.get('view_support', None)
         if cfg is None or len(pred['scores']) == 0:
@@ -645,9 +700,21 @@ class MV2DXrayRoIHead(BaseModule):
             roi_scores = rois.new_ones(len(rois))
         lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
                                     device=rois.device)
-        support = view_support(pred['bboxes'][:, :3], lidar2img, rois[mine, 1:],
-                               roi_scores[mine], rois[mine, 0].long() % num_views,
-                               float(cfg.get('margin_px', 0.0)))
+        margin_px = float(cfg.get('margin_px', 0.0))
+        if not cfg.get('per_class', False):
+            support = view_support(pred['bboxes'][:, :3], lidar2img, rois[mine, 1:],
+                                   roi_scores[mine], rois[mine, 0].long() % num_views,
+                                   margin_px)
+        else:
+            if roi_labels is None:
+                raise ValueError('test_cfg.view_support.per_class needs the RoIs\' 2D '
+                                 'labels (roi_labels)')
+            support = pred['scores'].new_zeros(len(pred['scores']))
+            for label in pred['labels'].unique():
+                boxes, rois_c = pred['labels'] == label, mine & (roi_labels == label)
+                support[boxes] = view_support(
+                    pred['bboxes'][boxes, :3], lidar2img, rois[rois_c, 1:],
+                    roi_scores[rois_c], rois[rois_c, 0].long() % num_views, margin_px)
         scores = pred['scores'].clamp(min=0) ** (1 - weight) * support ** weight
         order = scores.argsort(descending=True, stable=True)
         out = {key: value[order] for key, value in pred.items()}

@@ -32,8 +32,9 @@ def centre_distance_nms(bboxes: Tensor,
                         labels: Tensor,
                         dist_thr_mm: float = 0.0,
                         inside_box: bool = True,
-                        merge: bool = False) -> Dict[str, Tensor]:
-    """Greedy centre-distance NMS per class.
+                        merge: bool = False,
+                        class_agnostic: bool = False) -> Dict[str, Tensor]:
+    """Greedy centre-distance NMS, per class or across classes.
 
     Args:
         bboxes (Tensor): ``(K, 7)`` boxes ``[x, y, z, dx, dy, dz, yaw]`` (gravity
@@ -46,6 +47,10 @@ def centre_distance_nms(bboxes: Tensor,
             True.
         merge (bool): Replace each kept box by the score-weighted mean (centre and
             extents) of the boxes it suppresses and itself. Defaults to False.
+        class_agnostic (bool): Suppress across classes (a finding has one class: a
+            query's other classes at the same centre, and nearby boxes of other
+            classes, go), as mmdet's ``class_agnostic`` NMS. Defaults to False (per
+            class).
 
     Returns:
         dict: ``bboxes``, ``scores``, ``labels`` of the kept detections, by
@@ -57,7 +62,8 @@ def centre_distance_nms(bboxes: Tensor,
     dup = offset.norm(dim=-1) <= dist_thr_mm
     if inside_box:
         dup |= (offset <= bboxes[:, None, 3:6] / 2).all(dim=-1)
-    dup &= labels[:, None] == labels[None, :]
+    if not class_agnostic:
+        dup &= labels[:, None] == labels[None, :]
     keep, members = greedy_clusters(scores, dup)
     out = bboxes[keep].clone()
     if merge:
