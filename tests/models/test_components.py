@@ -445,6 +445,7 @@ def test_centre_distance_nms():
                                    class_agnostic=True)
     assert agnostic['scores'].tolist() == pytest.approx([0.9, 0.7, 0.6])
     assert agnostic['keep'].tolist() == [0, 2, 3]
+    assert agnostic['labels'].tolist() == [0, 0, 0]
 
 
 def _refine_head(radius):
@@ -476,6 +477,9 @@ def test_limit_refinement_hand_computed(radius, centres):
     assert _refine_head(None).limit_refinement(pred, priors, prior_ok) is pred
     with pytest.raises(ValueError, match='refine_radius_mm must be None or >= 0, got -1'):
         _refine_head(-1.0)
+    with pytest.raises(ValueError, match='needs triangulate_prior=True'):
+        MODELS.build(dict(tiny_mv2d_config()['roi_head'], triangulate_prior=False,
+                          test_cfg=dict(refine_radius_mm=0.0)))
 
 
 def test_rescore_per_class_support_hand_computed():
@@ -490,9 +494,11 @@ def test_rescore_per_class_support_hand_computed():
     rois = torch.tensor([[scene * num_views + view, u - 3, v - 3, u + 3, v + 3]
                          for view, (u, v) in enumerate(uv.tolist())] +
                         [[scene * num_views, uv[0, 0] - 2, uv[0, 1] - 2,
-                          uv[0, 0] + 2, uv[0, 1] + 2]], dtype=torch.float32)
-    roi_scores = torch.tensor([0.8, 0.8, 0.8, 0.8, 0.5])
-    roi_labels = torch.tensor([1, 1, 1, 1, 0])                   # class 0 in view 0 only
+                          uv[0, 0] + 2, uv[0, 1] + 2],
+                         [0 * num_views + 1, uv[1, 0] - 3, uv[1, 1] - 3,   # scene 0's
+                          uv[1, 0] + 3, uv[1, 1] + 3]], dtype=torch.float32)
+    roi_scores = torch.tensor([0.8, 0.8, 0.8, 0.8, 0.5, 0.9])
+    roi_labels = torch.tensor([1, 1, 1, 1, 0, 0])    # class 0: view 0 only (in scene 1)
     pred = dict(bboxes=torch.tensor([[10., -5., 8., 1., 1., 1., 0.]] * 2),
                 scores=torch.tensor([0.6, 0.4]), labels=torch.tensor([0, 1]),
                 query_ids=torch.tensor([0, 0]))

@@ -168,9 +168,9 @@ def test_view_support_rescores_the_3d_boxes():
 
 
 def test_refine_radius_puts_centres_on_the_valid_priors():
-    """``test_cfg.rcnn.refine_radius_mm=0`` end to end: each output centre of a query
-    with a valid triangulated prior is that prior (the scene's own queries); the
-    others keep their decoded centres; scores do not change."""
+    """``test_cfg.rcnn.refine_radius_mm=0`` end to end, box by box: the centre of a box
+    whose query (named by its explanation) has a valid triangulated prior is exactly
+    that prior; every other box keeps its decoded centre; scores do not change."""
     torch.set_num_threads(1)
     num_views = 4
     batch = make_batch(num_views, [2, 1], seed=3)
@@ -189,20 +189,23 @@ def test_refine_radius_puts_centres_on_the_valid_priors():
         model.roi_head.forward = record
         data = model.data_preprocessor(copy.deepcopy(batch), False)
         with torch.no_grad():
-            outputs[radius] = model(**data, mode='predict')
+            outputs[radius] = model.predict(data['inputs'], data['data_samples'],
+                                            explain=True)
     out = forwards[0.0]
     num_snapped = 0
     for scene, (plain, snapped) in enumerate(zip(outputs[None], outputs[0.0])):
         mine = out['scene_ids'] == scene
-        priors = out['query_priors'][mine][out['query_prior_ok'][mine]].float()
-        plain, snapped = plain.pred_instances_3d, snapped.pred_instances_3d
-        assert torch.equal(plain.scores_3d, snapped.scores_3d)
-        before, after = plain.bboxes_3d.gravity_center, snapped.bboxes_3d.gravity_center
-        moved = (after - before).norm(dim=1) > 1e-4
-        on_prior = torch.cdist(after, priors).min(dim=1).values < 1e-3 if len(priors) \
-            else torch.zeros(len(after), dtype=torch.bool)
-        assert (on_prior | ~moved).all()
-        num_snapped += int(on_prior.sum())
+        priors, prior_ok = out['query_priors'][mine], out['query_prior_ok'][mine]
+        queries = torch.tensor([e['query'] for e in snapped.explanations])
+        assert torch.equal(queries, torch.tensor([e['query'] for e in plain.explanations]))
+        before = plain.pred_instances_3d.bboxes_3d.gravity_center
+        after = snapped.pred_instances_3d.bboxes_3d.gravity_center
+        assert torch.equal(plain.pred_instances_3d.scores_3d,
+                           snapped.pred_instances_3d.scores_3d)
+        ok = prior_ok[queries]
+        assert torch.allclose(after[ok], priors[queries][ok].float(), atol=1e-4)
+        assert torch.equal(after[~ok], before[~ok])
+        num_snapped += int(ok.sum())
     assert num_snapped > 0, 'no valid prior in this batch: the test checks nothing'
 
 

@@ -23,10 +23,11 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
   costs that mirror them (``FocalLossCost`` 0.25, ``MV2DXrayBBox3DL1Cost`` 1.0); the
   head's defaults are those of MV2D's configs (``w_cls = 2.0``, ``w_reg = 0.25``).
 
-Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn`` keeps
-the scores above ``score_thr``, suppresses the duplicates of a finding coming from
-different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
-the best ``max_per_scene``.
+Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
+optionally holds the centres near the queries' priors (``refine_radius_mm``) and rescores
+by the views' 2D support (``view_support``), keeps the scores above ``score_thr``,
+suppresses the duplicates of a finding coming from different views by centre distance
+(``nms``, see :func:`centre_distance_nms`) and keeps the best ``max_per_scene``.
 
 Explanations: ``predict(..., explain=True)`` (or ``model(**data, mode='predict',
 explain=True)``) returns the same predictions and attaches to every sample
@@ -90,8 +91,8 @@ class MV2DXray(Base3DDetector):
             GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
             head's ``assigner`` and ``stage_loss_weights``).
         test_cfg (dict): ``detection_proposal`` (as above) and ``rcnn``
-            (``score_thr``, ``nms``, ``max_per_scene``: see
-            :class:`MV2DXrayRoIHead`).
+            (``refine_radius_mm``, ``view_support``, ``score_thr``, ``nms``,
+            ``max_per_scene``: see :class:`MV2DXrayRoIHead`).
         data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
         init_cfg (dict, optional): Defaults to None.
     """

@@ -149,7 +149,7 @@ class MV2DXrayRoIHead(BaseModule):
             0 puts it at the prior), ``view_support`` (:meth:`rescore`), then
             (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
-            dist_thr_mm=..., inside_box=True, merge=False)``, see
+            dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False)``, see
             :func:`centre_distance_nms`) and ``max_per_scene`` (keep the best
             ones; default 300). The only score threshold and cap of the 3D stage.
         init_cfg (dict, optional): Defaults to None.
@@ -192,6 +192,9 @@ class MV2DXrayRoIHead(BaseModule):
         if refine_radius_mm is not None and not float(refine_radius_mm) >= 0.0:
             raise ValueError('test_cfg.refine_radius_mm must be None or >= 0, got '
                              f'{refine_radius_mm}')
+        if refine_radius_mm is not None and not triangulate_prior:
+            raise ValueError('test_cfg.refine_radius_mm holds centres near the queries\' '
+                             'triangulated priors: it needs triangulate_prior=True')
         view_support_cfg = self.test_cfg.get('view_support', None)
         if view_support_cfg is not None and not 0.0 <= float(view_support_cfg['weight']) <= 1.0:
             raise ValueError('test_cfg.view_support.weight must be in [0, 1], got '
@@ -658,6 +661,10 @@ class MV2DXrayRoIHead(BaseModule):
                 the other per-box keys.
             priors (Tensor): ``(Q, 3)`` the scene's queries' priors, ct mm.
             prior_ok (Tensor): ``(Q,)`` their validity.
+
+        Returns:
+            dict: ``pred`` with the moved centres in a new ``bboxes`` (the same order;
+            a prior, and so a moved centre, may lie outside the coder's ``pc_range``).
         """
         radius = self.test_cfg.get('refine_radius_mm', None)
         if radius is None or len(pred['bboxes']) == 0:
@@ -700,21 +707,19 @@ class MV2DXrayRoIHead(BaseModule):
             roi_scores = rois.new_ones(len(rois))
         lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
                                     device=rois.device)
-        margin_px = float(cfg.get('margin_px', 0.0))
-        if not cfg.get('per_class', False):
-            support = view_support(pred['bboxes'][:, :3], lidar2img, rois[mine, 1:],
-                                   roi_scores[mine], rois[mine, 0].long() % num_views,
-                                   margin_px)
-        else:
-            if roi_labels is None:
-                raise ValueError('test_cfg.view_support.per_class needs the RoIs\' 2D '
-                                 'labels (roi_labels)')
-            support = pred['scores'].new_zeros(len(pred['scores']))
-            for label in pred['labels'].unique():
-                boxes, rois_c = pred['labels'] == label, mine & (roi_labels == label)
-                support[boxes] = view_support(
-                    pred['bboxes'][boxes, :3], lidar2img, rois[rois_c, 1:],
-                    roi_scores[rois_c], rois[rois_c, 0].long() % num_views, margin_px)
+        per_class = bool(cfg.get('per_class', False))
+        if per_class and roi_labels is None:
+            raise ValueError("test_cfg.view_support.per_class needs the RoIs' 2D labels "
+                             '(roi_labels)')
+        support = pred['scores'].new_zeros(len(pred['scores']))
+        for label in (pred['labels'].unique() if per_class else [None]):
+            boxes = (pred['labels'] == label if label is not None else
+                     torch.ones_like(pred['labels'], dtype=torch.bool))
+            supporters = mine & (roi_labels == label) if label is not None else mine
+            support[boxes] = view_support(
+                pred['bboxes'][boxes, :3], lidar2img, rois[supporters, 1:],
+                roi_scores[supporters], rois[supporters, 0].long() % num_views,
+                float(cfg.get('margin_px', 0.0)))
         scores = pred['scores'].clamp(min=0) ** (1 - weight) * support ** weight
         order = scores.argsort(descending=True, stable=True)
         out = {key: value[order] for key, value in pred.items()}

@@ -8,7 +8,8 @@ frame, yaw = 0) is
 
 with ``pc_range = [x0, y0, z0, x1, y1, z1]`` (mm). The centre part lives in ``[0, 1]``
 inside ``pc_range``; the head predicts it PETR-style as ``sigmoid(delta +
-inverse_sigmoid(reference))``, so predicted centres never leave ``pc_range``. Sizes are
+inverse_sigmoid(reference))``, so decoded centres never leave ``pc_range`` (the RoI
+head's ``test_cfg.refine_radius_mm`` may later move one onto a prior outside it). Sizes are
 log-mm (a 10 % size error costs ~0.1 whatever the nodule size). No yaw: the boxes are
 axis-aligned in ``ct`` and regressing ``sin/cos`` of a constant would only add noise
 (the earlier X-ray port regressed 8 numbers for 6 degrees of freedom).
