@@ -27,7 +27,10 @@ redone (the overrides may change the 2D detections too), and the report is store
 ``<split>+<NAME>``. Settings of MV2D's training go in ``--cfg-options KEY=VALUE ...``
 (e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew from the same 2D stage
 into a folder named after those options (``mv2d-model.roi_head.view_probes=True-<hash>``;
-variants with the same ``--cfg-options`` share it) and tested with them. Each run adds
+variants with the same ``--cfg-options`` share it) and tested with them. A finished
+training is reused only while its config's training settings are unchanged (their SHA-1
+is recorded beside it; an edit of the test step keeps the training); otherwise the run
+stops and says which folder to delete. Each run adds
 its entries to an existing ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an
 entry of the same domain and split is replaced).
 
@@ -39,6 +42,7 @@ where they are.
 """
 import argparse
 import hashlib
+import json
 import math
 import os
 import os.path as osp
@@ -188,12 +192,55 @@ def finished_checkpoint(work_dir: str) -> Optional[str]:
     return path if osp.isfile(path) else None
 
 
+#: Config keys that do not change a training: the test step and the bookkeeping.
+NOT_TRAINING_KEYS = ('work_dir', 'val_dataloader', 'test_dataloader', 'val_evaluator',
+                     'test_evaluator', 'val_cfg', 'test_cfg', 'visualizer', 'log_processor',
+                     'log_level', 'launcher', 'default_hooks', 'env_cfg')
+#: The line of a ``benchmark_done`` marker that records the training settings.
+DIGEST_PREFIX = 'training-settings-sha1 '
+
+
+def training_digest(config: str) -> str:
+    """SHA-1 of the training settings of ``config`` with its ``_base_`` files resolved:
+    everything but :data:`NOT_TRAINING_KEYS` and ``model.test_cfg``, so that a test-step
+    change in the config reuses a training and a training change does not."""
+    from mmengine.config import Config
+    settings = Config.fromfile(config, import_custom_modules=False).to_dict()
+    for key in NOT_TRAINING_KEYS:
+        settings.pop(key, None)
+    if isinstance(settings.get('model'), dict):
+        settings['model'].pop('test_cfg', None)
+    text = json.dumps(settings, sort_keys=True, default=repr)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def recorded_digest(done_marker: str) -> Optional[str]:
+    """The training-settings digest a ``benchmark_done`` marker records, or None (a
+    marker written before digests were recorded)."""
+    with open(done_marker) as f:
+        for line in f:
+            if line.startswith(DIGEST_PREFIX):
+                return line[len(DIGEST_PREFIX):].strip()
+    return None
+
+
 def train(name: str, config: str, work_dir: str, cfg_options: Sequence[str],
           log: List[dict]) -> str:
-    """Train (or resume) ``config`` into ``work_dir``; returns the last checkpoint."""
+    """Train (or resume) ``config`` into ``work_dir``; returns the last checkpoint.
+
+    A finished training is reused when its recorded training settings are those of
+    ``config`` now (:func:`training_digest`); when they differ (the config's training
+    part was edited since), this stops with one line rather than test a stale model."""
     done_marker = osp.join(work_dir, 'benchmark_done')
+    digest = training_digest(config)
     if osp.isfile(done_marker) and finished_checkpoint(work_dir):
-        print(f'\n== {name}: already trained ({finished_checkpoint(work_dir)})')
+        recorded = recorded_digest(done_marker)
+        if recorded is not None and recorded != digest:
+            fail(f'{work_dir} holds a training of {config} with other training settings '
+                 '(the config changed since): delete that folder to retrain, or use '
+                 'another --work-dir')
+        note = '' if recorded is not None else '; its settings were not recorded'
+        print(f'\n== {name}: already trained ({finished_checkpoint(work_dir)}{note})')
         return finished_checkpoint(work_dir)
     command = [sys.executable, 'tools/train.py', config, '--work-dir', work_dir]
     if finished_checkpoint(work_dir):
@@ -204,7 +251,7 @@ def train(name: str, config: str, work_dir: str, cfg_options: Sequence[str],
     if checkpoint is None:
         fail(f'{name}: no checkpoint in {work_dir} after training')
     with open(done_marker, 'w') as f:
-        f.write(checkpoint + '\n')
+        f.write(checkpoint + '\n' + DIGEST_PREFIX + digest + '\n')
     return checkpoint
 
 

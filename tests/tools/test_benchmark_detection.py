@@ -48,16 +48,8 @@ def test_a_foreign_benchmark_json_is_refused(tmp_path):
 def test_mv2d_training_folder_is_named_after_its_overrides():
     """Variants that retrain MV2D (``--cfg-options``) get one folder per set of overrides,
     shared by variants with the same ones; test-only variants reuse ``mv2d``."""
-    import os.path as osp
-    import sys
-
-    from conftest import REPO_ROOT
-    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-    try:
-        from benchmark_detection import mv2d_folder
-    finally:
-        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
     import hashlib
+    mv2d_folder = _benchmark_module().mv2d_folder
     assert mv2d_folder([]) == 'mv2d'
     probes = ['model.roi_head.view_probes=True']
     digest = hashlib.sha1(probes[0].encode()).hexdigest()[:8]
@@ -68,3 +60,52 @@ def test_mv2d_training_folder_is_named_after_its_overrides():
     assert mv2d_folder(['a=1', 'b=2']) != mv2d_folder(['a=1+b=2'])
     assert mv2d_folder(['x=[1,2]']) != mv2d_folder(['x=(1,2)'])
     assert len(mv2d_folder(['k=' + 'v' * 300])) == len('mv2d-') + 80 + 9
+
+
+def _benchmark_module():
+    import os.path as osp
+    import sys
+
+    from conftest import REPO_ROOT
+    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+    try:
+        import benchmark_detection
+    finally:
+        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+    return benchmark_detection
+
+
+def test_a_training_is_reused_only_with_the_same_training_settings(tmp_path, capsys):
+    """The digest of a config's training settings ignores its test step and follows
+    its ``_base_``; a finished training whose recorded settings differ from the config's
+    now stops the run with one line (exit 2) instead of testing a stale model."""
+    import pytest
+    bench = _benchmark_module()
+    base = tmp_path / 'base.py'
+    base.write_text("model = dict(type='M', depth=18, test_cfg=dict(k=10))\n"
+                    "train_cfg = dict(max_epochs=20)\ntest_cfg = dict(type='TestLoop')\n")
+    config = tmp_path / 'config.py'
+    config.write_text("_base_ = ['./base.py']\nwork_dir = 'a'\n")
+    digest = bench.training_digest(str(config))
+    config.write_text("_base_ = ['./base.py']\nwork_dir = 'b'\n"
+                      "model = dict(test_cfg=dict(k=20))\n")          # test step only
+    assert bench.training_digest(str(config)) == digest
+    base.write_text(base.read_text().replace('max_epochs=20', 'max_epochs=40'))
+    assert bench.training_digest(str(config)) != digest                # via _base_
+    # a finished training recorded with the first settings
+    work_dir = tmp_path / 'mv2d'
+    work_dir.mkdir()
+    checkpoint = work_dir / 'epoch_20.pth'
+    checkpoint.write_bytes(b'')
+    (work_dir / 'last_checkpoint').write_text(str(checkpoint))
+    (work_dir / 'benchmark_done').write_text(f'{checkpoint}\n{bench.DIGEST_PREFIX}{digest}\n')
+    with pytest.raises(SystemExit) as stop:
+        bench.train('mv2d', str(config), str(work_dir), [], [])
+    assert stop.value.code == 2
+    assert 'with other training settings' in capsys.readouterr().err
+    base.write_text(base.read_text().replace('max_epochs=40', 'max_epochs=20'))
+    assert bench.train('mv2d', str(config), str(work_dir), [], []) == str(checkpoint)
+    # a marker from before digests were recorded is reused, with a note
+    (work_dir / 'benchmark_done').write_text(f'{checkpoint}\n')
+    assert bench.train('mv2d', str(config), str(work_dir), [], []) == str(checkpoint)
+    assert 'its settings were not recorded' in capsys.readouterr().out
