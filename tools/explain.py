@@ -176,21 +176,28 @@ def selected_findings(sample, args) -> list:
     return [k for k, s in enumerate(scores) if s >= args.score_thr][:args.top]
 
 
-def finding_saliency(model, imgs, explanation: dict, img_shape, method: str) -> list:
-    """Per view ``(H, W)`` maps of the 2D stage for the finding's detection in that view
-    (the attended one; EigenCAM on the finest level where it has none: a view probe, with
-    no 2D score, is no detection)."""
+def detections_per_view(explanation: dict, num_views: int) -> list:
+    """Per view, the ``(n, 4)`` boxes (img px) of the 2D detections the finding's query
+    attended to there; a view probe, with no 2D score, is no detection."""
     import torch
 
     from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
-    from projects.mv2d_xray.mv2d_xray.visualization.saliency import eigen_cam, score_cam
     detected = torch.as_tensor(~view_probe_mask(explanation))
-    boxes = {int(v): b.tolist() for v, b in zip(explanation['attended_views'][detected].tolist(),
-                                                 explanation['attended_bboxes'][detected])}
+    return [explanation['attended_bboxes'][(explanation['attended_views'] == v) &
+                                           detected].numpy()
+            for v in range(num_views)]
+
+
+def finding_saliency(model, imgs, explanation: dict, dets: list, img_shape,
+                     method: str) -> list:
+    """Per view ``(H, W)`` maps of the 2D stage for the finding's detection in that view
+    (the last of the view's :func:`detections_per_view` ``dets``; EigenCAM on the finest
+    level where it has none)."""
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency import eigen_cam, score_cam
     height, width = img_shape[:2]
     maps = []
     for view in range(len(imgs)):
-        box = boxes.get(view)
+        box = dets[view][-1].tolist() if len(dets[view]) else None
         if method == 'score' and box is not None:
             label = 0 if explanation.get('label') is None else int(explanation['label'])
             saliency = score_cam(model, imgs[view:view + 1], box, label)
@@ -259,11 +266,9 @@ def explain_findings(args, model, imgs, sample, classes, name: str, where: dict)
         name (str): the case or study, in titles and messages.
         where (dict): what the JSON records as the input (``case`` or ``study``).
     """
-    import torch
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.io import write_json
-    from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
     from projects.mv2d_xray.mv2d_xray.visualization.attention_views import \
         draw_finding_evidence
     from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import \
@@ -278,12 +283,9 @@ def explain_findings(args, model, imgs, sample, classes, name: str, where: dict)
                               osp.join(args.out, f'finding_{k}.png'), view_names=names,
                               score=float(pred.scores_3d[k]))
         if args.saliency != 'none':
-            maps = finding_saliency(model, imgs, explanation, meta['img_shape'],
+            dets = detections_per_view(explanation, len(views))
+            maps = finding_saliency(model, imgs, explanation, dets, meta['img_shape'],
                                     args.saliency)
-            detected = torch.as_tensor(~view_probe_mask(explanation))
-            dets = [explanation['attended_bboxes'][(explanation['attended_views'] == v) &
-                                                   detected].numpy()
-                    for v in range(len(views))]
             draw_saliency_views(views, maps, osp.join(args.out, f'saliency_{k}.png'),
                                 dets=dets, view_names=names,
                                 title=f'{name}, finding {k}: 2D saliency '

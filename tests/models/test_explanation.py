@@ -83,7 +83,7 @@ def test_explanations_point_at_their_queries_detections_and_attention():
         feats = model.extract_feat(data['inputs']['imgs'])
         dets = model.detect_2d(feats, model._view_samples(samples, num_views, False),
                                model.test_cfg['detection_proposal'])
-        rois, roi_scores = model._rois(dets)
+        rois, roi_scores, _ = model._rois(dets)
         out = model.roi_head(feats, rois, [s.metainfo for s in samples], num_views,
                              roi_scores)
     coder = model.roi_head.bbox_coder

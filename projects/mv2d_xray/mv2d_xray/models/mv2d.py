@@ -236,11 +236,12 @@ class MV2DXray(Base3DDetector):
         return out
 
     @staticmethod
-    def _rois(dets: List[InstanceData]) -> Tuple[Tensor, Tensor]:
-        """``(R, 5)`` RoIs ``[image index, x1, y1, x2, y2]`` and ``(R,)`` 2D scores of
-        the per-image detections."""
+    def _rois(dets: List[InstanceData]) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(R, 5)`` RoIs ``[image index, x1, y1, x2, y2]``, ``(R,)`` 2D scores and
+        ``(R,)`` 2D labels of the per-image detections."""
         return (bbox2roi([det.bboxes for det in dets]),
-                torch.cat([det.scores for det in dets]))
+                torch.cat([det.scores for det in dets]),
+                torch.cat([det.labels for det in dets]))
 
     @staticmethod
     def _ensure_queries(dets: List[InstanceData], num_views: int,
@@ -301,7 +302,7 @@ class MV2DXray(Base3DDetector):
                                          self.train_cfg['complement_2d_gt'],
                                          cfg.get('min_bbox_size', 0))
         dets = self._ensure_queries(dets, num_views, metas[0]['img_shape'])
-        rois, roi_scores = self._rois(dets)
+        rois, roi_scores, _ = self._rois(dets)
         losses.update(
             self.roi_head.loss(self._feats_3d(feats), rois, metas,
                                [s.gt_instances_3d for s in batch_data_samples],
@@ -352,11 +353,10 @@ class MV2DXray(Base3DDetector):
                 for _ in batch_data_samples
             ]
         else:
-            rois, roi_scores = self._rois(dets)
+            rois, roi_scores, roi_labels = self._rois(dets)
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
                                                metas, num_views, roi_scores,
-                                               explain=explain,
-                                               roi_labels=torch.cat([d.labels for d in dets]))
+                                               explain=explain, roi_labels=roi_labels)
             if explain:
                 results_3d, explanations = results_3d
         results_2d = []
@@ -390,7 +390,7 @@ class MV2DXray(Base3DDetector):
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
         dets = self._ensure_queries(dets, num_views, metas[0]['img_shape'])
-        rois, roi_scores = self._rois(dets)
+        rois, roi_scores, _ = self._rois(dets)
         out = self.roi_head(self._feats_3d(feats), rois, metas, num_views,
                             roi_scores)
         return out['all_cls_scores'], out['all_codes']
