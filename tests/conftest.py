@@ -7,6 +7,19 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 
+def import_from(folder: str, name: str):
+    """The module ``<REPO_ROOT>/<folder>/<name>.py`` (``tools``, ``tests/tools``), imported
+    by name: the tools import each other by name (``from _checkpoints import ...``), so the
+    folder is on ``sys.path`` while it loads, and only then."""
+    import importlib
+    path = osp.join(REPO_ROOT, folder)
+    sys.path.insert(0, path)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(path)
+
+
 # -- a small demo dataset, built once per test session (data_converters demo) --------------
 import dataclasses  # noqa: E402
 

@@ -3,22 +3,18 @@ prediction as the config's test dataset item of the case it was exported from, a
 studies gives one sample each, another number of views is said once, and the config's
 ``image_intensity`` sets the accepted grey values."""
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import import_from
 
 from data_converters.export_study import export_study
 from projects.mv2d_xray.core.study import StudyError
 
-sys.path.insert(0, osp.join(REPO_ROOT, 'tests', 'tools'))
-import test_explain_tool  # noqa: E402
-from test_infer_tool import copy_study  # noqa: E402
-
-sys.path.remove(osp.join(REPO_ROOT, 'tests', 'tools'))
+test_explain_tool = import_from(osp.join('tests', 'tools'), 'test_explain_tool')
+copy_study = import_from(osp.join('tests', 'tools'), 'test_infer_tool').copy_study
 
 CASE = 'LIDC-IDRI-0001'
 #: The small demo config and its seeded initial checkpoint (``test_explain_tool``).

@@ -75,17 +75,14 @@ def test_explanations_point_at_their_queries_detections_and_attention():
     model = _build()
     num_views, layers = 5, model.roi_head.bbox_head.num_layers
     batch = make_batch(num_views, [3, 1], seed=3)
+    # the raw outputs of every query: the RoI head's forward, recorded during predict
+    forwards = []
+    head_forward = model.roi_head.forward
+    model.roi_head.forward = lambda *a, **k: forwards.append(head_forward(*a, **k)) or \
+        forwards[-1]
     results = _predict(model, batch, explain=True)
-    # the raw outputs of every query, from the same detections
-    data = model.data_preprocessor(copy.deepcopy(batch), False)
-    samples = data['data_samples']
-    with torch.no_grad():
-        feats = model.extract_feat(data['inputs']['imgs'])
-        dets = model.detect_2d(feats, model._view_samples(samples, num_views, False),
-                               model.test_cfg['detection_proposal'])
-        rois, roi_scores, _ = model._rois(dets)
-        out = model.roi_head(feats, rois, [s.metainfo for s in samples], num_views,
-                             roi_scores)
+    assert len(forwards) == 1
+    out = forwards[0]
     coder = model.roi_head.bbox_coder
     for scene, result in enumerate(results):
         queries = (out['scene_ids'] == scene).nonzero(as_tuple=True)[0]

@@ -63,16 +63,8 @@ def test_mv2d_training_folder_is_named_after_its_overrides():
 
 
 def _benchmark_module():
-    import os.path as osp
-    import sys
-
-    from conftest import REPO_ROOT
-    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-    try:
-        import benchmark_detection
-    finally:
-        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
-    return benchmark_detection
+    from conftest import import_from
+    return import_from('tools', 'benchmark_detection')
 
 
 def test_a_training_is_reused_only_with_the_same_training_settings(tmp_path, capsys):

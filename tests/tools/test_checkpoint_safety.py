@@ -3,22 +3,17 @@ of ``projects/mv2d_xray/core/checkpoint.py``, which ``tools/_checkpoints.py``
 re-exports; ``--trust-checkpoint`` for anything else), one line for an
 unreadable file, and refused when the weights do not fit the model."""
 import os
-import os.path as osp
 import pickle
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import import_from
 from test_explain_tool import explain_setup  # noqa: F401 -- the fixture
 from test_train_test import run_tool
 
-sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-import _checkpoints  # noqa: E402
-from _checkpoints import CheckpointError, checkpoint_loading  # noqa: E402
-
-sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+_checkpoints = import_from('tools', '_checkpoints')
+CheckpointError, checkpoint_loading = _checkpoints.CheckpointError, _checkpoints.checkpoint_loading
 
 
 class Payload:

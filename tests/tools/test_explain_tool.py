@@ -146,19 +146,13 @@ def test_study_arguments_are_one_line(explain_setup, tmp_path):
 def test_a_view_probe_is_recorded_with_a_null_score():
     """A view probe (``model.roi_head.view_probes``) has no 2D score (NaN in the
     explanation): ``explanations.json`` records it as null, since NaN is not JSON."""
-    import sys
-
     import numpy as np
-    from conftest import REPO_ROOT
+    from conftest import import_from
     from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
     from mmengine.structures import InstanceData
 
     from projects.mv2d_xray.core.io import json_bytes
-    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-    try:
-        from explain import finding_record
-    finally:
-        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+    finding_record = import_from('tools', 'explain').finding_record
     sample = Det3DDataSample(metainfo=dict(img_aug_matrix=np.stack([np.eye(4)] * 2)))
     sample.pred_instances_3d = InstanceData(
         bboxes_3d=LiDARInstance3DBoxes(torch.tensor([[1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 0.0]])),

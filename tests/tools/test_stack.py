@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, import_from
 
 
 def test_mmcv_compiled_ops_run_on_cpu():
@@ -65,11 +65,7 @@ def test_runner_checkpoint_resumes(tmp_path):
         # What the allow-list is for: plain weights-only loading rejects the checkpoint.
         with pytest.raises(Exception, match='[Ww]eights only load failed'):
             torch.load(ckpt)
-    sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-    try:
-        from _checkpoints import checkpoint_loading
-    finally:
-        sys.path.remove(osp.join(REPO_ROOT, 'tools'))
+    checkpoint_loading = import_from('tools', '_checkpoints').checkpoint_loading
     runner = _make_runner(tmp_path, max_epochs=2, resume=True)
     with checkpoint_loading(folders=[str(tmp_path)]):
         runner.train()
