@@ -10,6 +10,7 @@ from eval_fake_data import (DEFAULT_EVAL_CASES, eval_geometry, run_tool, silhoue
 from projects.mv2d_xray.core.geometry import project_points, triangulate_points
 from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig, ct_bounds,
                                                                   fit_box_size, refine_point,
+                                                                  refine_to_detections,
                                                                   reprojection_errors,
                                                                   source_positions,
                                                                   triangulate_case)
@@ -62,6 +63,45 @@ def test_sources_and_refinement(lidar2img):
         np.sum(reprojection_errors(lidar2img, noisy, linear) ** 2) + 1e-9
     # 1 px noise at ~2 mm per px at the isocentre: well within 2 mm over 10 views
     assert np.linalg.norm(refined - point) < 2.0
+
+
+def test_refine_to_detections_per_class_and_leaves_the_unsupported(lidar2img):
+    """A point near a finding moves onto the point its class's supporting box centres
+    triangulate to -- not onto another class's boxes on the same finding, centred 2 px
+    off; a point with no supporting detection of its class, or one view only, stays."""
+    finding, other, lone = (np.array([12.0, -7.0, 30.0]), np.array([-40.0, 25.0, -10.0]),
+                            np.array([50.0, 50.0, 50.0]))
+    num_views = len(lidar2img)
+    boxes, scores, labels, views = [], [], [], []
+    for point, label, shift_px, view_set in ((finding, 1, 0.0, range(num_views)),
+                                             (finding, 0, 2.0, range(num_views)),
+                                             (other, 0, 0.0, range(num_views)),
+                                             (lone, 1, 0.0, [0])):    # one view only
+        uv, _ = project_points(lidar2img, point[None].repeat(num_views, 0)[:, None])
+        for v in view_set:
+            u, w = uv[v, 0] + shift_px
+            boxes.append([u - 4, w - 4, u + 4, w + 4])
+            scores.append(0.9)
+            labels.append(label)
+            views.append(v)
+    start = np.stack([finding + [1.0, -0.5, 0.8], other + [-0.6, 0.4, 0.3], lone,
+                      np.array([-80.0, -80.0, 80.0]), other + [0.5, 0.0, 0.0]])
+    point_labels = np.array([1, 0, 1, 0, 1])        # the last: class 1 has nothing there
+    out = refine_to_detections(lidar2img, np.array(boxes), np.array(scores),
+                               np.array(labels), np.array(views), start, point_labels)
+    np.testing.assert_allclose(out['points'][0], finding, atol=1e-6)
+    np.testing.assert_allclose(out['points'][1], other, atol=1e-6)
+    np.testing.assert_array_equal(out['points'][2:], start[2:])
+    assert out['num_views'].tolist() == [num_views, num_views, 0, 0, 0]
+    # class 0 at the finding: the boxes centred 2 px off pull the point off it
+    shifted = refine_to_detections(lidar2img, np.array(boxes), np.array(scores),
+                                   np.array(labels), np.array(views), start[:1], [0])
+    assert np.linalg.norm(shifted['points'][0] - finding) > 0.5
+    # no detections at all: every point stays
+    empty = refine_to_detections(lidar2img, np.zeros((0, 4)), [], [], [], start,
+                                 point_labels)
+    np.testing.assert_array_equal(empty['points'], start)
+    assert empty['num_views'].tolist() == [0] * 5
 
 
 @pytest.mark.parametrize('semi', [(3.0, 2.5, 2.0), (15.0, 12.0, 10.0), (5.0, 5.0, 5.0)])

@@ -515,6 +515,50 @@ def test_rescore_per_class_support_hand_computed():
         head.rescore(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene, num_views)
 
 
+def test_refine_on_detections_uses_the_scenes_detections_of_the_class():
+    """``test_cfg.refine_to_detections``: a decoded centre 1 mm off moves onto the point
+    its scene's box centres of its class triangulate to; a box of another class there, a
+    box far from every detection, extents, scores, labels and the other scene's RoIs
+    (nearer the decoded centre) leave it alone."""
+    num_views = 4
+    geometry = XrayGeometry(num_views=num_views, image_size=(100, 100))
+    lidar2img = geometry.view_matrices()['lidar2img']
+    point = torch.tensor([[10.0, -5.0, 8.0]])
+    uv = project_points(torch.from_numpy(lidar2img), point.double())[0][:, 0]
+    scene = 1                                                    # the batch's 2nd scene
+    # scene 0's detections see a point 1.5 mm away, nearer the decoded centre
+    uv_other = project_points(torch.from_numpy(lidar2img),
+                              point.double() + torch.tensor([1.5, 0.0, 0.0]))[0][:, 0]
+    rois = torch.tensor([[scene * num_views + view, u - 3, v - 3, u + 3, v + 3]
+                         for view, (u, v) in enumerate(uv.tolist())] +
+                        [[0 * num_views + view, u - 3, v - 3, u + 3, v + 3]
+                         for view, (u, v) in enumerate(uv_other.tolist())],
+                        dtype=torch.float64)
+    roi_scores = torch.tensor([0.8] * 4 + [0.9] * 4)
+    roi_labels = torch.tensor([1] * 8)
+    start = [11.0, -5.0, 8.0]
+    pred = dict(bboxes=torch.tensor([start + [1., 2., 3., 0.], start + [1., 2., 3., 0.],
+                                     [60.0, 60.0, -60.0, 1., 1., 1., 0.]],
+                                    dtype=torch.float64),
+                scores=torch.tensor([0.6, 0.5, 0.4]), labels=torch.tensor([1, 0, 1]),
+                query_ids=torch.tensor([0, 0, 1]))
+    head = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+        refine_to_detections=dict(gate_px=3.0))))
+    out = head.refine_on_detections(pred, dict(lidar2img=lidar2img), rois, roi_scores,
+                                    scene, num_views, roi_labels)
+    assert torch.allclose(out['bboxes'][0, :3], point[0].double(), atol=1e-6)
+    assert torch.equal(out['bboxes'][1:], pred['bboxes'][1:])
+    assert torch.equal(out['bboxes'][:, 3:], pred['bboxes'][:, 3:])
+    for key in ('scores', 'labels', 'query_ids'):
+        assert torch.equal(out[key], pred[key])
+    with pytest.raises(ValueError, match="needs the RoIs' 2D labels"):
+        head.refine_on_detections(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene,
+                                  num_views)
+    plain = MODELS.build(dict(tiny_mv2d_config()['roi_head']))
+    assert plain.refine_on_detections(pred, dict(lidar2img=lidar2img), rois, roi_scores,
+                                      scene, num_views, roi_labels) is pred
+
+
 def test_view_support_hand_computed():
     """Support = mean over views of the best 2D score whose (grown) box holds the
     centre's projection, computed by hand on a 4-view ring."""

@@ -209,6 +209,45 @@ def test_refine_radius_puts_centres_on_the_valid_priors():
     assert num_snapped > 0, 'no valid prior in this batch: the test checks nothing'
 
 
+def test_refine_to_detections_end_to_end():
+    """``test_cfg.rcnn.refine_to_detections`` end to end: every output box is the decoded
+    box re-triangulated from its own scene's 2D detections of its class (as
+    :func:`refine_to_detections` computes from the outputs); extents, scores, labels and
+    order do not change."""
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
+                                                                      refine_to_detections)
+    torch.set_num_threads(1)
+    num_views = 4
+    batch = make_batch(num_views, [2, 1], seed=3)
+    outputs = {}
+    for refine in (None, dict(gate_px=6.0)):
+        cfg = tiny_mv2d_config()
+        cfg['test_cfg'].setdefault('rcnn', dict()).update(nms=None, max_per_scene=1000,
+                                                          refine_to_detections=refine)
+        cfg['test_cfg']['detection_proposal'].update(score_thr=0.0)
+        model = _build(cfg)
+        model.eval()
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        with torch.no_grad():
+            outputs[refine is not None] = model(**data, mode='predict')
+    num_moved = 0
+    for plain, refined in zip(outputs[False], outputs[True]):
+        before, after = plain.pred_instances_3d, refined.pred_instances_3d
+        assert torch.equal(before.scores_3d, after.scores_3d)
+        assert torch.equal(before.labels_3d, after.labels_3d)
+        pred_2d = refined.pred_instances
+        expected = refine_to_detections(
+            np.asarray(refined.metainfo['lidar2img']), pred_2d.bboxes.double().numpy(),
+            pred_2d.scores.double().numpy(), pred_2d.labels.numpy(),
+            pred_2d.view_ids.numpy(), before.bboxes_3d.gravity_center.double().numpy(),
+            before.labels_3d.numpy(), TriangulationConfig(gate_px=6.0))
+        assert torch.allclose(after.bboxes_3d.gravity_center,
+                              torch.from_numpy(expected['points']).float(), atol=1e-4)
+        assert torch.equal(after.bboxes_3d.dims, before.bboxes_3d.dims)
+        num_moved += int((expected['num_views'] >= 2).sum())
+    assert num_moved > 0, 'no box has two supporting views: the test checks nothing'
+
+
 def test_predict_without_detections_is_empty_and_well_formed():
     cfg = tiny_mv2d_config()
     cfg['test_cfg']['detection_proposal']['score_thr'] = 1.0
@@ -262,7 +301,7 @@ def test_roi_head_stays_fp32_under_autocast():
     with torch.no_grad():
         feats = model.extract_feat(data['inputs']['imgs'])
         dets = model.detect_2d(
-            feats, model._view_samples(samples, num_views, False),
+            feats, model.view_samples(samples, num_views, False),
             model.train_cfg['detection_proposal'])
     rois = bbox2roi([det.bboxes for det in dets])
     assert len(rois) > 0

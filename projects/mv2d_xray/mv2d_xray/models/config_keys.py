@@ -14,8 +14,12 @@ MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 #: ``assigner`` and ``extra_pos_radius``.
 RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius')
 #: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.limit_refinement`,
-#: :meth:`MV2DXrayRoIHead.rescore` and :meth:`MV2DXrayRoIHead.select`.
-RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'view_support', 'score_thr', 'nms', 'max_per_scene')
+#: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.rescore` and
+#: :meth:`MV2DXrayRoIHead.select`.
+RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support', 'score_thr',
+                      'nms', 'max_per_scene')
+#: ``test_cfg.rcnn.refine_to_detections``: :meth:`MV2DXrayRoIHead.refine_on_detections`.
+REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
 VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'per_class')
 #: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.

@@ -55,6 +55,7 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
                                                              MV2D_TRAIN_CFG_KEYS,
                                                              RCNN_TEST_CFG_KEYS,
                                                              RCNN_TRAIN_CFG_KEYS,
+                                                             REFINE_TO_DETECTIONS_KEYS,
                                                              VIEW_SUPPORT_KEYS, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 
@@ -91,7 +92,7 @@ class MV2DXray(Base3DDetector):
             GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
             head's ``assigner`` and ``stage_loss_weights``).
         test_cfg (dict): ``detection_proposal`` (as above) and ``rcnn``
-            (``refine_radius_mm``, ``view_support``, ``score_thr``, ``nms``,
+            (``refine_radius_mm``, ``refine_to_detections``, ``view_support``, ``score_thr``, ``nms``,
             ``max_per_scene``: see :class:`MV2DXrayRoIHead`).
         data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
         init_cfg (dict, optional): Defaults to None.
@@ -141,6 +142,8 @@ class MV2DXray(Base3DDetector):
         rcnn_test = self.test_cfg.get('rcnn') or dict()
         check_keys(rcnn_test.get('view_support'), VIEW_SUPPORT_KEYS,
                    'model.test_cfg.rcnn.view_support')
+        check_keys(rcnn_test.get('refine_to_detections'), REFINE_TO_DETECTIONS_KEYS,
+                   'model.test_cfg.rcnn.refine_to_detections')
         nms = rcnn_test.get('nms')
         if isinstance(nms, dict) and nms.get('type', 'centre_distance') == 'centre_distance':
             check_keys(nms, CENTRE_NMS_KEYS, 'model.test_cfg.rcnn.nms')
@@ -154,9 +157,10 @@ class MV2DXray(Base3DDetector):
 
     # -- helpers -------------------------------------------------------------------------
     @staticmethod
-    def _view_samples(batch_data_samples: List[Det3DDataSample],
-                      num_views: int, with_gt: bool) -> List[DetDataSample]:
-        """One mmdet sample per view (scene-major), with that view's 2D GT."""
+    def view_samples(batch_data_samples: List[Det3DDataSample],
+                     num_views: int, with_gt: bool) -> List[DetDataSample]:
+        """One mmdet sample per view (scene-major), with that view's 2D GT when
+        ``with_gt``: what the 2D stage's heads take (``(B * num_views)`` samples)."""
         view_samples = []
         for sample in batch_data_samples:
             meta = sample.metainfo
@@ -278,7 +282,7 @@ class MV2DXray(Base3DDetector):
         imgs = batch_inputs_dict['imgs']
         num_views = imgs.shape[1]
         metas = [sample.metainfo for sample in batch_data_samples]
-        view_samples = self._view_samples(batch_data_samples, num_views, True)
+        view_samples = self.view_samples(batch_data_samples, num_views, True)
         for view_sample in view_samples:
             view_sample.gt_instances = view_sample.gt_instances.to(imgs.device)
             view_sample.ignored_instances = \
@@ -339,7 +343,7 @@ class MV2DXray(Base3DDetector):
         imgs = batch_inputs_dict['imgs']
         num_views = imgs.shape[1]
         metas = [sample.metainfo for sample in batch_data_samples]
-        view_samples = self._view_samples(batch_data_samples, num_views, False)
+        view_samples = self.view_samples(batch_data_samples, num_views, False)
         feats = self.extract_feat(imgs)
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'])
@@ -383,7 +387,7 @@ class MV2DXray(Base3DDetector):
         imgs = batch_inputs_dict['imgs']
         num_views = imgs.shape[1]
         metas = [sample.metainfo for sample in batch_data_samples]
-        view_samples = self._view_samples(batch_data_samples, num_views, False)
+        view_samples = self.view_samples(batch_data_samples, num_views, False)
         feats = self.extract_feat(imgs)
         if self.roi_head is None:
             return feats

@@ -43,7 +43,8 @@ half precision (:mod:`.two_stage_2d`). Scenes are independent and may hold any n
 views and detections.
 
 At test time (``test_cfg``), the decoded boxes can be held near their queries' priors
-(``refine_radius_mm``), rescored by their views' 2D support (``view_support``), thresholded,
+(``refine_radius_mm``), re-triangulated from the 2D detections that support them
+(``refine_to_detections``), rescored by their views' 2D support (``view_support``), thresholded,
 suppressed and capped (:meth:`MV2DXrayRoIHead.select`).
 """
 from contextlib import nullcontext
@@ -60,6 +61,8 @@ from torch import Tensor
 from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
                                               unproject_points)
+from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
+                                                                  refine_to_detections)
 from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
 from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms, view_support
 
@@ -146,7 +149,9 @@ class MV2DXrayRoIHead(BaseModule):
         test_cfg (dict, optional): the post-processing of the decoded boxes, in this
             order: ``refine_radius_mm`` (None, or keep each decoded centre within this
             distance of its query's valid triangulated prior, :meth:`limit_refinement`;
-            0 puts it at the prior), ``view_support`` (:meth:`rescore`), then
+            0 puts it at the prior), ``refine_to_detections`` (None, or
+            ``dict(gate_px=3, gate_frac=0.5, min_views=2)``:
+            :meth:`refine_on_detections`), ``view_support`` (:meth:`rescore`), then
             (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False)``, see
@@ -587,7 +592,8 @@ class MV2DXrayRoIHead(BaseModule):
                 attended to and the cross-attention over them). The boxes, scores
                 and labels are the same with and without. Defaults to False.
             roi_labels (Tensor, optional): ``(R,)`` the 2D classes of the RoIs, for
-                ``test_cfg.view_support.per_class`` (:meth:`rescore`).
+                ``test_cfg.view_support.per_class`` (:meth:`rescore`) and
+                ``test_cfg.refine_to_detections`` (:meth:`refine_on_detections`).
 
         Returns:
             list[InstanceData]: per scene ``bboxes_3d`` (the meta's
@@ -615,6 +621,8 @@ class MV2DXrayRoIHead(BaseModule):
                 mine = out['scene_ids'] == scene
                 pred = self.limit_refinement(pred, out['query_priors'][mine],
                                              out['query_prior_ok'][mine])
+                pred = self.refine_on_detections(pred, meta, rois, roi_scores, scene,
+                                                 num_views, roi_labels)
                 pred = self.rescore(pred, meta, rois, roi_scores, scene, num_views,
                                     roi_labels)
             kept = self.select(pred)
@@ -676,6 +684,59 @@ class MV2DXrayRoIHead(BaseModule):
                              prior + offset * scale[:, None], pred['bboxes'][:, :3])
         out = dict(pred)
         out['bboxes'] = torch.cat([centre, pred['bboxes'][:, 3:]], dim=1)
+        return out
+
+    def refine_on_detections(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
+                             roi_scores: Optional[Tensor], scene: int, num_views: int,
+                             roi_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """``test_cfg.refine_to_detections``: re-triangulate each decoded centre from the
+        box centres of the scene's 2D detections of the box's class that support it (in
+        every view the nearest one whose gate, ``max(gate_px, gate_frac * box side)`` px,
+        holds the centre's projection; at least ``min_views`` views), as the
+        triangulation baseline refines its findings (:func:`refine_to_detections`).
+        Boxes with too little support, extents, scores and labels unchanged. Without
+        it, ``pred`` unchanged.
+
+        A query's prior is triangulated from its own relevant detections only, with the
+        robust weights of ``prior_outlier_mm``; the box centres of every supporting view
+        fix it more precisely (README "The held-out benchmark": on the blades val, MV2D's
+        top-ranked false positives were near-misses at 1-1.8 hit radii).
+
+        Args:
+            pred (dict): one scene's ``bboxes`` ``(K, 7)`` (gravity centres, ct mm),
+                ``labels`` ``(K,)`` and the other per-box keys.
+            meta (dict): the scene's ``lidar2img`` ``(num_views, 4, 4)``.
+            rois (Tensor): ``(R, 5)`` the batch's RoIs (see :meth:`forward`).
+            roi_scores (Tensor, optional): ``(R,)`` their 2D scores (None: all 1).
+            scene (int): which scene of the batch ``pred`` is.
+            num_views (int): Views per scene.
+            roi_labels (Tensor): ``(R,)`` the RoIs' 2D classes (required with the
+                setting).
+
+        Returns:
+            dict: ``pred`` with new ``bboxes``, in the same order.
+        """
+        cfg = self.test_cfg.get('refine_to_detections', None)
+        if cfg is None or len(pred['bboxes']) == 0:
+            return pred
+        if roi_labels is None:
+            raise ValueError("test_cfg.refine_to_detections needs the RoIs' 2D labels "
+                             '(roi_labels)')
+        mine = (rois[:, 0].long() // num_views) == scene
+        scores = roi_scores[mine] if roi_scores is not None else rois.new_ones(int(mine.sum()))
+        settings = TriangulationConfig(gate_px=float(cfg.get('gate_px', 3.0)),
+                                       gate_frac=float(cfg.get('gate_frac', 0.5)),
+                                       min_views=int(cfg.get('min_views', 2)))
+        bboxes = pred['bboxes']
+        refined = refine_to_detections(
+            np.asarray(meta['lidar2img'], np.float64), rois[mine, 1:].detach().cpu().numpy(),
+            scores.detach().cpu().numpy(), roi_labels[mine].cpu().numpy(),
+            (rois[mine, 0].long() % num_views).cpu().numpy(),
+            bboxes[:, :3].detach().cpu().double().numpy(), pred['labels'].cpu().numpy(),
+            settings)
+        out = dict(pred)
+        out['bboxes'] = torch.cat([torch.as_tensor(refined['points']).to(bboxes),
+                                   bboxes[:, 3:]], dim=1)
         return out
 
     def rescore(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
