@@ -39,11 +39,15 @@ model = dict(
     train_cfg=dict(complement_2d_gt=-1),
     # Test step, chosen on val (README "The held-out benchmark", blades ablations): 20 2D
     # detections per view (10 in training; at 10 every view was full); centres on the
-    # queries' valid triangulated priors; the 3D scores weighed with the boxes' support by
-    # the views' 2D detections.
+    # queries' valid triangulated priors, then re-triangulated from the supporting 2D
+    # detections of their class (gate max(3 px, half the box side), at least 2 views);
+    # the 3D scores weighed with the boxes' support by the views' 2D detections.
     test_cfg=dict(
         detection_proposal=dict(max_per_img=20),
-        rcnn=dict(refine_radius_mm=0.0, view_support=dict(weight=0.5, margin_px=2.0))))
+        rcnn=dict(
+            refine_radius_mm=0.0,
+            refine_to_detections=dict(gate_px=3.0, gate_frac=0.5, min_views=2),
+            view_support=dict(weight=0.5, margin_px=2.0))))
 
 # -- data -------------------------------------------------------------------------------------
 data_root = 'data/benchmark_blades/'
