@@ -482,14 +482,21 @@ def test_limit_refinement_hand_computed(radius, centres):
                           test_cfg=dict(refine_radius_mm=0.0)))
 
 
+def _four_view_point():
+    """A 4-view ring of 100 x 100 px: ``num_views``, ``lidar2img`` ``(4, 4, 4)``, a ct point
+    ``(1, 3)`` mm and its projections ``uv`` ``(4, 2)`` px."""
+    num_views = 4
+    lidar2img = XrayGeometry(num_views=num_views, image_size=(100, 100)).view_matrices()[
+        'lidar2img']
+    point = torch.tensor([[10.0, -5.0, 8.0]])
+    uv = project_points(torch.from_numpy(lidar2img), point.double())[0][:, 0]
+    return num_views, lidar2img, point, uv
+
+
 def test_rescore_per_class_support_hand_computed():
     """``view_support.per_class``: a 3D box of class ``c`` is supported only by the 2D
     detections of class ``c``; without it, by the best detection of any class."""
-    num_views = 4
-    geometry = XrayGeometry(num_views=num_views, image_size=(100, 100))
-    lidar2img = geometry.view_matrices()['lidar2img']
-    point = torch.tensor([[10.0, -5.0, 8.0]])
-    uv = project_points(torch.from_numpy(lidar2img), point.double())[0][:, 0]
+    num_views, lidar2img, point, uv = _four_view_point()
     scene = 1                                                    # the batch's 2nd scene
     rois = torch.tensor([[scene * num_views + view, u - 3, v - 3, u + 3, v + 3]
                          for view, (u, v) in enumerate(uv.tolist())] +
@@ -520,11 +527,7 @@ def test_refine_on_detections_uses_the_scenes_detections_of_the_class():
     its scene's box centres of its class triangulate to; a box of another class there, a
     box far from every detection, extents, scores, labels and the other scene's RoIs
     (nearer the decoded centre) leave it alone."""
-    num_views = 4
-    geometry = XrayGeometry(num_views=num_views, image_size=(100, 100))
-    lidar2img = geometry.view_matrices()['lidar2img']
-    point = torch.tensor([[10.0, -5.0, 8.0]])
-    uv = project_points(torch.from_numpy(lidar2img), point.double())[0][:, 0]
+    num_views, lidar2img, point, uv = _four_view_point()
     scene = 1                                                    # the batch's 2nd scene
     # scene 0's detections see a point 1.5 mm away, nearer the decoded centre
     uv_other = project_points(torch.from_numpy(lidar2img),

@@ -167,6 +167,18 @@ def test_view_support_rescores_the_3d_boxes():
         _build(cfg)
 
 
+def _every_box_model(**rcnn):
+    """The tiny model in eval mode with every 2D detection a query and every decoded box
+    an output (no score threshold, no NMS, cap 1000), plus the ``test_cfg.rcnn`` settings
+    ``rcnn``."""
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg'].setdefault('rcnn', dict()).update(nms=None, max_per_scene=1000, **rcnn)
+    cfg['test_cfg']['detection_proposal'].update(score_thr=0.0)
+    model = _build(cfg)
+    model.eval()
+    return model
+
+
 def test_refine_radius_puts_centres_on_the_valid_priors():
     """``test_cfg.rcnn.refine_radius_mm=0`` end to end, box by box: the centre of a box
     whose query (named by its explanation) has a valid triangulated prior is exactly
@@ -176,12 +188,7 @@ def test_refine_radius_puts_centres_on_the_valid_priors():
     batch = make_batch(num_views, [2, 1], seed=3)
     outputs, forwards = {}, {}
     for radius in (None, 0.0):
-        cfg = tiny_mv2d_config()
-        cfg['test_cfg'].setdefault('rcnn', dict()).update(nms=None, max_per_scene=1000,
-                                                          refine_radius_mm=radius)
-        cfg['test_cfg']['detection_proposal'].update(score_thr=0.0)
-        model = _build(cfg)
-        model.eval()
+        model = _every_box_model(refine_radius_mm=radius)
         head_forward = model.roi_head.forward
         def record(*args, _radius=radius, **kwargs):
             forwards[_radius] = head_forward(*args, **kwargs)
@@ -221,12 +228,7 @@ def test_refine_to_detections_end_to_end():
     batch = make_batch(num_views, [2, 1], seed=3)
     outputs = {}
     for refine in (None, dict(gate_px=6.0)):
-        cfg = tiny_mv2d_config()
-        cfg['test_cfg'].setdefault('rcnn', dict()).update(nms=None, max_per_scene=1000,
-                                                          refine_to_detections=refine)
-        cfg['test_cfg']['detection_proposal'].update(score_thr=0.0)
-        model = _build(cfg)
-        model.eval()
+        model = _every_box_model(refine_to_detections=refine)
         data = model.data_preprocessor(copy.deepcopy(batch), False)
         with torch.no_grad():
             outputs[refine is not None] = model(**data, mode='predict')

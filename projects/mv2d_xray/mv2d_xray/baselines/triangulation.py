@@ -154,6 +154,15 @@ class _Dets:
     index: np.ndarray      # (V, K) index into the input detections, -1 = padding
 
 
+def _detection_arrays(lidar2img, boxes, scores, labels, view_ids) -> tuple:
+    """The inputs of :func:`triangulate_case` as arrays: ``lidar2img`` ``(V, 4, 4)`` and
+    ``boxes`` ``(K, 4)`` float64, ``scores`` ``(K,)`` float64, ``labels`` and ``view_ids``
+    ``(K,)`` int64."""
+    return (np.asarray(lidar2img, np.float64), np.asarray(boxes, np.float64).reshape(-1, 4),
+            np.asarray(scores, np.float64).reshape(-1),
+            np.asarray(labels, np.int64).reshape(-1), np.asarray(view_ids, np.int64).reshape(-1))
+
+
 def _pad_detections(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray,
                     num_views: int, cfg: TriangulationConfig) -> Optional[_Dets]:
     """Step 1 of the module docstring: per view the detections scoring ``>= score_thr``,
@@ -249,11 +258,8 @@ def triangulate_case(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarra
         ``reproj_px`` (mean reprojection error of the box centres), by descending score.
     """
     cfg = cfg or TriangulationConfig()
-    lidar2img = np.asarray(lidar2img, np.float64)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    labels = np.asarray(labels, np.int64).reshape(-1)
-    view_ids = np.asarray(view_ids, np.int64).reshape(-1)
+    lidar2img, boxes, scores, labels, view_ids = _detection_arrays(lidar2img, boxes, scores,
+                                                                   labels, view_ids)
     if bounds_mm is not None:
         bounds_mm = np.asarray(bounds_mm, np.float64).reshape(3, 2) + \
             np.array([-cfg.bounds_margin_mm, cfg.bounds_margin_mm])
@@ -421,11 +427,8 @@ def refine_to_detections(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.nd
         supporting views (0 where it stayed).
     """
     cfg = cfg or TriangulationConfig()
-    lidar2img = np.asarray(lidar2img, np.float64)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    labels = np.asarray(labels, np.int64).reshape(-1)
-    view_ids = np.asarray(view_ids, np.int64).reshape(-1)
+    lidar2img, boxes, scores, labels, view_ids = _detection_arrays(lidar2img, boxes, scores,
+                                                                   labels, view_ids)
     points = np.array(points, np.float64).reshape(-1, 3)
     point_labels = np.asarray(point_labels, np.int64).reshape(-1)
     num_views = np.zeros(len(points), np.int64)
