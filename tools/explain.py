@@ -21,7 +21,7 @@ stage's saliency map (EigenCAM on the FPN level of the finding's detection in th
 or with ``--saliency score`` a box-score-driven Score-CAM of it). ``explanations.json``
 holds, per finding, its 3D box (ct mm) and score, its source view and detection, the
 attended detections with their attention (last decoder layer and mean over layers; a
-view probe of ``model.roi_head.view_probes`` has score null) and
+view probe of ``model.roi_head.view_probes`` has ``probe`` true and score null) and
 ``view_attention`` (the share of the cross-attention each view received, summing to 1).
 2D boxes in the JSON are in the original images' pixels.
 
@@ -209,19 +209,22 @@ def finding_saliency(model, imgs, explanation: dict, dets: list, img_shape,
 
 def finding_record(k: int, sample, explanation: dict, classes, view_names) -> dict:
     """The JSON entry of finding ``k`` (2D boxes in the original images' pixels)."""
-    from projects.mv2d_xray.mv2d_xray.models.explanation import explanation_to_original
+    from projects.mv2d_xray.mv2d_xray.models.explanation import (explanation_to_original,
+                                                                view_probe_mask)
     from projects.mv2d_xray.mv2d_xray.visualization.attention_views import box_array
     meta, pred = sample.metainfo, sample.pred_instances_3d
     original = explanation_to_original(explanation, meta['img_aug_matrix'])
     label = int(pred.labels_3d[k])
     # a view probe (model.roi_head.view_probes) is no detection: its score is null
+    probes = view_probe_mask(explanation)
     attended = [dict(view=view_names[int(v)], bbox=[float(x) for x in box],
-                     score=None if math.isnan(float(s)) else float(s),
-                     attention=float(a), attention_mean=float(m))
-                for v, box, s, a, m in zip(original['attended_views'],
-                                           original['attended_bboxes'],
-                                           original['attended_scores'],
-                                           original['attention'], original['attention_mean'])]
+                     score=None if probe or math.isnan(float(s)) else float(s),
+                     probe=bool(probe), attention=float(a), attention_mean=float(m))
+                for v, box, s, probe, a, m in zip(original['attended_views'],
+                                                  original['attended_bboxes'],
+                                                  original['attended_scores'], probes,
+                                                  original['attention'],
+                                                  original['attention_mean'])]
     return dict(
         finding=k, bbox_3d=[float(v) for v in box_array(pred.bboxes_3d[k])],
         score=float(pred.scores_3d[k]), label=label, class_name=classes[label],

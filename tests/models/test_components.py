@@ -238,6 +238,13 @@ def test_view_probes_read_the_features_where_the_2d_stage_missed(view_probes):
     probes = torch.isin(expl['attended_views'], torch.tensor([2, 5]))
     assert torch.isnan(expl['attended_scores'][probes]).all()
     assert not torch.isnan(expl['attended_scores'][~probes]).any()
+    assert torch.equal(expl['attended_probes'], probes)
+    # without 2D scores the explicit flag still tells probes from detections
+    with torch.no_grad():
+        unscored = head(feats, rois, metas, num_views, None, explain=True)
+    expl = explain_query(unscored['evidence'], query, query)
+    assert torch.isnan(expl['attended_scores']).all()
+    assert torch.equal(expl['attended_probes'], probes)
     assert (expl['attention'][probes] > 0).all()
     assert torch.allclose(expl['attention'].sum(), torch.ones(()), atol=1e-5)
 

@@ -280,9 +280,14 @@ def test_no_boxes_no_explanations():
         assert all(len(r.pred_instances_3d) == 0 for r in results)
 
 
-def test_view_probe_mask_marks_the_entries_without_a_2d_score():
+def test_view_probe_mask_uses_the_flag_then_the_missing_2d_score():
+    """``attended_probes`` decides where present (a NaN score is then no probe); a dict
+    without it (by hand, or read back from JSON) marks the entries without a score."""
     from projects.mv2d_xray.mv2d_xray.models.explanation import view_probe_mask
     scores = torch.tensor([0.9, float('nan'), 0.4, float('nan')])
     assert view_probe_mask(dict(attended_scores=scores, attention=torch.ones(4))).tolist() \
         == [False, True, False, True]
+    flagged = dict(attended_scores=scores, attention=torch.ones(4),
+                   attended_probes=torch.tensor([False, False, True, False]))
+    assert view_probe_mask(flagged).tolist() == [False, False, True, False]
     assert view_probe_mask(dict(attention=torch.ones(3))).tolist() == [False] * 3

@@ -145,7 +145,8 @@ def test_study_arguments_are_one_line(explain_setup, tmp_path):
 
 def test_a_view_probe_is_recorded_with_a_null_score():
     """A view probe (``model.roi_head.view_probes``) has no 2D score (NaN in the
-    explanation): ``explanations.json`` records it as null, since NaN is not JSON."""
+    explanation): ``explanations.json`` records it as null, since NaN is not JSON, and
+    flags it ``probe``; the explanation's ``attended_probes`` decides, not the score."""
     import numpy as np
     from conftest import import_from
     from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
@@ -166,4 +167,10 @@ def test_a_view_probe_is_recorded_with_a_null_score():
         view_attention=torch.tensor([0.6, 0.4]))
     record = finding_record(0, sample, explanation, ['nodule'], ['view0', 'view1'])
     assert [a['score'] for a in record['attended']] == [pytest.approx(0.9), None]
+    assert [a['probe'] for a in record['attended']] == [False, True]
     assert json.loads(json_bytes(record))['attended'][1]['attention'] == pytest.approx(0.4)
+    flagged = dict(explanation, attended_scores=torch.tensor([0.9, 0.5]),
+                   attended_probes=torch.tensor([False, True]))
+    record = finding_record(0, sample, flagged, ['nodule'], ['view0', 'view1'])
+    assert [a['probe'] for a in record['attended']] == [False, True]
+    assert [a['score'] for a in record['attended']] == [pytest.approx(0.9), None]

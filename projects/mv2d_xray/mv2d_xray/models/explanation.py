@@ -18,6 +18,7 @@ plain dict per box, the format of ``Det3DDataSample.explanations`` written by
   source, then its relevant detections in the other views, then (with the RoI head's
   ``view_probes``) its view probes -- boxes at its prior's projection in views without a
   relevant detection, which are no detections: their score is NaN;
+* ``attended_probes`` ``(A,)`` bool: which of them are view probes;
 * ``attention`` ``(A,)``: the last decoder layer's cross-attention over them (the
   weights of each RoI's cells summed, averaged over the heads; sums to 1);
 * ``attention_mean`` ``(A,)``: the same averaged over the decoder layers (sums to 1);
@@ -67,12 +68,17 @@ class QueryEvidence(NamedTuple):
     roi_scores: Optional[Tensor]
     #: Views per scene, ``V``.
     num_views: int
+    #: ``R``: indices ``0 .. R-1`` of ``roi_bboxes`` are 2D detections, ``R ..`` view probes.
+    num_rois: int
 
 
 def view_probe_mask(explanation: dict) -> np.ndarray:
     """``(A,)`` bool: which attended entries of an explanation (:func:`explain_query`'s
-    dict, tensors or arrays) are view probes, i.e. have no 2D score (NaN); all False
-    without ``attended_scores``."""
+    dict, tensors or arrays) are view probes: its ``attended_probes``; for a dict without
+    them (made by hand, or read back from ``explanations.json``, where a probe's score is
+    null), the entries without a 2D score (NaN); all False without either."""
+    if 'attended_probes' in explanation:
+        return np.asarray(explanation['attended_probes'], bool).reshape(-1)
     if 'attended_scores' not in explanation:
         return np.zeros(len(explanation['attention']), bool)
     return np.isnan(np.asarray(explanation['attended_scores'], np.float64)).reshape(-1)
@@ -117,6 +123,7 @@ def explain_query(evidence: QueryEvidence, query: int, query_in_scene: int) -> d
         attended_views=views,
         attended_bboxes=bboxes,
         attended_scores=scores,
+        attended_probes=rois >= evidence.num_rois,
         attention=layers[-1],
         attention_mean=layers.mean(0),
         attention_layers=layers,

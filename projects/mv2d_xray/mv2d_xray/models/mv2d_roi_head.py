@@ -290,7 +290,7 @@ class MV2DXrayRoIHead(BaseModule):
                 cell_attention=torch.stack(attention).unflatten(
                     -1, (query_corr.shape[1], ) + self.roi_size),
                 roi_bboxes=roi_bboxes, roi_view_ids=roi_view_ids,
-                roi_scores=scores, num_views=num_views)
+                roi_scores=scores, num_views=num_views, num_rois=len(rois))
         return out
 
     @staticmethod
