@@ -544,7 +544,7 @@ def test_refine_on_detections_uses_the_scenes_detections_of_the_class():
                         [[0 * num_views + view, u - 3, v - 3, u + 3, v + 3]
                          for view, (u, v) in enumerate(uv_other.tolist())],
                         dtype=torch.float64)
-    roi_scores = torch.tensor([0.8] * 4 + [0.9] * 4)
+    roi_scores = torch.tensor([0.01] * 4 + [0.9] * 4)   # low scores support too
     roi_labels = torch.tensor([1] * 8)
     start = [11.0, -5.0, 8.0]
     pred = dict(bboxes=torch.tensor([start + [1., 2., 3., 0.], start + [1., 2., 3., 0.],
@@ -567,6 +567,10 @@ def test_refine_on_detections_uses_the_scenes_detections_of_the_class():
     plain = MODELS.build(dict(tiny_mv2d_config()['roi_head']))
     assert plain.refine_on_detections(pred, dict(lidar2img=lidar2img), rois, roi_scores,
                                       scene, num_views, roi_labels) is pred
+    for key, value in (('min_views', 1), ('gate_px', -1.0), ('gate_frac', -0.5)):
+        with pytest.raises(ValueError, match=f'refine_to_detections.{key} must be >='):
+            MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+                refine_to_detections={key: value})))
 
 
 def test_view_support_hand_computed():

@@ -207,15 +207,16 @@ def _support(points: np.ndarray, lidar2img: np.ndarray, dets: _Dets,
     return np.where(np.isfinite(error), member, -1), error
 
 
-def _refine(lidar2img, dets, member, point, pool):
-    """Refine a point from its members, then gather support again and refine once more."""
+def _refine(lidar2img, dets, member, pool, min_views: int = 2):
+    """Refine a point from its members, then gather support again (kept only while it
+    has ``min_views`` views) and refine once more."""
     for _ in range(2):
         views = np.flatnonzero(member >= 0)
         uv = dets.centre[views, member[views]]
         point = triangulate_points(lidar2img[views], uv)
         point = refine_point(lidar2img[views], uv, point)
         new_member, error = _support(point[None], lidar2img, dets, pool)
-        if (new_member[0] >= 0).sum() < 2:
+        if (new_member[0] >= 0).sum() < min_views:
             break
         member = new_member[0]
     views = np.flatnonzero(member >= 0)
@@ -295,7 +296,7 @@ def _triangulate_class(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndar
         best = hypotheses.best(cfg.min_views)
         if best is None:
             return findings
-        point, member, errors = _refine(lidar2img, dets, best[1], best[0], pool)
+        point, member, errors = _refine(lidar2img, dets, best[1], pool, cfg.min_views)
         views = np.flatnonzero(member >= 0)
         if len(views) < cfg.min_views or not _inside(point[None], bounds_mm)[0]:
             # refinement lost support: retire the seed's detections and go on
@@ -408,10 +409,9 @@ def refine_to_detections(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.nd
     again and refined once more: :func:`_refine`). Points with fewer views, or that the
     refinement leaves with fewer, stay where they are.
 
-    Per class, as the findings of :func:`triangulate_case`: the boxes another class's
-    detector puts on the same finding are centred elsewhere (an elongated crack box on a
-    pore); on the blades benchmark's val, snapping to the nearest detection of any class
-    lowered MV2D's CPM (README "The held-out benchmark").
+    Per class, as the findings of :func:`triangulate_case`: the box another class's
+    detector puts on the same finding may be centred elsewhere (an elongated crack box on
+    a pore).
 
     Args:
         lidar2img: ``(V, 4, 4)`` ct -> img of each view.
@@ -443,7 +443,7 @@ def refine_to_detections(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.nd
         for m, member in zip(mine, members):
             if (member >= 0).sum() < cfg.min_views:
                 continue
-            point, member, _ = _refine(lidar2img, dets, member, points[m], pool)
+            point, member, _ = _refine(lidar2img, dets, member, pool, cfg.min_views)
             views = np.flatnonzero(member >= 0)
             if len(views) >= cfg.min_views and np.isfinite(point).all():
                 points[m], num_views[m] = point, len(views)

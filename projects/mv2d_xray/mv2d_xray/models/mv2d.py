@@ -92,8 +92,8 @@ class MV2DXray(Base3DDetector):
             GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
             head's ``assigner`` and ``stage_loss_weights``).
         test_cfg (dict): ``detection_proposal`` (as above) and ``rcnn``
-            (``refine_radius_mm``, ``refine_to_detections``, ``view_support``, ``score_thr``, ``nms``,
-            ``max_per_scene``: see :class:`MV2DXrayRoIHead`).
+            (``refine_radius_mm``, ``refine_to_detections``, ``view_support``,
+            ``score_thr``, ``nms``, ``max_per_scene``: see :class:`MV2DXrayRoIHead`).
         data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
         init_cfg (dict, optional): Defaults to None.
     """
