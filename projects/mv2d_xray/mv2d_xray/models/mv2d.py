@@ -24,10 +24,12 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
   head's defaults are those of MV2D's configs (``w_cls = 2.0``, ``w_reg = 0.25``).
 
 Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
-optionally holds the centres near the queries' priors (``refine_radius_mm``) and rescores
-by the views' 2D support (``view_support``), keeps the scores above ``score_thr``,
-suppresses the duplicates of a finding coming from different views by centre distance
-(``nms``, see :func:`centre_distance_nms`) and keeps the best ``max_per_scene``.
+optionally holds the centres near the queries' priors (``refine_radius_mm``),
+re-triangulates them from the supporting 2D detections of their class
+(``refine_to_detections``) and rescores by the views' 2D support (``view_support``), keeps
+the scores above ``score_thr``, suppresses the duplicates of a finding coming from
+different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
+the best ``max_per_scene``.
 
 Explanations: ``predict(..., explain=True)`` (or ``model(**data, mode='predict',
 explain=True)``) returns the same predictions and attaches to every sample
