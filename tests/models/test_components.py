@@ -600,6 +600,47 @@ def test_view_support_hand_computed():
     assert view_support(point, lidar2img, boxes[:0], scores[:0], views[:0]).tolist() == [0.0]
 
 
+def test_view_support_gate_rule_hand_computed():
+    """``gate_px``: in each view the detection whose centre is *nearest* the projection
+    counts, if within its gate ``max(gate_px, gate_frac * max(w, h))``; computed by hand
+    on a 4-view ring."""
+    geometry = XrayGeometry(num_views=4, image_size=(100, 100))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    point = torch.tensor([[10.0, -5.0, 8.0]])
+    uv = project_points(lidar2img, point.double())[0][:, 0]     # (4, 2) px
+    def box(view, du, half):                                     # centred at uv + (du, 0)
+        u, v = uv[view].tolist()
+        return [u + du - half, v - half, u + du + half, v + half]
+    boxes = torch.tensor([box(0, 1.0, 2), box(0, 2.5, 3),       # nearest 1 px: 0.3, not 0.9
+                          box(1, 3.5, 1),                        # 3.5 px > gate 3: none
+                          box(2, 3.5, 4),                        # gate 0.5 * 8 = 4 px: 0.8
+                          box(3, 0.0, 20)], dtype=torch.float32)  # holds it, gate 20: 0.6
+    scores = torch.tensor([0.3, 0.9, 0.4, 0.8, 0.6])
+    views = torch.tensor([0, 0, 1, 2, 3])
+    gated = view_support(point, lidar2img, boxes, scores, views, gate_px=3.0, gate_frac=0.5)
+    assert gated.tolist() == pytest.approx([(0.3 + 0.8 + 0.6) / 4])
+    # without gate_frac, view 2's 3.5 px is outside the 3 px gate and view 3's 20 px
+    # box no longer widens it, but its centre is on the projection
+    assert view_support(point, lidar2img, boxes, scores, views, gate_px=3.0).tolist() == \
+        pytest.approx([(0.3 + 0.6) / 4])
+    # the grown-box rule on the same detections: the best score among the holding boxes
+    assert view_support(point, lidar2img, boxes, scores, views).tolist() == \
+        pytest.approx([(0.9 + 0.8 + 0.6) / 4])
+
+
+def test_view_support_settings_checked_at_build():
+    """Bad ``view_support`` settings stop the build with one line naming the setting."""
+    head = tiny_mv2d_config()['roi_head']
+    for cfg, match in ((dict(weight=1.5), 'view_support.weight must be in'),
+                       (dict(weight=0.5, gate_px=-1.0), 'view_support.gate_px must be >= 0'),
+                       (dict(weight=0.5, gate_px=3.0, gate_frac=-0.5),
+                        'view_support.gate_frac must be >= 0'),
+                       (dict(weight=0.5, gate_px=3.0, margin_px=2.0), 'set one'),
+                       (dict(weight=0.5, gate_frac=0.5), 'gate_frac needs gate_px')):
+        with pytest.raises(ValueError, match=match):
+            MODELS.build(dict(head, test_cfg=dict(view_support=cfg)))
+
+
 # -- position encoding, decoder, grid mask ---------------------------------------------
 def test_depth_bins_uniform_and_linear_increasing():
     from projects.mv2d_xray.mv2d_xray.models.positional_encoding import depth_bins

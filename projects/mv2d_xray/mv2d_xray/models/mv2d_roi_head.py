@@ -202,10 +202,7 @@ class MV2DXrayRoIHead(BaseModule):
         if refine_radius_mm is not None and not triangulate_prior:
             raise ValueError('test_cfg.refine_radius_mm holds centres near the queries\' '
                              'triangulated priors: it needs triangulate_prior=True')
-        view_support_cfg = self.test_cfg.get('view_support', None)
-        if view_support_cfg is not None and not 0.0 <= float(view_support_cfg['weight']) <= 1.0:
-            raise ValueError('test_cfg.view_support.weight must be in [0, 1], got '
-                             f"{view_support_cfg['weight']}")
+        self.check_view_support(self.test_cfg.get('view_support', None))
         self.refine_cfg = self.refine_settings(self.test_cfg.get('refine_to_detections', None))
         output_size = bbox_roi_extractor['roi_layer']['output_size']
         self.roi_size = ((output_size, output_size)
@@ -690,6 +687,25 @@ class MV2DXrayRoIHead(BaseModule):
         return out
 
     @staticmethod
+    def check_view_support(cfg: Optional[dict]) -> None:
+        """``test_cfg.view_support`` at build time: ``weight`` in [0, 1]; ``gate_px`` and
+        ``gate_frac`` >= 0; the grown-box rule (``margin_px``) and the gate rule
+        (``gate_px``) are alternatives, so a config sets at most one of them."""
+        if cfg is None:
+            return
+        if not 0.0 <= float(cfg['weight']) <= 1.0:
+            raise ValueError('test_cfg.view_support.weight must be in [0, 1], got '
+                             f"{cfg['weight']}")
+        for key in ('gate_px', 'gate_frac'):
+            if cfg.get(key) is not None and not float(cfg[key]) >= 0.0:
+                raise ValueError(f'test_cfg.view_support.{key} must be >= 0, got {cfg[key]}')
+        if cfg.get('gate_px') is not None and cfg.get('margin_px') is not None:
+            raise ValueError('test_cfg.view_support: margin_px (grown boxes) and gate_px (the '
+                             "triangulation baseline's gates) are two rules; set one")
+        if cfg.get('gate_frac') is not None and cfg.get('gate_px') is None:
+            raise ValueError('test_cfg.view_support.gate_frac needs gate_px (the gate rule)')
+
+    @staticmethod
     def refine_settings(cfg: Optional[dict]) -> Optional[TriangulationConfig]:
         """``test_cfg.refine_to_detections`` (``gate_px`` >= 0, ``gate_frac`` >= 0,
         ``min_views`` >= 2; defaults those of :class:`TriangulationConfig`) as the
@@ -769,7 +785,9 @@ class MV2DXrayRoIHead(BaseModule):
                 roi_scores: Optional[Tensor], scene: int,
                 num_views: int, roi_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """``test_cfg.view_support``: weigh one scene's decoded scores with their
-        support by the scene's 2D detections (:func:`view_support`); with
+        support by the scene's 2D detections (:func:`view_support`: by the grown boxes,
+        ``margin_px``, or by the triangulation baseline's gates, ``gate_px`` /
+        ``gate_frac``); with
         ``per_class``, a box of class ``c`` is supported only by detections of class
         ``c`` (as the triangulation baseline associates per class). The boxes come
         back re-sorted by the new scores. Without it, ``pred`` unchanged.
@@ -804,7 +822,9 @@ class MV2DXrayRoIHead(BaseModule):
             support[boxes] = view_support(
                 pred['bboxes'][boxes, :3], lidar2img, rois[supporters, 1:],
                 roi_scores[supporters], rois[supporters, 0].long() % num_views,
-                float(cfg.get('margin_px', 0.0)))
+                float(cfg.get('margin_px') or 0.0),
+                None if cfg.get('gate_px') is None else float(cfg['gate_px']),
+                float(cfg.get('gate_frac') or 0.0))
         scores = pred['scores'].clamp(min=0) ** (1 - weight) * support ** weight
         order = scores.argsort(descending=True, stable=True)
         out = {key: value[order] for key, value in pred.items()}
