@@ -42,7 +42,8 @@ model = dict(
     # queries' valid triangulated priors, then re-triangulated from the supporting 2D
     # detections of their class (gate max(3 px, half the box side), at least 2 views);
     # the 3D scores weighed with the boxes' support by the views' 2D detections, each
-    # view's nearest detection within its gate (the triangulation baseline's rule).
+    # view's nearest detection within its gate (the triangulation baseline's gate rule,
+    # but any class, and a detection may support several boxes).
     test_cfg=dict(
         detection_proposal=dict(max_per_img=20),
         rcnn=dict(

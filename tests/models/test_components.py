@@ -626,6 +626,11 @@ def test_view_support_gate_rule_hand_computed():
     # the grown-box rule on the same detections: the best score among the holding boxes
     assert view_support(point, lidar2img, boxes, scores, views).tolist() == \
         pytest.approx([(0.9 + 0.8 + 0.6) / 4])
+    # a point far outside every view, or no detections: no support
+    far = torch.tensor([[0.0, 0.0, 0.0]]) + 1e4
+    assert view_support(far, lidar2img, boxes, scores, views, gate_px=3.0).tolist() == [0.0]
+    assert view_support(point, lidar2img, boxes[:0], scores[:0], views[:0],
+                        gate_px=3.0).tolist() == [0.0]
 
 
 def test_view_support_settings_checked_at_build():

@@ -127,10 +127,13 @@ def test_predict_batch_of_two():
         assert ((pred_2d.view_ids >= 0) & (pred_2d.view_ids < num_views)).all()
 
 
-def test_view_support_rescores_the_3d_boxes():
+@pytest.mark.parametrize('rule', [dict(margin_px=2.0), dict(gate_px=3.0, gate_frac=0.5)],
+                         ids=['grown-boxes', 'gates'])
+def test_view_support_rescores_the_3d_boxes(rule):
     """``test_cfg.rcnn.view_support`` with weight 1: every 3D score is the box's support
-    by the scene's own 2D detections (recomputed from the outputs), in decreasing order;
-    weight 0 gives back the decoder's scores; a misspelled key stops the build."""
+    by the scene's own 2D detections (recomputed from the outputs, by either rule), in
+    decreasing order; weight 0 gives back the decoder's scores; a misspelled key stops
+    the build."""
     from projects.mv2d_xray.mv2d_xray.models import view_support
     from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
     torch.set_num_threads(1)
@@ -142,7 +145,7 @@ def test_view_support_rescores_the_3d_boxes():
         rcnn = cfg['test_cfg'].setdefault('rcnn', dict())
         rcnn.update(nms=None, max_per_scene=100)
         if weight is not None:
-            rcnn['view_support'] = dict(weight=weight, margin_px=2.0)
+            rcnn['view_support'] = dict(weight=weight, **rule)
         model = _build(cfg)
         model.eval()
         data = model.data_preprocessor(copy.deepcopy(batch), False)
@@ -154,7 +157,8 @@ def test_view_support_rescores_the_3d_boxes():
     assert len(pred_2d) > 0
     lidar2img = torch.as_tensor(np.asarray(rescored.metainfo['lidar2img']))
     support = view_support(pred.bboxes_3d.gravity_center, lidar2img, pred_2d.bboxes,
-                           pred_2d.scores, pred_2d.view_ids, margin_px=2.0)
+                           pred_2d.scores, pred_2d.view_ids, **rule)
+    assert (support > 0).any()                  # some boxes are supported
     assert torch.allclose(pred.scores_3d, support, atol=1e-6)
     assert (pred.scores_3d[:-1] >= pred.scores_3d[1:]).all()
     assert len(pred.scores_3d) == len(plain.pred_instances_3d.scores_3d)
