@@ -687,6 +687,14 @@ class MV2DXrayRoIHead(BaseModule):
         return out
 
     @staticmethod
+    def check_lower_bounds(cfg: dict, lows: Dict[str, float], where: str) -> None:
+        """Raise ``ValueError`` naming ``<where>.<key>`` for the first setting of ``cfg``
+        below its bound in ``lows`` (unset and None settings pass; NaN fails)."""
+        for key, low in lows.items():
+            if cfg.get(key) is not None and not float(cfg[key]) >= low:
+                raise ValueError(f'{where}.{key} must be >= {low:g}, got {cfg[key]}')
+
+    @staticmethod
     def check_view_support(cfg: Optional[dict]) -> None:
         """``test_cfg.view_support`` at build time: ``weight`` in [0, 1]; ``gate_px`` and
         ``gate_frac`` >= 0; the grown-box rule (``margin_px``) and the gate rule
@@ -696,9 +704,8 @@ class MV2DXrayRoIHead(BaseModule):
         if not 0.0 <= float(cfg['weight']) <= 1.0:
             raise ValueError('test_cfg.view_support.weight must be in [0, 1], got '
                              f"{cfg['weight']}")
-        for key in ('gate_px', 'gate_frac'):
-            if cfg.get(key) is not None and not float(cfg[key]) >= 0.0:
-                raise ValueError(f'test_cfg.view_support.{key} must be >= 0, got {cfg[key]}')
+        MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0),
+                                           'test_cfg.view_support')
         if cfg.get('gate_px') is not None and cfg.get('margin_px') is not None:
             raise ValueError('test_cfg.view_support: margin_px (grown boxes) and gate_px (the '
                              "triangulation baseline's gates) are two rules; set one")
@@ -714,10 +721,8 @@ class MV2DXrayRoIHead(BaseModule):
         ``score_thr`` and ``max_per_view`` are switched off."""
         if cfg is None:
             return None
-        for key, low in (('gate_px', 0.0), ('gate_frac', 0.0), ('min_views', 2)):
-            if key in cfg and not float(cfg[key]) >= low:
-                raise ValueError(f'test_cfg.rcnn.refine_to_detections.{key} must be >= {low}, '
-                                 f'got {cfg[key]}')
+        MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0, min_views=2),
+                                           'test_cfg.rcnn.refine_to_detections')
         settings = {key: type(getattr(TriangulationConfig, key))(value)
                     for key, value in cfg.items()}
         return TriangulationConfig(score_thr=-math.inf, max_per_view=sys.maxsize, **settings)
