@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from projects.mv2d_xray.core.geometry import (XrayGeometry, box3d_corners, denormalize_points,
-                                              image_aug_matrix, normalize_points, project_boxes3d,
+                                              detection_gates, image_aug_matrix,
+                                              nearest_in_gate, normalize_points, project_boxes3d,
                                               project_points, transform_boxes2d,
                                               triangulate_points, unproject_points)
 
@@ -79,3 +80,39 @@ def test_normalize_points_round_trip(as_tensor):
     np.testing.assert_allclose(np.asarray(norm), expected, atol=1e-6)
     np.testing.assert_allclose(np.asarray(denormalize_points(norm, point_range)),
                                np.asarray(points), atol=1e-4)
+
+
+@pytest.mark.parametrize('as_tensor', [False, True])
+def test_detection_gates_hand_computed(as_tensor):
+    """``max(gate_px, gate_frac * larger side)``: a 2 x 4 px box keeps the 3 px floor,
+    a 10 x 4 px box gets 5 px, a 4 x 16 px box 8 px."""
+    boxes = np.array([[0, 0, 2, 4], [10, 10, 20, 14], [5, 0, 9, 16]], np.float64)
+    gates = detection_gates(torch.from_numpy(boxes) if as_tensor else boxes, 3.0, 0.5)
+    assert type(gates) is (torch.Tensor if as_tensor else np.ndarray)
+    assert np.asarray(gates).tolist() == [3.0, 5.0, 8.0]
+
+
+def test_nearest_in_gate_hand_computed_numpy_and_torch():
+    """Per view the *nearest* available detection whose gate holds the projection, not
+    the best-scoring one; padding, a too-narrow gate and a point behind the source
+    count as none; equal distances give the lowest slot. numpy and torch agree."""
+    centres = np.array([[[10.0, 10.0], [12.0, 10.0], [0.0, 0.0]],       # view 0
+                        [[50.0, 50.0], [0.0, 0.0], [0.0, 0.0]],         # view 1
+                        [[20.0, 20.0], [24.0, 20.0], [0.0, 0.0]]])      # view 2
+    gates = np.array([[3.0, 3.0, 99.0], [3.0, 99.0, 99.0], [2.0, 2.0, 99.0]])
+    available = np.array([[True, True, False], [True, False, False], [True, True, False]])
+    # point 0 projects 1.5 px from view 0's slot 1 (2.5 px from slot 0), 4 px from view
+    # 1's only detection (gate 3: none; the padded slot at the origin with gate 99 must
+    # not count), exactly between view 2's two (2 px each: the lowest slot)
+    uv = np.array([[[13.5, 10.0], [54.0, 50.0], [22.0, 20.0]],
+                   # point 1: on view 0's slot 0 but behind the sources
+                   [[10.0, 10.0], [50.0, 50.0], [20.0, 20.0]]])
+    depth = np.array([[300.0, 300.0, 300.0], [-1.0, -1.0, -1.0]])
+    slot, dist = nearest_in_gate(uv, depth, centres, gates, available)
+    assert slot.tolist() == [[1, -1, 0], [-1, -1, -1]]
+    np.testing.assert_allclose(dist[0], [1.5, np.inf, 2.0])
+    assert np.isinf(dist[1]).all()
+    as_t = [torch.from_numpy(x) for x in (uv, depth, centres, gates, available)]
+    slot_t, dist_t = nearest_in_gate(*as_t)
+    assert slot_t.tolist() == slot.tolist()
+    np.testing.assert_allclose(dist_t.numpy(), dist)

@@ -12,7 +12,8 @@ from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, ima
                                               project_boxes3d, project_points, triangulate_points,
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
-                                                 centre_distance_nms, view_support)
+                                                 centre_distance_nms, detections_by_view,
+                                                 view_support)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 
@@ -631,6 +632,19 @@ def test_view_support_gate_rule_hand_computed():
     assert view_support(far, lidar2img, boxes, scores, views, gate_px=3.0).tolist() == [0.0]
     assert view_support(point, lidar2img, boxes[:0], scores[:0], views[:0],
                         gate_px=3.0).tolist() == [0.0]
+
+
+def test_detections_by_view_pads_best_first():
+    """One scene's detections laid out ``(V, D)``: per view by decreasing score, padding
+    unavailable with score 0, ``D`` the busiest view's count."""
+    boxes = torch.arange(20, dtype=torch.float64).reshape(5, 4)
+    scores = torch.tensor([0.2, 0.9, 0.5, 0.7, 0.1], dtype=torch.float64)
+    views = torch.tensor([2, 0, 2, 2, 0])
+    out_boxes, out_scores, available = detections_by_view(boxes, scores, views, 3)
+    assert out_scores.tolist() == [[0.9, 0.1, 0.0], [0.0, 0.0, 0.0], [0.7, 0.5, 0.2]]
+    assert available.tolist() == [[True, True, False], [False] * 3, [True] * 3]
+    assert out_boxes[2, 0].tolist() == boxes[3].tolist()
+    assert out_boxes[0, 1].tolist() == boxes[4].tolist()
 
 
 def test_view_support_settings_checked_at_build():

@@ -291,7 +291,11 @@ class _NumpyOps:
     transpose = staticmethod(lambda x: np.swapaxes(x, -1, -2))
     eye = staticmethod(lambda n, like: np.eye(n))
     like = staticmethod(lambda values, ref: np.asarray(values, dtype=np.float64))
-    cos, sin, ones_like = np.cos, np.sin, np.ones_like
+    maximum = staticmethod(lambda x, floor: np.maximum(x, floor))
+    where = staticmethod(np.where)
+    argmin = staticmethod(lambda x, axis: x.argmin(axis=axis))
+    take_along = staticmethod(lambda x, index, axis: np.take_along_axis(x, index, axis))
+    cos, sin, ones_like, isfinite = np.cos, np.sin, np.ones_like, np.isfinite
 
 
 class _TorchOps:
@@ -310,7 +314,12 @@ class _TorchOps:
         self.eye = lambda n, like: torch.eye(n, dtype=like.dtype, device=like.device)
         self.like = lambda values, ref: torch.as_tensor(values, dtype=ref.dtype,
                                                         device=ref.device)
+        self.maximum = lambda x, floor: x.clamp(min=floor)
+        self.where = torch.where
+        self.argmin = lambda x, axis: x.argmin(dim=axis)
+        self.take_along = lambda x, index, axis: torch.gather(x, axis, index)
         self.cos, self.sin, self.ones_like = torch.cos, torch.sin, torch.ones_like
+        self.isfinite = torch.isfinite
 
 
 def _ops(x):
@@ -404,6 +413,53 @@ def triangulate_points(lidar2img, uv, weights=None):
     a, b = rows[..., :3], -rows[..., 3:]
     ata = ops.transpose(a) @ a
     return ops.solve(ata + 1e-9 * ops.eye(3, ata), ops.transpose(a) @ b)[..., 0]
+
+
+def detection_gates(boxes, gate_px: float, gate_frac: float):
+    """The association gate of 2D detections: how far (img px) the projection of a point
+    may fall from a detection's box centre for the detection to support it,
+    ``max(gate_px, gate_frac * max(w, h))`` -- small boxes get ``gate_px``, large ones a
+    fraction of their larger side. Used by the triangulation baseline and by MV2D's
+    ``view_support`` rescoring, so both associate by the same rule.
+
+    Args:
+        boxes: ``(..., 4)`` xyxy boxes, img px.
+        gate_px (float): smallest gate, px.
+        gate_frac (float): gate as a fraction of the larger box side.
+
+    Returns:
+        ``(...)`` gates, px.
+    """
+    ops = _ops(boxes)
+    boxes = ops.asarray(boxes)
+    side = ops.amax(boxes[..., 2:] - boxes[..., :2], -1)
+    return ops.maximum(gate_frac * side, gate_px)
+
+
+def nearest_in_gate(uv, depth, centres, gates, available):
+    """In every view, the nearest 2D detection whose gate holds a point's projection.
+
+    Args:
+        uv: ``(..., V, 2)`` the points' projections into the ``V`` views, img px.
+        depth: ``(..., V)`` their depths (cam z, mm); a point behind a view's source
+            (depth <= 0) has no detection there.
+        centres: ``(V, K, 2)`` the detections' box centres per view, img px (padded to
+            ``K`` per view).
+        gates: ``(V, K)`` their gates, px (:func:`detection_gates`).
+        available: ``(V, K)`` bool, False for padding (and detections left out).
+
+    Returns:
+        tuple: ``slot`` ``(..., V)`` the detection's index along ``K`` (-1: none; among
+        equally near ones the lowest slot) and ``dist`` ``(..., V)`` its distance, px
+        (inf: none).
+    """
+    ops = _ops(uv)
+    dist = ops.norm(uv[..., None, :] - centres)[..., 0]                # (..., V, K)
+    ok = available & (dist <= gates) & (depth[..., None] > 0)
+    dist = ops.where(ok, dist, math.inf)
+    slot = ops.argmin(dist, -1)
+    nearest = ops.take_along(dist, slot[..., None], -1)[..., 0]
+    return ops.where(ops.isfinite(nearest), slot, -1), nearest
 
 
 #: Corner signs of a box, ``(8, 3)``: x slowest, z fastest.

@@ -46,7 +46,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from projects.mv2d_xray.core.geometry import (index_to_ct, project_points, triangulate_points,
+from projects.mv2d_xray.core.geometry import (detection_gates, index_to_ct, nearest_in_gate,
+                                              project_points, triangulate_points,
                                               unproject_points)
 
 
@@ -180,8 +181,7 @@ def _pad_detections(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray,
     safe = np.maximum(index, 0)
     box = boxes[safe]
     centre = np.stack([(box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2], -1)
-    side = np.maximum(box[..., 2] - box[..., 0], box[..., 3] - box[..., 1])
-    gate = np.maximum(cfg.gate_px, cfg.gate_frac * side)
+    gate = detection_gates(box, cfg.gate_px, cfg.gate_frac)
     return _Dets(centre, gate, np.where(index >= 0, scores[safe], 0.0), box, index)
 
 
@@ -199,12 +199,7 @@ def _support(points: np.ndarray, lidar2img: np.ndarray, dets: _Dets,
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     num_views = len(lidar2img)
     uv, depth = _project(lidar2img[None], np.repeat(points[:, None], num_views, 1))  # (M, V)
-    dist = np.linalg.norm(uv[:, :, None] - dets.centre[None], axis=-1)  # (M, V, K)
-    ok = pool[None] & (dist <= dets.gate[None]) & (depth[..., None] > 0)
-    dist = np.where(ok, dist, np.inf)
-    member = dist.argmin(-1)
-    error = np.take_along_axis(dist, member[..., None], -1)[..., 0]
-    return np.where(np.isfinite(error), member, -1), error
+    return nearest_in_gate(uv, depth, dets.centre, dets.gate, pool)
 
 
 def _refine(lidar2img, dets, member, pool, min_views: int = 2):

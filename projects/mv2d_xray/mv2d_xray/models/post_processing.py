@@ -20,14 +20,13 @@ detections confirm a 3D box (its centre projects inside a detection), weighted b
 ``gate_px`` it takes the baseline's own support rule (the nearest detection whose gate holds
 the projection); on the blades benchmark's val that ranked better than the grown boxes.
 """
-import math
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
-from projects.mv2d_xray.core.geometry import project_points
+from projects.mv2d_xray.core.geometry import detection_gates, nearest_in_gate, project_points
 
 
 def centre_distance_nms(bboxes: Tensor,
@@ -109,22 +108,53 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
                                centres.double()[None, :, None])   # (V, K, 1, 2)
     uv, depth = uv[:, :, 0], depth[:, :, 0]                          # (V, K, 2), (V, K)
     views = roi_views.long()
+    if gate_px is not None:
+        boxes, scores, available = detections_by_view(roi_boxes.double(), roi_scores.double(),
+                                                      views, num_views)   # (V, D, ...)
+        slot, _ = nearest_in_gate(uv.transpose(0, 1), depth.transpose(0, 1),
+                                  (boxes[..., :2] + boxes[..., 2:]) / 2,
+                                  detection_gates(boxes, gate_px, gate_frac),
+                                  available)                         # (K, V)
+        best = torch.gather(scores.expand(len(centres), -1, -1), 2,
+                            slot.clamp(min=0)[..., None])[..., 0]    # (K, V)
+        return torch.where(slot >= 0, best, 0.0).mean(dim=1).to(centres.dtype)
     mine = uv[views]                                                  # (R, K, 2) px
     boxes = roi_boxes.double()[:, None]                               # (R, 1, 4)
-    if gate_px is None:
-        support = ((mine >= boxes[..., :2] - margin_px) &
-                   (mine <= boxes[..., 2:] + margin_px)).all(dim=-1)  # (R, K)
-        support &= depth[views] > 0
-    else:
-        gate = (gate_frac * (boxes[..., 2:] - boxes[..., :2]).amax(dim=-1)).clamp(
-            min=gate_px)                                               # (R, 1) px
-        dist = (mine - (boxes[..., :2] + boxes[..., 2:]) / 2).norm(dim=-1)   # (R, K) px
-        dist = torch.where((dist <= gate) & (depth[views] > 0), dist, math.inf)
-        nearest = dist.new_full((num_views, len(centres)), math.inf).scatter_reduce(
-            0, views[:, None].expand_as(dist), dist, reduce='amin')    # (V, K)
-        support = torch.isfinite(dist) & (dist == nearest[views])      # ties: the best
+    support = ((mine >= boxes[..., :2] - margin_px) &
+               (mine <= boxes[..., 2:] + margin_px)).all(dim=-1)      # (R, K)
+    support &= depth[views] > 0
     score = torch.where(support, roi_scores.double()[:, None], 0.0)    # (R, K)
     best = score.new_zeros((num_views, len(centres)))
     best = best.scatter_reduce(0, views[:, None].expand_as(score), score,
                                reduce='amax')
     return best.mean(dim=0).to(centres.dtype)
+
+
+def detections_by_view(boxes: Tensor, scores: Tensor, views: Tensor,
+                       num_views: int) -> tuple:
+    """One scene's 2D detections laid out per view, best first, padded to the busiest
+    view's count ``D``.
+
+    Args:
+        boxes (Tensor): ``(R, 4)`` xyxy img px.
+        scores (Tensor): ``(R,)``.
+        views (Tensor): ``(R,)`` int, ``0 .. num_views - 1``.
+        num_views (int): ``V``.
+
+    Returns:
+        tuple: ``boxes`` ``(V, D, 4)``, ``scores`` ``(V, D)`` (0 for padding) and
+        ``available`` ``(V, D)`` bool (False for padding).
+    """
+    order = torch.argsort(-scores, stable=True)
+    order = order[torch.argsort(views[order], stable=True)]           # by view, best first
+    views = views[order]
+    counts = torch.bincount(views, minlength=num_views)
+    slot = torch.arange(len(views), device=views.device) - (counts.cumsum(0) - counts)[views]
+    width = int(counts.max()) if len(views) else 0
+    out_boxes = boxes.new_zeros((num_views, width, 4))
+    out_scores = scores.new_zeros((num_views, width))
+    available = torch.zeros((num_views, width), dtype=torch.bool, device=boxes.device)
+    out_boxes[views, slot] = boxes[order]
+    out_scores[views, slot] = scores[order]
+    available[views, slot] = True
+    return out_boxes, out_scores, available
