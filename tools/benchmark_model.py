@@ -425,7 +425,7 @@ def main():
         amp_dtype=(None if not args.amp else 'bfloat16' if args.device == 'cpu'
                    else str(cfg.optim_wrapper.get('dtype', None) or 'float16')),
         with_cp=args.with_cp, views=geometry.num_views, image_size=list(geometry.image_size),
-        sod_mm=geometry.sod_mm)
+        sod_mm=geometry.sod_mm, cfg_options=dict(args.cfg_options or {}))
     if not args.data_only:
         train = run_worker(argv, 'train')
         infer = run_worker(argv, 'infer')

@@ -27,6 +27,7 @@ def test_benchmark_of_the_demo_config_with_amp_and_checkpointing(tmp_path):
     assert (result['device'], result['amp'], result['with_cp']) == ('cpu', True, True)
     assert result['amp_dtype'] == 'bfloat16' and result['machine']['torch_threads'] == 1
     assert (result['views'], result['image_size'], result['sod_mm']) == (2, [64, 64], 300.0)
+    assert result['cfg_options'] == {}
     init_default_scope('mmdet3d')
     model = MODELS.build(Config.fromfile(DEMO_CONFIG).model)
     assert isinstance(model, MV2DXray)
@@ -72,6 +73,9 @@ def test_data_only_reads_the_configs_training_data_where_they_exist(tmp_path):
     assert len(result['data_time_all_s']) == 3 and result['data_time_s'] > 0
     assert result['data_only'] and 'train_step_s' not in result and 'params' not in result
     assert (result['views'], result['image_size']) == (3, [48, 64])
+    # the overrides are recorded with the figures they produced
+    assert result['cfg_options']['train_dataloader.dataset.image_size'] == [48, 64]
+    assert result['cfg_options']['train_dataloader.num_workers'] == 0
     assert 'train step' not in out.stdout and f'on {root}/{ann_file}' in out.stdout
 
 
