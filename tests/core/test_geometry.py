@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from projects.mv2d_xray.core.geometry import (XrayGeometry, box3d_corners, denormalize_points,
-                                              detection_gates, image_aug_matrix,
-                                              nearest_in_gate, normalize_points, project_boxes3d,
-                                              project_points, transform_boxes2d,
-                                              triangulate_points, unproject_points)
+                                              detection_gates, image_aug_matrix, nearest_in_gate,
+                                              normalize_points, project_boxes3d, project_points,
+                                              transform_boxes2d, triangulate_points,
+                                              unproject_points, view_slots)
 
 GEOMETRY = XrayGeometry(num_views=7, image_size=(96, 128))
 
@@ -105,9 +105,9 @@ def test_nearest_in_gate_hand_computed_numpy_and_torch():
     # 1's only detection (gate 3: none; the padded slot at the origin with gate 99 must
     # not count), exactly between view 2's two (2 px each: the lowest slot)
     uv = np.array([[[13.5, 10.0], [54.0, 50.0], [22.0, 20.0]],
-                   # point 1: on view 0's slot 0 but behind the sources
+                   # point 1: on view 0's slot 0 but behind the sources (or at one)
                    [[10.0, 10.0], [50.0, 50.0], [20.0, 20.0]]])
-    depth = np.array([[300.0, 300.0, 300.0], [-1.0, -1.0, -1.0]])
+    depth = np.array([[300.0, 300.0, 300.0], [-1.0, 0.0, -1.0]])
     slot, dist = nearest_in_gate(uv, depth, centres, gates, available)
     assert slot.tolist() == [[1, -1, 0], [-1, -1, -1]]
     np.testing.assert_allclose(dist[0], [1.5, np.inf, 2.0])
@@ -116,3 +116,25 @@ def test_nearest_in_gate_hand_computed_numpy_and_torch():
     slot_t, dist_t = nearest_in_gate(*as_t)
     assert slot_t.tolist() == slot.tolist()
     np.testing.assert_allclose(dist_t.numpy(), dist)
+
+    # no detection in any view: none, for numpy and torch
+    for arrays in ((uv, depth, centres[:, :0], gates[:, :0], available[:, :0]),
+                   [torch.from_numpy(x) for x in (uv, depth, centres[:, :0], gates[:, :0],
+                                                  available[:, :0])]):
+        slot, dist = nearest_in_gate(*arrays)
+        assert np.asarray(slot).tolist() == [[-1] * 3] * 2 and np.isinf(np.asarray(dist)).all()
+
+
+@pytest.mark.parametrize('as_tensor', [False, True])
+def test_view_slots_best_first_padded(as_tensor):
+    """Per view the indices by decreasing score (equal scores in input order), -1 after;
+    ``max_per_view`` keeps the best; a view without detections is all padding."""
+    scores = np.array([0.2, 0.9, 0.5, 0.7, 0.1, 0.5])
+    views = np.array([2, 0, 2, 2, 0, 2])
+    if as_tensor:
+        scores, views = torch.from_numpy(scores), torch.from_numpy(views)
+    index = view_slots(scores, views, 3)
+    assert type(index) is (torch.Tensor if as_tensor else np.ndarray)
+    assert index.tolist() == [[1, 4, -1, -1], [-1] * 4, [3, 2, 5, 0]]
+    assert view_slots(scores, views, 3, max_per_view=2).tolist() == [[1, 4], [-1, -1], [3, 2]]
+    assert view_slots(scores[:0], views[:0], 3).shape == (3, 0)

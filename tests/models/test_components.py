@@ -1,4 +1,6 @@
 """Unit tests of the MV2D building blocks on hand-made geometry (CPU, seconds)."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,7 @@ from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, ima
                                               project_boxes3d, project_points, triangulate_points,
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
-                                                 centre_distance_nms, detections_by_view,
-                                                 view_support)
+                                                 centre_distance_nms, view_support)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 
@@ -627,6 +628,13 @@ def test_view_support_gate_rule_hand_computed():
     # the grown-box rule on the same detections: the best score among the holding boxes
     assert view_support(point, lidar2img, boxes, scores, views).tolist() == \
         pytest.approx([(0.9 + 0.8 + 0.6) / 4])
+    # two detections equally near the projection (1 px either side): the better counts,
+    # whichever comes first; a second centre in the same call gets its own support
+    tied = torch.tensor([box(0, 1.0, 2), box(0, -1.0, 2)], dtype=torch.float32)
+    other = point + torch.tensor([[1e4, 0.0, 0.0]])
+    both = view_support(torch.cat([point, other]), lidar2img, tied,
+                        torch.tensor([0.2, 0.7]), torch.tensor([0, 0]), gate_px=3.0)
+    assert both.tolist() == pytest.approx([0.7 / 4, 0.0])
     # a point far outside every view, or no detections: no support
     far = torch.tensor([[0.0, 0.0, 0.0]]) + 1e4
     assert view_support(far, lidar2img, boxes, scores, views, gate_px=3.0).tolist() == [0.0]
@@ -634,17 +642,38 @@ def test_view_support_gate_rule_hand_computed():
                         gate_px=3.0).tolist() == [0.0]
 
 
-def test_detections_by_view_pads_best_first():
-    """One scene's detections laid out ``(V, D)``: per view by decreasing score, padding
-    unavailable with score 0, ``D`` the busiest view's count."""
-    boxes = torch.arange(20, dtype=torch.float64).reshape(5, 4)
-    scores = torch.tensor([0.2, 0.9, 0.5, 0.7, 0.1], dtype=torch.float64)
-    views = torch.tensor([2, 0, 2, 2, 0])
-    out_boxes, out_scores, available = detections_by_view(boxes, scores, views, 3)
-    assert out_scores.tolist() == [[0.9, 0.1, 0.0], [0.0, 0.0, 0.0], [0.7, 0.5, 0.2]]
-    assert available.tolist() == [[True, True, False], [False] * 3, [True] * 3]
-    assert out_boxes[2, 0].tolist() == boxes[3].tolist()
-    assert out_boxes[0, 1].tolist() == boxes[4].tolist()
+def test_view_support_gate_rule_against_a_loop():
+    """The gate rule on random scenes (repeated boxes, so distances and scores tie) equals
+    a plain loop over views, centres and detections: the nearest detection within its
+    gate, the best score among equally near ones, 0 behind the source."""
+    geometry = XrayGeometry(num_views=5, image_size=(64, 64))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        centres = (torch.rand(6, 3, generator=gen) - 0.5) * 60
+        corner = torch.randint(0, 60, (25, 2), generator=gen).double()
+        boxes = torch.cat([corner, corner + torch.randint(1, 12, (25, 2), generator=gen)], 1)
+        views = torch.randint(0, 5, (25,), generator=gen)
+        # 10 of them twice (same box and view, another score): exactly equal distances
+        boxes, views = torch.cat([boxes, boxes[:10]]), torch.cat([views, views[:10]])
+        scores = torch.randint(1, 5, (35,), generator=gen).double() / 5
+        got = view_support(centres, lidar2img, boxes, scores, views, gate_px=3.0,
+                           gate_frac=0.5)
+        uv, depth = project_points(lidar2img[:, None], centres.double()[None, :, None])
+        expected = []
+        for k in range(len(centres)):
+            total = 0.0
+            for v in range(5):
+                found = []                               # (distance, -score)
+                for r in range(len(boxes)):
+                    x0, y0, x1, y1 = boxes[r].tolist()
+                    dist = math.dist(uv[v, k, 0].tolist(), ((x0 + x1) / 2, (y0 + y1) / 2))
+                    if views[r] == v and depth[v, k, 0] > 0 and \
+                            dist <= max(3.0, 0.5 * max(x1 - x0, y1 - y0)):
+                        found.append((dist, -scores[r].item()))
+                total += -min(found)[1] if found else 0.0
+            expected.append(total / 5)
+        assert got.tolist() == pytest.approx(expected)
 
 
 def test_view_support_settings_checked_at_build():

@@ -295,6 +295,10 @@ class _NumpyOps:
     where = staticmethod(np.where)
     argmin = staticmethod(lambda x, axis: x.argmin(axis=axis))
     take_along = staticmethod(lambda x, index, axis: np.take_along_axis(x, index, axis))
+    argsort_stable = staticmethod(lambda x: np.argsort(x, kind='stable'))
+    bincount = staticmethod(lambda x, length: np.bincount(x, minlength=length))
+    arange_like = staticmethod(lambda n, like: np.arange(n))
+    full_like_int = staticmethod(lambda shape, value, like: np.full(shape, value, np.int64))
     cos, sin, ones_like, isfinite = np.cos, np.sin, np.ones_like, np.isfinite
 
 
@@ -318,6 +322,11 @@ class _TorchOps:
         self.where = torch.where
         self.argmin = lambda x, axis: x.argmin(dim=axis)
         self.take_along = lambda x, index, axis: torch.gather(x, axis, index)
+        self.argsort_stable = lambda x: torch.argsort(x, stable=True)
+        self.bincount = lambda x, length: torch.bincount(x, minlength=length)
+        self.arange_like = lambda n, like: torch.arange(n, device=like.device)
+        self.full_like_int = lambda shape, value, like: torch.full(
+            shape, value, dtype=torch.int64, device=like.device)
         self.cos, self.sin, self.ones_like = torch.cos, torch.sin, torch.ones_like
         self.isfinite = torch.isfinite
 
@@ -436,27 +445,60 @@ def detection_gates(boxes, gate_px: float, gate_frac: float):
     return ops.maximum(gate_frac * side, gate_px)
 
 
+def view_slots(scores, views, num_views: int, max_per_view: Optional[int] = None):
+    """Lay detections out per view, best first: the ``(V, D)`` index table that
+    :func:`nearest_in_gate` reads them through.
+
+    Args:
+        scores: ``(N,)`` detection scores.
+        views: ``(N,)`` int, each detection's view, ``0 .. num_views - 1``.
+        num_views (int): ``V``.
+        max_per_view (int, optional): keep at most this many per view (the best).
+
+    Returns:
+        ``(V, D)`` int64: row ``v`` holds the indices (into the inputs) of view ``v``'s
+        detections by decreasing score (equal scores in input order), then -1 as padding;
+        ``D`` is the busiest view's count (at most ``max_per_view``; 0 without any).
+    """
+    ops = _ops(scores)
+    order = ops.argsort_stable(-scores)
+    order = order[ops.argsort_stable(views[order])]                    # by view, best first
+    by_view = views[order]
+    counts = ops.bincount(by_view, num_views)
+    rank = ops.arange_like(len(order), order) - (counts.cumsum(0) - counts)[by_view]
+    width = int(counts.max()) if len(order) else 0
+    if max_per_view is not None:
+        keep = rank < max_per_view
+        order, by_view, rank = order[keep], by_view[keep], rank[keep]
+        width = min(width, max_per_view)
+    index = ops.full_like_int((num_views, width), -1, order)
+    index[by_view, rank] = order
+    return index
+
+
 def nearest_in_gate(uv, depth, centres, gates, available):
     """In every view, the nearest 2D detection whose gate holds a point's projection.
 
     Args:
         uv: ``(..., V, 2)`` the points' projections into the ``V`` views, img px.
-        depth: ``(..., V)`` their depths (cam z, mm); a point behind a view's source
+        depth: ``(..., V)`` their depths (cam z, mm); a point at or behind a view's source
             (depth <= 0) has no detection there.
-        centres: ``(V, K, 2)`` the detections' box centres per view, img px (padded to
-            ``K`` per view).
-        gates: ``(V, K)`` their gates, px (:func:`detection_gates`).
-        available: ``(V, K)`` bool, False for padding (and detections left out).
+        centres: ``(V, D, 2)`` the detections' box centres per view, img px (padded to
+            ``D`` per view, e.g. by :func:`view_slots`).
+        gates: ``(V, D)`` their gates, px (:func:`detection_gates`).
+        available: ``(V, D)`` bool, False for padding (and detections left out).
 
     Returns:
-        tuple: ``slot`` ``(..., V)`` the detection's index along ``K`` (-1: none; among
-        equally near ones the lowest slot) and ``dist`` ``(..., V)`` its distance, px
-        (inf: none).
+        tuple: ``slot`` ``(..., V)`` the detection's index along ``D`` (-1: none; among
+        equally near ones the lowest slot, so with :func:`view_slots`'s best-first order
+        the best score) and ``dist`` ``(..., V)`` its distance, px (inf: none).
     """
     ops = _ops(uv)
-    dist = ops.norm(uv[..., None, :] - centres)[..., 0]                # (..., V, K)
+    dist = ops.norm(uv[..., None, :] - centres)[..., 0]                # (..., V, D)
     ok = available & (dist <= gates) & (depth[..., None] > 0)
     dist = ops.where(ok, dist, math.inf)
+    if dist.shape[-1] == 0:                       # no detection in any view: inf, -1
+        return ops.full_like_int(dist.shape[:-1], -1, dist), dist.sum(-1) + math.inf
     slot = ops.argmin(dist, -1)
     nearest = ops.take_along(dist, slot[..., None], -1)[..., 0]
     return ops.where(ops.isfinite(nearest), slot, -1), nearest

@@ -47,8 +47,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from projects.mv2d_xray.core.geometry import (detection_gates, index_to_ct, nearest_in_gate,
-                                              project_points, triangulate_points,
-                                              unproject_points)
+                                              project_points, triangulate_points, unproject_points,
+                                              view_slots)
 
 
 @dataclass
@@ -169,15 +169,11 @@ def _pad_detections(boxes: np.ndarray, scores: np.ndarray, view_ids: np.ndarray,
     """Step 1 of the module docstring: per view the detections scoring ``>= score_thr``,
     at most ``max_per_view`` by score, padded to ``(V, K)``; ``None`` when none is left.
     ``boxes`` ``(N, 4)`` xyxy img px, ``scores`` ``(N,)``, ``view_ids`` ``(N,)``."""
-    keep = [np.flatnonzero((view_ids == v) & (scores >= cfg.score_thr)) for v in
-            range(num_views)]
-    keep = [k[np.argsort(-scores[k], kind='stable')][:cfg.max_per_view] for k in keep]
-    width = max((len(k) for k in keep), default=0)
-    if width == 0:
+    kept = np.flatnonzero((scores >= cfg.score_thr) & (view_ids >= 0) & (view_ids < num_views))
+    index = view_slots(scores[kept], view_ids[kept], num_views, cfg.max_per_view)
+    if index.shape[1] == 0:
         return None
-    index = np.full((num_views, width), -1, np.int64)
-    for v, k in enumerate(keep):
-        index[v, :len(k)] = k
+    index = np.where(index >= 0, kept[np.maximum(index, 0)], -1)
     safe = np.maximum(index, 0)
     box = boxes[safe]
     centre = np.stack([(box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2], -1)

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
-from projects.mv2d_xray.core.geometry import detection_gates, nearest_in_gate, project_points
+from projects.mv2d_xray.core.geometry import (detection_gates, nearest_in_gate, project_points,
+                                              view_slots)
 
 
 def centre_distance_nms(bboxes: Tensor,
@@ -109,8 +110,12 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
     uv, depth = uv[:, :, 0], depth[:, :, 0]                          # (V, K, 2), (V, K)
     views = roi_views.long()
     if gate_px is not None:
-        boxes, scores, available = detections_by_view(roi_boxes.double(), roi_scores.double(),
-                                                      views, num_views)   # (V, D, ...)
+        # per view best first: among equally near detections nearest_in_gate's lowest
+        # slot is then the best-scoring one
+        index = view_slots(roi_scores, views, num_views)                # (V, D)
+        available = index >= 0
+        boxes = roi_boxes.double()[index.clamp(min=0)]                  # (V, D, 4)
+        scores = torch.where(available, roi_scores.double()[index.clamp(min=0)], 0.0)
         slot, _ = nearest_in_gate(uv.transpose(0, 1), depth.transpose(0, 1),
                                   (boxes[..., :2] + boxes[..., 2:]) / 2,
                                   detection_gates(boxes, gate_px, gate_frac),
@@ -129,32 +134,3 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
                                reduce='amax')
     return best.mean(dim=0).to(centres.dtype)
 
-
-def detections_by_view(boxes: Tensor, scores: Tensor, views: Tensor,
-                       num_views: int) -> tuple:
-    """One scene's 2D detections laid out per view, best first, padded to the busiest
-    view's count ``D``.
-
-    Args:
-        boxes (Tensor): ``(R, 4)`` xyxy img px.
-        scores (Tensor): ``(R,)``.
-        views (Tensor): ``(R,)`` int, ``0 .. num_views - 1``.
-        num_views (int): ``V``.
-
-    Returns:
-        tuple: ``boxes`` ``(V, D, 4)``, ``scores`` ``(V, D)`` (0 for padding) and
-        ``available`` ``(V, D)`` bool (False for padding).
-    """
-    order = torch.argsort(-scores, stable=True)
-    order = order[torch.argsort(views[order], stable=True)]           # by view, best first
-    views = views[order]
-    counts = torch.bincount(views, minlength=num_views)
-    slot = torch.arange(len(views), device=views.device) - (counts.cumsum(0) - counts)[views]
-    width = int(counts.max()) if len(views) else 0
-    out_boxes = boxes.new_zeros((num_views, width, 4))
-    out_scores = scores.new_zeros((num_views, width))
-    available = torch.zeros((num_views, width), dtype=torch.bool, device=boxes.device)
-    out_boxes[views, slot] = boxes[order]
-    out_scores[views, slot] = scores[order]
-    available[views, slot] = True
-    return out_boxes, out_scores, available
