@@ -20,8 +20,9 @@ What it measures, each in a fresh process (so peaks do not mix):
 
 Each is run ``--warmup`` times untimed, then ``--repeats`` times (the data: rounds of
 batches); the JSON holds every time, the minimum and the median (the printed figure).
-Memory: on CUDA ``torch.cuda.max_memory_allocated`` after the warm-up (tensors only; the
-caching allocator reserves more); on the CPU the peak resident set size of the worker process
+Memory: on CUDA ``torch.cuda.max_memory_allocated`` after the warm-up (tensors only),
+with ``*_reserved_mem_gb``, ``torch.cuda.max_memory_reserved`` (what the caching
+allocator held, closer to what ``nvidia-smi`` shows); on the CPU the peak resident set size of the worker process
 (``ru_maxrss``: the whole process -- Python, torch, mmdet3d, the model, activations,
 the allocator's slack), with ``*_baseline_mem_gb``, the RSS after the imports and the
 synthetic batch, before the model is built, to subtract.
@@ -199,8 +200,9 @@ def rss_gb() -> float:
 
 
 def timed(step, device: str, warmup: int, repeats: int):
-    """``(seconds of each timed call, peak CUDA bytes or None)``; CUDA is synchronised
-    around each call and its peak counter reset after the warm-up."""
+    """``(seconds of each timed call, peak CUDA bytes allocated or None, peak CUDA bytes
+    reserved by the caching allocator or None)``; CUDA is synchronised around each call
+    and its peak counters reset after the warm-up."""
     import torch
     for _ in range(warmup):
         step()
@@ -214,7 +216,9 @@ def timed(step, device: str, warmup: int, repeats: int):
         if device == 'cuda':
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return times, (torch.cuda.max_memory_allocated() if device == 'cuda' else None)
+    if device != 'cuda':
+        return times, None, None
+    return times, torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
 
 
 def worker(args) -> dict:
@@ -262,11 +266,12 @@ def worker(args) -> dict:
         def step():
             with torch.no_grad(), autocast(device_type=args.device, enabled=args.amp):
                 model.test_step(copy.deepcopy(batch))
-    times, cuda_peak = timed(step, args.device, args.warmup, args.repeats)
+    times, cuda_peak, cuda_reserved = timed(step, args.device, args.warmup, args.repeats)
     result.update(times_s=times,
                   peak_mem_gb=cuda_peak / 2 ** 30 if cuda_peak is not None else rss_gb())
     if args.device != 'cpu':
         result.pop('baseline_mem_gb')   # the RSS is not what a GPU's peak is about
+        result['reserved_mem_gb'] = cuda_reserved / 2 ** 30
     return result
 
 
@@ -442,6 +447,9 @@ def main():
         if args.device == 'cpu':
             result['train_baseline_mem_gb'] = train['baseline_mem_gb']
             result['infer_baseline_mem_gb'] = infer['baseline_mem_gb']
+        else:   # what the caching allocator held: closer to what nvidia-smi shows
+            result['train_reserved_mem_gb'] = train['reserved_mem_gb']
+            result['infer_reserved_mem_gb'] = infer['reserved_mem_gb']
     data = run_worker(argv, 'data')
     result.update(
         data_time_s=summary(data['data_times_s'])['median'],
@@ -469,6 +477,10 @@ def main():
         if args.device == 'cpu':
             print(f'  (RSS after imports and data, before the model: '
                   f'{result["train_baseline_mem_gb"]:.2f} GB)')
+        else:
+            print(f'  (reserved by the caching allocator: train '
+                  f'{result["train_reserved_mem_gb"]:.2f} GB, inference '
+                  f'{result["infer_reserved_mem_gb"]:.2f} GB)')
     where = data['data_ann_file'] or 'a synthetic dataset'
     print(f'  data         {result["data_time_s"]:.3f} s per batch (min '
           f'{result["data_time_min_s"]:.3f} s), {data["data_workers"]} workers, on {where}')
