@@ -33,6 +33,11 @@ model = dict(
             rcnn=dict(
                 assigner=dict(pos_iou_thr=0.3, neg_iou_thr=0.3, min_pos_iou=0.3),
                 sampler=dict(num=32)))),
+    # Joint training (the paper's L = L_2D + 0.1 L_3D): the 2D stage, loaded from its own
+    # 6-epoch training, goes on learning with the 3D head instead of staying frozen as in
+    # the demo. On val it raised the 2D stage's AR@0.1 0.30 -> 0.47 and MV2D's CPM
+    # 0.300 -> 0.438 (README, blades ablations); ~2 s per step instead of ~1.
+    freeze_base_detector=False,
     # View probes (README "The model"), trained without GT boxes for the views the 2D stage
     # missed, so true findings get probes in training as at test time.
     roi_head=dict(view_probes=True),
