@@ -14,7 +14,8 @@ from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, ima
                                               project_boxes3d, project_points, triangulate_points,
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
-                                                 centre_distance_nms, view_support)
+                                                 ObjectnessMaps, centre_distance_nms,
+                                                 objectness_support, view_support)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 
@@ -676,6 +677,55 @@ def test_view_support_gate_rule_against_a_loop():
         assert got.tolist() == pytest.approx(expected)
 
 
+def test_objectness_support_hand_computed():
+    """Support = mean over the views of the map sampled at the centre's projection, the
+    map's cells placed where mmdet's anchor grid puts their anchors (cell ``(i, j)`` at
+    ``(j s, i s)``, not at the cell's middle): on a ramp ``a_v u + b_v v`` over the anchor
+    centres bilinear sampling is exact, so the support is ``mean_v(a_v u_v + b_v v_v)``;
+    a view counts 0 where the centre projects outside it or lies behind its source."""
+    from mmdet.models.task_modules.prior_generators import AnchorGenerator
+    height, width = 80, 100                                      # (H, W), not square
+    geometry = XrayGeometry(num_views=4, image_size=(height, width))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    point = torch.tensor([[10.0, -5.0, 8.0]])
+    uv = project_points(lidar2img, point.double())[0][:, 0].float()     # (4, 2) px
+    stride = 4
+    priors = AnchorGenerator(strides=[stride], ratios=[0.5, 1.0, 2.0], scales=[1])
+    cells = (height // stride, width // stride)                  # (h, w) = (20, 25)
+    centres = priors.single_level_grid_priors(cells, 0, device='cpu').view(
+        cells[0], cells[1], 3, 4)[:, :, 0]                       # (h, w, 4) anchor boxes
+    cu = (centres[..., 0] + centres[..., 2]) / 2                 # (h, w) img px
+    cv = (centres[..., 1] + centres[..., 3]) / 2
+    a = torch.tensor([0.004, 0.002, 0.0, 0.001])
+    b = torch.tensor([0.0, 0.005, 0.003, 0.002])
+    maps = ObjectnessMaps(a[:, None, None] * cu + b[:, None, None] * cv,
+                          (float(stride), float(stride)), (0.0, 0.0))
+    support = objectness_support(point, lidar2img, maps, (height, width))
+    expected = (a * uv[:, 0] + b * uv[:, 1]).mean()
+    assert support.tolist() == pytest.approx([float(expected)], abs=1e-6)
+    # an origin shifted by half a cell (the cells' middles) reads another value
+    shifted = objectness_support(point, lidar2img, maps._replace(origin_px=(2.0, 2.0)),
+                                 (height, width))
+    assert abs(float(shifted[0] - expected)) > 1e-3
+    constant = maps._replace(
+        maps=torch.tensor([0.2, 0.4, 0.6, 0.8])[:, None, None].expand(4, *cells))
+    assert objectness_support(point, lidar2img, constant, (height, width)).tolist() == \
+        pytest.approx([0.5])
+    # behind view 0's source, on its central ray: it projects into view 0 (depth < 0),
+    # which counts 0, and in front of the opposite source into view 2 (0.6), 1 and 3 miss
+    behind = torch.from_numpy(2 * geometry.source_position(0))[None].float()
+    uv0, depth0 = project_points(lidar2img[0], behind.double())
+    assert depth0[0] < 0 and 0 <= uv0[0, 0] < width and 0 <= uv0[0, 1] < height
+    assert objectness_support(behind, lidar2img, constant, (height, width)).tolist() == \
+        pytest.approx([0.6 / 4])
+    # far away it leaves every view; in views of 30 x 30 px the point is outside all four
+    assert objectness_support(point + 1e4, lidar2img, constant, (height, width)).tolist() == \
+        [0.0]
+    assert (uv >= 30).any(dim=1).all()
+    assert objectness_support(point, lidar2img, constant, (30, 30)).tolist() == [0.0]
+    assert objectness_support(point[:0], lidar2img, constant, (height, width)).shape == (0, )
+
+
 def test_view_support_settings_checked_at_build():
     """Bad ``view_support`` settings stop the build with one line naming the setting."""
     head = tiny_mv2d_config()['roi_head']
@@ -684,7 +734,13 @@ def test_view_support_settings_checked_at_build():
                        (dict(weight=0.5, gate_px=3.0, gate_frac=-0.5),
                         'view_support.gate_frac must be >= 0'),
                        (dict(weight=0.5, gate_px=3.0, margin_px=2.0), 'set one'),
-                       (dict(weight=0.5, gate_frac=0.5), 'gate_frac needs gate_px')):
+                       (dict(weight=0.5, gate_frac=0.5), 'gate_frac needs gate_px'),
+                       (dict(weight=0.5, objectness_level=0, gate_px=3.0),
+                        'set one, got gate_px, objectness_level'),
+                       (dict(weight=0.5, objectness_level=-1), 'FPN level index >= 0'),
+                       (dict(weight=0.5, objectness_level=0.5), 'FPN level index >= 0'),
+                       (dict(weight=0.5, objectness_level=0, per_class=True),
+                        "objectness \\(objectness_level\\) has none")):
         with pytest.raises(ValueError, match=match):
             MODELS.build(dict(head, test_cfg=dict(view_support=cfg)))
 

@@ -171,6 +171,51 @@ def test_view_support_rescores_the_3d_boxes(rule):
         _build(cfg)
 
 
+def test_objectness_support_rescores_the_3d_boxes():
+    """``view_support=dict(weight=1, objectness_level=0)`` end to end on two scenes: every
+    3D score is the mean over its scene's views of the RPN's objectness (level 0, best
+    anchor, sigmoid) at the box centre's projection, recomputed from the model's own
+    maps, in decreasing order; the scores differ from the decoder's; a level the RPN
+    lacks stops the build with one line."""
+    from projects.mv2d_xray.mv2d_xray.models import objectness_support
+    torch.set_num_threads(1)
+    num_views = 4
+    batch = make_batch(num_views, [2, 1], seed=5)
+    outputs = {}
+    for weight in (None, 1.0):
+        cfg = tiny_mv2d_config()
+        rcnn = cfg['test_cfg'].setdefault('rcnn', dict())
+        rcnn.update(nms=None, max_per_scene=100)
+        if weight is not None:
+            rcnn['view_support'] = dict(weight=weight, objectness_level=0)
+        model = _build(cfg)
+        model.eval()
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        with torch.no_grad():
+            outputs[weight] = model(**data, mode='predict')
+            if weight is not None:
+                maps = model.objectness_maps(model.extract_feat(data['inputs']['imgs']), 0)
+    assert maps.maps.shape[0] == 2 * num_views and ((maps.maps > 0) & (maps.maps < 1)).all()
+    assert maps.stride_px == (4.0, 4.0) and maps.origin_px == (0.0, 0.0)
+    for scene, (plain, rescored) in enumerate(zip(outputs[None], outputs[1.0])):
+        pred, meta = rescored.pred_instances_3d, rescored.metainfo
+        scene_maps = maps._replace(
+            maps=maps.maps[scene * num_views:(scene + 1) * num_views])
+        support = objectness_support(pred.bboxes_3d.gravity_center,
+                                     torch.as_tensor(np.asarray(meta['lidar2img'])),
+                                     scene_maps, tuple(meta['img_shape']))
+        assert torch.allclose(pred.scores_3d, support, atol=1e-6)
+        assert (pred.scores_3d[:-1] >= pred.scores_3d[1:]).all()
+        assert len(pred.scores_3d) == len(plain.pred_instances_3d.scores_3d)
+        assert not torch.allclose(pred.scores_3d.sort().values,
+                                  plain.pred_instances_3d.scores_3d.sort().values)
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg'].setdefault('rcnn', dict())['view_support'] = dict(weight=1.0,
+                                                                      objectness_level=9)
+    with pytest.raises(ValueError, match=r'objectness_level=9: the 2D stage\'s RPN has'):
+        _build(cfg)
+
+
 def _every_box_model(**rcnn):
     """The tiny model in eval mode with every 2D detection a query and every decoded box
     an output (no score threshold, no NMS, cap 1000), plus the ``test_cfg.rcnn`` settings

@@ -9,7 +9,9 @@ from projects.mv2d_xray.mv2d_xray.models.mv2d import MV2DXray
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import MV2DXrayRoIHead
 from projects.mv2d_xray.mv2d_xray.models.nms_free_coder import MV2DXrayNMSFreeCoder
 from projects.mv2d_xray.mv2d_xray.models.positional_encoding import MV2DXrayPositionalEncoding
-from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms, view_support
+from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
+                                                                 centre_distance_nms,
+                                                                 objectness_support, view_support)
 from projects.mv2d_xray.mv2d_xray.models.query_generator import MV2DXrayQueryGenerator
 from projects.mv2d_xray.mv2d_xray.models.transformer import MV2DXrayTransformer
 from projects.mv2d_xray.mv2d_xray.models.two_stage_2d import MV2DXrayTwoStage2D
@@ -19,5 +21,6 @@ __all__ = [
     'MV2DXrayBoxCorrelation', 'MV2DXrayPositionalEncoding',
     'MV2DXrayCrossAttentionHead', 'MV2DXrayTransformer',
     'MV2DXrayHungarianAssigner3D', 'MV2DXrayBBox3DL1Cost', 'MV2DXrayNMSFreeCoder',
-    'XrayGridMask', 'centre_distance_nms', 'view_support'
+    'XrayGridMask', 'ObjectnessMaps', 'centre_distance_nms', 'objectness_support',
+    'view_support'
 ]

@@ -21,7 +21,8 @@ RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support'
 #: ``test_cfg.rcnn.refine_to_detections``: :meth:`MV2DXrayRoIHead.refine_on_detections`.
 REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
-VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class')
+VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class',
+                     'objectness_level')
 #: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.
 CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge', 'class_agnostic')
 

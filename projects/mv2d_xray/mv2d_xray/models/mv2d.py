@@ -26,7 +26,8 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
 Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
 optionally holds the centres near the queries' priors (``refine_radius_mm``),
 re-triangulates them from the supporting 2D detections of their class
-(``refine_to_detections``) and rescores by the views' 2D support (``view_support``), keeps
+(``refine_to_detections``) and rescores by the views' 2D support (``view_support``: by
+their detections, or by the RPN's objectness in every view, :meth:`objectness_maps`), keeps
 the scores above ``score_thr``, suppresses the duplicates of a finding coming from
 different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
 the best ``max_per_scene``.
@@ -60,6 +61,7 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
                                                              REFINE_TO_DETECTIONS_KEYS,
                                                              VIEW_SUPPORT_KEYS, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
+from projects.mv2d_xray.mv2d_xray.models.post_processing import ObjectnessMaps
 
 
 @MODELS.register_module()
@@ -123,6 +125,7 @@ class MV2DXray(Base3DDetector):
             roi_head.update(train_cfg=self.train_cfg.get('rcnn'),
                             test_cfg=self.test_cfg.get('rcnn'))
             self.roi_head = MODELS.build(roi_head)
+        self.check_objectness_level()
         self.grid_mask = (XrayGridMask(**use_grid_mask)
                           if use_grid_mask is not None else None)
         self.freeze_base_detector = freeze_base_detector
@@ -219,6 +222,45 @@ class MV2DXray(Base3DDetector):
                 size = det.bboxes[:, 2:4] - det.bboxes[:, 0:2]
                 dets[i] = det[(size >= min_size).all(dim=1)]
         return dets
+
+    @torch.no_grad()
+    def objectness_maps(self, feats: Tuple[Tensor], level: int) -> ObjectnessMaps:
+        """The RPN's objectness on one FPN level, for the 3D stage's
+        ``view_support.objectness_level`` (read in every view).
+
+        Args:
+            feats (tuple[Tensor]): the detector's FPN levels, each ``(B * V, C, h, w)``.
+            level (int): which level (0: the finest, stride 4 in the configs); checked
+                at build time (:meth:`check_objectness_level`).
+
+        Returns:
+            ObjectnessMaps: ``maps`` ``(B * V, h, w)`` in [0, 1], per feature cell the
+            best of its anchors' sigmoid scores, with the cells' stride and origin in
+            img px from the RPN's anchor generator.
+        """
+        rpn_head = self.base_detector.rpn_head
+        cls_score, _ = rpn_head.forward_single(feats[level])       # (B * V, A, h, w)
+        priors = rpn_head.prior_generator
+        base = priors.base_anchors[level]                           # (A, 4), one cell
+        origin = ((base[:, 0] + base[:, 2]) / 2).mean(), ((base[:, 1] + base[:, 3]) / 2).mean()
+        return ObjectnessMaps(maps=cls_score.float().sigmoid().amax(dim=1),
+                              stride_px=tuple(float(s) for s in priors.strides[level]),
+                              origin_px=tuple(float(o) for o in origin))
+
+    def check_objectness_level(self) -> None:
+        """At build time: ``test_cfg.rcnn.view_support.objectness_level`` names one of the
+        RPN's levels, and the RPN scores with a sigmoid (one objectness per anchor)."""
+        level = self.roi_head.objectness_level if self.roi_head is not None else None
+        if level is None:
+            return
+        rpn_head = getattr(self.base_detector, 'rpn_head', None)
+        if rpn_head is None or not getattr(rpn_head, 'use_sigmoid_cls', False):
+            raise ValueError('test_cfg.rcnn.view_support.objectness_level reads a sigmoid '
+                             "RPN's objectness; this 2D stage has none")
+        num_levels = rpn_head.prior_generator.num_levels
+        if level >= num_levels:
+            raise ValueError(f'test_cfg.rcnn.view_support.objectness_level={level}: the '
+                             f"2D stage's RPN has {num_levels} levels (0 .. {num_levels - 1})")
 
     @staticmethod
     def complement_2d_gt(dets: List[InstanceData],
@@ -360,9 +402,13 @@ class MV2DXray(Base3DDetector):
             ]
         else:
             rois, roi_scores, roi_labels = self._rois(dets)
+            level = self.roi_head.objectness_level
+            objectness = (self.objectness_maps(feats, level) if level is not None
+                          else None)
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
                                                metas, num_views, roi_scores,
-                                               explain=explain, roi_labels=roi_labels)
+                                               explain=explain, roi_labels=roi_labels,
+                                               objectness=objectness)
             if explain:
                 results_3d, explanations = results_3d
         results_2d = []

@@ -66,7 +66,9 @@ from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triang
 from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
                                                                   refine_to_detections)
 from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
-from projects.mv2d_xray.mv2d_xray.models.post_processing import centre_distance_nms, view_support
+from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
+                                                                 centre_distance_nms,
+                                                                 objectness_support, view_support)
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
@@ -153,7 +155,9 @@ class MV2DXrayRoIHead(BaseModule):
             distance of its query's valid triangulated prior, :meth:`limit_refinement`;
             0 puts it at the prior), ``refine_to_detections`` (None, or
             ``dict(gate_px=3, gate_frac=0.5, min_views=2)``:
-            :meth:`refine_on_detections`), ``view_support`` (:meth:`rescore`), then
+            :meth:`refine_on_detections`), ``view_support`` (:meth:`rescore`: ``dict(
+            weight=w)`` with one rule, ``margin_px``, ``gate_px`` / ``gate_frac`` or
+            ``objectness_level``), then
             (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False)``, see
@@ -210,6 +214,13 @@ class MV2DXrayRoIHead(BaseModule):
         layers = self.bbox_head.num_layers
         self.stage_loss_weights = list(
             (train_cfg or dict()).get('stage_loss_weights', [1.0] * layers))
+
+    @property
+    def objectness_level(self) -> Optional[int]:
+        """The FPN level whose RPN objectness ``view_support`` reads, or None (the
+        detector then computes no objectness maps)."""
+        cfg = self.test_cfg.get('view_support', None) or dict()
+        return cfg.get('objectness_level', None)
 
     @property
     def bbox_coder(self):
@@ -580,7 +591,8 @@ class MV2DXrayRoIHead(BaseModule):
     def predict(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,
                 roi_scores: Optional[Tensor] = None, explain: bool = False,
-                roi_labels: Optional[Tensor] = None
+                roi_labels: Optional[Tensor] = None,
+                objectness: Optional[ObjectnessMaps] = None
                 ) -> Union[List[InstanceData], Tuple[List[InstanceData], List[List[dict]]]]:
         """3D detections per scene, and optionally their evidence.
 
@@ -594,6 +606,10 @@ class MV2DXrayRoIHead(BaseModule):
             roi_labels (Tensor, optional): ``(R,)`` the 2D classes of the RoIs, for
                 ``test_cfg.view_support.per_class`` (:meth:`rescore`) and
                 ``test_cfg.refine_to_detections`` (:meth:`refine_on_detections`).
+            objectness (ObjectnessMaps, optional): ``maps`` ``(B * num_views, h, w)``,
+                per view the 2D stage's objectness on level
+                ``view_support.objectness_level`` (:meth:`MV2DXray.objectness_maps`),
+                for that rule of :meth:`rescore`.
 
         Returns:
             list[InstanceData]: per scene ``bboxes_3d`` (the meta's
@@ -623,8 +639,11 @@ class MV2DXrayRoIHead(BaseModule):
                                              out['query_prior_ok'][mine])
                 pred = self.refine_on_detections(pred, meta, rois, roi_scores, scene,
                                                  num_views, roi_labels)
+                scene_maps = (objectness._replace(maps=objectness.maps[
+                    scene * num_views:(scene + 1) * num_views])
+                    if objectness is not None else None)
                 pred = self.rescore(pred, meta, rois, roi_scores, scene, num_views,
-                                    roi_labels)
+                                    roi_labels, scene_maps)
             kept = self.select(pred)
             results.append(self.to_instances(kept, meta))
             if explain:
@@ -697,8 +716,9 @@ class MV2DXrayRoIHead(BaseModule):
     @staticmethod
     def check_view_support(cfg: Optional[dict]) -> None:
         """``test_cfg.view_support`` at build time: ``weight`` in [0, 1]; ``gate_px`` and
-        ``gate_frac`` >= 0; the grown-box rule (``margin_px``) and the gate rule
-        (``gate_px``) are alternatives, so a config sets at most one of them."""
+        ``gate_frac`` >= 0; the grown-box rule (``margin_px``), the gate rule (``gate_px``)
+        and the objectness rule (``objectness_level``, an int >= 0, without ``per_class``)
+        are alternatives, so a config sets at most one of them."""
         if cfg is None:
             return
         if not 0.0 <= float(cfg['weight']) <= 1.0:
@@ -706,9 +726,20 @@ class MV2DXrayRoIHead(BaseModule):
                              f"{cfg['weight']}")
         MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0),
                                            'test_cfg.view_support')
-        if cfg.get('gate_px') is not None and cfg.get('margin_px') is not None:
-            raise ValueError('test_cfg.view_support: margin_px (grown boxes) and gate_px (the '
-                             "triangulation baseline's gates) are two rules; set one")
+        rules = [key for key in ('margin_px', 'gate_px', 'objectness_level')
+                 if cfg.get(key) is not None]
+        if len(rules) > 1:
+            raise ValueError('test_cfg.view_support: margin_px (grown boxes), gate_px (the '
+                             "triangulation baseline's gates) and objectness_level (the RPN's "
+                             f'objectness) are three rules; set one, got {", ".join(rules)}')
+        level = cfg.get('objectness_level')
+        if level is not None:
+            if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+                raise ValueError('test_cfg.view_support.objectness_level must be an FPN '
+                                 f'level index >= 0, got {level!r}')
+            if cfg.get('per_class'):
+                raise ValueError('test_cfg.view_support.per_class needs 2D classes; the '
+                                 "RPN's objectness (objectness_level) has none")
         if cfg.get('gate_frac') is not None and cfg.get('gate_px') is None:
             raise ValueError('test_cfg.view_support.gate_frac needs gate_px (the gate rule)')
 
@@ -788,11 +819,13 @@ class MV2DXrayRoIHead(BaseModule):
 
     def rescore(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
                 roi_scores: Optional[Tensor], scene: int,
-                num_views: int, roi_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                num_views: int, roi_labels: Optional[Tensor] = None,
+                objectness: Optional[ObjectnessMaps] = None) -> Dict[str, Tensor]:
         """``test_cfg.view_support``: weigh one scene's decoded scores with their
         support by the scene's 2D detections (:func:`view_support`: by the grown boxes,
         ``margin_px``, or by the triangulation baseline's gates, ``gate_px`` /
-        ``gate_frac``); with
+        ``gate_frac``) or, with ``objectness_level``, by the 2D stage's dense objectness
+        at the centre's projection in every view (:func:`objectness_support`); with
         ``per_class``, a box of class ``c`` is supported only by detections of class
         ``c`` (as the triangulation baseline associates per class). The boxes come
         back re-sorted by the new scores. Without it, ``pred`` unchanged.
@@ -807,14 +840,26 @@ class MV2DXrayRoIHead(BaseModule):
             num_views (int): Views per scene.
             roi_labels (Tensor, optional): ``(R,)`` the RoIs' 2D classes; needed by
                 ``per_class``.
+            objectness (ObjectnessMaps, optional): the scene's maps ``(num_views, h,
+                w)``; needed by ``objectness_level``.
         """
         cfg = self.test_cfg.get('view_support', None)
         if cfg is None or len(pred['scores']) == 0:
             return pred
         weight = float(cfg['weight'])                # in [0, 1]: checked in __init__
-        mine, roi_scores = self.scene_rois(rois, roi_scores, scene, num_views)
         lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
                                     device=rois.device)
+        if cfg.get('objectness_level') is not None:
+            if objectness is None:
+                raise ValueError('test_cfg.view_support.objectness_level needs the 2D '
+                                 "stage's objectness maps (objectness)")
+            if len(objectness.maps) != num_views:
+                raise ValueError(f'objectness: {len(objectness.maps)} maps for a scene of '
+                                 f'{num_views} views')
+            support = objectness_support(pred['bboxes'][:, :3], lidar2img, objectness,
+                                         tuple(meta['img_shape']))
+            return self.weigh_scores(pred, support, weight)
+        mine, roi_scores = self.scene_rois(rois, roi_scores, scene, num_views)
         per_class = bool(cfg.get('per_class', False))
         if per_class and roi_labels is None:
             raise ValueError("test_cfg.view_support.per_class needs the RoIs' 2D labels "
@@ -830,6 +875,13 @@ class MV2DXrayRoIHead(BaseModule):
                 float(cfg.get('margin_px') or 0.0),
                 None if cfg.get('gate_px') is None else float(cfg['gate_px']),
                 float(cfg.get('gate_frac') or 0.0))
+        return self.weigh_scores(pred, support, weight)
+
+    @staticmethod
+    def weigh_scores(pred: Dict[str, Tensor], support: Tensor,
+                     weight: float) -> Dict[str, Tensor]:
+        """``score ** (1 - weight) * support ** weight`` for each box of ``pred``
+        (``support`` ``(K,)`` in [0, 1]), the boxes re-sorted by it (stable)."""
         scores = pred['scores'].clamp(min=0) ** (1 - weight) * support ** weight
         order = scores.argsort(descending=True, stable=True)
         out = {key: value[order] for key, value in pred.items()}

@@ -19,10 +19,13 @@ detections confirm a 3D box (its centre projects inside a detection), weighted b
 (``baselines/triangulation.py``), which a decoder trained briefly may not yet weigh. With
 ``gate_px`` it takes the baseline's own support rule (the nearest detection whose gate holds
 the projection); on the blades benchmark's val that ranked better than the grown boxes.
+:func:`objectness_support` reads a dense per-view map (the RPN's objectness) at the
+projection in every view instead of the thresholded detections.
 """
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
@@ -134,3 +137,63 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
                                reduce='amax')
     return best.mean(dim=0).to(centres.dtype)
 
+
+class ObjectnessMaps(NamedTuple):
+    """Dense per-view score maps on one FPN level and where their cells lie.
+
+    Attributes:
+        maps (Tensor): ``(N, h, w)`` per image a score in [0, 1] per feature cell.
+        stride_px (tuple[float, float]): ``(s_w, s_h)`` img px between cells.
+        origin_px (tuple[float, float]): ``(u, v)`` img px of cell ``(0, 0)``; cell
+            ``(i, j)`` scores the anchors centred at ``(u + j s_w, v + i s_h)`` (mmdet's
+            anchor grid: its base anchors' centre, ``(0, 0)`` by default, plus the
+            cell's shift -- not the cell's middle).
+    """
+    maps: Tensor
+    stride_px: Tuple[float, float]
+    origin_px: Tuple[float, float]
+
+
+def objectness_support(centres: Tensor, lidar2img: Tensor, objectness: ObjectnessMaps,
+                       img_shape: Tuple[int, int]) -> Tensor:
+    """Multi-view support of 3D boxes by a dense per-view score map.
+
+    Where :func:`view_support` asks which of the views' thresholded 2D *detections*
+    confirm a box, this reads a dense map -- the 2D stage's RPN objectness -- at the
+    projection of the box centre in *every* view and averages: a finding whose evidence
+    stayed under the 2D threshold in most views still adds up (the views' evidence is
+    fused before any decision, as a tomosynthesis adds the views).
+
+    Args:
+        centres (Tensor): ``(K, 3)`` box centres, ct mm.
+        lidar2img (Tensor): ``(V, 4, 4)`` ct -> img of the scene's views.
+        objectness (ObjectnessMaps): the scene's ``V`` maps ``(V, h, w)`` in [0, 1] and
+            their cells' place in img px (e.g. :meth:`MV2DXray.objectness_maps`).
+        img_shape (tuple[int, int]): ``(H, W)`` of the views, px: a projection outside
+            counts 0.
+
+    Returns:
+        Tensor: ``(K,)`` in [0, 1], the mean over the ``V`` views of the map sampled
+        bilinearly between the cells' anchor centres at the centre's projection (img
+        px); a view counts 0 where the centre lies behind its source or projects
+        outside the image.
+    """
+    maps = objectness.maps
+    num_views, cells_h, cells_w = maps.shape
+    if len(centres) == 0:
+        return centres.new_zeros(0)
+    height, width = img_shape
+    uv, depth = project_points(lidar2img.double(), centres.double())    # (V, K, 2), (V, K)
+    inside = ((uv >= 0).all(dim=-1) & (uv[..., 0] < width) & (uv[..., 1] < height) &
+              (depth > 0))
+    # continuous cell index (cell j's anchors at origin + j * stride), then grid_sample's
+    # normalised coordinate for align_corners=False: cell j's middle is (2 j + 1) / w - 1;
+    # outside or behind the source the projection may be inf / NaN: sample anywhere
+    index = (uv - uv.new_tensor(objectness.origin_px)) / uv.new_tensor(objectness.stride_px)
+    grid = (2 * index + 1) / uv.new_tensor([cells_w, cells_h]) - 1
+    grid = torch.where(inside[..., None], grid, 0.0)
+    sampled = F.grid_sample(maps[:, None].to(torch.float32),
+                            grid[:, :, None].to(torch.float32), mode='bilinear',
+                            padding_mode='border', align_corners=False)  # (V, 1, K, 1)
+    sampled = torch.where(inside, sampled[:, 0, :, 0].to(centres.dtype), 0.0)
+    return sampled.sum(dim=0) / num_views
