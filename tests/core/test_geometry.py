@@ -7,7 +7,7 @@ import torch
 from projects.mv2d_xray.core.geometry import (XrayGeometry, box3d_corners, denormalize_points,
                                               detection_gates, image_aug_matrix, nearest_in_gate,
                                               normalize_points, project_boxes3d, project_points,
-                                              transform_boxes2d, triangulate_points,
+                                              seen_in_image, transform_boxes2d, triangulate_points,
                                               unproject_points, view_slots)
 
 GEOMETRY = XrayGeometry(num_views=7, image_size=(96, 128))
@@ -90,6 +90,24 @@ def test_detection_gates_hand_computed(as_tensor):
     gates = detection_gates(torch.from_numpy(boxes) if as_tensor else boxes, 3.0, 0.5)
     assert type(gates) is (torch.Tensor if as_tensor else np.ndarray)
     assert np.asarray(gates).tolist() == [3.0, 5.0, 8.0]
+
+
+def test_seen_in_image_hand_computed_numpy_and_torch():
+    """In front of the source and inside ``[0, W) x [0, H)``: the edges at 0 count, those
+    at W and H do not; behind the source, or a NaN projection, is not seen; per-row sizes
+    broadcast."""
+    uv = np.array([[0.0, 0.0], [99.9, 79.9], [100.0, 10.0], [10.0, 80.0], [-0.1, 5.0],
+                   [50.0, 40.0], [np.nan, 40.0]])
+    depth = np.array([1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0])
+    expected = [True, True, False, False, False, False, False]
+    with np.errstate(invalid='ignore'):
+        assert seen_in_image(uv, depth, 80, 100).tolist() == expected
+    assert seen_in_image(torch.from_numpy(uv), torch.from_numpy(depth), 80, 100).tolist() == \
+        expected
+    heights = np.array([[80.0], [30.0]])                    # two images, broadcast per row
+    both = seen_in_image(uv[None].repeat(2, 0), depth[None].repeat(2, 0), heights, 100.0)
+    assert both[0].tolist() == expected
+    assert both[1].tolist() == [True, False, False, False, False, False, False]
 
 
 def test_nearest_in_gate_hand_computed_numpy_and_torch():

@@ -362,6 +362,24 @@ def project_points(lidar2img, points):
     return proj[..., :2] / depth[..., None], depth
 
 
+def seen_in_image(uv, depth, height, width):
+    """Whether projected points are seen by their view: in front of its source and inside
+    its image, ``0 <= u < width`` and ``0 <= v < height``.
+
+    Args:
+        uv: ``(..., 2)`` img px, e.g. from :func:`project_points` (NaN / inf where a point
+            lies in the source's plane: not seen).
+        depth: ``(...)`` cam z, mm.
+        height, width: the image's size in px, numbers or arrays broadcasting with
+            ``depth``.
+
+    Returns:
+        ``(...)`` bool, numpy or torch as ``uv``.
+    """
+    u, v = uv[..., 0], uv[..., 1]
+    return (depth > 0) & (u >= 0) & (v >= 0) & (u < width) & (v < height)
+
+
 def unproject_points(lidar2img, uv, depth, img2lidar=None):
     """Inverse of :func:`project_points`: lift image points with known depth to ct.
 

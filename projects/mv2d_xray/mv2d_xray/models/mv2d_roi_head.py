@@ -61,8 +61,8 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
-from projects.mv2d_xray.core.geometry import (project_points, ray_planes, triangulate_points,
-                                              unproject_points)
+from projects.mv2d_xray.core.geometry import (project_points, ray_planes, seen_in_image,
+                                              triangulate_points, unproject_points)
 from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
                                                                   refine_to_detections)
 from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
@@ -409,12 +409,11 @@ class MV2DXrayRoIHead(BaseModule):
         uv, depth = project_points(mats, points.double()[:, None, None, :])
         uv, depth = uv[:, :, 0].float(), depth[:, :, 0]          # (Q, V, 2), (Q, V)
         hw = geo.bboxes.new_tensor(geo.img_shapes)[scenes]       # (Q, 2) (H, W)
-        inside = (uv >= 0).all(-1) & (uv[..., 0] < hw[:, None, 1]) & \
-            (uv[..., 1] < hw[:, None, 0])
-        covered = torch.zeros_like(inside)                       # views it already reads
+        seen = seen_in_image(uv, depth, hw[:, None, 0], hw[:, None, 1])       # (Q, V)
+        covered = torch.zeros_like(seen)                         # views it already reads
         row, col = query_mask.nonzero(as_tuple=True)
         covered[row, geo.view_ids[query_corr[row, col]]] = True
-        wanted = points_ok[:, None] & ~covered & (depth > 0) & inside
+        wanted = points_ok[:, None] & ~covered & seen
         size = geo.bboxes[query_rois, 2:] - geo.bboxes[query_rois, :2]       # (Q, 2)
         query, view = wanted.nonzero(as_tuple=True)
         centre = uv[query, view]

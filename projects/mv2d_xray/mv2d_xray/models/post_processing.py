@@ -30,7 +30,7 @@ from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (detection_gates, nearest_in_gate, project_points,
-                                              view_slots)
+                                              seen_in_image, view_slots)
 
 
 def centre_distance_nms(bboxes: Tensor,
@@ -184,8 +184,7 @@ def objectness_support(centres: Tensor, lidar2img: Tensor, objectness: Objectnes
         return centres.new_zeros(0)
     height, width = img_shape
     uv, depth = project_points(lidar2img.double(), centres.double())    # (V, K, 2), (V, K)
-    inside = ((uv >= 0).all(dim=-1) & (uv[..., 0] < width) & (uv[..., 1] < height) &
-              (depth > 0))
+    inside = seen_in_image(uv, depth, height, width)                      # (V, K)
     # continuous cell index (cell j's anchors at origin + j * stride), then grid_sample's
     # normalised coordinate for align_corners=False: cell j's middle is (2 j + 1) / w - 1;
     # outside or behind the source the projection may be inf / NaN: sample anywhere
