@@ -189,7 +189,7 @@ def test_blanked_view_loses_its_share_of_the_attention(blank_view, monkeypatch):
     num_views = 4
     batch = make_batch(num_views, [2], seed=7)
     monkeypatch.setattr(model, 'extract_feat', _image_features)
-    monkeypatch.setattr(model, 'detect_2d', lambda feats, view_samples, cfg:
+    monkeypatch.setattr(model, 'detect_2d', lambda feats, view_samples, cfg, **_:
                         _ground_truth_detections(samples, num_views))
     samples = batch['data_samples']
     clean = _predict(model, batch, explain=True)[0].explanations

@@ -191,10 +191,17 @@ def test_objectness_support_rescores_the_3d_boxes():
         model = _build(cfg)
         model.eval()
         data = model.data_preprocessor(copy.deepcopy(batch), False)
+        rpn_passes = []
+        rpn_head = model.base_detector.rpn_head    # its shared conv runs once per level
+        hook = rpn_head.rpn_conv.register_forward_hook(lambda *_: rpn_passes.append(1))
         with torch.no_grad():
             outputs[weight] = model(**data, mode='predict')
+            hook.remove()
+            # the maps reuse the detections' RPN pass: each level through the RPN once
+            assert len(rpn_passes) == rpn_head.prior_generator.num_levels
             if weight is not None:
-                maps = model.objectness_maps(model.extract_feat(data['inputs']['imgs']), 0)
+                feats = model.extract_feat(data['inputs']['imgs'])
+                maps = model.objectness_maps(model.base_detector.rpn_head(feats)[0], 0)
     assert maps.maps.shape[0] == 2 * num_views and ((maps.maps > 0) & (maps.maps < 1)).all()
     assert maps.stride_px == (4.0, 4.0) and maps.origin_px == (0.0, 0.0)
     for scene, (plain, rescored) in enumerate(zip(outputs[None], outputs[1.0])):

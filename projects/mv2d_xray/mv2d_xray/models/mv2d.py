@@ -40,7 +40,7 @@ attended to, and the decoder's cross-attention over them and over the views (the
 is documented in :mod:`projects.mv2d_xray.mv2d_xray.models.explanation`).
 """
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmdet3d.models.detectors import Base3DDetector
@@ -211,11 +211,14 @@ class MV2DXray(Base3DDetector):
 
     @torch.no_grad()
     def detect_2d(self, feats: Tuple[Tensor], view_samples: List[DetDataSample],
-                  cfg: dict) -> List[InstanceData]:
+                  cfg: dict,
+                  rpn_outs: Optional[Tuple[List[Tensor], List[Tensor]]] = None
+                  ) -> List[InstanceData]:
         """Per-view detections (``bboxes``, ``scores``, ``labels``) with a
         ``detection_proposal`` config; boxes thinner than ``min_bbox_size`` px are
-        dropped."""
-        dets = self.base_detector.predict_by_feat(feats, view_samples, cfg)
+        dropped. ``rpn_outs``: the RPN's outputs on ``feats`` if already computed."""
+        dets = self.base_detector.predict_by_feat(feats, view_samples, cfg,
+                                                  rpn_outs=rpn_outs)
         min_size = cfg.get('min_bbox_size', 0)
         if min_size > 0:
             for i, det in enumerate(dets):
@@ -223,13 +226,15 @@ class MV2DXray(Base3DDetector):
                 dets[i] = det[(size >= min_size).all(dim=1)]
         return dets
 
-    @torch.no_grad()
-    def objectness_maps(self, feats: Tuple[Tensor], level: int) -> ObjectnessMaps:
+    def objectness_maps(self, rpn_cls_scores: Sequence[Tensor],
+                        level: int) -> ObjectnessMaps:
         """The RPN's objectness on one FPN level, for the 3D stage's
         ``view_support.objectness_level`` (read in every view).
 
         Args:
-            feats (tuple[Tensor]): the detector's FPN levels, each ``(B * V, C, h, w)``.
+            rpn_cls_scores (Sequence[Tensor]): the RPN's class scores per FPN level,
+                each ``(B * V, A, h, w)`` (the first output of
+                ``base_detector.rpn_head(feats)``, the pass the 2D detections use).
             level (int): which level (0: the finest, stride 4 in the configs); checked
                 at build time (:meth:`check_objectness_level`).
 
@@ -238,12 +243,10 @@ class MV2DXray(Base3DDetector):
             best of its anchors' sigmoid scores, with the cells' stride and origin in
             img px from the RPN's anchor generator.
         """
-        rpn_head = self.base_detector.rpn_head
-        cls_score, _ = rpn_head.forward_single(feats[level])       # (B * V, A, h, w)
-        priors = rpn_head.prior_generator
+        priors = self.base_detector.rpn_head.prior_generator
         base = priors.base_anchors[level]                           # (A, 4), one cell
         origin = ((base[:, 0] + base[:, 2]) / 2).mean(), ((base[:, 1] + base[:, 3]) / 2).mean()
-        return ObjectnessMaps(maps=cls_score.float().sigmoid().amax(dim=1),
+        return ObjectnessMaps(maps=rpn_cls_scores[level].float().sigmoid().amax(dim=1),
                               stride_px=tuple(float(s) for s in priors.strides[level]),
                               origin_px=tuple(float(o) for o in origin))
 
@@ -389,8 +392,11 @@ class MV2DXray(Base3DDetector):
         metas = [sample.metainfo for sample in batch_data_samples]
         view_samples = self.view_samples(batch_data_samples, num_views, False)
         feats = self.extract_feat(imgs)
+        level = self.roi_head.objectness_level if self.roi_head is not None else None
+        # one RPN pass for the detections and, when view_support reads it, the objectness
+        rpn_outs = self.base_detector.rpn_head(feats) if level is not None else None
         dets = self.detect_2d(feats, view_samples,
-                              self.test_cfg['detection_proposal'])
+                              self.test_cfg['detection_proposal'], rpn_outs=rpn_outs)
         explanations = [[] for _ in batch_data_samples]
         if self.roi_head is None:  # 2D stage only: no 3D boxes
             results_3d = [
@@ -402,8 +408,7 @@ class MV2DXray(Base3DDetector):
             ]
         else:
             rois, roi_scores, roi_labels = self._rois(dets)
-            level = self.roi_head.objectness_level
-            objectness = (self.objectness_maps(feats, level) if level is not None
+            objectness = (self.objectness_maps(rpn_outs[0], level) if level is not None
                           else None)
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
                                                metas, num_views, roi_scores,

@@ -19,7 +19,7 @@ device: the R-CNN is small next to the backbone on N full views (its fp32 cost i
 sampled RoIs -- 512 per view -- through two FCs).
 """
 from contextlib import contextmanager
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmdet3d.registry import MODELS
@@ -108,7 +108,9 @@ class MV2DXrayTwoStage2D(TwoStageDetector):
         return losses
 
     def predict_by_feat(self, x: Tuple[Tensor], batch_data_samples: SampleList,
-                        rcnn_test_cfg: dict) -> InstanceList:
+                        rcnn_test_cfg: dict,
+                        rpn_outs: Optional[Tuple[List[Tensor], List[Tensor]]] = None
+                        ) -> InstanceList:
         """Detections of every image, in input-image pixels (no rescaling).
 
         Args:
@@ -118,13 +120,16 @@ class MV2DXrayTwoStage2D(TwoStageDetector):
                 ``scale_factor``).
             rcnn_test_cfg (dict): ``score_thr``, ``nms``, ``max_per_img`` of the
                 R-CNN stage (MV2D's ``detection_proposal``); extra keys are ignored.
+            rpn_outs (tuple, optional): ``self.rpn_head(x)`` (per level class scores
+                ``(N, A, h, w)`` and box deltas) when the caller computed it already;
+                computed here otherwise.
 
         Returns:
             list[InstanceData]: per image ``bboxes`` ``(K, 4)``, ``scores``,
             ``labels``.
         """
         batch_img_metas = [sample.metainfo for sample in batch_data_samples]
-        outs = self.rpn_head(x)
+        outs = self.rpn_head(x) if rpn_outs is None else rpn_outs
         with fp32_region(x[0].device):   # decoding and NMS in fp32 (module docstring)
             rpn_results_list = self.rpn_head.predict_by_feat(
                 *_float(outs), batch_img_metas=batch_img_metas, rescale=False)
