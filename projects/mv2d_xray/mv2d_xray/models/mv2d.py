@@ -393,8 +393,12 @@ class MV2DXray(Base3DDetector):
         view_samples = self.view_samples(batch_data_samples, num_views, False)
         feats = self.extract_feat(imgs)
         level = self.roi_head.objectness_level if self.roi_head is not None else None
-        # one RPN pass for the detections and, when view_support reads it, the objectness
-        rpn_outs = self.base_detector.rpn_head(feats) if level is not None else None
+        # one RPN pass for the detections and, when view_support reads it, the objectness;
+        # without gradients, as detect_2d's own pass
+        rpn_outs = None
+        if level is not None:
+            with torch.no_grad():
+                rpn_outs = self.base_detector.rpn_head(feats)
         dets = self.detect_2d(feats, view_samples,
                               self.test_cfg['detection_proposal'], rpn_outs=rpn_outs)
         explanations = [[] for _ in batch_data_samples]
