@@ -201,7 +201,7 @@ def test_objectness_support_rescores_the_3d_boxes():
             assert len(rpn_passes) == rpn_head.prior_generator.num_levels
             if weight is not None:
                 feats = model.extract_feat(data['inputs']['imgs'])
-                maps = model.objectness_maps(model.base_detector.rpn_head(feats)[0], 0)
+                maps = model.objectness_maps(rpn_head(feats)[0], 0)
     assert maps.maps.shape[0] == 2 * num_views and ((maps.maps > 0) & (maps.maps < 1)).all()
     assert maps.stride_px == (4.0, 4.0) and maps.origin_px == (0.0, 0.0)
     for scene, (plain, rescored) in enumerate(zip(outputs[None], outputs[1.0])):
