@@ -27,7 +27,10 @@ redone (the overrides may change the 2D detections too), and the report is store
 ``<split>+<NAME>``. Settings of MV2D's training go in ``--cfg-options KEY=VALUE ...``
 (e.g. ``model.roi_head.view_probes=True``): MV2D is trained anew from the same 2D stage
 into a folder named after those options (``mv2d-model.roi_head.view_probes=True-<hash>``;
-variants with the same ``--cfg-options`` share it) and tested with them. A finished
+variants with the same ``--cfg-options`` share it) and tested with them. Settings of the
+2D stage's training go in ``--cfg-options-2d KEY=VALUE ...`` (e.g. a longer schedule): the
+2D stage is trained anew into ``2d-stage-<the options>-<hash>`` and MV2D from it into a
+folder named after both lists of options. A finished
 training is reused only while its config's training settings are unchanged (their SHA-1
 is recorded beside it; an edit of the test step keeps the training); otherwise the run
 stops and says which folder to delete. Each run adds
@@ -145,17 +148,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'anew from the same 2D stage into <domain>/mv2d-<the options> '
                         '(shared by variants with the same options), e.g. '
                         'model.roi_head.view_probes=True')
+    parser.add_argument('--cfg-options-2d', nargs='+', default=[], metavar='KEY=VALUE',
+                        help="config overrides of the 2D stage's training: the 2D stage is "
+                        'trained anew into <domain>/2d-stage-<the options>, and MV2D from '
+                        'it, e.g. train_cfg.max_epochs=12 param_scheduler.1.T_max=12 '
+                        'param_scheduler.1.end=12')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.resamples < 10:
         parser.error('--resamples must be at least 10')
-    if bool(args.variant) != bool(args.test_cfg_options or args.cfg_options):
-        parser.error('--variant and --test-cfg-options / --cfg-options go together')
+    if bool(args.variant) != bool(args.test_cfg_options or args.cfg_options
+                                  or args.cfg_options_2d):
+        parser.error('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d '
+                     'go together')
     if args.variant is not None and not re.fullmatch(r'[\w.-]+', args.variant):
         parser.error(f'--variant must be letters, digits, "_", "-" or ".", '
                      f'got {args.variant!r}')
     for flag, options in (('--test-cfg-options', args.test_cfg_options),
-                          ('--cfg-options', args.cfg_options)):
+                          ('--cfg-options', args.cfg_options),
+                          ('--cfg-options-2d', args.cfg_options_2d)):
         for option in options:
             if '=' not in option:
                 parser.error(f'{flag} takes KEY=VALUE, got {option!r}')
@@ -271,16 +282,24 @@ def data_options(domain: Domain, data: str, split: str) -> List[str]:
             f'test_evaluator.ann_file={pkl}']
 
 
-def mv2d_folder(cfg_options: Sequence[str]) -> str:
-    """The folder of an MV2D training: ``mv2d``, or with training overrides
-    ``mv2d-<the overrides>-<hash>``: the overrides joined by ``+`` (other characters than
-    letters, digits, ``._=+-`` as ``_``, at most 80) and the first 8 hex digits of the
-    SHA-1 of the exact list, so different overrides never share a training."""
+def training_folder(stem: str, cfg_options: Sequence[str]) -> str:
+    """The folder of a training: ``stem`` (``2d-stage``, ``mv2d``), or with training
+    overrides ``<stem>-<the overrides>-<hash>``: the overrides joined by ``+`` (other
+    characters than letters, digits, ``._=+-`` as ``_``, at most 80) and the first 8 hex
+    digits of the SHA-1 of the exact list, so different overrides never share a
+    training."""
     if not cfg_options:
-        return 'mv2d'
+        return stem
     readable = re.sub(r'[^\w.=+-]', '_', '+'.join(cfg_options))[:80]
     digest = hashlib.sha1('\n'.join(cfg_options).encode()).hexdigest()[:8]
-    return f'mv2d-{readable}-{digest}'
+    return f'{stem}-{readable}-{digest}'
+
+
+def mv2d_folder(cfg_options: Sequence[str], cfg_options_2d: Sequence[str] = ()) -> str:
+    """The folder of an MV2D training: named after its own overrides and, when the 2D
+    stage it starts from was trained with overrides, after those too (marked ``2d:``),
+    so that MV2D from another 2D stage never reuses this one's training."""
+    return training_folder('mv2d', [f'2d:{o}' for o in cfg_options_2d] + list(cfg_options))
 
 
 def report_key(args: argparse.Namespace) -> str:
@@ -302,9 +321,10 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     options = data_options(domain, data, args.split) + [f'randomness.seed={args.seed}']
     quick = list(domain.quick_cfg) if args.quick else []
     ckpt_2d = train(f'{name}: training the 2D stage', domain.config_2d,
-                    osp.join(out, '2d-stage'), options + quick, log)
+                    osp.join(out, training_folder('2d-stage', args.cfg_options_2d)),
+                    options + quick + args.cfg_options_2d, log)
     key = report_key(args)
-    mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options))
+    mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options, args.cfg_options_2d))
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
                  options + quick + args.cfg_options + [f'load_from={ckpt_2d}'], log)
     test_dir = osp.join(out, f'test-{key}')
@@ -397,7 +417,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         run = dict(command=shlex.join([sys.executable, *sys.argv]), machine=machine(),
                    started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
                    seed=args.seed, test_cfg_options=args.test_cfg_options,
-                   cfg_options=args.cfg_options, steps=log)
+                   cfg_options=args.cfg_options, cfg_options_2d=args.cfg_options_2d,
+                   steps=log)
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)
         entry['run'] = dict(run, seconds=round(time.time() - start, 1))

@@ -19,14 +19,23 @@ def test_variant_needs_test_cfg_options(tmp_path):
     out = run_tool('benchmark_detection.py', '--split', 'val', '--variant', 'vs',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2
-    assert '--variant and --test-cfg-options / --cfg-options go together' in out.stderr
+    assert ('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d go '
+            'together') in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'a/b', '--test-cfg-options', 'x=1',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--variant must be letters' in out.stderr
     out = run_tool('benchmark_detection.py', '--cfg-options', 'model.roi_head.view_probes=1',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2
-    assert '--variant and --test-cfg-options / --cfg-options go together' in out.stderr
+    assert '--variant and --test-cfg-options / --cfg-options / --cfg-options-2d' in out.stderr
+    out = run_tool('benchmark_detection.py', '--cfg-options-2d', 'train_cfg.max_epochs=12',
+                   '--work-dir', str(tmp_path))
+    assert out.returncode == 2
+    assert '--variant and --test-cfg-options / --cfg-options / --cfg-options-2d' in out.stderr
+    out = run_tool('benchmark_detection.py', '--variant', 'long', '--cfg-options-2d',
+                   'max_epochs', '--work-dir', str(tmp_path))
+    assert out.returncode == 2
+    assert "--cfg-options-2d takes KEY=VALUE, got 'max_epochs'" in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'probes', '--cfg-options',
                    'view_probes', '--work-dir', str(tmp_path))
     assert out.returncode == 2
@@ -60,6 +69,24 @@ def test_mv2d_training_folder_is_named_after_its_overrides():
     assert mv2d_folder(['a=1', 'b=2']) != mv2d_folder(['a=1+b=2'])
     assert mv2d_folder(['x=[1,2]']) != mv2d_folder(['x=(1,2)'])
     assert len(mv2d_folder(['k=' + 'v' * 300])) == len('mv2d-') + 80 + 9
+
+
+def test_a_retrained_2d_stage_gets_its_own_folders():
+    """``--cfg-options-2d`` trains the 2D stage into a folder named after its overrides,
+    and MV2D from it into one named after both lists, so neither reuses the default
+    trainings nor another 2D stage's MV2D."""
+    import hashlib
+    bench = _benchmark_module()
+    assert bench.training_folder('2d-stage', []) == '2d-stage'
+    longer = ['train_cfg.max_epochs=12']
+    digest = hashlib.sha1(longer[0].encode()).hexdigest()[:8]
+    assert bench.training_folder('2d-stage', longer) == f'2d-stage-{longer[0]}-{digest}'
+    assert bench.mv2d_folder([], []) == 'mv2d'
+    assert bench.mv2d_folder([], longer) not in ('mv2d', bench.mv2d_folder(longer))
+    assert bench.mv2d_folder([], longer) == bench.training_folder('mv2d', ['2d:' + longer[0]])
+    probes = ['model.roi_head.view_probes=True']
+    assert bench.mv2d_folder(probes, longer) not in (bench.mv2d_folder(probes),
+                                                     bench.mv2d_folder([], longer))
 
 
 def _benchmark_module():
