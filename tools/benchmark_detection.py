@@ -30,7 +30,9 @@ into a folder named after those options (``mv2d-model.roi_head.view_probes=True-
 variants with the same ``--cfg-options`` share it) and tested with them. Settings of the
 2D stage's training go in ``--cfg-options-2d KEY=VALUE ...`` (e.g. a longer schedule): the
 2D stage is trained anew into ``2d-stage-<the options>-<hash>`` and MV2D from it into a
-folder named after both lists of options. A finished
+folder named after both lists of options (MV2D starts from that checkpoint with its own
+config: an override of the 2D stage's model belongs in ``--cfg-options`` too, or its
+weights do not load). A finished
 training is reused only while its config's training settings are unchanged (their SHA-1
 is recorded beside it; an edit of the test step keeps the training); otherwise the run
 stops and says which folder to delete. Each run adds
@@ -151,7 +153,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cfg-options-2d', nargs='+', default=[], metavar='KEY=VALUE',
                         help="config overrides of the 2D stage's training: the 2D stage is "
                         'trained anew into <domain>/2d-stage-<the options>, and MV2D from '
-                        'it, e.g. train_cfg.max_epochs=12 param_scheduler.1.T_max=12 '
+                        'it (a model override belongs in --cfg-options too), e.g. '
+                        'train_cfg.max_epochs=12 param_scheduler.1.T_max=12 '
                         'param_scheduler.1.end=12')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
