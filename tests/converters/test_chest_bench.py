@@ -185,6 +185,41 @@ def test_build_is_deterministic(bench, tmp_path):
     assert compared == 2 * GEOMETRY['num_views']
 
 
+def test_train_nodules_fill_training_cases_only(bench, tmp_path):
+    """``train_nodules=N`` puts N inserts in every training case (ignore regions count);
+    val and test cases come out byte-identical to the default build's, and the setting is
+    recorded in the metainfo (a default build records none)."""
+    from data_converters.runner import run_conversion
+    from data_converters.sources.chest_bench import ChestBenchSource
+    from data_converters.splits import split_file_paths
+    from projects.mv2d_xray.core.data_format import load_infos
+    root, source, splits = bench
+    other = str(tmp_path / 'many')
+    many = ChestBenchSource(XrayGeometry(**GEOMETRY), **SETTINGS, train_nodules=6)
+    run_conversion(many, other, workers=1, progress=False)
+    paths = split_file_paths(other, many.default_prefix, ('train', 'val', 'test'))
+    built = {name: load_infos(p['pkl']) for name, p in paths.items()}
+    default_counts = [len(i['instances']) for i in splits['train']['data_list']]
+    assert max(default_counts) <= 3
+    assert [len(i['instances']) for i in built['train']['data_list']] == \
+        [6] * len(default_counts)
+    compared = 0
+    for split in ('val', 'test'):
+        assert [i['instances'] for i in built[split]['data_list']] == \
+            [i['instances'] for i in splits[split]['data_list']]
+        for info in built[split]['data_list']:
+            for view in info['images'].values():
+                with open(osp.join(other, view['img_path']), 'rb') as f, \
+                        open(osp.join(root, view['img_path']), 'rb') as g:
+                    assert f.read() == g.read()
+                    compared += 1
+    assert compared > 0
+    nodules = built['val']['metainfo']['converter']['chest_bench']['nodules']
+    assert nodules['train_nodules_per_case'] == 6
+    assert 'train_nodules_per_case' not in \
+        splits['val']['metainfo']['converter']['chest_bench']['nodules']
+
+
 def test_bad_settings_are_one_line(tmp_path, capsys):
     from data_converters.__main__ import main
     from data_converters.errors import ConverterError
@@ -196,3 +231,8 @@ def test_bad_settings_are_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--deformations' in err[0]
+    with pytest.raises(SystemExit) as stop:
+        main(['chest-bench', '--out', str(tmp_path / 'y'), '--train-nodules', '0'])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--train-nodules' in err[0]
