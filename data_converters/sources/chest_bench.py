@@ -238,7 +238,8 @@ class ChestBenchSource(ConversionSource):
         case when it is set, else a draw from :meth:`count_probs` (from ``rng``)."""
         if split == 'train' and self.train_nodules is not None:
             return self.train_nodules
-        return int(rng.choice(len(self.count_probs()), p=self.count_probs()))
+        probs = self.count_probs()
+        return int(rng.choice(len(probs), p=probs))
 
     def detector_pitch_mm(self) -> float:
         """The detector pitch of the views (the photon noise counts quanta per pixel).
