@@ -13,6 +13,10 @@
     python tools/explain.py CONFIG CHECKPOINT --infos data/demo/demo_infos_val.pkl \\
         --pointing-game --out work_dirs/demo/explain
 
+    # where the 2D stage loses the findings of a split (RPN ranks, detections)
+    python tools/explain.py CONFIG CHECKPOINT --infos data/demo/demo_infos_val.pkl \\
+        --recall-2d --out work_dirs/demo/explain
+
 Per finding ``k`` (by decreasing 3D score) it writes ``finding_<k>.png``: every view with
 the finding's 3D box projected (red), the 2D detection its query was lifted from (yellow)
 and the detections it attended to, shaded by the decoder's cross-attention, with a bar of
@@ -30,6 +34,13 @@ FPN level, and Score-CAM of the view's best detection) and scores whether each m
 falls inside a finding's 2D box, overall, per size band and per view, next to the score
 of a uniformly random peak (``pointing_game.json``; see
 ``projects/mv2d_xray/mv2d_xray/evaluation/pointing_game.py``).
+
+``--recall-2d`` runs the 2D stage on every view of every case of ``--infos`` and asks, for
+each finding's box, whether one of the view's first 10 / 50 / 200 RPN proposals (the
+detector's test-time RPN) overlaps it (IoU >= ``--iou-thr``, default 0.1) and whether one
+of the detections that become 3D queries does, per box width (``recall_2d.json``; see
+``projects/mv2d_xray/mv2d_xray/evaluation/recall_2d.py``): where a finding the model misses
+is lost.
 """
 import argparse
 import math
@@ -61,6 +72,9 @@ def parse_args():
                       '(README "Running on your own studies")')
     what.add_argument('--pointing-game', action='store_true',
                       help='score the saliency maps of every case of --infos')
+    what.add_argument('--recall-2d', action='store_true',
+                      help="where the 2D stage loses the findings of --infos: the RPN's "
+                      'ranks and the detections, per box width')
     parser.add_argument('--calibration', metavar='FILE',
                         help='--study: the calibration file, if not DIR/calibration.json')
     parser.add_argument('--out', required=True, metavar='DIR',
@@ -75,7 +89,9 @@ def parse_args():
                         help='saliency map per view: EigenCAM (default), Score-CAM (K+1 '
                         'forward passes of the 2D stage per view) or none')
     parser.add_argument('--limit', type=int, metavar='N',
-                        help='--pointing-game: only the first N cases')
+                        help='--pointing-game, --recall-2d: only the first N cases')
+    parser.add_argument('--iou-thr', type=float, default=0.1, metavar='IOU',
+                        help='--recall-2d: the IoU that counts as an overlap (default: 0.1)')
     parser.add_argument('--device', default='cpu', help='torch device (default: cpu)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
@@ -93,8 +109,11 @@ def check_args(args) -> None:
         fail(f'--score-thr must be in [0, 1], got {args.score_thr}')
     if args.limit is not None and args.limit < 1:
         fail(f'--limit must be >= 1, got {args.limit}')
+    if not 0.0 < args.iou_thr <= 1.0:
+        fail(f'--iou-thr must be in (0, 1], got {args.iou_thr}')
     if args.study is None and args.infos is None:
-        fail('--case and --pointing-game need --infos (the info pickle of the split)')
+        fail('--case, --pointing-game and --recall-2d need --infos (the info pickle of the '
+             'split)')
     if args.study is not None and args.infos is not None:
         fail('--study explains a study folder: drop --infos (or use --case with it)')
     if args.calibration is not None and args.study is None:
@@ -143,13 +162,18 @@ def case_index(dataset, token: str) -> int:
     return tokens.index(token)
 
 
+def case_inputs(model, dataset, index: int) -> dict:
+    """The case through the test pipeline and the model's ``data_preprocessor``:
+    ``inputs['imgs']`` ``(1, N, 3, H, W)`` and ``data_samples``."""
+    from mmengine.dataset import pseudo_collate
+    return model.data_preprocessor(pseudo_collate([dataset[index]]), False)
+
+
 def run_case(model, dataset, index: int, explain: bool):
     """``(inputs, sample)``: the case's preprocessed ``(N, 3, H, W)`` views and the
     model's prediction (with ``explanations`` when ``explain``)."""
     import torch
-    from mmengine.dataset import pseudo_collate
-    item = dataset[index]
-    data = model.data_preprocessor(pseudo_collate([item]), False)
+    data = case_inputs(model, dataset, index)
     with torch.no_grad():
         sample = model(**data, mode='predict', explain=explain)[0]
     return data['inputs']['imgs'][0], sample
@@ -384,6 +408,34 @@ def pointing_game_table(result: dict) -> str:
             + markdown_table(rows))
 
 
+# -- 2D recall ------------------------------------------------------------------------------
+def recall_2d_split(args, model, dataset) -> None:
+    """``--recall-2d``: the RPN's ranks and the detections of every view's findings."""
+    from tqdm import tqdm
+
+    from projects.mv2d_xray.core.io import write_json
+    from projects.mv2d_xray.mv2d_xray.evaluation.recall_2d import recall_2d, recall_2d_table
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency import (detect_views,
+                                                                     propose_views)
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
+    records = []
+    for index in tqdm(range(count), desc='cases', unit='case'):
+        data = case_inputs(model, dataset, index)
+        imgs = data['inputs']['imgs'][0]
+        gts = gt_boxes_per_view(dataset, index, data['data_samples'][0].metainfo)
+        for (boxes, _), proposals, dets in zip(gts, propose_views(model, imgs),
+                                               detect_views(model, imgs)):
+            records.append(dict(gt_boxes=boxes, proposals=proposals.bboxes.cpu().numpy(),
+                                proposal_scores=proposals.scores.cpu().numpy(),
+                                detections=dets.bboxes.cpu().numpy()))
+    result = recall_2d(records, iou_thr=args.iou_thr)
+    path = osp.join(args.out, 'recall_2d.json')
+    write_json(path, dict(infos=args.infos, cases=count, views=len(records),
+                          config=args.config, checkpoint=args.checkpoint, **result))
+    print(recall_2d_table(result, f'{count} case(s), {len(records)} views'))
+    print(f'wrote {path}')
+
+
 def main():
     args = parse_args()
     check_args(args)
@@ -396,6 +448,8 @@ def main():
     model = build_model(cfg, args.checkpoint, args.device, args.trust_checkpoint)
     if args.pointing_game:
         pointing_game_split(args, cfg, model, dataset)
+    elif args.recall_2d:
+        recall_2d_split(args, model, dataset)
     else:
         explain_case(args, cfg, model, dataset)
 

@@ -71,10 +71,37 @@ def test_pointing_game_of_a_split(explain_setup, tmp_path):
         assert 0 < block['random_floor'] < 0.5      # findings are small parts of a view
 
 
+def test_recall_2d_of_a_split(explain_setup, demo_dataset, tmp_path):
+    """``--recall-2d`` scores every finding box of the cases' views once; the shares grow
+    with the proposals' rank and stay in [0, 1]."""
+    import pickle
+
+    import numpy as np
+    config, checkpoint, infos = explain_setup
+    out = tmp_path / 'recall'
+    result = run_tool('explain.py', config, checkpoint, '--infos', infos, '--recall-2d',
+                      '--limit', '1', '--out', str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'first 10 proposals' in result.stdout and f'wrote {out}/recall_2d.json' in result.stdout
+    data = json.loads((out / 'recall_2d.json').read_text())
+    with open(infos, 'rb') as f:
+        case = pickle.load(f)['data_list'][0]
+    boxes = sum(1 for view in case['cam_instances'].values() for inst in view
+                if not inst.get('ignore_flag', 0))
+    assert data['cases'] == 1 and data['views'] == demo_dataset.geometry.num_views
+    assert data['all']['n'] == boxes > 0
+    assert sum(band['n'] for band in data['by_width'].values()) == boxes
+    shares = [data['all'][f'proposals_first_{k}'] for k in data['ranks']]
+    shares.append(data['all']['proposals_any'])
+    assert all(0 <= s <= 1 for s in shares) and np.all(np.diff(shares) >= 0)
+    assert 0 <= data['all']['detections'] <= 1
+
+
 @pytest.mark.parametrize('extra, message', [
     (['--case', 'LIDC-IDRI-0001', '--finding', '99'], r'--finding 99: the model found'),
     (['--case', 'nope'], r"case 'nope' is not in the info pickle"),
     (['--case', 'LIDC-IDRI-0001', '--top', '0'], r'--top must be >= 1'),
+    (['--recall-2d', '--iou-thr', '0'], r'--iou-thr must be in \(0, 1\], got 0.0'),
 ])
 def test_bad_input_is_one_line(explain_setup, tmp_path, extra, message):
     import re
@@ -132,7 +159,7 @@ def test_study_arguments_are_one_line(explain_setup, tmp_path):
     for extra, message in (
             (['--study', str(tmp_path / 'none')], '--study .*: no such folder'),
             (['--study', str(tmp_path), '--infos', infos], 'drop --infos'),
-            (['--case', 'x'], '--case and --pointing-game need --infos'),
+            (['--case', 'x'], '--case, --pointing-game and --recall-2d need --infos'),
             (['--infos', infos, '--case', 'x', '--calibration', 'c.json'],
              '--calibration goes with --study')):
         result = run_tool('explain.py', config, checkpoint, *extra, '--out',

@@ -18,8 +18,9 @@ import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from projects.mv2d_xray.mv2d_xray.visualization.saliency import (best_overlap_score, channel_masks,
                                                                  detect_views, eigen_cam,
                                                                  first_component_projection,
-                                                                 normalise_map, roi_level,
-                                                                 score_cam, score_weights,
+                                                                 normalise_map, propose_views,
+                                                                 roi_level, score_cam,
+                                                                 score_weights,
                                                                  select_channels,
                                                                  weighted_activation_map)
 from projects.mv2d_xray.mv2d_xray.visualization.saliency_views import (display_view,
@@ -237,6 +238,24 @@ def test_detect_views_and_the_timings(tiny, capsys):
     with capsys.disabled():
         print(f'\n[tiny model, 64 x 64 px view, 1 thread] EigenCAM {eigen_s * 1e3:.0f} ms, '
               f'Score-CAM (16 channels) {score_s * 1e3:.0f} ms')
+
+
+def test_propose_views_ranks_the_rpns_proposals(tiny):
+    model, imgs, _ = tiny
+    model.train()
+    try:
+        proposals = propose_views(model, imgs)
+        assert model.training and model.base_detector.training
+    finally:
+        model.eval()
+    assert len(proposals) == 3
+    for view in proposals:
+        assert view.bboxes.shape[1:] == (4, ) and 0 < len(view) <= 50   # test_cfg.rpn
+        assert torch.all(view.scores[:-1] >= view.scores[1:])
+    # one view per forward pass gives the same proposals (BN in eval mode)
+    for a, b in zip(propose_views(model, imgs, batch_size=1), proposals):
+        torch.testing.assert_close(a.bboxes, b.bboxes)
+        torch.testing.assert_close(a.scores, b.scores)
 
 
 # -- pictures ------------------------------------------------------------------------------

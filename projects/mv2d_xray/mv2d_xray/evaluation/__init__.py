@@ -5,6 +5,9 @@
 * :mod:`.coco2d` -- per-view COCO AP / AR of 2D detections (pycocotools);
 * :mod:`.pointing_game` -- the pointing game of per-view saliency maps against the
   findings' 2D boxes (hit rate, random floor, per size band and view; numpy only, not
+  imported here);
+* :mod:`.recall_2d` -- where the 2D stage loses the findings: the rank of the first RPN
+  proposal overlapping each box and whether a detection does, per box width (not
   imported here).
 
 The triangulation baseline is in :mod:`projects.mv2d_xray.mv2d_xray.baselines`, the

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,20 @@ def _view_samples(num: int, height: int, width: int) -> List[DetDataSample]:
     return [DetDataSample(metainfo=meta) for _ in range(num)]
 
 
+def _per_view_batches(detector: nn.Module, imgs: Tensor, batch_size: int,
+                      step: Callable[[Tuple[Tensor], List[DetDataSample]],
+                                     List[InstanceData]]) -> List[InstanceData]:
+    """``step(feats, samples)`` on batches of ``batch_size`` views of ``imgs`` ``(N, 3, H,
+    W)``, the detector in eval mode; the per-view results in order."""
+    out: List[InstanceData] = []
+    with _eval_mode(detector):
+        for start in range(0, len(imgs), batch_size):
+            batch = imgs[start:start + batch_size]
+            out.extend(step(detector.extract_feat(batch),
+                            _view_samples(len(batch), *batch.shape[-2:])))
+    return out
+
+
 @torch.no_grad()
 def detect_views(model: nn.Module, imgs: Tensor, det_cfg: Optional[dict] = None,
                  batch_size: int = 8) -> List[InstanceData]:
@@ -132,14 +146,28 @@ def detect_views(model: nn.Module, imgs: Tensor, det_cfg: Optional[dict] = None,
         det_cfg = (dict(getattr(model, 'test_cfg', None) or {}).get('detection_proposal')
                    or dict(getattr(detector, 'test_cfg', None) or {}).get('rcnn')
                    or SCORE_CAM_DET_CFG)
-    out: List[InstanceData] = []
-    with _eval_mode(detector):
-        for start in range(0, len(imgs), batch_size):
-            batch = imgs[start:start + batch_size]
-            feats = detector.extract_feat(batch)
-            samples = _view_samples(len(batch), *batch.shape[-2:])
-            out.extend(detector.predict_by_feat(feats, samples, det_cfg))
-    return out
+    return _per_view_batches(
+        detector, imgs, batch_size,
+        lambda feats, samples: detector.predict_by_feat(feats, samples, det_cfg))
+
+
+@torch.no_grad()
+def propose_views(model: nn.Module, imgs: Tensor, batch_size: int = 8) -> List[InstanceData]:
+    """The RPN's test-time proposals of every view (the detector's ``test_cfg.rpn``: its
+    ``nms_pre``, NMS and ``max_per_img``), ranked by decreasing objectness.
+
+    Args:
+        model: ``MV2DXray`` or its ``base_detector``.
+        imgs: ``(N, 3, H, W)`` preprocessed views.
+        batch_size: views per forward pass.
+
+    Returns:
+        list[InstanceData]: per view ``bboxes`` ``(K, 4)`` img px and ``scores`` ``(K,)``.
+    """
+    detector = detector_2d(model)
+    return _per_view_batches(
+        detector, imgs, batch_size,
+        lambda feats, samples: detector.rpn_head.predict(feats, samples, rescale=False))
 
 
 @torch.no_grad()
