@@ -32,7 +32,10 @@ variants with the same ``--cfg-options`` share it) and tested with them. Setting
 2D stage is trained anew into ``2d-stage-<the options>-<hash>`` and MV2D from it into a
 folder named after both lists of options (MV2D starts from that checkpoint with its own
 config: an override of the 2D stage's model belongs in ``--cfg-options`` too, or its
-weights do not load). A finished
+weights do not load). ``--train-nodules-2d N`` (chest) trains the 2D stage on a
+second build whose every training case holds N findings (``<data>-tn<N>``, the
+converter's ``--train-nodules N``; val and test as in the benchmark's build): more
+positives per view for the 2D stage, while MV2D trains on the benchmark's mix. A finished
 training is reused only while its config's training settings are unchanged (their SHA-1
 is recorded beside it; an edit of the test step keeps the training); otherwise the run
 stops and says which folder to delete. Each run adds
@@ -80,6 +83,8 @@ class Domain:
         quick_cfg: ``--cfg-options`` of ``--quick`` (short schedules).
         target_bands: size bands reported besides the dataset's (``(name, low_mm,
             high_mm)``, ``low <= d < high``): those of the issue's targets.
+        train_nodules_flag: the converter flag that puts N findings in every training
+            case (``--train-nodules-2d``); None where the source has none.
     """
     source: str
     data: str
@@ -90,6 +95,7 @@ class Domain:
     quick_build_args: Tuple[str, ...] = ()
     quick_cfg: Tuple[str, ...] = field(default=('train_cfg.max_epochs=1',))
     target_bands: Tuple[Tuple[str, float, float], ...] = ()
+    train_nodules_flag: Optional[str] = None
 
 
 DOMAINS: Dict[str, Domain] = {
@@ -100,7 +106,7 @@ DOMAINS: Dict[str, Domain] = {
         config='configs/mv2d_xray/mv2d_r18_fpn_1xb1-6e_chest-bench-320.py',
         quick_build_args=('--cases', '12', '--deformations', '1,1,1',
                           '--test-fraction', '0.34', '--val-fraction', '0.25'),
-        target_bands=(('>=6mm', 6.0, math.inf), )),
+        target_bands=(('>=6mm', 6.0, math.inf), ), train_nodules_flag='--train-nodules'),
     # generated cast blades (data_converters/sources/blades.py) at the blades demo's
     # acquisition and size (its model runs on a CPU), 360 parts: 216 / 72 / 72, so that
     # the test split holds over 100 defects (157)
@@ -156,14 +162,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'it (a model override belongs in --cfg-options too), e.g. '
                         'train_cfg.max_epochs=12 param_scheduler.1.T_max=12 '
                         'param_scheduler.1.end=12')
+    parser.add_argument('--train-nodules-2d', type=int, default=None, metavar='N',
+                        help='train the 2D stage on a second build of the data whose every '
+                        'training case holds N findings (<data>-tn<N>, built with the '
+                        "converter's --train-nodules N; its val and test splits are the "
+                        "benchmark's); MV2D still trains on the benchmark's build. Chest only; "
+                        'with --variant')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.resamples < 10:
         parser.error('--resamples must be at least 10')
     if bool(args.variant) != bool(args.test_cfg_options or args.cfg_options
-                                  or args.cfg_options_2d):
+                                  or args.cfg_options_2d
+                                  or args.train_nodules_2d is not None):
         parser.error('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d '
-                     'go together')
+                     '/ --train-nodules-2d go together')
+    if args.train_nodules_2d is not None and args.train_nodules_2d < 1:
+        parser.error(f'--train-nodules-2d must be at least 1, got {args.train_nodules_2d}')
+    for name in args.domains:
+        if args.train_nodules_2d and DOMAINS[name].train_nodules_flag is None:
+            parser.error(f'--train-nodules-2d: the {name} benchmark has no such build '
+                         f'({DOMAINS[name].source} has no option for the findings per '
+                         'training case)')
     if args.variant is not None and not re.fullmatch(r'[\w.-]+', args.variant):
         parser.error(f'--variant must be letters, digits, "_", "-" or ".", '
                      f'got {args.variant!r}')
@@ -305,6 +325,21 @@ def mv2d_folder(cfg_options: Sequence[str], cfg_options_2d: Sequence[str] = ()) 
     return training_folder('mv2d', [f'2d:{o}' for o in cfg_options_2d] + list(cfg_options))
 
 
+def train_data_2d(data: str, train_nodules: Optional[int]) -> Optional[str]:
+    """The folder of the 2D stage's training build (``--train-nodules-2d N``):
+    ``<data>-tn<N>``; None without it (the 2D stage trains on ``data``)."""
+    return None if not train_nodules else f"{data.rstrip('/')}-tn{train_nodules}"
+
+
+def stage_2d_options(cfg_options_2d: Sequence[str], data_2d: Optional[str]) -> List[str]:
+    """The 2D stage's training overrides: ``--cfg-options-2d``, then the training data
+    root of its own build when it has one (so that build names its folders too)."""
+    options = list(cfg_options_2d)
+    if data_2d is not None:
+        options.append(f"train_dataloader.dataset.data_root={data_2d.rstrip('/')}/")
+    return options
+
+
 def report_key(args: argparse.Namespace) -> str:
     """The split's key in the report: ``test``, or ``val+<variant>`` for a variant."""
     return args.split if args.variant is None else f'{args.split}+{args.variant}'
@@ -321,13 +356,20 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     pkl, coco = split_files(data, domain.prefix, args.split)
     if not osp.isfile(pkl):
         fail(f'{data} has no {args.split} split ({pkl})')
+    data_2d = train_data_2d(data, args.train_nodules_2d)
+    if data_2d is not None:
+        run_step(f'{name}: the 2D stage\'s training data ({args.train_nodules_2d} findings per '
+                 'training case)', [sys.executable, '-m', 'data_converters', domain.source,
+                                    '--out', data_2d, *build, domain.train_nodules_flag,
+                                    str(args.train_nodules_2d)], log)
     options = data_options(domain, data, args.split) + [f'randomness.seed={args.seed}']
     quick = list(domain.quick_cfg) if args.quick else []
+    options_2d = stage_2d_options(args.cfg_options_2d, data_2d)
     ckpt_2d = train(f'{name}: training the 2D stage', domain.config_2d,
-                    osp.join(out, training_folder('2d-stage', args.cfg_options_2d)),
-                    options + quick + args.cfg_options_2d, log)
+                    osp.join(out, training_folder('2d-stage', options_2d)),
+                    options + quick + options_2d, log)
     key = report_key(args)
-    mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options, args.cfg_options_2d))
+    mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options, options_2d))
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
                  options + quick + args.cfg_options + [f'load_from={ckpt_2d}'], log)
     test_dir = osp.join(out, f'test-{key}')
@@ -421,7 +463,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
                    seed=args.seed, test_cfg_options=args.test_cfg_options,
                    cfg_options=args.cfg_options, cfg_options_2d=args.cfg_options_2d,
-                   steps=log)
+                   train_nodules_2d=args.train_nodules_2d, steps=log)
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)
         entry['run'] = dict(run, seconds=round(time.time() - start, 1))

@@ -19,8 +19,8 @@ def test_variant_needs_test_cfg_options(tmp_path):
     out = run_tool('benchmark_detection.py', '--split', 'val', '--variant', 'vs',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2
-    assert ('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d go '
-            'together') in out.stderr
+    assert ('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d / '
+            '--train-nodules-2d go together') in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'a/b', '--test-cfg-options', 'x=1',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--variant must be letters' in out.stderr
@@ -87,6 +87,42 @@ def test_a_retrained_2d_stage_gets_its_own_folders():
     probes = ['model.roi_head.view_probes=True']
     assert bench.mv2d_folder(probes, longer) not in (bench.mv2d_folder(probes),
                                                      bench.mv2d_folder([], longer))
+
+
+def test_train_nodules_2d_is_refused_where_it_cannot_work(tmp_path):
+    """``--train-nodules-2d`` is a variant of the chest benchmark only; the blades source
+    has no such build. Refused before anything is built."""
+    out = run_tool('benchmark_detection.py', '--train-nodules-2d', '15', '--work-dir',
+                   str(tmp_path))
+    assert out.returncode == 2 and 'go together' in out.stderr
+    out = run_tool('benchmark_detection.py', '--variant', 'tn', '--train-nodules-2d', '15',
+                   '--work-dir', str(tmp_path))                 # default: chest and blades
+    assert out.returncode == 2
+    assert ('--train-nodules-2d: the blades benchmark has no such build (blades has no '
+            'option for the findings per training case)') in out.stderr
+    out = run_tool('benchmark_detection.py', '--domains', 'chest', '--variant', 'tn',
+                   '--train-nodules-2d', '0', '--work-dir', str(tmp_path))
+    assert out.returncode == 2 and '--train-nodules-2d must be at least 1, got 0' in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_2d_stage_of_its_own_build_gets_its_own_folders():
+    """The 2D stage's own training build (``--train-nodules-2d``) is ``<data>-tn<N>``; its
+    data root comes after ``--cfg-options-2d`` (it overrides the benchmark's) and names
+    the 2D stage's and MV2D's folders, so they never reuse the default trainings."""
+    bench = _benchmark_module()
+    assert bench.train_data_2d('data/chest-bench', None) is None
+    assert bench.train_data_2d('data/chest-bench/', 15) == 'data/chest-bench-tn15'
+    longer = ['train_cfg.max_epochs=12']
+    assert bench.stage_2d_options(longer, None) == longer
+    options = bench.stage_2d_options(longer, 'data/chest-bench-tn15')
+    assert options == longer + ['train_dataloader.dataset.data_root=data/chest-bench-tn15/']
+    folders = {bench.training_folder('2d-stage', o) for o in ([], longer, options)}
+    assert len(folders) == 3
+    assert bench.mv2d_folder([], options) not in (bench.mv2d_folder([], longer), 'mv2d')
+    # the domain that has the build names the converter's flag
+    assert bench.DOMAINS['chest'].train_nodules_flag == '--train-nodules'
+    assert bench.DOMAINS['blades'].train_nodules_flag is None
 
 
 def _benchmark_module():
