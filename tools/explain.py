@@ -415,16 +415,15 @@ def recall_2d_split(args, model, dataset) -> None:
 
     from projects.mv2d_xray.core.io import write_json
     from projects.mv2d_xray.mv2d_xray.evaluation.recall_2d import recall_2d, recall_2d_table
-    from projects.mv2d_xray.mv2d_xray.visualization.saliency import (detect_views,
-                                                                     propose_views)
+    from projects.mv2d_xray.mv2d_xray.visualization.saliency import \
+        propose_and_detect_views
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     records = []
     for index in tqdm(range(count), desc='cases', unit='case'):
         data = case_inputs(model, dataset, index)
         imgs = data['inputs']['imgs'][0]
         gts = gt_boxes_per_view(dataset, index, data['data_samples'][0].metainfo)
-        for (boxes, _), proposals, dets in zip(gts, propose_views(model, imgs),
-                                               detect_views(model, imgs)):
+        for (boxes, _), proposals, dets in zip(gts, *propose_and_detect_views(model, imgs)):
             records.append(dict(gt_boxes=boxes, proposals=proposals.bboxes.cpu().numpy(),
                                 proposal_scores=proposals.scores.cpu().numpy(),
                                 detections=dets.bboxes.cpu().numpy()))

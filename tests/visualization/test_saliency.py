@@ -18,7 +18,8 @@ import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from projects.mv2d_xray.mv2d_xray.visualization.saliency import (best_overlap_score, channel_masks,
                                                                  detect_views, eigen_cam,
                                                                  first_component_projection,
-                                                                 normalise_map, propose_views,
+                                                                 normalise_map,
+                                                                 propose_and_detect_views,
                                                                  roi_level, score_cam,
                                                                  score_weights,
                                                                  select_channels,
@@ -240,20 +241,24 @@ def test_detect_views_and_the_timings(tiny, capsys):
               f'Score-CAM (16 channels) {score_s * 1e3:.0f} ms')
 
 
-def test_propose_views_ranks_the_rpns_proposals(tiny):
+def test_propose_and_detect_views_ranks_the_rpns_proposals(tiny):
     model, imgs, _ = tiny
     model.train()
     try:
-        proposals = propose_views(model, imgs)
+        proposals, dets = propose_and_detect_views(model, imgs)
         assert model.training and model.base_detector.training
     finally:
         model.eval()
-    assert len(proposals) == 3
+    assert len(proposals) == len(dets) == 3
     for view in proposals:
         assert view.bboxes.shape[1:] == (4, ) and 0 < len(view) <= 50   # test_cfg.rpn
         assert torch.all(view.scores[:-1] >= view.scores[1:])
+    # the detections from the shared pass are detect_views' own
+    for a, b in zip(detect_views(model, imgs), dets):
+        torch.testing.assert_close(a.bboxes, b.bboxes)
+        torch.testing.assert_close(a.scores, b.scores)
     # one view per forward pass gives the same proposals (BN in eval mode)
-    for a, b in zip(propose_views(model, imgs, batch_size=1), proposals):
+    for a, b in zip(propose_and_detect_views(model, imgs, batch_size=1)[0], proposals):
         torch.testing.assert_close(a.bboxes, b.bboxes)
         torch.testing.assert_close(a.scores, b.scores)
 

@@ -110,17 +110,26 @@ def _view_samples(num: int, height: int, width: int) -> List[DetDataSample]:
 
 
 def _per_view_batches(detector: nn.Module, imgs: Tensor, batch_size: int,
-                      step: Callable[[Tuple[Tensor], List[DetDataSample]],
-                                     List[InstanceData]]) -> List[InstanceData]:
+                      step: Callable[[Tuple[Tensor], List[DetDataSample]], list]) -> list:
     """``step(feats, samples)`` on batches of ``batch_size`` views of ``imgs`` ``(N, 3, H,
     W)``, the detector in eval mode; the per-view results in order."""
-    out: List[InstanceData] = []
+    out: list = []
     with _eval_mode(detector):
         for start in range(0, len(imgs), batch_size):
             batch = imgs[start:start + batch_size]
             out.extend(step(detector.extract_feat(batch),
                             _view_samples(len(batch), *batch.shape[-2:])))
     return out
+
+
+def _detection_cfg(model: nn.Module, det_cfg: Optional[dict]) -> dict:
+    """``det_cfg``, or by default the ``MV2DXray``'s ``test_cfg['detection_proposal']``,
+    else the detector's ``test_cfg.rcnn``, else :data:`SCORE_CAM_DET_CFG`."""
+    if det_cfg is not None:
+        return det_cfg
+    return (dict(getattr(model, 'test_cfg', None) or {}).get('detection_proposal')
+            or dict(getattr(detector_2d(model), 'test_cfg', None) or {}).get('rcnn')
+            or SCORE_CAM_DET_CFG)
 
 
 @torch.no_grad()
@@ -142,32 +151,43 @@ def detect_views(model: nn.Module, imgs: Tensor, det_cfg: Optional[dict] = None,
         ``labels`` ``(K,)``.
     """
     detector = detector_2d(model)
-    if det_cfg is None:
-        det_cfg = (dict(getattr(model, 'test_cfg', None) or {}).get('detection_proposal')
-                   or dict(getattr(detector, 'test_cfg', None) or {}).get('rcnn')
-                   or SCORE_CAM_DET_CFG)
+    det_cfg = _detection_cfg(model, det_cfg)
     return _per_view_batches(
         detector, imgs, batch_size,
         lambda feats, samples: detector.predict_by_feat(feats, samples, det_cfg))
 
 
 @torch.no_grad()
-def propose_views(model: nn.Module, imgs: Tensor, batch_size: int = 8) -> List[InstanceData]:
-    """The RPN's test-time proposals of every view (the detector's ``test_cfg.rpn``: its
-    ``nms_pre``, NMS and ``max_per_img``), ranked by decreasing objectness.
+def propose_and_detect_views(model: nn.Module, imgs: Tensor, det_cfg: Optional[dict] = None,
+                             batch_size: int = 8
+                             ) -> Tuple[List[InstanceData], List[InstanceData]]:
+    """The RPN's test-time proposals and the 2D stage's detections of every view, from one
+    pass of the backbone and the RPN head per view.
 
     Args:
         model: ``MV2DXray`` or its ``base_detector``.
         imgs: ``(N, 3, H, W)`` preprocessed views.
+        det_cfg: R-CNN test settings of the detections (default as :func:`detect_views`).
         batch_size: views per forward pass.
 
     Returns:
-        list[InstanceData]: per view ``bboxes`` ``(K, 4)`` img px and ``scores`` ``(K,)``.
+        tuple: per view the proposals (the detector's ``test_cfg.rpn``: its ``nms_pre``,
+        NMS and ``max_per_img``; ``bboxes`` ``(K, 4)`` img px and ``scores`` ``(K,)``,
+        ranked by decreasing objectness) and the detections (as :func:`detect_views`).
     """
     detector = detector_2d(model)
-    return _per_view_batches(
-        detector, imgs, batch_size,
-        lambda feats, samples: detector.rpn_head.predict(feats, samples, rescale=False))
+    det_cfg = _detection_cfg(model, det_cfg)
+
+    def step(feats, samples):
+        rpn_outs = detector.rpn_head(feats)
+        proposals = detector.rpn_head.predict_by_feat(
+            *rpn_outs, batch_img_metas=[sample.metainfo for sample in samples],
+            rescale=False)
+        dets = detector.predict_by_feat(feats, samples, det_cfg, rpn_outs=rpn_outs)
+        return list(zip(proposals, dets))
+
+    pairs = _per_view_batches(detector, imgs, batch_size, step)
+    return [p for p, _ in pairs], [d for _, d in pairs]
 
 
 @torch.no_grad()
