@@ -39,8 +39,9 @@ positives per view for the 2D stage, while MV2D trains on the benchmark's mix. A
 training is reused only while its config's training settings are unchanged (their SHA-1
 is recorded beside it; an edit of the test step keeps the training); otherwise the run
 stops and says which folder to delete. Each run adds
-its entries to an existing ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` (an
-entry of the same domain and split is replaced).
+its entries to an existing ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` when it
+ends (an entry of the same domain and split is replaced; the file is read again then, so
+runs side by side in one ``--work-dir`` keep each other's entries).
 
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; under
@@ -448,6 +449,17 @@ def load_report(path: str) -> dict:
     return domains
 
 
+def merge_report(path: str, entries: Dict[str, Dict[str, dict]]) -> dict:
+    """The ``domains`` of the report at ``path`` with this run's ``entries`` (domain ->
+    report key -> entry) added, an entry of the same key replaced. The file is read again
+    here, after the run, not at its start: runs of hours in one ``--work-dir`` (variants
+    on val side by side) would otherwise drop the entries another run wrote meanwhile."""
+    domains = load_report(path)
+    for name, keyed in entries.items():
+        domains.setdefault(name, {}).update(keyed)
+    return domains
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     from projects.mv2d_xray.core.io import atomic_write, write_json
@@ -455,8 +467,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     os.makedirs(args.work_dir, exist_ok=True)
     json_path = osp.join(args.work_dir, 'benchmark.json')
     md_path = osp.join(args.work_dir, 'benchmark.md')
-    domains = load_report(json_path)
+    load_report(json_path)      # a file that is not a report stops the run before any work
     key = report_key(args)
+    entries: Dict[str, Dict[str, dict]] = {}
     for name in args.domains:
         start, log = time.time(), []
         run = dict(command=shlex.join([sys.executable, *sys.argv]), machine=machine(),
@@ -467,7 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)
         entry['run'] = dict(run, seconds=round(time.time() - start, 1))
-        domains.setdefault(name, {})[key] = entry
+        entries[name] = {key: entry}
+    domains = merge_report(json_path, entries)
     markdown = ['# Detection benchmark', '']
     for name, splits in domains.items():
         for split_key, entry in splits.items():

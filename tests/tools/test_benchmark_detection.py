@@ -54,6 +54,23 @@ def test_a_foreign_benchmark_json_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['benchmark.json']
 
 
+def test_a_run_keeps_the_entries_another_run_wrote_meanwhile(tmp_path):
+    """The report is merged when a run ends, from the file as it is then: an entry a
+    run beside it wrote in the meantime stays; this run's replaces one of the same key."""
+    from projects.mv2d_xray.core.io import read_json, write_json
+    merge_report = _benchmark_module().merge_report
+    path = str(tmp_path / 'benchmark.json')
+    assert merge_report(path, {'chest': {'val+a': {'CPM': 0.1}}}) == \
+        {'chest': {'val+a': {'CPM': 0.1}}}                            # no report yet
+    write_json(path, dict(domains={'chest': {'val+a': {'CPM': 0.1}, 'val+b': {'CPM': 0.2}},
+                                   'blades': {'val': {'CPM': 0.3}}}))
+    merged = merge_report(path, {'chest': {'val+a': {'CPM': 0.5}, 'val+c': {'CPM': 0.6}}})
+    assert merged == {'chest': {'val+a': {'CPM': 0.5}, 'val+b': {'CPM': 0.2},
+                                'val+c': {'CPM': 0.6}},
+                      'blades': {'val': {'CPM': 0.3}}}
+    assert read_json(path)['domains']['chest']['val+a'] == {'CPM': 0.1}   # merging writes nothing
+
+
 def test_mv2d_training_folder_is_named_after_its_overrides():
     """Variants that retrain MV2D (``--cfg-options``) get one folder per set of overrides,
     shared by variants with the same ones; test-only variants reuse ``mv2d``."""
