@@ -128,11 +128,33 @@ class MV2DXrayTwoStage2D(TwoStageDetector):
             list[InstanceData]: per image ``bboxes`` ``(K, 4)``, ``scores``,
             ``labels``.
         """
+        return self.detect_from_proposals(
+            x, batch_data_samples, self.propose_by_feat(x, batch_data_samples, rpn_outs),
+            rcnn_test_cfg)
+
+    def propose_by_feat(self, x: Tuple[Tensor], batch_data_samples: SampleList,
+                        rpn_outs: Optional[Tuple[List[Tensor], List[Tensor]]] = None
+                        ) -> InstanceList:
+        """The RPN's test-time proposals of every image (``test_cfg.rpn``: its
+        ``nms_pre``, NMS and ``max_per_img``), in input-image pixels, ranked by
+        decreasing objectness; ``rpn_outs`` as in :meth:`predict_by_feat`.
+
+        Returns:
+            list[InstanceData]: per image ``bboxes`` ``(K, 4)`` and ``scores`` ``(K,)``.
+        """
         batch_img_metas = [sample.metainfo for sample in batch_data_samples]
         outs = self.rpn_head(x) if rpn_outs is None else rpn_outs
         with fp32_region(x[0].device):   # decoding and NMS in fp32 (module docstring)
-            rpn_results_list = self.rpn_head.predict_by_feat(
+            return self.rpn_head.predict_by_feat(
                 *_float(outs), batch_img_metas=batch_img_metas, rescale=False)
+
+    def detect_from_proposals(self, x: Tuple[Tensor], batch_data_samples: SampleList,
+                              proposals: InstanceList, rcnn_test_cfg: dict
+                              ) -> InstanceList:
+        """The R-CNN's detections of every image from :meth:`propose_by_feat`'s
+        ``proposals`` (not changed); arguments and result as in :meth:`predict_by_feat`."""
+        batch_img_metas = [sample.metainfo for sample in batch_data_samples]
+        with fp32_region(x[0].device):   # RoI-align and NMS in fp32 (module docstring)
             return self.roi_head.predict_bbox(
-                _float(tuple(x)), batch_img_metas, rpn_results_list,
+                _float(tuple(x)), batch_img_metas, proposals,
                 rcnn_test_cfg=ConfigDict(rcnn_test_cfg), rescale=False)

@@ -179,11 +179,8 @@ def propose_and_detect_views(model: nn.Module, imgs: Tensor, det_cfg: Optional[d
     det_cfg = _detection_cfg(model, det_cfg)
 
     def step(feats, samples):
-        rpn_outs = detector.rpn_head(feats)
-        proposals = detector.rpn_head.predict_by_feat(
-            *rpn_outs, batch_img_metas=[sample.metainfo for sample in samples],
-            rescale=False)
-        dets = detector.predict_by_feat(feats, samples, det_cfg, rpn_outs=rpn_outs)
+        proposals = detector.propose_by_feat(feats, samples)
+        dets = detector.detect_from_proposals(feats, samples, proposals, det_cfg)
         return list(zip(proposals, dets))
 
     pairs = _per_view_batches(detector, imgs, batch_size, step)
