@@ -15,7 +15,8 @@ from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, ima
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
                                                  ObjectnessMaps, centre_distance_nms,
-                                                 objectness_support, view_support)
+                                                 objectness_support, view_support,
+                                                 view_support_scores)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 
@@ -252,6 +253,37 @@ def test_view_probes_read_the_features_where_the_2d_stage_missed(view_probes):
     assert torch.allclose(expl['attention'].sum(), torch.ones(()), atol=1e-5)
 
 
+@pytest.mark.parametrize('support_embedding', [None, dict(gate_px=3.0)])
+def test_support_embedding_lets_the_decoder_read_the_views_support(support_embedding):
+    """The same features and queries, one partner detection's 2D score lowered (the
+    merging keeps the same heads): the decoded scores and boxes change only with
+    ``support_embedding``, which starts each query from its views' support."""
+    torch.manual_seed(0)
+    num_views = 4
+    _, bboxes, view_ids, lidar2img, shape, _ = _prior_scene(num_views)
+    config = tiny_mv2d_config()['roi_head']
+    config['support_embedding'] = support_embedding
+    head = MODELS.build(config)
+    head.init_weights()
+    head.eval()
+    rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
+    metas = [dict(lidar2img=lidar2img.numpy(), img_shape=shape,
+                  cam2img=make_geometry(num_views).view_matrices()['cam2img'])]
+    dims = head.bbox_roi_extractor.out_channels
+    feats = [torch.randn(num_views, dims, shape[0] // s, shape[1] // s)
+             for s in head.bbox_roi_extractor.featmap_strides]
+    scores = torch.ones(len(rois))
+    lowered = scores.clone()
+    lowered[3] = 0.2                                # finding 0 in view 1, not a head
+    with torch.no_grad():
+        before = head(feats, rois, metas, num_views, scores)
+        after = head(feats, rois, metas, num_views, lowered)
+    assert torch.equal(before['query_priors'], after['query_priors'])
+    moved = max((before[key] - after[key]).abs().max()
+                for key in ('all_cls_scores', 'all_codes'))
+    assert (moved > 1e-4) if support_embedding else (moved == 0)
+
+
 # -- box correlation ------------------------------------------------------------------
 def _scene_boxes(num_views: int, aug: bool = False):
     """Three findings at well separated heights, their 2D boxes in every view
@@ -344,13 +376,10 @@ def test_focal_cost_prefers_confident_queries():
     assert cost[0, 0] < cost[1, 0] < cost[2, 0]
 
 
-@pytest.mark.parametrize('extra_pos_radius', [None, 1.0])
-def test_targets_one_to_one_or_every_query_on_a_finding(extra_pos_radius):
-    """One 20 mm finding at (10, 0, 0) mm: query 0 is matched; query 1 sits 6 mm from
-    the finding (within its 10 mm radius), query 2 22 mm away. One-to-one matching
-    makes only query 0 a positive; with ``extra_pos_radius=1`` query 1 is one too,
-    with the finding's box as its target."""
-    head = MODELS.build(
+def _targets_head(**train_cfg):
+    """A one-layer cross-attention head whose ``train_cfg`` holds the assigner of
+    :func:`_assigner` and ``train_cfg``."""
+    return MODELS.build(
         dict(type='MV2DXrayCrossAttentionHead', embed_dims=16,
              transformer=dict(type='MV2DXrayTransformer', num_layers=1,
                               embed_dims=16, num_heads=2, feedforward_channels=32),
@@ -359,7 +388,16 @@ def test_targets_one_to_one_or_every_query_on_a_finding(extra_pos_radius):
                  type='MV2DXrayHungarianAssigner3D',
                  match_costs=[dict(type='mmdet.FocalLossCost', weight=2.0),
                               dict(type='MV2DXrayBBox3DL1Cost', weight=0.25)]),
-                 extra_pos_radius=extra_pos_radius)))
+                 **train_cfg)))
+
+
+@pytest.mark.parametrize('extra_pos_radius', [None, 1.0])
+def test_targets_one_to_one_or_every_query_on_a_finding(extra_pos_radius):
+    """One 20 mm finding at (10, 0, 0) mm: query 0 is matched; query 1 sits 6 mm from
+    the finding (within its 10 mm radius), query 2 22 mm away. One-to-one matching
+    makes only query 0 a positive; with ``extra_pos_radius=1`` query 1 is one too,
+    with the finding's box as its target."""
+    head = _targets_head(extra_pos_radius=extra_pos_radius)
     coder = head.bbox_coder
     gt = coder.encode(torch.tensor([[10., 0., 0., 20., 20., 20.]]))
     preds = coder.encode(torch.tensor([[10., 0., 0., 20., 20., 20.],
@@ -373,6 +411,29 @@ def test_targets_one_to_one_or_every_query_on_a_finding(extra_pos_radius):
     for q in positives:
         assert torch.equal(targets[q], gt[0]) and (weights[q] > 0).all()
     assert (weights[2] == 0).all()
+
+
+@pytest.mark.parametrize('max_match_dist_mm', [None, 10.0, 30.0])
+def test_targets_drop_hungarian_pairs_further_than_max_match_dist(max_match_dist_mm):
+    """Two findings; the only query near finding 0 sits 2 mm off it, the one paired with
+    finding 1 (as one-to-one matching pairs every finding) 22 mm away. With
+    ``max_match_dist_mm=10`` that pair is background (no box target); with 30, or
+    without the setting, it is a positive of finding 1."""
+    head = _targets_head(max_match_dist_mm=max_match_dist_mm)
+    coder = head.bbox_coder
+    gt = coder.encode(torch.tensor([[10., 0., 0., 6., 6., 6.],
+                                    [-80., 40., 0., 6., 6., 6.]]))
+    preds = coder.encode(torch.tensor([[12., 0., 0., 6., 6., 6.],
+                                       [-80., 62., 0., 6., 6., 6.]]))
+    labels, targets, weights, num_pos = head.get_targets_single(
+        torch.zeros(2, 1), preds, gt, torch.zeros(2, dtype=torch.long))
+    far_is_positive = max_match_dist_mm is None or max_match_dist_mm > 22
+    assert labels.tolist() == [0, 0 if far_is_positive else 1]
+    assert num_pos == (2 if far_is_positive else 1)
+    assert torch.equal(targets[0], gt[0])
+    assert bool((weights[1] > 0).all()) == far_is_positive
+    with pytest.raises(ValueError, match='max_match_dist_mm'):
+        _targets_head(max_match_dist_mm=0.0)
 
 
 def test_assigner_survives_non_finite_predictions():
@@ -641,6 +702,62 @@ def test_view_support_gate_rule_hand_computed():
     assert view_support(far, lidar2img, boxes, scores, views, gate_px=3.0).tolist() == [0.0]
     assert view_support(point, lidar2img, boxes[:0], scores[:0], views[:0],
                         gate_px=3.0).tolist() == [0.0]
+
+
+def test_support_features_hand_computed():
+    """``support_embedding``: finding 0 is detected in views 0, 1 and 2 only (scores 0.9,
+    0.6, 0.3; the query is view 0's); its features are its own score, its valid prior,
+    the mean support over the 3 views, the fraction of supporting views and the 4 best
+    per-view supports (0 past the 3 views). The lone detection (no valid prior)
+    supports only itself."""
+    num_views = 3
+    head, bboxes, view_ids, lidar2img, shape, _ = _prior_scene(num_views)
+    config = tiny_mv2d_config()['roi_head']
+    config['support_embedding'] = dict(gate_px=3.0)
+    head = MODELS.build(config)
+    assert head.support_cfg == dict(gate_px=3.0, gate_frac=0.5, top_views=4)
+    scores = torch.tensor([0.9, 0.5, 0.5, 0.6, 0.5, 0.5, 0.3, 0.5, 0.5, 0.7])
+    prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
+    rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
+    cam2img = make_geometry(num_views).view_matrices()['cam2img']
+    geo = head.gather_rois(rois, [dict(lidar2img=lidar2img.numpy(), cam2img=cam2img,
+                                       img_shape=shape)], num_views)
+    queries = torch.tensor([0, len(bboxes) - 1])
+    features = head.support_features(prior[queries], ok[queries], queries, rois, scores,
+                                     geo)
+    assert ok[queries].tolist() == [True, False]
+    assert features.shape == (2, 8) and features.dtype == torch.float32
+    assert features[0].tolist() == pytest.approx(
+        [0.9, 1.0, (0.9 + 0.6 + 0.3) / 3, 1.0, 0.9, 0.6, 0.3, 0.0])
+    assert features[1].tolist() == pytest.approx(
+        [0.7, 0.0, 0.7 / 3, 1 / 3, 0.7, 0.0, 0.0, 0.0])
+    # the decoded outputs depend on it: a model with the embedding differs from zero
+    # content only through it
+    content = head.support_encoder(features)
+    assert content.shape == (2, head.bbox_head.embed_dims)
+    for bad, match in ((dict(gate_pxx=3.0), 'gate_pxx'), (dict(top_views=0), 'top_views'),
+                       (dict(gate_px=0.0), 'gate_px')):
+        config['support_embedding'] = bad
+        with pytest.raises(ValueError, match=match):
+            MODELS.build(config)
+
+
+def test_view_support_scores_per_view_and_their_mean():
+    """``view_support_scores`` is the per-view table whose mean is ``view_support``."""
+    geometry = XrayGeometry(num_views=4, image_size=(100, 100))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    point = torch.tensor([[10.0, -5.0, 8.0], [1e4, 1e4, 1e4]])
+    uv = project_points(lidar2img, point[:1].double())[0][:, 0]
+    boxes = torch.tensor([[u - 2, v - 2, u + 2, v + 2] for u, v in uv[[0, 2]].tolist()],
+                         dtype=torch.float32)
+    scores, views = torch.tensor([0.8, 0.4]), torch.tensor([0, 2])
+    for rule in (dict(), dict(gate_px=3.0, gate_frac=0.5)):
+        table = view_support_scores(point, lidar2img, boxes, scores, views, **rule)
+        assert table.flatten().tolist() == pytest.approx([0.8, 0.0, 0.4, 0.0] + [0.0] * 4)
+        assert torch.equal(table.mean(dim=1),
+                           view_support(point, lidar2img, boxes, scores, views, **rule))
+    assert view_support_scores(point, lidar2img, boxes[:0], scores[:0],
+                               views[:0]).shape == (2, 4)
 
 
 def test_view_support_gate_rule_against_a_loop():

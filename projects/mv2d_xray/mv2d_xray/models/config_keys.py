@@ -11,8 +11,9 @@ MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn')
 #: ``model.test_cfg`` of :class:`MV2DXray`.
 MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 #: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights``, the cross-attention head's
-#: ``assigner`` and ``extra_pos_radius``.
-RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius')
+#: ``assigner``, ``extra_pos_radius`` and ``max_match_dist_mm``.
+RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius',
+                       'max_match_dist_mm')
 #: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.limit_refinement`,
 #: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.rescore` and
 #: :meth:`MV2DXrayRoIHead.select`.
@@ -23,6 +24,8 @@ REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
 VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class',
                      'objectness_level')
+#: ``model.roi_head.support_embedding``: :meth:`MV2DXrayRoIHead.support_features`.
+SUPPORT_EMBEDDING_KEYS = ('gate_px', 'gate_frac', 'top_views')
 #: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.
 CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge', 'class_agnostic')
 

@@ -54,7 +54,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             lies within ``extra_pos_radius`` x a finding's radius (half its largest
             extent) of the finding's centre is a positive of that finding too (see
             :meth:`get_targets_single`). Defaults to None (one-to-one only, as
-            MV2D).
+            MV2D). And ``max_match_dist_mm`` (float, optional): a Hungarian pair whose
+            predicted centre lies further than this from its finding's centre is
+            not a positive (the query is background); None (the default) keeps every
+            pair, as DETR.
         init_cfg (dict, optional): Defaults to None.
     """
 
@@ -96,6 +99,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         if train_cfg is not None and 'assigner' in train_cfg:
             self.assigner = TASK_UTILS.build(train_cfg['assigner'])
         self.extra_pos_radius = (train_cfg or dict()).get('extra_pos_radius', None)
+        self.max_match_dist_mm = (train_cfg or dict()).get('max_match_dist_mm', None)
+        if self.max_match_dist_mm is not None and not self.max_match_dist_mm > 0:
+            raise ValueError('model.train_cfg.rcnn.max_match_dist_mm must be None or > 0, '
+                             f'got {self.max_match_dist_mm}')
 
         self.transformer = MODELS.build(transformer)
         if self.transformer.embed_dims != embed_dims:
@@ -146,7 +153,8 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         return self.transformer.record_cross_attention()
 
     def forward(self, ref_points: Tensor, scene_ids: Tensor, key: Tensor,
-                key_pos: Tensor, key_padding_mask: Tensor) -> Tuple[Tensor, Tensor]:
+                key_pos: Tensor, key_padding_mask: Tensor,
+                content: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Decode the queries of a batch.
 
         Args:
@@ -158,6 +166,8 @@ class MV2DXrayCrossAttentionHead(BaseModule):
                 detections.
             key_pos (Tensor): ``(Q, L, C)`` their 3D position encodings.
             key_padding_mask (Tensor): ``(Q, L)``, True = padding.
+            content (Tensor, optional): ``(Q, C)`` the queries' initial features;
+                None: zero (MV2D).
 
         Returns:
             tuple[Tensor, Tensor]: ``all_cls_scores`` ``(num_layers, Q,
@@ -167,7 +177,7 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             pos2posemb3d(ref_points, num_feats=self.embed_dims // 2))
         self_attn_mask = scene_ids[:, None] != scene_ids[None, :]
         outs = self.transformer(query_pos, key, key_pos, key_padding_mask,
-                                self_attn_mask)
+                                self_attn_mask, content)
         outs = torch.nan_to_num(outs)
         reference = inverse_sigmoid(ref_points.clamp(0, 1))
         all_cls, all_codes = [], []
@@ -203,6 +213,13 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         with the 3D stage trained on fixed 2D features: CPM 0.00 on the val split
         after 600 iterations one-to-one, 0.39 with this rule). Test-time
         centre-distance NMS removes the duplicates instead.
+
+        With ``max_match_dist_mm``, a Hungarian pair further apart than that is
+        dropped first. One-to-one matching pairs every finding with some query; DETR's
+        queries can move anywhere, but ours sit on the 2D stage's detections, and where
+        the 2D stage missed a finding in every view its pair is a false positive tens of
+        mm away that the classifier would be taught to score as the finding and the
+        regression to move there.
         """
         weights = self.code_weights.to(codes)
         assign_result = self.assigner.assign(
@@ -212,10 +229,16 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         # every query is a sample (DETR): read the assignment directly instead of
         # going through a PseudoSampler, which assumes 4-d boxes for empty GT
         gt_inds = assign_result.gt_inds.clone()
-        if self.extra_pos_radius is not None and len(gt_codes):
+        if len(gt_codes) and (self.extra_pos_radius is not None or
+                              self.max_match_dist_mm is not None):
             centres = self.bbox_coder.denormalize_points(codes.detach()[:, :3])
             gt_centres = self.bbox_coder.denormalize_points(gt_codes[:, :3].to(codes))
             dist = (centres[:, None] - gt_centres[None]).norm(dim=-1)  # (Q, M) mm
+        if self.max_match_dist_mm is not None and len(gt_codes):
+            paired = (gt_inds > 0).nonzero(as_tuple=True)[0]
+            far = dist[paired, gt_inds[paired] - 1] > self.max_match_dist_mm
+            gt_inds[paired[far]] = 0
+        if self.extra_pos_radius is not None and len(gt_codes):
             radius = gt_codes[:, 3:6].to(codes).exp().amax(dim=1) / 2
             dist = dist.masked_fill(dist > self.extra_pos_radius * radius, math.inf)
             best, nearest = dist.min(dim=1)

@@ -16,10 +16,12 @@ For the detections of all views of a batch of scenes:
    every view where it has no relevant detection, at the prior's projection
    (:meth:`MV2DXrayRoIHead.probe_rois`), so a finding the 2D stage missed in some views
    is still seen there;
-8. decode: queries self-attend within their scene and cross-attend to the RoI tokens of
+8. optionally give each query the views' support of its prior as its initial content
+   (``support_embedding``, :meth:`MV2DXrayRoIHead.support_features`);
+9. decode: queries self-attend within their scene and cross-attend to the RoI tokens of
    their relevant detections (and probes) (:class:`MV2DXrayCrossAttentionHead`).
 
-Steps 4, 5 and 7 are ours, not MV2D's. MV2D regresses each query's depth from one view's
+Steps 4, 5, 7 and 8 are ours, not MV2D's. MV2D regresses each query's depth from one view's
 RoI feature and leaves duplicates (one query per view of the same object) to its
 one-to-one matching, which works with nuScenes' 6 barely overlapping cameras and long
 schedules. In X-ray every finding is seen in all N views: N near-identical queries
@@ -58,17 +60,19 @@ from mmdet3d.registry import MODELS, TASK_UTILS
 from mmdet3d.structures import LiDARInstance3DBoxes, get_box_type
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
-from torch import Tensor
+from torch import Tensor, nn
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, seen_in_image,
                                               triangulate_points, unproject_points)
 from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
                                                                   refine_to_detections)
+from projects.mv2d_xray.mv2d_xray.models.config_keys import SUPPORT_EMBEDDING_KEYS, check_keys
 from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
 from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
                                                                  centre_distance_nms,
-                                                                 objectness_support, view_support)
+                                                                 objectness_support, view_support,
+                                                                 view_support_scores)
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
@@ -147,6 +151,16 @@ class MV2DXrayRoIHead(BaseModule):
             training, ``complement_2d_gt`` adds the GT boxes the detector missed, so
             true findings rarely get probes there; at test time they do. Defaults to
             False (MV2D: the relevant detections only).
+        support_embedding (dict, optional): Give each query, as its initial content, an
+            embedding (two fc layers) of how the scene's 2D detections support its prior
+            (step 8, :meth:`support_features`): ``dict(gate_px=3.0, gate_frac=0.5,
+            top_views=4)`` -- the association gate of ``view_support`` and how many of
+            the best-supporting views' scores enter. MV2D's query starts empty and reads
+            the views through the softmax of its cross-attention, which normalises the
+            number of views that hold the finding away; this counts them. Train it with
+            ``complement_2d_gt`` off: GT boxes added with score 1 in every view where the
+            detector missed a finding would give the training's true findings a support
+            they never have at test time. Defaults to None (MV2D: queries start at zero).
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
@@ -178,6 +192,7 @@ class MV2DXrayRoIHead(BaseModule):
                  prior_min_partners: int = 2,
                  merge_dist_mm: Optional[float] = None,
                  view_probes: bool = False,
+                 support_embedding: Optional[dict] = None,
                  force_fp32: bool = True,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
@@ -196,6 +211,13 @@ class MV2DXrayRoIHead(BaseModule):
         self.prior_min_partners = prior_min_partners
         self.merge_dist_mm = merge_dist_mm
         self.view_probes = bool(view_probes)
+        self.support_cfg = self.check_support_embedding(support_embedding)
+        self.support_encoder = None
+        if self.support_cfg is not None:
+            dims = self.bbox_head.embed_dims
+            self.support_encoder = nn.Sequential(
+                nn.Linear(self.num_support_features(self.support_cfg), dims),
+                nn.ReLU(inplace=True), nn.Linear(dims, dims))
         self.force_fp32 = force_fp32
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg if test_cfg is not None else dict()
@@ -287,11 +309,17 @@ class MV2DXrayRoIHead(BaseModule):
                     if scores is not None:     # a probe is no detection: no 2D score
                         scores = torch.cat([scores, scores.new_full((len(probes), ),
                                                                     float('nan'))])
+            content = None
+            if self.support_encoder is not None:
+                content = self.support_encoder(self.support_features(
+                    prior_points[query_rois], prior_ok[query_rois], query_rois, rois,
+                    roi_scores, geo))
             recorder = (self.bbox_head.record_cross_attention() if explain else
                         nullcontext([]))
             with recorder as attention:
                 all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens,
-                                                        pos, query_corr, query_mask)
+                                                        pos, query_corr, query_mask,
+                                                        content)
         out = dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
                    scene_ids=scene_ids, query_priors=prior_points[query_rois],
                    query_prior_ok=prior_ok[query_rois])
@@ -425,7 +453,8 @@ class MV2DXrayRoIHead(BaseModule):
         return probes, slots, wanted
 
     def decode(self, ref_points: Tensor, scene_ids: Tensor, tokens: Tensor,
-               pos: Tensor, corr: Tensor, corr_mask: Tensor) -> Tuple[Tensor, Tensor]:
+               pos: Tensor, corr: Tensor, corr_mask: Tensor,
+               content: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Decode the queries: each attends to its scene's queries and to the RoI
         tokens of its relevant RoIs.
 
@@ -435,6 +464,8 @@ class MV2DXrayRoIHead(BaseModule):
             tokens, pos (Tensor): ``(R, P, C)`` RoI tokens and their encodings.
             corr, corr_mask (Tensor): ``(Q, M)`` each query's relevant RoIs (global
                 RoI indices) and their validity.
+            content (Tensor, optional): ``(Q, C)`` the queries' initial features
+                (``support_embedding``); None: zero.
 
         Returns:
             tuple[Tensor, Tensor]: ``all_cls_scores`` ``(L, Q, num_classes)`` and
@@ -444,7 +475,72 @@ class MV2DXrayRoIHead(BaseModule):
         key = tokens[corr].flatten(1, 2)                         # (Q, M * P, C)
         key_pos = pos[corr].flatten(1, 2)
         padding = (~corr_mask)[:, :, None].expand(-1, -1, tokens.shape[1]).flatten(1)
-        return self.bbox_head(ref_norm, scene_ids, key, key_pos, padding)
+        return self.bbox_head(ref_norm, scene_ids, key, key_pos, padding, content)
+
+    @staticmethod
+    def check_support_embedding(cfg: Optional[dict]) -> Optional[dict]:
+        """``support_embedding`` with its defaults filled in (None stays None); an unknown
+        key or a value out of range is a ``ValueError`` naming the setting."""
+        if cfg is None:
+            return None
+        check_keys(cfg, SUPPORT_EMBEDDING_KEYS, 'model.roi_head.support_embedding')
+        cfg = dict(dict(gate_px=3.0, gate_frac=0.5, top_views=4), **cfg)
+        if not float(cfg['gate_px']) > 0 or not float(cfg['gate_frac']) >= 0:
+            raise ValueError('model.roi_head.support_embedding: gate_px must be > 0 and '
+                             f"gate_frac >= 0, got {cfg['gate_px']} and {cfg['gate_frac']}")
+        if int(cfg['top_views']) != cfg['top_views'] or cfg['top_views'] < 1:
+            raise ValueError('model.roi_head.support_embedding.top_views must be an '
+                             f"integer >= 1, got {cfg['top_views']}")
+        return cfg
+
+    @staticmethod
+    def num_support_features(cfg: dict) -> int:
+        """Length of :meth:`support_features`' rows: 4 + ``top_views``."""
+        return 4 + int(cfg['top_views'])
+
+    @torch.no_grad()
+    def support_features(self, points: Tensor, points_ok: Tensor, query_rois: Tensor,
+                         rois: Tensor, roi_scores: Optional[Tensor],
+                         geo: RoIGeometry) -> Tensor:
+        """How the scene's 2D detections support each query's prior (step 8).
+
+        Per view, the support is the 2D score of the nearest detection whose gate
+        (``support_embedding``'s ``gate_px`` / ``gate_frac``, the triangulation
+        baseline's rule) holds the prior's projection, 0 without one
+        (:func:`view_support_scores`).
+
+        Args:
+            points (Tensor): ``(Q, 3)`` the queries' priors, ct mm.
+            points_ok (Tensor): ``(Q,)`` their validity.
+            query_rois (Tensor): ``(Q,)`` the RoI each query was lifted from.
+            rois (Tensor): ``(R, 5)`` the batch's RoIs (see :meth:`forward`).
+            roi_scores (Tensor, optional): ``(R,)`` their 2D scores (None: all 1).
+            geo (RoIGeometry): the RoIs' geometry (:meth:`gather_rois`).
+
+        Returns:
+            Tensor: ``(Q, 4 + top_views)`` float32: the query's own 2D score, its
+            prior's validity (0 / 1), the mean support over the scene's views, the
+            fraction of views that support it, then the ``top_views`` largest per-view
+            supports, largest first (0 beyond the scene's views).
+        """
+        cfg = self.support_cfg
+        top = int(cfg['top_views'])
+        scores = roi_scores.float() if roi_scores is not None else rois.new_ones(len(rois))
+        scenes = geo.scene_ids[query_rois]
+        per_view = points.new_zeros((len(points), max(geo.num_views, top)))
+        for scene in scenes.unique().tolist():
+            queries = scenes == scene
+            mine = geo.scene_ids == scene
+            per_view[queries, :geo.num_views] = view_support_scores(
+                points[queries], geo.views_lidar2img[scene], rois[mine, 1:],
+                scores[mine], geo.view_ids[mine], gate_px=float(cfg['gate_px']),
+                gate_frac=float(cfg['gate_frac'])).to(per_view)
+        supports = per_view[:, :geo.num_views]
+        return torch.cat([scores[query_rois, None], points_ok.float()[:, None],
+                          supports.mean(dim=1, keepdim=True),
+                          (supports > 0).float().mean(dim=1, keepdim=True),
+                          per_view.sort(dim=1, descending=True).values[:, :top]],
+                         dim=1).float()
 
     @torch.no_grad()
     def triangulate_priors(self, bboxes: Tensor, lidar2img: Tensor,

@@ -82,7 +82,21 @@ def centre_distance_nms(bboxes: Tensor,
 def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scores: Tensor,
                  roi_views: Tensor, margin_px: float = 0.0, gate_px: Optional[float] = None,
                  gate_frac: float = 0.0) -> Tensor:
-    """Multi-view support of 3D boxes by one scene's 2D detections.
+    """Multi-view support of 3D boxes by one scene's 2D detections: the mean over the
+    views of :func:`view_support_scores` (same arguments).
+
+    Returns:
+        Tensor: ``(K,)`` in [0, 1], the mean over the ``V`` views of the 2D score of the
+        view's supporting detection (0 for a view with none).
+    """
+    return view_support_scores(centres, lidar2img, roi_boxes, roi_scores, roi_views,
+                               margin_px, gate_px, gate_frac).mean(dim=1)
+
+
+def view_support_scores(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor,
+                        roi_scores: Tensor, roi_views: Tensor, margin_px: float = 0.0,
+                        gate_px: Optional[float] = None, gate_frac: float = 0.0) -> Tensor:
+    """Per view, the support of 3D boxes by one scene's 2D detections.
 
     Args:
         centres (Tensor): ``(K, 3)`` box centres, ct mm.
@@ -100,14 +114,14 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
         gate_frac (float): See ``gate_px``. Defaults to 0.
 
     Returns:
-        Tensor: ``(K,)`` in [0, 1], the mean over the ``V`` views of the 2D score of the
-        view's supporting detection (grown box: the best score among the detections whose
-        grown box contains the centre's projection; gate: the nearest detection's score;
-        0 for a view with none, or when the centre lies behind that view's source).
+        Tensor: ``(K, V)`` in [0, 1], per view the 2D score of the view's supporting
+        detection (grown box: the best score among the detections whose grown box
+        contains the centre's projection; gate: the nearest detection's score; 0 for a
+        view with none, or when the centre lies behind that view's source).
     """
     num_views = len(lidar2img)
     if len(centres) == 0 or len(roi_boxes) == 0:
-        return centres.new_zeros(len(centres))
+        return centres.new_zeros((len(centres), num_views))
     uv, depth = project_points(lidar2img.double()[:, None],
                                centres.double()[None, :, None])   # (V, K, 1, 2)
     uv, depth = uv[:, :, 0], depth[:, :, 0]                          # (V, K, 2), (V, K)
@@ -125,7 +139,7 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
                                   available)                         # (K, V)
         best = torch.gather(scores.expand(len(centres), -1, -1), 2,
                             slot.clamp(min=0)[..., None])[..., 0]    # (K, V)
-        return torch.where(slot >= 0, best, 0.0).mean(dim=1).to(centres.dtype)
+        return torch.where(slot >= 0, best, 0.0).to(centres.dtype)
     mine = uv[views]                                                  # (R, K, 2) px
     boxes = roi_boxes.double()[:, None]                               # (R, 1, 4)
     support = ((mine >= boxes[..., :2] - margin_px) &
@@ -135,7 +149,7 @@ def view_support(centres: Tensor, lidar2img: Tensor, roi_boxes: Tensor, roi_scor
     best = score.new_zeros((num_views, len(centres)))
     best = best.scatter_reduce(0, views[:, None].expand_as(score), score,
                                reduce='amax')
-    return best.mean(dim=0).to(centres.dtype)
+    return best.transpose(0, 1).to(centres.dtype)
 
 
 class ObjectnessMaps(NamedTuple):

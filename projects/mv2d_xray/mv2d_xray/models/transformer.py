@@ -166,22 +166,24 @@ class MV2DXrayTransformer(BaseModule):
 
     def forward(self, query_pos: Tensor, key: Tensor, key_pos: Tensor,
                 key_padding_mask: Tensor,
-                self_attn_mask: Optional[Tensor] = None) -> Tensor:
+                self_attn_mask: Optional[Tensor] = None,
+                query: Optional[Tensor] = None) -> Tensor:
         """Decode.
 
         Args:
-            query_pos (Tensor): ``(Q, C)`` query position embeddings; the query
-                features start at zero.
+            query_pos (Tensor): ``(Q, C)`` query position embeddings.
             key (Tensor): ``(Q, L, C)`` RoI tokens per query.
             key_pos (Tensor): ``(Q, L, C)`` token position encodings.
             key_padding_mask (Tensor): ``(Q, L)``, True = padding.
             self_attn_mask (Tensor, optional): ``(Q, Q)``, True = blocked.
+            query (Tensor, optional): ``(Q, C)`` the query features the first layer
+                starts from; None: zero (DETR, MV2D).
 
         Returns:
             Tensor: ``(num_layers, Q, C)``, each layer's output after the shared
             final LayerNorm.
         """
-        query = torch.zeros_like(query_pos)
+        query = torch.zeros_like(query_pos) if query is None else query
         outputs = []
         for layer in self.layers:
             args = (query, query_pos, key, key_pos, key_padding_mask,
