@@ -705,13 +705,13 @@ def test_view_support_gate_rule_hand_computed():
 
 
 def test_support_features_hand_computed():
-    """``support_embedding``: finding 0 is detected in views 0, 1 and 2 only (scores 0.9,
-    0.6, 0.3; the query is view 0's); its features are its own score, its valid prior,
+    """``support_embedding``: finding 0 is detected in all 3 views (scores 0.9, 0.6, 0.3;
+    the query is view 0's); its features are its own score, its valid prior,
     the mean support over the 3 views, the fraction of supporting views and the 4 best
     per-view supports (0 past the 3 views). The lone detection (no valid prior)
     supports only itself."""
     num_views = 3
-    head, bboxes, view_ids, lidar2img, shape, _ = _prior_scene(num_views)
+    _, bboxes, view_ids, lidar2img, shape, _ = _prior_scene(num_views)
     config = tiny_mv2d_config()['roi_head']
     config['support_embedding'] = dict(gate_px=3.0)
     head = MODELS.build(config)
@@ -731,8 +731,8 @@ def test_support_features_hand_computed():
         [0.9, 1.0, (0.9 + 0.6 + 0.3) / 3, 1.0, 0.9, 0.6, 0.3, 0.0])
     assert features[1].tolist() == pytest.approx(
         [0.7, 0.0, 0.7 / 3, 1 / 3, 0.7, 0.0, 0.0, 0.0])
-    # the decoded outputs depend on it: a model with the embedding differs from zero
-    # content only through it
+    # the encoder maps the rows to the decoder's width (that the decoded outputs follow
+    # them: test_support_embedding_lets_the_decoder_read_the_views_support)
     content = head.support_encoder(features)
     assert content.shape == (2, head.bbox_head.embed_dims)
     for bad, match in ((dict(gate_pxx=3.0), 'gate_pxx'), (dict(top_views=0), 'top_views'),
