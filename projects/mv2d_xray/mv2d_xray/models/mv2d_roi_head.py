@@ -525,7 +525,7 @@ class MV2DXrayRoIHead(BaseModule):
         """
         cfg = self.support_cfg
         top = int(cfg['top_views'])
-        scores = roi_scores.float() if roi_scores is not None else rois.new_ones(len(rois))
+        scores = self.roi_scores_or_ones(rois, roi_scores).float()
         scenes = geo.scene_ids[query_rois]
         per_view = points.new_zeros((len(points), max(geo.num_views, top)))
         for scene in scenes.unique().tolist():
@@ -854,12 +854,18 @@ class MV2DXrayRoIHead(BaseModule):
         return TriangulationConfig(score_thr=-math.inf, max_per_view=sys.maxsize, **settings)
 
     @staticmethod
+    def roi_scores_or_ones(rois: Tensor, roi_scores: Optional[Tensor]) -> Tensor:
+        """``(R,)`` the 2D scores of the batch's RoIs (``(R, 5)``), all 1 when
+        ``roi_scores`` is None (RoIs given without scores, e.g. the exact 2D boxes)."""
+        return roi_scores if roi_scores is not None else rois.new_ones(len(rois))
+
+    @staticmethod
     def scene_rois(rois: Tensor, roi_scores: Optional[Tensor], scene: int,
                    num_views: int) -> Tuple[Tensor, Tensor]:
         """``(R,)`` which of the batch's RoIs (``(R, 5)``, see :meth:`forward`) belong to
-        ``scene``, and ``(R,)`` their 2D scores (all 1 when ``roi_scores`` is None)."""
+        ``scene``, and ``(R,)`` their 2D scores (:meth:`roi_scores_or_ones`)."""
         mine = (rois[:, 0].long() // num_views) == scene
-        return mine, roi_scores if roi_scores is not None else rois.new_ones(len(rois))
+        return mine, MV2DXrayRoIHead.roi_scores_or_ones(rois, roi_scores)
 
     def refine_on_detections(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
                              roi_scores: Optional[Tensor], scene: int, num_views: int,
