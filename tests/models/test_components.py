@@ -715,7 +715,9 @@ def test_support_features_hand_computed():
     config = tiny_mv2d_config()['roi_head']
     config['support_embedding'] = dict(gate_px=3.0)
     head = MODELS.build(config)
-    assert head.support_cfg == dict(gate_px=3.0, gate_frac=0.5, top_views=4)
+    assert head.support_cfg == dict(gate_px=3.0, gate_frac=0.5, top_views=4,
+                                    logit_skip=False)
+    assert head.support_logit is None
     scores = torch.tensor([0.9, 0.5, 0.5, 0.6, 0.5, 0.5, 0.3, 0.5, 0.5, 0.7])
     prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
     rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
@@ -736,10 +738,66 @@ def test_support_features_hand_computed():
     content = head.support_encoder(features)
     assert content.shape == (2, head.bbox_head.embed_dims)
     for bad, match in ((dict(gate_pxx=3.0), 'gate_pxx'), (dict(top_views=0), 'top_views'),
-                       (dict(gate_px=0.0), 'gate_px')):
+                       (dict(gate_px=0.0), 'gate_px'), (dict(logit_skip=1), 'logit_skip')):
         config['support_embedding'] = bad
         with pytest.raises(ValueError, match=match):
             MODELS.build(config)
+
+
+def test_support_logit_skip_adds_a_linear_map_of_the_support_to_every_layer():
+    """``support_embedding.logit_skip``: the class logits of every decoder layer are the
+    decoder's plus ``W @ support_features + b``. It starts at zero (the same logits as a
+    head without it, same weights), a hand-set map adds exactly its value, and the
+    classification loss reaches it."""
+    torch.manual_seed(0)
+    num_views = 3
+    _, bboxes, view_ids, lidar2img, shape, _ = _prior_scene(num_views)
+    config = tiny_mv2d_config()['roi_head']
+    heads = {}
+    for skip in (False, True):
+        config['support_embedding'] = dict(gate_px=3.0, logit_skip=skip)
+        heads[skip] = MODELS.build(config)
+        heads[skip].init_weights()
+        heads[skip].eval()
+    head = heads[True]
+    missing, unexpected = head.load_state_dict(heads[False].state_dict(), strict=False)
+    assert sorted(missing) == ['support_logit.bias', 'support_logit.weight'] and \
+        not unexpected
+    assert head.support_logit.weight.shape == (1, 8)
+    rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
+    cam2img = make_geometry(num_views).view_matrices()['cam2img']
+    metas = [dict(lidar2img=lidar2img.numpy(), img_shape=shape, cam2img=cam2img)]
+    dims = head.bbox_roi_extractor.out_channels
+    feats = [torch.randn(num_views, dims, shape[0] // s, shape[1] // s)
+             for s in head.bbox_roi_extractor.featmap_strides]
+    scores = torch.tensor([0.9, 0.5, 0.5, 0.6, 0.5, 0.5, 0.3, 0.5, 0.5, 0.7])
+    with torch.no_grad():
+        plain = heads[False](feats, rois, metas, num_views, scores)
+        start = head(feats, rois, metas, num_views, scores)
+        assert torch.equal(start['all_cls_scores'], plain['all_cls_scores'])
+        weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.5, 0.0, 0.0, 0.0]])
+        head.support_logit.weight.copy_(weight)
+        head.support_logit.bias.fill_(-0.25)
+        skipped = head(feats, rois, metas, num_views, scores, explain=True)
+        query_rois = skipped['evidence'].query_rois
+        prior, ok = _priors(head, bboxes, view_ids, lidar2img, shape)
+        features = head.support_features(prior[query_rois], ok[query_rois], query_rois,
+                                         rois, scores,
+                                         head.gather_rois(rois, metas, num_views))
+    added = skipped['all_cls_scores'] - start['all_cls_scores']        # (L, Q, 1)
+    for layer in added:
+        assert torch.allclose(layer, features @ weight.T - 0.25, atol=1e-5)
+    # the query of finding 0, whose head is view 0's detection (scores 0.9 / 0.6 / 0.3
+    # in its 3 views; its features: test_support_features_hand_computed)
+    assert 0 in query_rois.tolist() and ok[0]
+    own = query_rois.tolist().index(0)
+    assert added[0, own, 0].item() == pytest.approx(
+        0.9 + 2.0 * (0.9 + 0.6 + 0.3) / 3 + 0.5 * 0.9 - 0.25, abs=1e-5)
+    # the classification loss reaches the map
+    head.train()
+    out = head(feats, rois, metas, num_views, scores)
+    out['all_cls_scores'].sigmoid().sum().backward()
+    assert head.support_logit.weight.grad.abs().sum() > 0
 
 
 def test_view_support_scores_per_view_and_their_mean():

@@ -154,13 +154,19 @@ class MV2DXrayRoIHead(BaseModule):
         support_embedding (dict, optional): Give each query, as its initial content, an
             embedding (two fc layers) of how the scene's 2D detections support its prior
             (step 8, :meth:`support_features`): ``dict(gate_px=3.0, gate_frac=0.5,
-            top_views=4)`` -- the association gate of ``view_support`` and how many of
-            the best-supporting views' scores enter. MV2D's query starts empty and reads
-            the views through the softmax of its cross-attention, which normalises the
-            number of views that hold the finding away; this counts them. Train it with
-            ``complement_2d_gt`` off: GT boxes added with score 1 in every view where the
-            detector missed a finding would give the training's true findings a support
-            they never have at test time. Defaults to None (MV2D: queries start at zero).
+            top_views=4, logit_skip=False)`` -- the association gate of
+            ``view_support``, how many of the best-supporting views' scores enter and
+            whether they also enter the class logits (below). MV2D's query starts empty
+            and reads the views through the softmax of its cross-attention, which
+            normalises the number of views that hold the finding away; this counts them.
+            Train it with ``complement_2d_gt`` off: GT boxes added with score 1 in every
+            view where the detector missed a finding would give the training's true
+            findings a support they never have at test time. With ``logit_skip=True``
+            the same features also enter the classifier directly: a linear map of them
+            (zero at the start) is added to every decoder layer's class logits, so the
+            decoder learns what to add to the support rather than having to carry it
+            through its layers.
+            Defaults to None (MV2D: queries start at zero).
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
         train_cfg (dict, optional): ``assigner`` (passed to the head) and
             ``stage_loss_weights`` (one per decoder layer).
@@ -218,6 +224,13 @@ class MV2DXrayRoIHead(BaseModule):
             self.support_encoder = nn.Sequential(
                 nn.Linear(self.num_support_features(self.support_cfg), dims),
                 nn.ReLU(inplace=True), nn.Linear(dims, dims))
+        self.support_logit = None
+        if self.support_cfg is not None and self.support_cfg['logit_skip']:
+            # zero at the start: the classifier begins as without the skip
+            self.support_logit = nn.Linear(self.num_support_features(self.support_cfg),
+                                           self.bbox_head.num_classes)
+            nn.init.zeros_(self.support_logit.weight)
+            nn.init.zeros_(self.support_logit.bias)
         self.force_fp32 = force_fp32
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg if test_cfg is not None else dict()
@@ -309,17 +322,20 @@ class MV2DXrayRoIHead(BaseModule):
                     if scores is not None:     # a probe is no detection: no 2D score
                         scores = torch.cat([scores, scores.new_full((len(probes), ),
                                                                     float('nan'))])
-            content = None
+            content = support = None
             if self.support_encoder is not None:
-                content = self.support_encoder(self.support_features(
-                    prior_points[query_rois], prior_ok[query_rois], query_rois, rois,
-                    roi_scores, geo))
+                support = self.support_features(prior_points[query_rois],
+                                                prior_ok[query_rois], query_rois, rois,
+                                                roi_scores, geo)
+                content = self.support_encoder(support)
             recorder = (self.bbox_head.record_cross_attention() if explain else
                         nullcontext([]))
             with recorder as attention:
                 all_cls_scores, all_codes = self.decode(ref_points, scene_ids, tokens,
                                                         pos, query_corr, query_mask,
                                                         content)
+            if self.support_logit is not None:               # (Q, C) to every layer
+                all_cls_scores = all_cls_scores + self.support_logit(support)
         out = dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
                    scene_ids=scene_ids, query_priors=prior_points[query_rois],
                    query_prior_ok=prior_ok[query_rois])
@@ -484,7 +500,10 @@ class MV2DXrayRoIHead(BaseModule):
         if cfg is None:
             return None
         check_keys(cfg, SUPPORT_EMBEDDING_KEYS, 'model.roi_head.support_embedding')
-        cfg = dict(dict(gate_px=3.0, gate_frac=0.5, top_views=4), **cfg)
+        cfg = dict(dict(gate_px=3.0, gate_frac=0.5, top_views=4, logit_skip=False), **cfg)
+        if not isinstance(cfg['logit_skip'], bool):
+            raise ValueError('model.roi_head.support_embedding.logit_skip must be True or '
+                             f"False, got {cfg['logit_skip']!r}")
         if not float(cfg['gate_px']) > 0 or not float(cfg['gate_frac']) >= 0:
             raise ValueError('model.roi_head.support_embedding: gate_px must be > 0 and '
                              f"gate_frac >= 0, got {cfg['gate_px']} and {cfg['gate_frac']}")
