@@ -748,7 +748,7 @@ def test_support_logit_skip_adds_a_linear_map_of_the_support_to_every_layer():
     """``support_embedding.logit_skip``: the class logits of every decoder layer are the
     decoder's plus ``W @ support_features + b``. It starts at zero (the same logits as a
     head without it, same weights), a hand-set map adds exactly its value, and the
-    classification loss reaches it."""
+    gradients of the logits reach it."""
     torch.manual_seed(0)
     num_views = 3
     _, bboxes, view_ids, lidar2img, shape, _ = _prior_scene(num_views)
@@ -756,13 +756,16 @@ def test_support_logit_skip_adds_a_linear_map_of_the_support_to_every_layer():
     heads = {}
     for skip in (False, True):
         config['support_embedding'] = dict(gate_px=3.0, logit_skip=skip)
+        torch.manual_seed(0)
         heads[skip] = MODELS.build(config)
         heads[skip].init_weights()
         heads[skip].eval()
     head = heads[True]
-    missing, unexpected = head.load_state_dict(heads[False].state_dict(), strict=False)
-    assert sorted(missing) == ['support_logit.bias', 'support_logit.weight'] and \
-        not unexpected
+    # building the map drew nothing from the generator: the same seed, the same weights
+    plain_state, state = heads[False].state_dict(), head.state_dict()
+    assert sorted(set(state) - set(plain_state)) == ['support_logit.bias',
+                                                     'support_logit.weight']
+    assert all(torch.equal(value, state[key]) for key, value in plain_state.items())
     assert head.support_logit.weight.shape == (1, 8)
     rois = torch.cat([view_ids[:, None].float(), bboxes], dim=1)
     cam2img = make_geometry(num_views).view_matrices()['cam2img']
@@ -793,7 +796,7 @@ def test_support_logit_skip_adds_a_linear_map_of_the_support_to_every_layer():
     own = query_rois.tolist().index(0)
     assert added[0, own, 0].item() == pytest.approx(
         0.9 + 2.0 * (0.9 + 0.6 + 0.3) / 3 + 0.5 * 0.9 - 0.25, abs=1e-5)
-    # the classification loss reaches the map
+    # the logits' gradients reach the map
     head.train()
     out = head(feats, rois, metas, num_views, scores)
     out['all_cls_scores'].sigmoid().sum().backward()

@@ -24,7 +24,8 @@ REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
 VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class',
                      'objectness_level')
-#: ``model.roi_head.support_embedding``: :meth:`MV2DXrayRoIHead.support_features`.
+#: ``model.roi_head.support_embedding``: :meth:`MV2DXrayRoIHead.support_features`
+#: (``logit_skip``: ``MV2DXrayRoIHead.support_logit``).
 SUPPORT_EMBEDDING_KEYS = ('gate_px', 'gate_frac', 'top_views', 'logit_skip')
 #: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.
 CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge', 'class_agnostic')

@@ -61,6 +61,7 @@ from mmdet3d.structures import LiDARInstance3DBoxes, get_box_type
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
 from projects.mv2d_xray.core.geometry import (project_points, ray_planes, seen_in_image,
@@ -226,8 +227,11 @@ class MV2DXrayRoIHead(BaseModule):
                 nn.ReLU(inplace=True), nn.Linear(dims, dims))
         self.support_logit = None
         if self.support_cfg is not None and self.support_cfg['logit_skip']:
-            # zero at the start: the classifier begins as without the skip
-            self.support_logit = nn.Linear(self.num_support_features(self.support_cfg),
+            # zero at the start: the classifier begins as without the skip; built
+            # without the default init, which would draw from the global generator and
+            # change every other random start of a run with the same seed
+            self.support_logit = skip_init(nn.Linear,
+                                           self.num_support_features(self.support_cfg),
                                            self.bbox_head.num_classes)
             nn.init.zeros_(self.support_logit.weight)
             nn.init.zeros_(self.support_logit.bias)
