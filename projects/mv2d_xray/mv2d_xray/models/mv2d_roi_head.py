@@ -219,22 +219,20 @@ class MV2DXrayRoIHead(BaseModule):
         self.merge_dist_mm = merge_dist_mm
         self.view_probes = bool(view_probes)
         self.support_cfg = self.check_support_embedding(support_embedding)
-        self.support_encoder = None
+        self.support_encoder = self.support_logit = None
         if self.support_cfg is not None:
             dims = self.bbox_head.embed_dims
-            self.support_encoder = nn.Sequential(
-                nn.Linear(self.num_support_features(self.support_cfg), dims),
-                nn.ReLU(inplace=True), nn.Linear(dims, dims))
-        self.support_logit = None
-        if self.support_cfg is not None and self.support_cfg['logit_skip']:
-            # zero at the start: the classifier begins as without the skip; built
-            # without the default init, which would draw from the global generator and
-            # change every other random start of a run with the same seed
-            self.support_logit = skip_init(nn.Linear,
-                                           self.num_support_features(self.support_cfg),
-                                           self.bbox_head.num_classes)
-            nn.init.zeros_(self.support_logit.weight)
-            nn.init.zeros_(self.support_logit.bias)
+            num_features = self.num_support_features(self.support_cfg)
+            self.support_encoder = nn.Sequential(nn.Linear(num_features, dims),
+                                                 nn.ReLU(inplace=True), nn.Linear(dims, dims))
+            if self.support_cfg['logit_skip']:
+                # zero at the start: the classifier begins as without the skip; built
+                # without the default init, which would draw from the global generator
+                # and change every other random start of a run with the same seed
+                self.support_logit = skip_init(nn.Linear, num_features,
+                                               self.bbox_head.num_classes)
+                nn.init.zeros_(self.support_logit.weight)
+                nn.init.zeros_(self.support_logit.bias)
         self.force_fp32 = force_fp32
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg if test_cfg is not None else dict()
