@@ -128,8 +128,8 @@ def test_the_2d_stage_of_its_own_build_gets_its_own_folders():
     data root comes after ``--cfg-options-2d`` (it overrides the benchmark's) and names
     the 2D stage's and MV2D's folders, so they never reuse the default trainings."""
     bench = _benchmark_module()
-    assert bench.train_data_2d('data/chest-bench', None) is None
-    assert bench.train_data_2d('data/chest-bench/', 15) == 'data/chest-bench-tn15'
+    assert bench.train_build('data/chest-bench', None) is None
+    assert bench.train_build('data/chest-bench/', 15) == 'data/chest-bench-tn15'
     longer = ['train_cfg.max_epochs=12']
     assert bench.stage_2d_options(longer, None) == longer
     options = bench.stage_2d_options(longer, 'data/chest-bench-tn15')
@@ -140,6 +140,30 @@ def test_the_2d_stage_of_its_own_build_gets_its_own_folders():
     # the domain that has the build names the converter's flag
     assert bench.DOMAINS['chest'].train_nodules_flag == '--train-nodules'
     assert bench.DOMAINS['blades'].train_nodules_flag is None
+
+
+def test_both_stages_train_on_the_domains_training_build():
+    """The chest benchmark trains both stages on its 15-nodule build, the folder its
+    configs name as ``train_data_root``; val and the scored split stay the benchmark's
+    own build. The blades benchmark trains on its own build."""
+    from mmengine.config import Config
+    bench = _benchmark_module()
+    chest = bench.DOMAINS['chest']
+    assert chest.train_nodules == 15 and bench.DOMAINS['blades'].train_nodules is None
+    train_data = bench.train_build(chest.data, chest.train_nodules)
+    for config in (chest.config, chest.config_2d):
+        cfg = Config.fromfile(config, import_custom_modules=False)
+        assert cfg.train_dataloader.dataset.data_root == train_data + '/'
+        assert cfg.val_dataloader.dataset.data_root == chest.data + '/'
+        assert cfg.test_dataloader.dataset.data_root == chest.data + '/'
+    options = dict(o.split('=', 1) for o in
+                   bench.data_options(chest, 'x/bench', 'val', 'x/bench-tn15'))
+    assert options['train_dataloader.dataset.data_root'] == 'x/bench-tn15/'
+    assert options['train_dataloader.dataset.ann_file'] == 'chest_bench_infos_train.pkl'
+    assert options['val_dataloader.dataset.data_root'] == 'x/bench/'
+    assert options['test_dataloader.dataset.data_root'] == 'x/bench/'
+    assert options['test_dataloader.dataset.ann_file'] == 'chest_bench_infos_val.pkl'
+    assert options['test_evaluator.ann_file'] == 'x/bench/chest_bench_infos_val.pkl'
 
 
 def _benchmark_module():
@@ -162,6 +186,15 @@ def test_a_training_is_reused_only_with_the_same_training_settings(tmp_path, cap
     config.write_text("_base_ = ['./base.py']\nwork_dir = 'b'\n"
                       "model = dict(test_cfg=dict(k=20))\n")          # test step only
     assert bench.training_digest(str(config)) == digest
+    # overrides: those of the training data count, those of the test step do not
+    test_only = ['test_dataloader.dataset.ann_file=x_infos_test.pkl', 'model.test_cfg.k=5',
+                 'test_evaluator.ann_file=d/x_infos_test.pkl', 'val_cfg.type=ValLoop']
+    assert bench.training_digest(str(config), test_only) == digest
+    moved = ['train_dataloader.dataset.data_root=data/other/']
+    assert bench.training_digest(str(config), moved) != digest
+    assert bench.training_digest(str(config), ['randomness.seed=1']) != \
+        bench.training_digest(str(config), ['randomness.seed=0'])
+    assert bench.training_digest(str(config), ['model.test_cfgs=1']) != digest   # not a prefix
     base.write_text(base.read_text().replace('max_epochs=20', 'max_epochs=40'))
     assert bench.training_digest(str(config)) != digest                # via _base_
     # a finished training recorded with the first settings
