@@ -1,6 +1,7 @@
 # mv2d-xray: `make install`, then `make test` (or `make demo`).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
+BENCHMARK_DOMAINS ?= chest blades
 
 .PHONY: install test demo demo-blades benchmark
 
@@ -16,5 +17,5 @@ demo: install  ## offline demo: demo dataset -> training -> test -> picture (wor
 demo-blades: install  ## the same on generated cast blades with defects (work_dirs/demo_blades)
 	DEMO=blades PYTHON=$(PYTHON) bash tools/demo.sh
 
-benchmark: install  ## held-out benchmark: MV2D vs triangulation on the test split (work_dirs/benchmark)
-	$(PYTHON) tools/benchmark_detection.py
+benchmark: install  ## held-out benchmark: MV2D vs triangulation on the test split (work_dirs/benchmark); BENCHMARK_DOMAINS=chest for one
+	$(PYTHON) tools/benchmark_detection.py --domains $(BENCHMARK_DOMAINS)

@@ -6,10 +6,11 @@
 
 Per domain (``chest``: the chest benchmark source; ``blades``: generated cast blades) it
 
-1. builds the benchmark data with the domain's converter command, or reuses a finished
-   build (the converter skips finished cases);
-2. trains the domain's 2D stage, then MV2D from it, with a fixed seed (a finished run is
-   skipped, an interrupted one resumed);
+1. builds the benchmark data with the domain's converter command, and the domain's
+   training build if it has one (chest: ``<data>-tn15``, 15 nodules in every training
+   case), or reuses a finished build (the converter skips finished cases);
+2. trains the domain's 2D stage, then MV2D from it, on the training build, with a fixed
+   seed (a finished run is skipped, an interrupted one resumed);
 3. runs ``tools/test.py`` on the **test split** -- the only step that reads it; settings
    are chosen on val, which ``tools/train.py`` validates on -- giving MV2D's 3D boxes and
    its per-view 2D detections;
@@ -32,13 +33,14 @@ variants with the same ``--cfg-options`` share it) and tested with them. Setting
 2D stage is trained anew into ``2d-stage-<the options>-<hash>`` and MV2D from it into a
 folder named after both lists of options (MV2D starts from that checkpoint with its own
 config: an override of the 2D stage's model belongs in ``--cfg-options`` too, or its
-weights do not load). ``--train-nodules-2d N`` (chest) trains the 2D stage on a
-second build whose every training case holds N findings (``<data>-tn<N>``, the
-converter's ``--train-nodules N``; val and test as in the benchmark's build): more
-positives per view for the 2D stage, while MV2D trains on the benchmark's mix. A finished
-training is reused only while its config's training settings are unchanged (their SHA-1
-is recorded beside it; an edit of the test step keeps the training); otherwise the run
-stops and says which folder to delete. Each run adds
+weights do not load). ``--train-nodules-2d N`` (chest) trains the 2D stage on another
+build whose every training case holds N findings (``<data>-tn<N>``, the converter's
+``--train-nodules N``; val and test as in the benchmark's build), while MV2D trains on the
+domain's training build. A finished training is reused only while its config's training
+settings and its training overrides (data folders, seed, schedule) are unchanged (their
+SHA-1 is recorded beside it; an edit of the test step keeps the training); otherwise the
+run stops and says which folder to delete. ``--quick`` works in ``<domain>-quick`` and
+reports as ``quick-<split>``, apart from the full run's trainings and entries. Each run adds
 its entries to an existing ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` when it
 ends (an entry of the same domain and split is replaced; the file is read again then, so
 runs side by side in one ``--work-dir`` keep each other's entries).
@@ -295,8 +297,9 @@ def train(name: str, config: str, work_dir: str, cfg_options: Sequence[str],
         recorded = recorded_digest(done_marker)
         if recorded is not None and recorded != digest:
             fail(f'{work_dir} holds a training of {config} with other training settings '
-                 '(the config or its training data changed since): delete that folder to '
-                 'retrain, or use another --work-dir')
+                 '(the config or the training overrides -- data, seed, schedule -- changed '
+                 'since, or it was recorded before the overrides were): delete that folder '
+                 'to retrain, or use another --work-dir')
         note = '' if recorded is not None else '; its settings were not recorded'
         print(f'\n== {name}: already trained ({finished_checkpoint(work_dir)}{note})')
         return finished_checkpoint(work_dir)
@@ -365,14 +368,16 @@ def stage_2d_options(cfg_options_2d: Sequence[str], data_2d: Optional[str]) -> L
 
 
 def report_key(args: argparse.Namespace) -> str:
-    """The split's key in the report: ``test``, or ``val+<variant>`` for a variant."""
-    return args.split if args.variant is None else f'{args.split}+{args.variant}'
+    """The split's key in the report: ``test``, or ``val+<variant>`` for a variant;
+    ``quick-`` before it for ``--quick``, so a smoke run never replaces a real entry."""
+    key = args.split if args.variant is None else f'{args.split}+{args.variant}'
+    return f'quick-{key}' if args.quick else key
 
 
 def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                log: List[dict]) -> Dict[str, str]:
     """Steps 1-4 for one domain; returns the prediction and metric files."""
-    out = osp.join(args.work_dir, name)
+    out = osp.join(args.work_dir, f'{name}-quick' if args.quick else name)
     data = osp.join(out, 'data') if args.quick else domain.data
     build = domain.quick_build_args if args.quick else domain.build_args
     run_step(f'{name}: benchmark data', [sys.executable, '-m', 'data_converters',
@@ -382,10 +387,12 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
         fail(f'{data} has no {args.split} split ({pkl})')
     train_data = train_build(data, domain.train_nodules) or data
     data_2d = train_build(data, args.train_nodules_2d)
+    if data_2d == train_data:
+        data_2d = None                  # the domain's own training build: the same training
     for folder, nodules, whose in ((train_data, domain.train_nodules, 'the training data'),
                                    (data_2d, args.train_nodules_2d,
                                     "the 2D stage's training data")):
-        if nodules:
+        if folder != data and folder is not None:
             run_step(f'{name}: {whose} ({nodules} findings per training case)',
                      [sys.executable, '-m', 'data_converters', domain.source, '--out',
                       folder, *build, domain.train_nodules_flag, str(nodules)], log)

@@ -1,5 +1,7 @@
 """tools/benchmark_detection.py: bad arguments are one line (the full run is `make
 benchmark`; its scoring is tested in tests/evaluation/test_benchmark_report.py)."""
+import os.path as osp
+
 from test_train_test import run_tool
 
 
@@ -146,13 +148,14 @@ def test_both_stages_train_on_the_domains_training_build():
     """The chest benchmark trains both stages on its 15-nodule build, the folder its
     configs name as ``train_data_root``; val and the scored split stay the benchmark's
     own build. The blades benchmark trains on its own build."""
+    from conftest import REPO_ROOT
     from mmengine.config import Config
     bench = _benchmark_module()
     chest = bench.DOMAINS['chest']
     assert chest.train_nodules == 15 and bench.DOMAINS['blades'].train_nodules is None
     train_data = bench.train_build(chest.data, chest.train_nodules)
     for config in (chest.config, chest.config_2d):
-        cfg = Config.fromfile(config, import_custom_modules=False)
+        cfg = Config.fromfile(osp.join(REPO_ROOT, config), import_custom_modules=False)
         assert cfg.train_dataloader.dataset.data_root == train_data + '/'
         assert cfg.val_dataloader.dataset.data_root == chest.data + '/'
         assert cfg.test_dataloader.dataset.data_root == chest.data + '/'
@@ -164,6 +167,84 @@ def test_both_stages_train_on_the_domains_training_build():
     assert options['test_dataloader.dataset.data_root'] == 'x/bench/'
     assert options['test_dataloader.dataset.ann_file'] == 'chest_bench_infos_val.pkl'
     assert options['test_evaluator.ann_file'] == 'x/bench/chest_bench_infos_val.pkl'
+    # a val run and a test run reuse the same trainings
+    for config in (chest.config, chest.config_2d):
+        config = osp.join(REPO_ROOT, config)
+        assert bench.training_digest(config, bench.data_options(chest, 'x', 'val', 'x-tn15')) \
+            == bench.training_digest(config, bench.data_options(chest, 'x', 'test', 'x-tn15'))
+
+
+def _run_domain(tmp_path, monkeypatch, *argv):
+    """``run_domain`` on the chest domain with its steps recorded instead of run: the
+    converter commands, and per training its folder and its overrides as mmengine's
+    ``DictAction`` reads them (a later ``KEY=VALUE`` wins)."""
+    import dataclasses
+    bench = _benchmark_module()
+    commands, trainings = [], []
+    monkeypatch.setattr(bench, 'run_step', lambda name, command, log: commands.append(command))
+
+    def train(name, config, work_dir, cfg_options, log):
+        trainings.append((work_dir, dict(o.split('=', 1) for o in cfg_options)))
+        return osp.join(work_dir, 'epoch_1.pth')
+    monkeypatch.setattr(bench, 'train', train)
+    data = tmp_path / 'bench'
+    data.mkdir(exist_ok=True)
+    (data / 'chest_bench_infos_val.pkl').write_bytes(b'')
+    domain = dataclasses.replace(bench.DOMAINS['chest'], data=str(data))
+    args = bench.parse_args(['--domains', 'chest', '--split', 'val', '--work-dir',
+                             str(tmp_path / 'work'), *argv])
+    bench.run_domain('chest', domain, args, [])
+    builds = [c[c.index('--out') + 1:] for c in commands if 'data_converters' in c]
+    return str(data), builds, trainings
+
+
+def test_each_stage_trains_on_its_build(tmp_path, monkeypatch):
+    """By default the benchmark builds the chest's 15-nodule training set beside its own
+    and trains both stages on it; ``--train-nodules-2d N`` moves the 2D stage alone; a
+    variant's own training data root wins for MV2D; val and test stay the benchmark's."""
+    root = 'train_dataloader.dataset.data_root'
+    data, builds, trainings = _run_domain(tmp_path, monkeypatch)
+    assert builds == [[data, '--workers', '2'],
+                      [data + '-tn15', '--workers', '2', '--train-nodules', '15']]
+    (dir_2d, stage_2d), (dir_mv2d, mv2d) = trainings
+    assert stage_2d[root] == mv2d[root] == data + '-tn15/'
+    assert stage_2d['val_dataloader.dataset.data_root'] == data + '/'
+    assert mv2d['test_dataloader.dataset.data_root'] == data + '/'
+    assert mv2d['load_from'] == osp.join(dir_2d, 'epoch_1.pth')
+    assert (osp.basename(dir_2d), osp.basename(dir_mv2d)) == ('2d-stage', 'mv2d')
+
+    _, builds, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'tn5',
+                                       '--train-nodules-2d', '5')
+    assert builds[2] == [data + '-tn5', '--workers', '2', '--train-nodules', '5']
+    (dir_2d, stage_2d), (dir_mv2d, mv2d) = trainings
+    assert (stage_2d[root], mv2d[root]) == (data + '-tn5/', data + '-tn15/')
+    assert osp.basename(dir_2d) != '2d-stage' and osp.basename(dir_mv2d) != 'mv2d'
+
+    # the domain's own number: the same build and the same trainings as the default
+    _, builds, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'tn15',
+                                       '--train-nodules-2d', '15')
+    assert len(builds) == 2
+    assert [osp.basename(t[0]) for t in trainings] == ['2d-stage', 'mv2d']
+
+    _, _, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'mix', '--cfg-options',
+                                  f'{root}={data}/')
+    (_, stage_2d), (_, mv2d) = trainings
+    assert (stage_2d[root], mv2d[root]) == (data + '-tn15/', data + '/')
+
+
+def test_a_quick_run_keeps_apart_from_the_full_one(tmp_path, monkeypatch):
+    """``--quick`` builds, trains and reports apart: ``<domain>-quick`` and
+    ``quick-<split>``, so a smoke run never meets a full run's trainings or entries."""
+    bench = _benchmark_module()
+    assert bench.report_key(bench.parse_args(['--quick'])) == 'quick-test'
+    assert bench.report_key(bench.parse_args([])) == 'test'
+    quick = str(tmp_path / 'work' / 'chest-quick')
+    (tmp_path / 'work' / 'chest-quick' / 'data').mkdir(parents=True)
+    (tmp_path / 'work' / 'chest-quick' / 'data' / 'chest_bench_infos_val.pkl').write_bytes(b'')
+    _, builds, trainings = _run_domain(tmp_path, monkeypatch, '--quick')
+    assert [b[0] for b in builds] == [osp.join(quick, 'data'), osp.join(quick, 'data-tn15')]
+    assert all(t[0].startswith(quick + osp.sep) for t in trainings)
+    assert all(t[1]['train_cfg.max_epochs'] == '1' for t in trainings)
 
 
 def _benchmark_module():
@@ -210,6 +291,10 @@ def test_a_training_is_reused_only_with_the_same_training_settings(tmp_path, cap
     assert 'with other training settings' in capsys.readouterr().err
     base.write_text(base.read_text().replace('max_epochs=40', 'max_epochs=20'))
     assert bench.train('mv2d', str(config), str(work_dir), [], []) == str(checkpoint)
+    with pytest.raises(SystemExit) as stop:                          # other training data
+        bench.train('mv2d', str(config), str(work_dir), moved, [])
+    assert stop.value.code == 2 and 'with other training settings' in capsys.readouterr().err
+    assert bench.train('mv2d', str(config), str(work_dir), test_only, []) == str(checkpoint)
     # a marker from before digests were recorded is reused, with a note
     (work_dir / 'benchmark_done').write_text(f'{checkpoint}\n')
     assert bench.train('mv2d', str(config), str(work_dir), [], []) == str(checkpoint)
