@@ -271,7 +271,11 @@ class ChestBenchSource(ConversionSource):
                              kinds=dict(zip(NODULE_KINDS, KIND_PROBS)),
                              hu=dict(solid=list(SOLID_HU), ground_glass=list(GROUND_GLASS_HU)),
                              shapes={s: self.shapes_wanted(s) for s in SPLIT_NAMES},
-                             shape_scans='every third scan of a seeded permutation per split'),
+                             shape_scans='every third scan of a seeded permutation per split',
+                             # recorded so that a build from before the fix of the shared
+                             # anatomy (README chest ablations, nineteenth session) is not
+                             # resumed: its later cases' inserts depended on earlier cases
+                             insertion='each case into its own copy of the anatomy'),
                 noise=self.noise.settings(pitch)))
         if self.train_nodules is not None:
             # recorded only when set: a default build's metainfo (and the resume check of
@@ -438,7 +442,9 @@ class ChestBenchSource(ConversionSource):
         lungs = anatomy['lungs'][:, ::-1, :] if flip else anatomy['lungs']
         if flip not in anatomy['lung_voxels']:
             anatomy['lung_voxels'][flip] = np.argwhere(lungs)
-        hu = np.ascontiguousarray(hu)
+        # the case's own copy: the deformed CT is cached for the other cases of this
+        # anatomy, and insert_shape writes the nodules into the volume it is given
+        hu = np.array(hu, order='C', copy=True)
         images = np.load(osp.join(self.cache, f'anatomy-{split}-{number}.npy'),
                          allow_pickle=False)
         images = mirror_views(images) if flip else images

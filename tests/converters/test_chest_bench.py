@@ -236,3 +236,26 @@ def test_bad_settings_are_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and '--train-nodules' in err[0]
+
+
+def test_a_case_does_not_change_the_anatomy_it_shares(bench):
+    """The deformed CT is cached per process and shared by the cases of its anatomy: a
+    case's nodules go into its own copy, so converting a case twice, or after others,
+    gives the same renders. (They once went into the cache: a nodule placed where an
+    earlier case's had been rendered as the difference to it, ~0 for a solid one, and a
+    build with 2 workers depended on which worker converted which case.)"""
+    _, source, _ = bench
+    for index in range(1, source.split_counts()['train'] + 1):
+        number, flip = source.anatomy_of('train', index)
+        first = source.synthesize('train', index, f'train-{index:04d}')
+        if not flip and first[1]:
+            break
+    else:
+        pytest.fail('no unmirrored training case with a nodule')
+    cached = source.deformed('train', number)['hu'].copy()
+    again = source.synthesize('train', index, f'train-{index:04d}')
+    assert np.array_equal(source.deformed('train', number)['hu'], cached)
+    assert not np.array_equal(again[0].hu, cached)          # the case's CT has its nodules
+    assert np.array_equal(again[2], first[2])                # the same renders
+    assert np.abs(first[2] - np.load(osp.join(source.cache, f'anatomy-train-{number}.npy'))
+                  ).max() > 0.1                              # which show the nodules (mm)
