@@ -389,13 +389,13 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     data_2d = train_build(data, args.train_nodules_2d)
     if data_2d == train_data:
         data_2d = None                  # the domain's own training build: the same training
-    for folder, nodules, whose in ((train_data, domain.train_nodules, 'the training data'),
-                                   (data_2d, args.train_nodules_2d,
-                                    "the 2D stage's training data")):
-        if folder != data and folder is not None:
-            run_step(f'{name}: {whose} ({nodules} findings per training case)',
-                     [sys.executable, '-m', 'data_converters', domain.source, '--out',
-                      folder, *build, domain.train_nodules_flag, str(nodules)], log)
+    # one build per number of findings (the domain's, then --train-nodules-2d's)
+    for nodules in dict.fromkeys(n for n in (domain.train_nodules, args.train_nodules_2d)
+                                 if n):
+        run_step(f'{name}: training data ({nodules} findings per training case)',
+                 [sys.executable, '-m', 'data_converters', domain.source, '--out',
+                  train_build(data, nodules), *build, domain.train_nodules_flag,
+                  str(nodules)], log)
     options = data_options(domain, data, args.split, train_data) + \
         [f'randomness.seed={args.seed}']
     quick = list(domain.quick_cfg) if args.quick else []
