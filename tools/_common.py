@@ -164,6 +164,21 @@ def setup_distributed(cfg, launcher: str) -> None:
         dist.init_process_group(backend='gloo', **dist_cfg)
 
 
+def end_distributed() -> None:
+    """Close the process group of a multi-process run (gloo or nccl) before the
+    interpreter exits; nothing when there is none.
+
+    mmengine's ``Runner`` leaves it open. Left open, gloo's worker threads can still hold
+    work objects whose tensors are freed during interpreter finalisation, and a rank then
+    aborts after its work is done (SIGABRT, 'terminate called without an active
+    exception'; pytorch/pytorch#190489), which fails the whole torchrun. The barrier
+    first lets every rank finish its last exchange before any closes."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def pin_memory_only_with_cuda(cfg) -> None:
     """Turn off ``pin_memory`` of the config's train / val / test dataloaders on a machine
     without CUDA. Pinned (page-locked) host memory only speeds the copy of a batch to a

@@ -15,8 +15,9 @@ import os.path as osp
 
 from _checkpoints import (CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, checkpoint_loading,
                           require_fit)
-from _common import (add_debug_flag, check_launcher, default_work_dir, fail, load_config,
-                     pin_memory_only_with_cuda, run_main, set_local_rank, setup_distributed)
+from _common import (add_debug_flag, check_launcher, default_work_dir, end_distributed, fail,
+                     load_config, pin_memory_only_with_cuda, run_main, set_local_rank,
+                     setup_distributed)
 
 
 def parse_args():
@@ -75,6 +76,7 @@ def main():
     with checkpoint_loading(files=[args.checkpoint], trust=args.trust_checkpoint,
                             check=lambda name, ckpt: require_fit(runner.model, ckpt, name)):
         runner.test()
+    end_distributed()
 
 
 if __name__ == '__main__':

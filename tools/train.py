@@ -16,8 +16,8 @@ import sys
 from _checkpoints import (CHECKPOINT_HELP, TRUST_HELP, checkpoint_loading, require_fit,
                           require_resumable, starting_weights_note)
 from _common import (add_debug_flag, check_amp_device, check_launcher, check_world_size,
-                     default_work_dir, enable_amp, fail, load_config, pin_memory_only_with_cuda,
-                     run_main, set_local_rank, setup_distributed)
+                     default_work_dir, enable_amp, end_distributed, fail, load_config,
+                     pin_memory_only_with_cuda, run_main, set_local_rank, setup_distributed)
 
 
 def parse_args():
@@ -108,6 +108,7 @@ def main():
                             folders=[cfg.work_dir] if cfg.get('resume') else [],
                             trust=args.trust_checkpoint, check=check):
         runner.train()
+    end_distributed()
 
 
 if __name__ == '__main__':

@@ -158,3 +158,24 @@ def test_sync_bn_without_cuda_is_refused(monkeypatch, capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("error: sync_bn='torch' needs CUDA")
     common.setup_distributed(cfg, 'none')    # one process: mmengine reverts SyncBN itself
+
+
+def test_a_run_closes_its_process_group(monkeypatch):
+    """``end_distributed`` (called by tools/train.py and tools/test.py when the runner is
+    done) closes the process group, so no gloo thread outlives the interpreter: left
+    open, a rank could abort at exit ('terminate called without an active exception',
+    seen as a failed ``dist_test.sh`` in CI). Without a group it does nothing."""
+    import importlib
+
+    import torch.distributed as dist
+    monkeypatch.syspath_prepend(osp.join(REPO_ROOT, 'tools'))
+    common = importlib.import_module('_common')
+    common.end_distributed()                 # no group: nothing to close, no error
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0,
+                            world_size=1)
+    try:
+        common.end_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
