@@ -247,26 +247,31 @@ NOT_TRAINING_KEYS = ('work_dir', 'val_dataloader', 'test_dataloader', 'val_evalu
 DIGEST_PREFIX = 'training-settings-sha1 '
 
 
-def is_training_option(option: str) -> bool:
-    """Whether a ``KEY=VALUE`` override changes a training (not one of
-    :data:`NOT_TRAINING_KEYS`, not in ``model.test_cfg``)."""
-    key = option.split('=', 1)[0]
+def is_training_key(key: str) -> bool:
+    """Whether a dotted config key (``train_cfg.max_epochs``, ``model.test_cfg``) belongs
+    to the training settings: not under one of :data:`NOT_TRAINING_KEYS`, not under
+    ``model.test_cfg``."""
     return key.split('.')[0] not in NOT_TRAINING_KEYS and \
         not (key + '.').startswith('model.test_cfg.')
 
 
+def is_training_option(option: str) -> bool:
+    """Whether a ``KEY=VALUE`` override changes a training (:func:`is_training_key`)."""
+    return is_training_key(option.split('=', 1)[0])
+
+
 def training_digest(config: str, cfg_options: Sequence[str] = ()) -> str:
-    """SHA-1 of the training settings of ``config`` with its ``_base_`` files resolved:
-    everything but :data:`NOT_TRAINING_KEYS` and ``model.test_cfg``, then the overrides
-    of ``cfg_options`` that change a training (:func:`is_training_option`: the training
+    """SHA-1 of the training settings of ``config`` with its ``_base_`` files resolved
+    (its keys and the model's that :func:`is_training_key` keeps), then the overrides of
+    ``cfg_options`` that change a training (:func:`is_training_option`: the training
     data's folder among them), so that a test-step change reuses a training and a
     training change does not."""
     from mmengine.config import Config
     settings = Config.fromfile(config, import_custom_modules=False).to_dict()
-    for key in NOT_TRAINING_KEYS:
-        settings.pop(key, None)
+    settings = {k: v for k, v in settings.items() if is_training_key(k)}
     if isinstance(settings.get('model'), dict):
-        settings['model'].pop('test_cfg', None)
+        settings['model'] = {k: v for k, v in settings['model'].items()
+                             if is_training_key(f'model.{k}')}
     settings = dict(config=settings,
                     overrides=[o for o in cfg_options if is_training_option(o)])
     text = json.dumps(settings, sort_keys=True, default=repr)
