@@ -15,7 +15,8 @@ from projects.mv2d_xray.core.geometry import (XrayGeometry, apply_image_aug, ima
                                               unproject_points)
 from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXrayNMSFreeCoder,
                                                  ObjectnessMaps, centre_distance_nms,
-                                                 objectness_support, view_support,
+                                                 objectness_support,
+                                                 objectness_support_by_size, view_support,
                                                  view_support_scores)
 from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
@@ -904,6 +905,123 @@ def test_objectness_support_hand_computed():
     assert objectness_support(point[:0], lidar2img, constant, (height, width)).shape == (0, )
 
 
+def test_objectness_support_by_size_hand_computed():
+    """Each view reads the level whose anchor side is nearest, on a log scale, to the
+    side of the box's projection: with anchors of 1 and 4 px (the switch at 2 px), a
+    1 mm box (~0.25 px in these 8 mm-pixel views) reads the 1 px level in every view, a
+    20 mm box (~5 px) the 4 px level, and an 8 mm box -- 2.10, 2.12, 2.03 and 1.98 px
+    -- the 4 px level in views 0-2 and the 1 px level in view 3; one level is
+    :func:`objectness_support` of the centres; a level without its anchor side is
+    refused."""
+    height, width = 80, 100
+    geometry = XrayGeometry(num_views=4, image_size=(height, width))
+    lidar2img = torch.from_numpy(geometry.view_matrices()['lidar2img'])
+    cells = (height // 4, width // 4)
+    fine_values = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    coarse_values = torch.tensor([0.1, 0.3, 0.5, 0.7])
+    fine = ObjectnessMaps(fine_values[:, None, None].expand(4, *cells).clone(), (4.0, 4.0),
+                          (0.0, 0.0), 1.0)
+    coarse = ObjectnessMaps(coarse_values[:, None, None].expand(4, *cells).clone(),
+                            (4.0, 4.0), (0.0, 0.0), 4.0)
+    boxes = torch.tensor([[10.0, -5.0, 8.0, side, side, side, 0.0]
+                          for side in (1.0, 20.0, 8.0)], dtype=torch.float64)
+    projected = project_boxes3d(lidar2img, boxes[None].expand(4, -1, -1))      # (V, K, 4)
+    sides = ((projected[..., 2] - projected[..., 0]) *
+             (projected[..., 3] - projected[..., 1])).sqrt()
+    assert (sides[:, 0] < 0.3).all() and (sides[:, 1] > 4.9).all()
+    assert (sides[:3, 2] > 2.02).all() and sides[3, 2] < 1.98        # the premise above
+    support = objectness_support_by_size(boxes, lidar2img, [fine, coarse], (height, width))
+    expected = [float(fine_values.mean()), float(coarse_values.mean()),
+                float((coarse_values[:3].sum() + fine_values[3]) / 4)]
+    assert support.tolist() == pytest.approx(expected, abs=1e-6)
+    # the levels' order does not matter
+    assert objectness_support_by_size(boxes, lidar2img, [coarse, fine],
+                                      (height, width)).tolist() == pytest.approx(expected,
+                                                                                 abs=1e-6)
+    # one level: objectness_support of the centres, whatever the box size
+    for maps in (fine, coarse):
+        assert torch.allclose(
+            objectness_support_by_size(boxes, lidar2img, [maps], (height, width)),
+            objectness_support(boxes[:, :3], lidar2img, maps, (height, width)))
+    assert objectness_support_by_size(boxes[:0], lidar2img, [fine, coarse],
+                                      (height, width)).shape == (0, )
+    with pytest.raises(ValueError, match='every level needs its anchor_px'):
+        objectness_support_by_size(boxes, lidar2img, [fine, coarse._replace(
+            anchor_px=float('nan'))], (height, width))
+    with pytest.raises(ValueError, match='at least one level'):
+        objectness_support_by_size(boxes, lidar2img, [], (height, width))
+
+
+def test_search_rays_moves_lonely_boxes_to_the_views_agreement():
+    """``objectness_support.search_depths``: a box ``refine_to_detections`` could not
+    re-triangulate (``confirmed`` False) moves along the ray through its source
+    detection's centre to the depth where the other views' objectness peaks -- maps with a Gaussian (sigma 2 px) at the projections of a
+    point P: with 301 depths over the tiny config's 150-450 mm (1 mm apart) it lands
+    within 1.5 mm of P, on the source detection's ray; a confirmed box, the extents,
+    scores and labels stay; without the setting nothing moves; the setting needs
+    ``refine_to_detections``."""
+    num_views, lidar2img, point, uv = _four_view_point()
+    height = width = 100
+    cells_v, cells_u = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                      torch.arange(width, dtype=torch.float64), indexing='ij')
+    peaks = torch.stack([torch.exp(-((cells_u - u) ** 2 + (cells_v - v) ** 2) / (2 * 2.0 ** 2))
+                         for u, v in uv.tolist()])                          # (V, h, w)
+    maps = {0: ObjectnessMaps(peaks.float(), (1.0, 1.0), (0.0, 0.0), 4.0)}
+    scene = 1
+    source_view = 2
+    u, v = uv[source_view].tolist()
+    query_rois = torch.tensor([[scene * num_views + source_view, u - 3, v - 3, u + 3, v + 3],
+                               [scene * num_views + 0, 10.0, 10.0, 16.0, 16.0]],
+                              dtype=torch.float64)
+    far = [60.0, 60.0, -60.0]
+    pred = dict(bboxes=torch.tensor([far + [4., 4., 4., 0.], far + [4., 4., 4., 0.]],
+                                    dtype=torch.float64),
+                scores=torch.tensor([0.6, 0.5]), labels=torch.tensor([0, 0]),
+                query_ids=torch.tensor([0, 1]), confirmed=torch.tensor([False, True]))
+    meta = dict(lidar2img=lidar2img, img_shape=(height, width))
+    head = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+        refine_to_detections=dict(gate_px=3.0),
+        objectness_support=dict(weight=0.5, levels=[0], search_depths=301))))
+    assert head.box_correlation.depth_range == (150.0, 450.0)
+    out = head.search_rays(pred, meta, query_rois, num_views, maps)
+    moved = out['bboxes'][0, :3]
+    assert torch.linalg.norm(moved - point[0].double()) < 1.5
+    # on the source detection's ray: it projects onto the RoI's centre in the source view
+    uv_moved = project_points(torch.from_numpy(lidar2img[source_view]), moved[None])[0][0]
+    assert torch.allclose(uv_moved, torch.tensor([u, v], dtype=torch.float64), atol=1e-6)
+    assert torch.equal(out['bboxes'][1], pred['bboxes'][1])
+    assert torch.equal(out['bboxes'][:, 3:], pred['bboxes'][:, 3:])
+    for key in ('scores', 'labels', 'query_ids', 'confirmed'):
+        assert torch.equal(out[key], pred[key])
+    plain = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+        objectness_support=dict(weight=0.5, levels=[0]))))
+    assert plain.search_rays(pred, meta, query_rois, num_views, maps) is pred
+    with pytest.raises(ValueError, match='objectness maps on level 0'):
+        head.search_rays(pred, meta, query_rois, num_views, {})
+    with pytest.raises(ValueError, match='search_depths .* needs test_cfg.refine_to_detections'):
+        MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+            objectness_support=dict(weight=0.5, levels=[0], search_depths=8))))
+
+
+def test_objectness_support_settings_checked_at_build():
+    """Bad ``objectness_support`` settings stop the build with one line naming the
+    setting."""
+    head = tiny_mv2d_config()['roi_head']
+    for cfg, match in ((dict(weight=1.5, levels=[0]), 'objectness_support.weight must be in'),
+                       (dict(levels=[0]), 'objectness_support.weight must be in'),
+                       (dict(weight=0.5), 'levels must be a non-empty list'),
+                       (dict(weight=0.5, levels=[]), 'levels must be a non-empty list'),
+                       (dict(weight=0.5, levels=0), 'levels must be a non-empty list'),
+                       (dict(weight=0.5, levels=[0, -1]), 'levels must be a non-empty list'),
+                       (dict(weight=0.5, levels=[0, 0]), 'levels must be a non-empty list'),
+                       (dict(weight=0.5, levels=[True]), 'levels must be a non-empty list'),
+                       (dict(weight=0.5, levels=[0], search_depths=1), 'search_depths must be'),
+                       (dict(weight=0.5, levels=[0], search_depths=8.5),
+                        'search_depths must be')):
+        with pytest.raises(ValueError, match=match):
+            MODELS.build(dict(head, test_cfg=dict(objectness_support=cfg)))
+
+
 def test_view_support_settings_checked_at_build():
     """Bad ``view_support`` settings stop the build with one line naming the setting."""
     head = tiny_mv2d_config()['roi_head']
@@ -913,12 +1031,8 @@ def test_view_support_settings_checked_at_build():
                         'view_support.gate_frac must be >= 0'),
                        (dict(weight=0.5, gate_px=3.0, margin_px=2.0), 'set one'),
                        (dict(weight=0.5, gate_frac=0.5), 'gate_frac needs gate_px'),
-                       (dict(weight=0.5, objectness_level=0, gate_px=3.0),
-                        'set one, got gate_px, objectness_level'),
-                       (dict(weight=0.5, objectness_level=-1), 'FPN level index >= 0'),
-                       (dict(weight=0.5, objectness_level=0.5), 'FPN level index >= 0'),
-                       (dict(weight=0.5, objectness_level=0, per_class=True),
-                        "objectness \\(objectness_level\\) has none")):
+                       (dict(weight=0.5, margin_px=2.0, gate_px=3.0),
+                        'set one, got margin_px, gate_px')):
         with pytest.raises(ValueError, match=match):
             MODELS.build(dict(head, test_cfg=dict(view_support=cfg)))
 

@@ -172,7 +172,7 @@ def test_view_support_rescores_the_3d_boxes(rule):
 
 
 def test_objectness_support_rescores_the_3d_boxes():
-    """``view_support=dict(weight=1, objectness_level=0)`` end to end on two scenes: every
+    """``objectness_support=dict(weight=1, levels=[0])`` end to end on two scenes: every
     3D score is the mean over its scene's views of the RPN's objectness (level 0, best
     anchor, sigmoid) at the box centre's projection, recomputed from the model's own
     maps, in decreasing order; the scores differ from the decoder's; a level the RPN
@@ -187,7 +187,7 @@ def test_objectness_support_rescores_the_3d_boxes():
         rcnn = cfg['test_cfg'].setdefault('rcnn', dict())
         rcnn.update(nms=None, max_per_scene=100)
         if weight is not None:
-            rcnn['view_support'] = dict(weight=weight, objectness_level=0)
+            rcnn['objectness_support'] = dict(weight=weight, levels=[0])
         model = _build(cfg)
         model.eval()
         data = model.data_preprocessor(copy.deepcopy(batch), False)
@@ -217,10 +217,119 @@ def test_objectness_support_rescores_the_3d_boxes():
         assert not torch.allclose(pred.scores_3d.sort().values,
                                   plain.pred_instances_3d.scores_3d.sort().values)
     cfg = tiny_mv2d_config()
-    cfg['test_cfg'].setdefault('rcnn', dict())['view_support'] = dict(weight=1.0,
-                                                                      objectness_level=9)
-    with pytest.raises(ValueError, match=r'objectness_level=9: the 2D stage\'s RPN has'):
+    cfg['test_cfg'].setdefault('rcnn', dict())['objectness_support'] = dict(weight=1.0,
+                                                                            levels=[9])
+    with pytest.raises(ValueError, match=r'level 9: the 2D stage\'s RPN has'):
         _build(cfg)
+
+
+def test_objectness_support_weighs_the_view_support_scores():
+    """``objectness_support=dict(weight=w, levels=[0, 1])`` end to end on two scenes,
+    after ``view_support``: with ``w = 1`` every 3D score is
+    :func:`objectness_support_by_size` of its box recomputed from the model's own maps
+    of levels 0 and 1 (anchor sides 4 and 8 px: the tiny config's scale-1 anchors at
+    strides 4 and 8), in decreasing order; with ``w = 0.5`` it is the geometric mean
+    of that support and the score without the step, box by box; the model computes the
+    maps of every level it reads, in the detections' RPN pass; a level the RPN lacks
+    and a misspelled key stop the build."""
+    from projects.mv2d_xray.mv2d_xray.models import objectness_support_by_size
+    from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
+    torch.set_num_threads(1)
+    num_views = 4
+    batch = make_batch(num_views, [2, 1], seed=5)
+    outputs = {}
+    for weight in (None, 1.0, 0.5):
+        cfg = tiny_mv2d_config()
+        rcnn = cfg['test_cfg'].setdefault('rcnn', dict())
+        rcnn.update(nms=None, max_per_scene=100,
+                    view_support=dict(weight=0.5, gate_px=3.0, gate_frac=0.5))
+        if weight is not None:
+            rcnn['objectness_support'] = dict(weight=weight, levels=[1, 0])
+        model = _build(cfg)
+        model.eval()
+        assert model.roi_head.objectness_levels == (() if weight is None else (0, 1))
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        with torch.no_grad():
+            outputs[weight] = model(**data, mode='predict')
+            feats = model.extract_feat(data['inputs']['imgs'])
+            rpn_scores = model.base_detector.rpn_head(feats)[0]
+            levels = [model.objectness_maps(rpn_scores, level) for level in (0, 1)]
+    assert [maps.anchor_px for maps in levels] == pytest.approx([8.0, 16.0])
+    for scene in range(2):
+        plain = outputs[None][scene].pred_instances_3d
+        meta = outputs[1.0][scene].metainfo
+        scene_maps = [maps._replace(maps=maps.maps[scene * num_views:(scene + 1) * num_views])
+                      for maps in levels]
+        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img']))
+        for weight in (1.0, 0.5):
+            pred = outputs[weight][scene].pred_instances_3d
+            assert len(pred.scores_3d) == len(plain.scores_3d) > 0
+            assert (pred.scores_3d[:-1] >= pred.scores_3d[1:]).all()
+            boxes = torch.cat([pred.bboxes_3d.gravity_center, pred.bboxes_3d.tensor[:, 3:]],
+                              dim=1)
+            support = objectness_support_by_size(boxes.double(), lidar2img, scene_maps,
+                                                 tuple(meta['img_shape'])).float()
+            # the same boxes as without the step, in another order: pair them
+            pairs = torch.cdist(pred.bboxes_3d.tensor[:, :3],
+                                plain.bboxes_3d.tensor[:, :3]).argmin(dim=1)
+            assert torch.allclose(pred.bboxes_3d.tensor, plain.bboxes_3d.tensor[pairs])
+            expected = plain.scores_3d[pairs] ** (1 - weight) * support ** weight
+            assert torch.allclose(pred.scores_3d, expected, atol=1e-6)
+    assert not torch.allclose(outputs[1.0][0].pred_instances_3d.scores_3d.sort().values,
+                              outputs[None][0].pred_instances_3d.scores_3d.sort().values)
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg'].setdefault('rcnn', dict())['objectness_support'] = dict(weight=1.0,
+                                                                            levels=[0, 9])
+    with pytest.raises(ValueError, match=r'objectness_support: level 9: the 2D stage\'s RPN'):
+        _build(cfg)
+    cfg['test_cfg']['rcnn']['objectness_support'] = dict(weight=1.0, level=[0])
+    with pytest.raises(XrayConfigError, match=r"objectness_support has no key 'level'"):
+        _build(cfg)
+
+
+def test_search_rays_end_to_end():
+    """``objectness_support.search_depths`` in the model on two scenes: the head gets,
+    per scene, each query's own RoI (of that scene); every box ``refine_to_detections``
+    could not re-triangulate comes back on the ray through its RoI's centre in the
+    RoI's view (it projects there), the others where they were; the search runs on the
+    maps of the configured level."""
+    from projects.mv2d_xray.core.geometry import project_points
+    torch.set_num_threads(1)
+    num_views = 4
+    batch = make_batch(num_views, [2, 1], seed=5)
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg'].setdefault('rcnn', dict()).update(
+        nms=None, max_per_scene=100, refine_to_detections=dict(gate_px=3.0),
+        objectness_support=dict(weight=0.5, levels=[0], search_depths=16))
+    model = _build(cfg)
+    model.eval()
+    calls = []
+    search = model.roi_head.search_rays
+
+    def spy(pred, meta, query_rois, views, maps):
+        out = search(pred, meta, query_rois, views, maps)
+        calls.append((pred, meta, query_rois, maps, out))
+        return out
+
+    model.roi_head.search_rays = spy
+    data = model.data_preprocessor(copy.deepcopy(batch), False)
+    with torch.no_grad():
+        model(**data, mode='predict')
+    assert len(calls) == 2
+    lonely_seen = 0
+    for scene, (pred, meta, query_rois, maps, out) in enumerate(calls):
+        assert list(maps) == [0] and len(maps[0].maps) == num_views
+        assert ((query_rois[:, 0].long() // num_views) == scene).all()
+        lonely = ~pred['confirmed']
+        assert torch.equal(out['bboxes'][~lonely], pred['bboxes'][~lonely])
+        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img']), dtype=torch.float64)
+        for k in lonely.nonzero(as_tuple=True)[0].tolist():
+            roi = query_rois[pred['query_ids'][k]].double()
+            view = int(roi[0]) % num_views
+            uv = project_points(lidar2img[view], out['bboxes'][k:k + 1, :3].double())[0][0]
+            assert torch.allclose(uv, (roi[1:3] + roi[3:5]) / 2, atol=1e-3)
+            lonely_seen += 1
+    assert lonely_seen > 0          # the scenes hold boxes that were not re-triangulated
 
 
 def _every_box_model(**rcnn):

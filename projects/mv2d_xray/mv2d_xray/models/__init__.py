@@ -11,8 +11,10 @@ from projects.mv2d_xray.mv2d_xray.models.nms_free_coder import MV2DXrayNMSFreeCo
 from projects.mv2d_xray.mv2d_xray.models.positional_encoding import MV2DXrayPositionalEncoding
 from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
                                                                  centre_distance_nms,
-                                                                 objectness_support, view_support,
-                                                                 view_support_scores)
+                                                                 objectness_at_projections,
+                                                                 objectness_support,
+                                                                 objectness_support_by_size,
+                                                                 view_support, view_support_scores)
 from projects.mv2d_xray.mv2d_xray.models.query_generator import MV2DXrayQueryGenerator
 from projects.mv2d_xray.mv2d_xray.models.transformer import MV2DXrayTransformer
 from projects.mv2d_xray.mv2d_xray.models.two_stage_2d import MV2DXrayTwoStage2D
@@ -22,6 +24,6 @@ __all__ = [
     'MV2DXrayBoxCorrelation', 'MV2DXrayPositionalEncoding',
     'MV2DXrayCrossAttentionHead', 'MV2DXrayTransformer',
     'MV2DXrayHungarianAssigner3D', 'MV2DXrayBBox3DL1Cost', 'MV2DXrayNMSFreeCoder',
-    'XrayGridMask', 'ObjectnessMaps', 'centre_distance_nms', 'objectness_support',
-    'view_support', 'view_support_scores'
+    'XrayGridMask', 'ObjectnessMaps', 'centre_distance_nms', 'objectness_at_projections',
+    'objectness_support', 'objectness_support_by_size', 'view_support', 'view_support_scores'
 ]

@@ -15,15 +15,17 @@ MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius',
                        'max_match_dist_mm')
 #: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.limit_refinement`,
-#: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.rescore` and
-#: :meth:`MV2DXrayRoIHead.select`.
-RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support', 'score_thr',
-                      'nms', 'max_per_scene')
+#: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.rescore`,
+#: :meth:`MV2DXrayRoIHead.rescore_by_objectness` and :meth:`MV2DXrayRoIHead.select`.
+RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support',
+                      'objectness_support', 'score_thr', 'nms', 'max_per_scene')
 #: ``test_cfg.rcnn.refine_to_detections``: :meth:`MV2DXrayRoIHead.refine_on_detections`.
 REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
-VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class',
-                     'objectness_level')
+VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class')
+#: ``test_cfg.rcnn.objectness_support``: :meth:`MV2DXrayRoIHead.rescore_by_objectness` and
+#: :meth:`MV2DXrayRoIHead.search_rays`.
+OBJECTNESS_SUPPORT_KEYS = ('weight', 'levels', 'search_depths')
 #: ``model.roi_head.support_embedding``: :meth:`MV2DXrayRoIHead.support_features`
 #: (``logit_skip``: ``MV2DXrayRoIHead.support_logit``).
 SUPPORT_EMBEDDING_KEYS = ('gate_px', 'gate_frac', 'top_views', 'logit_skip')

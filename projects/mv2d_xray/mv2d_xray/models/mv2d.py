@@ -26,8 +26,9 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
 Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
 optionally holds the centres near the queries' priors (``refine_radius_mm``),
 re-triangulates them from the supporting 2D detections of their class
-(``refine_to_detections``) and rescores by the views' 2D support (``view_support``: by
-their detections, or by the RPN's objectness in every view, :meth:`objectness_maps`), keeps
+(``refine_to_detections``), rescores by the views' 2D support (``view_support``: by
+their detections) and by the RPN's objectness in every view (``objectness_support``,
+:meth:`objectness_maps`), keeps
 the scores above ``score_thr``, suppresses the duplicates of a finding coming from
 different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
 the best ``max_per_scene``.
@@ -56,6 +57,7 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
                                                              DETECTION_PROPOSAL_KEYS,
                                                              MV2D_TEST_CFG_KEYS,
                                                              MV2D_TRAIN_CFG_KEYS,
+                                                             OBJECTNESS_SUPPORT_KEYS,
                                                              RCNN_TEST_CFG_KEYS,
                                                              RCNN_TRAIN_CFG_KEYS,
                                                              REFINE_TO_DETECTIONS_KEYS,
@@ -125,7 +127,7 @@ class MV2DXray(Base3DDetector):
             roi_head.update(train_cfg=self.train_cfg.get('rcnn'),
                             test_cfg=self.test_cfg.get('rcnn'))
             self.roi_head = MODELS.build(roi_head)
-        self.check_objectness_level()
+        self.check_objectness_levels()
         self.grid_mask = (XrayGridMask(**use_grid_mask)
                           if use_grid_mask is not None else None)
         self.freeze_base_detector = freeze_base_detector
@@ -147,6 +149,8 @@ class MV2DXray(Base3DDetector):
         rcnn_test = self.test_cfg.get('rcnn') or dict()
         check_keys(rcnn_test.get('view_support'), VIEW_SUPPORT_KEYS,
                    'model.test_cfg.rcnn.view_support')
+        check_keys(rcnn_test.get('objectness_support'), OBJECTNESS_SUPPORT_KEYS,
+                   'model.test_cfg.rcnn.objectness_support')
         check_keys(rcnn_test.get('refine_to_detections'), REFINE_TO_DETECTIONS_KEYS,
                    'model.test_cfg.rcnn.refine_to_detections')
         nms = rcnn_test.get('nms')
@@ -229,41 +233,46 @@ class MV2DXray(Base3DDetector):
     def objectness_maps(self, rpn_cls_scores: Sequence[Tensor],
                         level: int) -> ObjectnessMaps:
         """The RPN's objectness on one FPN level, for the 3D stage's
-        ``view_support.objectness_level`` (read in every view).
+        ``objectness_support.levels`` (read in every view).
 
         Args:
             rpn_cls_scores (Sequence[Tensor]): the RPN's class scores per FPN level,
                 each ``(B * V, A, h, w)`` (the first output of
                 ``base_detector.rpn_head(feats)``, the pass the 2D detections use).
             level (int): which level (0: the finest, stride 4 in the configs); checked
-                at build time (:meth:`check_objectness_level`).
+                at build time (:meth:`check_objectness_levels`).
 
         Returns:
             ObjectnessMaps: ``maps`` ``(B * V, h, w)`` in [0, 1], per feature cell the
-            best of its anchors' sigmoid scores, with the cells' stride and origin in
-            img px from the RPN's anchor generator.
+            best of its anchors' sigmoid scores, with the cells' stride and origin and
+            the anchors' side (geometric mean over the level's anchors) in img px, from
+            the RPN's anchor generator.
         """
         priors = self.base_detector.rpn_head.prior_generator
         base = priors.base_anchors[level]                           # (A, 4), one cell
         origin = ((base[:, 0] + base[:, 2]) / 2).mean(), ((base[:, 1] + base[:, 3]) / 2).mean()
+        sides = ((base[:, 2] - base[:, 0]) * (base[:, 3] - base[:, 1])).sqrt()
         return ObjectnessMaps(maps=rpn_cls_scores[level].float().sigmoid().amax(dim=1),
                               stride_px=tuple(float(s) for s in priors.strides[level]),
-                              origin_px=tuple(float(o) for o in origin))
+                              origin_px=tuple(float(o) for o in origin),
+                              anchor_px=float(sides.log().mean().exp()))
 
-    def check_objectness_level(self) -> None:
-        """At build time: ``test_cfg.rcnn.view_support.objectness_level`` names one of the
-        RPN's levels, and the RPN scores with a sigmoid (one objectness per anchor)."""
-        level = self.roi_head.objectness_level if self.roi_head is not None else None
-        if level is None:
+    def check_objectness_levels(self) -> None:
+        """At build time: the levels ``test_cfg.rcnn.objectness_support.levels`` reads are
+        levels of the RPN, and the RPN scores with a sigmoid (one objectness per
+        anchor)."""
+        levels = self.roi_head.objectness_levels if self.roi_head is not None else ()
+        if not levels:
             return
         rpn_head = getattr(self.base_detector, 'rpn_head', None)
         if rpn_head is None or not getattr(rpn_head, 'use_sigmoid_cls', False):
-            raise ValueError('test_cfg.rcnn.view_support.objectness_level reads a sigmoid '
-                             "RPN's objectness; this 2D stage has none")
+            raise ValueError('test_cfg.rcnn.objectness_support reads a sigmoid RPN\'s '
+                             'objectness; this 2D stage has none')
         num_levels = rpn_head.prior_generator.num_levels
-        if level >= num_levels:
-            raise ValueError(f'test_cfg.rcnn.view_support.objectness_level={level}: the '
-                             f"2D stage's RPN has {num_levels} levels (0 .. {num_levels - 1})")
+        for level in levels:
+            if level >= num_levels:
+                raise ValueError(f'test_cfg.rcnn.objectness_support: level {level}: the 2D '
+                                 f'stage\'s RPN has {num_levels} levels (0 .. {num_levels - 1})')
 
     @staticmethod
     def complement_2d_gt(dets: List[InstanceData],
@@ -392,11 +401,11 @@ class MV2DXray(Base3DDetector):
         metas = [sample.metainfo for sample in batch_data_samples]
         view_samples = self.view_samples(batch_data_samples, num_views, False)
         feats = self.extract_feat(imgs)
-        level = self.roi_head.objectness_level if self.roi_head is not None else None
-        # one RPN pass for the detections and, when view_support reads it, the objectness;
-        # without gradients, as detect_2d's own pass
+        levels = self.roi_head.objectness_levels if self.roi_head is not None else ()
+        # one RPN pass for the detections and, when the 3D stage's rescoring reads it, the
+        # objectness; without gradients, as detect_2d's own pass
         rpn_outs = None
-        if level is not None:
+        if levels:
             with torch.no_grad():
                 rpn_outs = self.base_detector.rpn_head(feats)
         dets = self.detect_2d(feats, view_samples,
@@ -412,8 +421,8 @@ class MV2DXray(Base3DDetector):
             ]
         else:
             rois, roi_scores, roi_labels = self._rois(dets)
-            objectness = (self.objectness_maps(rpn_outs[0], level) if level is not None
-                          else None)
+            objectness = {level: self.objectness_maps(rpn_outs[0], level)
+                          for level in levels}
             results_3d = self.roi_head.predict(self._feats_3d(feats), rois,
                                                metas, num_views, roi_scores,
                                                explain=explain, roi_labels=roi_labels,

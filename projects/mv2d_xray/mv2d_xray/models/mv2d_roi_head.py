@@ -72,7 +72,8 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import SUPPORT_EMBEDDING_KE
 from projects.mv2d_xray.mv2d_xray.models.explanation import QueryEvidence, explain_query
 from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
                                                                  centre_distance_nms,
-                                                                 objectness_support, view_support,
+                                                                 objectness_support_by_size,
+                                                                 view_support,
                                                                  view_support_scores)
 
 
@@ -177,8 +178,9 @@ class MV2DXrayRoIHead(BaseModule):
             0 puts it at the prior), ``refine_to_detections`` (None, or
             ``dict(gate_px=3, gate_frac=0.5, min_views=2)``:
             :meth:`refine_on_detections`), ``view_support`` (:meth:`rescore`: ``dict(
-            weight=w)`` with one rule, ``margin_px``, ``gate_px`` / ``gate_frac`` or
-            ``objectness_level``), then
+            weight=w)`` with one rule, ``margin_px`` or ``gate_px`` / ``gate_frac``),
+            ``objectness_support`` (:meth:`rescore_by_objectness`: ``dict(weight=w,
+            levels=[0])``), then
             (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False)``, see
@@ -244,6 +246,12 @@ class MV2DXrayRoIHead(BaseModule):
             raise ValueError('test_cfg.refine_radius_mm holds centres near the queries\' '
                              'triangulated priors: it needs triangulate_prior=True')
         self.check_view_support(self.test_cfg.get('view_support', None))
+        self.check_objectness_support(self.test_cfg.get('objectness_support', None))
+        if ((self.test_cfg.get('objectness_support', None) or dict()).get('search_depths')
+                is not None and self.test_cfg.get('refine_to_detections', None) is None):
+            raise ValueError('test_cfg.objectness_support.search_depths searches the rays '
+                             "of the boxes refine_to_detections cannot re-triangulate: it "
+                             'needs test_cfg.refine_to_detections')
         self.refine_cfg = self.refine_settings(self.test_cfg.get('refine_to_detections', None))
         output_size = bbox_roi_extractor['roi_layer']['output_size']
         self.roi_size = ((output_size, output_size)
@@ -253,11 +261,11 @@ class MV2DXrayRoIHead(BaseModule):
             (train_cfg or dict()).get('stage_loss_weights', [1.0] * layers))
 
     @property
-    def objectness_level(self) -> Optional[int]:
-        """The FPN level whose RPN objectness ``view_support`` reads, or None (the
-        detector then computes no objectness maps)."""
-        cfg = self.test_cfg.get('view_support', None) or dict()
-        return cfg.get('objectness_level', None)
+    def objectness_levels(self) -> Tuple[int, ...]:
+        """The FPN levels whose RPN objectness ``objectness_support`` reads, ascending;
+        empty when none (the detector then computes no objectness maps)."""
+        cfg = self.test_cfg.get('objectness_support', None) or dict()
+        return tuple(sorted(cfg.get('levels', ())))
 
     @property
     def bbox_coder(self):
@@ -288,8 +296,9 @@ class MV2DXrayRoIHead(BaseModule):
             dict: for the ``Q`` queries, ``all_cls_scores`` ``(L, Q,
             num_classes)`` logits, ``all_codes`` ``(L, Q, 6)`` box codes (``L``
             decoder layers), ``scene_ids`` ``(Q,)``, the queries' triangulated priors
-            ``query_priors`` ``(Q, 3)`` (ct mm) and their validity ``query_prior_ok``
-            ``(Q,)``; with ``explain``, also ``evidence`` (:class:`QueryEvidence`).
+            ``query_priors`` ``(Q, 3)`` (ct mm), their validity ``query_prior_ok``
+            ``(Q,)`` and the RoI each query comes from, ``query_rois`` ``(Q,)``
+            (indices into ``rois``); with ``explain``, also ``evidence`` (:class:`QueryEvidence`).
         """
         geo = self.gather_rois(rois, batch_img_metas, num_views)
         with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
@@ -340,7 +349,7 @@ class MV2DXrayRoIHead(BaseModule):
                 all_cls_scores = all_cls_scores + self.support_logit(support)
         out = dict(all_cls_scores=all_cls_scores, all_codes=all_codes,
                    scene_ids=scene_ids, query_priors=prior_points[query_rois],
-                   query_prior_ok=prior_ok[query_rois])
+                   query_prior_ok=prior_ok[query_rois], query_rois=query_rois)
         if explain:
             out['evidence'] = QueryEvidence(
                 query_rois=query_rois, corr=query_corr, corr_mask=query_mask,
@@ -708,7 +717,7 @@ class MV2DXrayRoIHead(BaseModule):
                 batch_img_metas: List[dict], num_views: int,
                 roi_scores: Optional[Tensor] = None, explain: bool = False,
                 roi_labels: Optional[Tensor] = None,
-                objectness: Optional[ObjectnessMaps] = None
+                objectness: Optional[Dict[int, ObjectnessMaps]] = None
                 ) -> Union[List[InstanceData], Tuple[List[InstanceData], List[List[dict]]]]:
         """3D detections per scene, and optionally their evidence.
 
@@ -722,10 +731,10 @@ class MV2DXrayRoIHead(BaseModule):
             roi_labels (Tensor, optional): ``(R,)`` the 2D classes of the RoIs, for
                 ``test_cfg.view_support.per_class`` (:meth:`rescore`) and
                 ``test_cfg.refine_to_detections`` (:meth:`refine_on_detections`).
-            objectness (ObjectnessMaps, optional): ``maps`` ``(B * num_views, h, w)``,
-                per view the 2D stage's objectness on level
-                ``view_support.objectness_level`` (:meth:`MV2DXray.objectness_maps`),
-                for that rule of :meth:`rescore`.
+            objectness (dict[int, ObjectnessMaps], optional): per FPN level of
+                :attr:`objectness_levels`, ``maps`` ``(B * num_views, h, w)``, per view
+                the 2D stage's objectness on that level (:meth:`MV2DXray.objectness_maps`),
+                for :meth:`rescore_by_objectness`.
 
         Returns:
             list[InstanceData]: per scene ``bboxes_3d`` (the meta's
@@ -755,11 +764,14 @@ class MV2DXrayRoIHead(BaseModule):
                                              out['query_prior_ok'][mine])
                 pred = self.refine_on_detections(pred, meta, rois, roi_scores, scene,
                                                  num_views, roi_labels)
-                scene_maps = (objectness._replace(maps=objectness.maps[
+                scene_maps = {level: maps._replace(maps=maps.maps[
                     scene * num_views:(scene + 1) * num_views])
-                    if objectness is not None else None)
+                    for level, maps in (objectness or dict()).items()}
+                pred = self.search_rays(pred, meta, rois[out['query_rois'][mine]], num_views,
+                                        scene_maps)
                 pred = self.rescore(pred, meta, rois, roi_scores, scene, num_views,
-                                    roi_labels, scene_maps)
+                                    roi_labels)
+                pred = self.rescore_by_objectness(pred, meta, num_views, scene_maps)
             kept = self.select(pred)
             results.append(self.to_instances(kept, meta))
             if explain:
@@ -832,9 +844,9 @@ class MV2DXrayRoIHead(BaseModule):
     @staticmethod
     def check_view_support(cfg: Optional[dict]) -> None:
         """``test_cfg.view_support`` at build time: ``weight`` in [0, 1]; ``gate_px`` and
-        ``gate_frac`` >= 0; the grown-box rule (``margin_px``), the gate rule (``gate_px``)
-        and the objectness rule (``objectness_level``, an int >= 0, without ``per_class``)
-        are alternatives, so a config sets at most one of them."""
+        ``gate_frac`` >= 0; the grown-box rule (``margin_px``) and the gate rule
+        (``gate_px``) are alternatives, so a config sets at most one of them. (The RPN's
+        dense objectness is ``test_cfg.objectness_support``, a step of its own.)"""
         if cfg is None:
             return
         if not 0.0 <= float(cfg['weight']) <= 1.0:
@@ -842,20 +854,11 @@ class MV2DXrayRoIHead(BaseModule):
                              f"{cfg['weight']}")
         MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0),
                                            'test_cfg.view_support')
-        rules = [key for key in ('margin_px', 'gate_px', 'objectness_level')
-                 if cfg.get(key) is not None]
+        rules = [key for key in ('margin_px', 'gate_px') if cfg.get(key) is not None]
         if len(rules) > 1:
-            raise ValueError('test_cfg.view_support: margin_px (grown boxes), gate_px (the '
-                             "triangulation baseline's gates) and objectness_level (the RPN's "
-                             f'objectness) are three rules; set one, got {", ".join(rules)}')
-        level = cfg.get('objectness_level')
-        if level is not None:
-            if isinstance(level, bool) or not isinstance(level, int) or level < 0:
-                raise ValueError('test_cfg.view_support.objectness_level must be an FPN '
-                                 f'level index >= 0, got {level!r}')
-            if cfg.get('per_class'):
-                raise ValueError('test_cfg.view_support.per_class needs 2D classes; the '
-                                 "RPN's objectness (objectness_level) has none")
+            raise ValueError('test_cfg.view_support: margin_px (grown boxes) and gate_px (the '
+                             "triangulation baseline's gates) are two rules; set one, got "
+                             f'{", ".join(rules)}')
         if cfg.get('gate_frac') is not None and cfg.get('gate_px') is None:
             raise ValueError('test_cfg.view_support.gate_frac needs gate_px (the gate rule)')
 
@@ -918,7 +921,8 @@ class MV2DXrayRoIHead(BaseModule):
                 setting).
 
         Returns:
-            dict: ``pred`` with new ``bboxes``, in the same order.
+            dict: ``pred`` with new ``bboxes``, in the same order, and ``confirmed``
+            ``(K,)``: whether the box had ``min_views`` supporting views and moved.
         """
         if self.refine_cfg is None or len(pred['bboxes']) == 0:
             return pred
@@ -937,18 +941,16 @@ class MV2DXrayRoIHead(BaseModule):
         out = dict(pred)
         out['bboxes'] = torch.cat([torch.as_tensor(refined['points']).to(bboxes),
                                    bboxes[:, 3:]], dim=1)
+        out['confirmed'] = torch.as_tensor(refined['num_views'] > 0, device=bboxes.device)
         return out
 
     def rescore(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
                 roi_scores: Optional[Tensor], scene: int,
-                num_views: int, roi_labels: Optional[Tensor] = None,
-                objectness: Optional[ObjectnessMaps] = None) -> Dict[str, Tensor]:
+                num_views: int, roi_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """``test_cfg.view_support``: weigh one scene's decoded scores with their
         support by the scene's 2D detections (:func:`view_support`: by the grown boxes,
         ``margin_px``, or by the triangulation baseline's gates, ``gate_px`` /
-        ``gate_frac``) or, with ``objectness_level``, by the 2D stage's dense objectness
-        at the centre's projection in every view (:func:`objectness_support`); with
-        ``per_class``, a box of class ``c`` is supported only by detections of class
+        ``gate_frac``); with ``per_class``, a box of class ``c`` is supported only by detections of class
         ``c`` (as the triangulation baseline associates per class). The boxes come
         back re-sorted by the new scores. Without it, ``pred`` unchanged.
 
@@ -962,8 +964,6 @@ class MV2DXrayRoIHead(BaseModule):
             num_views (int): Views per scene.
             roi_labels (Tensor, optional): ``(R,)`` the RoIs' 2D classes; needed by
                 ``per_class``.
-            objectness (ObjectnessMaps, optional): the scene's maps ``(num_views, h,
-                w)``; needed by ``objectness_level``.
         """
         cfg = self.test_cfg.get('view_support', None)
         if cfg is None or len(pred['scores']) == 0:
@@ -971,16 +971,6 @@ class MV2DXrayRoIHead(BaseModule):
         weight = float(cfg['weight'])                # in [0, 1]: checked in __init__
         lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
                                     device=rois.device)
-        if cfg.get('objectness_level') is not None:
-            if objectness is None:
-                raise ValueError('test_cfg.view_support.objectness_level needs the 2D '
-                                 "stage's objectness maps (objectness)")
-            if len(objectness.maps) != num_views:
-                raise ValueError(f'objectness: {len(objectness.maps)} maps for a scene of '
-                                 f'{num_views} views')
-            support = objectness_support(pred['bboxes'][:, :3], lidar2img, objectness,
-                                         tuple(meta['img_shape']))
-            return self.weigh_scores(pred, support, weight)
         mine, roi_scores = self.scene_rois(rois, roi_scores, scene, num_views)
         per_class = bool(cfg.get('per_class', False))
         if per_class and roi_labels is None:
@@ -998,6 +988,143 @@ class MV2DXrayRoIHead(BaseModule):
                 None if cfg.get('gate_px') is None else float(cfg['gate_px']),
                 float(cfg.get('gate_frac') or 0.0))
         return self.weigh_scores(pred, support, weight)
+
+    @staticmethod
+    def scene_objectness(objectness: Optional[Dict[int, ObjectnessMaps]],
+                         levels: Sequence[int], num_views: int,
+                         setting: str) -> List[ObjectnessMaps]:
+        """The scene's objectness maps on ``levels``, each checked to hold one map per
+        view; ``ValueError`` naming ``setting`` when a level is missing."""
+        out = []
+        for level in levels:
+            maps = (objectness or dict()).get(level)
+            if maps is None:
+                raise ValueError(f"{setting} needs the 2D stage's objectness maps on level "
+                                 f'{level} (objectness)')
+            if len(maps.maps) != num_views:
+                raise ValueError(f'objectness: {len(maps.maps)} maps for a scene of '
+                                 f'{num_views} views')
+            out.append(maps)
+        return out
+
+    def rescore_by_objectness(self, pred: Dict[str, Tensor], meta: dict, num_views: int,
+                              objectness: Optional[Dict[int, ObjectnessMaps]] = None
+                              ) -> Dict[str, Tensor]:
+        """``test_cfg.objectness_support=dict(weight=w, levels=[...])``, after
+        :meth:`rescore`: weigh one scene's scores with the 2D stage's dense objectness
+        read in every view at the box's projection, on the listed RPN level whose
+        anchors best fit the box's projected size
+        (:func:`objectness_support_by_size`): ``score ** (1 - w) * support ** w``, the
+        boxes re-sorted. It adds the evidence of the views where no 2D detection
+        confirms the box -- those the triangulation baseline and ``view_support``'s
+        detection rules count as 0. Without it, ``pred`` unchanged.
+
+        Args:
+            pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres, ct mm), ``scores`` and
+                the other per-box keys.
+            meta (dict): the scene's ``lidar2img`` ``(num_views, 4, 4)`` and
+                ``img_shape``.
+            num_views (int): Views per scene.
+            objectness (dict[int, ObjectnessMaps], optional): the scene's maps
+                ``(num_views, h, w)`` per FPN level.
+        """
+        cfg = self.test_cfg.get('objectness_support', None)
+        if cfg is None or len(pred['scores']) == 0:
+            return pred
+        maps = self.scene_objectness(objectness, cfg['levels'], num_views,
+                                     'test_cfg.objectness_support')
+        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
+                                    device=pred['bboxes'].device)
+        support = objectness_support_by_size(pred['bboxes'], lidar2img.to(pred['bboxes']),
+                                             maps, tuple(meta['img_shape']))
+        return self.weigh_scores(pred, support.to(pred['scores']), float(cfg['weight']))
+
+    def search_rays(self, pred: Dict[str, Tensor], meta: dict, query_rois: Tensor,
+                    num_views: int, objectness: Optional[Dict[int, ObjectnessMaps]] = None
+                    ) -> Dict[str, Tensor]:
+        """``test_cfg.objectness_support.search_depths=N``, after
+        ``refine_to_detections`` and before the rescoring steps: each box that
+        :meth:`refine_on_detections` could not re-triangulate (fewer than ``min_views``
+        views' detections support it: ``pred['confirmed']`` False) -- a finding detected
+        in one view, which triangulation cannot place -- is moved
+        along the ray through its source detection's box centre to the depth where the
+        objectness of every view (:func:`objectness_support_by_size` on the configured
+        levels, the box's extents kept) is highest, among ``N`` depths evenly spread
+        over ``box_correlation.depth_range`` (cam mm of the source view). A nodule
+        detected in one view is then placed where the other views' sub-threshold
+        evidence agrees. The other boxes, scores and labels are not changed.
+        Without the setting, ``pred`` unchanged.
+
+        Args:
+            pred (dict): one scene's ``bboxes`` ``(K, 7)`` (gravity centres, ct mm),
+                ``query_ids`` ``(K,)`` (indices into the scene's queries) and
+                ``confirmed`` ``(K,)`` (:meth:`refine_on_detections`), with the other
+                per-box keys.
+            meta (dict): the scene's ``lidar2img`` ``(num_views, 4, 4)`` and
+                ``img_shape``.
+            query_rois (Tensor): ``(Q, 5)`` the RoI of each of the scene's queries
+                (``[img_index, x1, y1, x2, y2]``, ``img_index = scene * num_views +
+                view``, img px).
+            num_views (int): Views per scene.
+            objectness (dict[int, ObjectnessMaps], optional): the scene's maps
+                ``(num_views, h, w)`` per FPN level.
+
+        Returns:
+            dict: ``pred`` with the moved centres in a new ``bboxes`` (the same order).
+        """
+        cfg = self.test_cfg.get('objectness_support', None) or dict()
+        num_depths = cfg.get('search_depths')
+        if num_depths is None or len(pred['bboxes']) == 0:
+            return pred
+        lonely = ~pred['confirmed']
+        if not lonely.any():
+            return pred
+        maps = self.scene_objectness(objectness, cfg['levels'], num_views,
+                                     'test_cfg.objectness_support')
+        bboxes = pred['bboxes']
+        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
+                                    device=bboxes.device)
+        source = query_rois[pred['query_ids'][lonely]].double()          # (M, 5)
+        views = source[:, 0].long() % num_views
+        uv = (source[:, 1:3] + source[:, 3:5]) / 2                        # (M, 2) img px
+        near, far = self.box_correlation.depth_range
+        depths = torch.linspace(near, far, int(num_depths), dtype=torch.float64,
+                                device=bboxes.device)
+        points = unproject_points(lidar2img[views], uv[:, None].expand(-1, len(depths), -1),
+                                  depths.expand(len(views), -1))          # (M, N, 3) ct mm
+        extents = bboxes[lonely, 3:].double()[:, None].expand(-1, len(depths), -1)
+        candidates = torch.cat([points, extents], dim=-1).flatten(0, 1)   # (M N, 7)
+        support = objectness_support_by_size(candidates, lidar2img, maps,
+                                             tuple(meta['img_shape']))
+        best = support.view(len(views), len(depths)).argmax(dim=1)
+        centre = bboxes[:, :3].clone()
+        centre[lonely] = points[torch.arange(len(views)), best].to(bboxes)
+        out = dict(pred)
+        out['bboxes'] = torch.cat([centre, bboxes[:, 3:]], dim=1)
+        return out
+
+    @staticmethod
+    def check_objectness_support(cfg: Optional[dict]) -> None:
+        """``test_cfg.objectness_support`` at build time: ``weight`` in [0, 1],
+        ``levels`` a non-empty list of distinct FPN level indices >= 0 (whether the RPN
+        has them: :meth:`MV2DXray.check_objectness_levels`) and ``search_depths`` None
+        or an int >= 2."""
+        if cfg is None:
+            return
+        if not 0.0 <= float(cfg.get('weight', -1)) <= 1.0:
+            raise ValueError('test_cfg.objectness_support.weight must be in [0, 1], got '
+                             f"{cfg.get('weight')}")
+        levels = cfg.get('levels')
+        if (not isinstance(levels, (list, tuple)) or not levels
+                or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in levels)
+                or len(set(levels)) != len(levels)):
+            raise ValueError('test_cfg.objectness_support.levels must be a non-empty list of '
+                             f'distinct FPN level indices >= 0, got {levels!r}')
+        depths = cfg.get('search_depths')
+        if depths is not None and (isinstance(depths, bool) or not isinstance(depths, int)
+                                   or depths < 2):
+            raise ValueError('test_cfg.objectness_support.search_depths must be an int >= 2 '
+                             f'(depths searched along a ray), got {depths!r}')
 
     @staticmethod
     def weigh_scores(pred: Dict[str, Tensor], support: Tensor,

@@ -22,15 +22,16 @@ the projection); on the blades benchmark's val that ranked better than the grown
 :func:`objectness_support` reads a dense per-view map (the RPN's objectness) at the
 projection in every view instead of the thresholded detections.
 """
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
-from projects.mv2d_xray.core.geometry import (detection_gates, nearest_in_gate, project_points,
-                                              seen_in_image, view_slots)
+from projects.mv2d_xray.core.geometry import (detection_gates, nearest_in_gate,
+                                              project_boxes3d, project_points, seen_in_image,
+                                              view_slots)
 
 
 def centre_distance_nms(bboxes: Tensor,
@@ -162,10 +163,15 @@ class ObjectnessMaps(NamedTuple):
             ``(i, j)`` scores the anchors centred at ``(u + j s_w, v + i s_h)`` (mmdet's
             anchor grid: its base anchors' centre, ``(0, 0)`` by default, plus the
             cell's shift -- not the cell's middle).
+        anchor_px (float): the side of the level's anchors, img px (the geometric mean
+            of their widths and heights): the object size the level scores, which
+            :func:`objectness_support_by_size` matches to a box's projected size. NaN
+            when not known.
     """
     maps: Tensor
     stride_px: Tuple[float, float]
     origin_px: Tuple[float, float]
+    anchor_px: float = float('nan')
 
 
 def objectness_support(centres: Tensor, lidar2img: Tensor, objectness: ObjectnessMaps,
@@ -187,15 +193,29 @@ def objectness_support(centres: Tensor, lidar2img: Tensor, objectness: Objectnes
             counts 0.
 
     Returns:
-        Tensor: ``(K,)`` in [0, 1], the mean over the ``V`` views of the map sampled
-        bilinearly between the cells' anchor centres at the centre's projection (img
-        px); a view counts 0 where the centre lies behind its source or projects
-        outside the image.
+        Tensor: ``(K,)`` in [0, 1], the mean over the ``V`` views of
+        :func:`objectness_at_projections`.
+    """
+    return objectness_at_projections(centres, lidar2img, objectness,
+                                     img_shape).mean(dim=0)
+
+
+def objectness_at_projections(centres: Tensor, lidar2img: Tensor, objectness: ObjectnessMaps,
+                              img_shape: Tuple[int, int]) -> Tensor:
+    """A dense per-view map read at the projections of 3D points (the step of
+    :func:`objectness_support` before the mean over the views).
+
+    Args: as :func:`objectness_support`.
+
+    Returns:
+        Tensor: ``(V, K)`` in [0, 1], per view the map sampled bilinearly between the
+        cells' anchor centres at the point's projection (img px); 0 where the point
+        lies behind the view's source or projects outside the image.
     """
     maps = objectness.maps
     num_views, cells_h, cells_w = maps.shape
     if len(centres) == 0:
-        return centres.new_zeros(0)
+        return centres.new_zeros((num_views, 0))
     height, width = img_shape
     uv, depth = project_points(lidar2img.double(), centres.double())    # (V, K, 2), (V, K)
     inside = seen_in_image(uv, depth, height, width)                      # (V, K)
@@ -208,5 +228,52 @@ def objectness_support(centres: Tensor, lidar2img: Tensor, objectness: Objectnes
     sampled = F.grid_sample(maps[:, None].to(torch.float32),
                             grid[:, :, None].to(torch.float32), mode='bilinear',
                             padding_mode='border', align_corners=False)  # (V, 1, K, 1)
-    sampled = torch.where(inside, sampled[:, 0, :, 0].to(centres.dtype), 0.0)
-    return sampled.sum(dim=0) / num_views
+    return torch.where(inside, sampled[:, 0, :, 0].to(centres.dtype), 0.0)
+
+
+def objectness_support_by_size(boxes: Tensor, lidar2img: Tensor,
+                               levels: Sequence[ObjectnessMaps],
+                               img_shape: Tuple[int, int]) -> Tensor:
+    """Multi-view support of 3D boxes by the objectness of the level that fits their size.
+
+    An RPN level scores objects of its anchors' size (4 px on the finest level of the
+    chest configs, 8 px on the next...): on the chest benchmark's val the finest level
+    alone ranks the 6-10 mm nodules best and the large ones worst, the next level the
+    reverse (README chest ablations). So in each view a box is read on the level whose
+    anchor side (:attr:`ObjectnessMaps.anchor_px`) is nearest, on a log scale, to the
+    side of the box's projection (the square root of the area of the 2D box around its
+    projected corners), then averaged over the views as :func:`objectness_support`.
+
+    Args:
+        boxes (Tensor): ``(K, 7)`` ``[x, y, z, dx, dy, dz, yaw]`` (centre and full
+            extents, ct mm).
+        lidar2img (Tensor): ``(V, 4, 4)`` ct -> img of the scene's views.
+        levels (Sequence[ObjectnessMaps]): the scene's maps on one or more levels, each
+            ``(V, h, w)`` with its ``anchor_px``.
+        img_shape (tuple[int, int]): ``(H, W)`` of the views, px.
+
+    Returns:
+        Tensor: ``(K,)`` in [0, 1]; with one level, :func:`objectness_support` of the
+        boxes' centres.
+    """
+    if len(levels) == 0:
+        raise ValueError('objectness_support_by_size needs at least one level')
+    num_views = len(levels[0].maps)
+    if len(boxes) == 0:
+        return boxes.new_zeros(0)
+    per_level = torch.stack([objectness_at_projections(boxes[:, :3], lidar2img, maps,
+                                                       img_shape)
+                             for maps in levels])                        # (L, V, K)
+    if len(levels) == 1:
+        return per_level[0].mean(dim=0)
+    anchor = boxes.new_tensor([maps.anchor_px for maps in levels])       # (L,)
+    if not torch.isfinite(anchor).all():
+        raise ValueError('objectness_support_by_size: every level needs its anchor_px')
+    projected = project_boxes3d(lidar2img.double(),
+                                boxes.double()[None].expand(num_views, -1, -1))  # (V, K, 4)
+    side = ((projected[..., 2] - projected[..., 0]).clamp(min=1e-6) *
+            (projected[..., 3] - projected[..., 1]).clamp(min=1e-6)).sqrt()
+    mismatch = (side.log2()[None] - anchor.double().log2()[:, None, None]).abs()  # (L, V, K)
+    level = mismatch.argmin(dim=0)                                       # (V, K)
+    chosen = per_level.gather(0, level[None]).squeeze(0)                 # (V, K)
+    return chosen.sum(dim=0) / num_views
