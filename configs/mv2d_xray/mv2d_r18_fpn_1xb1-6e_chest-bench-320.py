@@ -57,13 +57,12 @@ model = dict(
     train_cfg=dict(complement_2d_gt=-1, rcnn=dict(max_match_dist_mm=10.0)),
     # Test step as the blades benchmark's (chosen on val there and checked here): centres
     # re-triangulated from the supporting 2D detections (gate max(3 px, half the box side),
-    # at least 2 views); the 3D scores weighed half with the boxes' view support. Then the
-    # RPN's finest-level objectness read in every view at the box centre's projection --
-    # the evidence of the views where no detection confirms the box: a box detected in
-    # one view only is first moved along its ray to where that objectness peaks (201
-    # depths, 2 mm apart), then every score weighed 2/3 with it (README chest ablations,
-    # twenty-second session: on val +0.051 [0.014, 0.095] CPM with the 48-epoch 2D stage;
-    # -0.008 [-0.030, 0.009] with this config's 12-epoch one, whose RPN is weaker).
+    # at least 2 views); a box confirmed by fewer views then moved along its detection's
+    # ray to where the RPN's finest-level objectness of every view peaks (201 depths, 2 mm
+    # apart) -- the evidence of the views where no detection confirms it; the 3D scores
+    # weighed half with the boxes' view support, then 2/3 with that objectness (README
+    # chest ablations, twenty-second session: on val +0.051 [0.014, 0.095] CPM with the
+    # 48-epoch 2D stage; -0.008 [-0.030, 0.009] with this config's 12-epoch one).
     test_cfg=dict(
         rcnn=dict(
             refine_radius_mm=0.0,

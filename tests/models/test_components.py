@@ -958,7 +958,8 @@ def test_search_rays_moves_lonely_boxes_to_the_views_agreement():
     detection's centre to the depth where the other views' objectness peaks -- maps with a Gaussian (sigma 2 px) at the projections of a
     point P: with 301 depths over the tiny config's 150-450 mm (1 mm apart) it lands
     within 1.5 mm of P, on the source detection's ray; a confirmed box, the extents,
-    scores and labels stay; without the setting nothing moves; the setting needs
+    scores and labels stay; on empty maps (no depth scores higher than another) it
+    stays too; without the setting nothing moves; the setting needs
     ``refine_to_detections``."""
     num_views, lidar2img, point, uv = _four_view_point()
     height = width = 100
@@ -996,6 +997,9 @@ def test_search_rays_moves_lonely_boxes_to_the_views_agreement():
     plain = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
         objectness_support=dict(weight=0.5, levels=[0]))))
     assert plain.search_rays(pred, meta, query_rois, num_views, maps) is pred
+    flat = {0: maps[0]._replace(maps=torch.zeros_like(maps[0].maps))}
+    assert torch.equal(head.search_rays(pred, meta, query_rois, num_views, flat)['bboxes'],
+                       pred['bboxes'])
     with pytest.raises(ValueError, match='objectness maps on level 0'):
         head.search_rays(pred, meta, query_rois, num_views, {})
     with pytest.raises(ValueError, match='search_depths .* needs test_cfg.refine_to_detections'):
@@ -1032,7 +1036,8 @@ def test_view_support_settings_checked_at_build():
                        (dict(weight=0.5, gate_px=3.0, margin_px=2.0), 'set one'),
                        (dict(weight=0.5, gate_frac=0.5), 'gate_frac needs gate_px'),
                        (dict(weight=0.5, margin_px=2.0, gate_px=3.0),
-                        'set one, got margin_px, gate_px')):
+                        'set one, got margin_px, gate_px'),
+                       (dict(weight=0.5, objectness_level=0), 'is now its own step')):
         with pytest.raises(ValueError, match=match):
             MODELS.build(dict(head, test_cfg=dict(view_support=cfg)))
 

@@ -227,8 +227,8 @@ def test_objectness_support_weighs_the_view_support_scores():
     """``objectness_support=dict(weight=w, levels=[0, 1])`` end to end on two scenes,
     after ``view_support``: with ``w = 1`` every 3D score is
     :func:`objectness_support_by_size` of its box recomputed from the model's own maps
-    of levels 0 and 1 (anchor sides 4 and 8 px: the tiny config's scale-1 anchors at
-    strides 4 and 8), in decreasing order; with ``w = 0.5`` it is the geometric mean
+    of levels 0 and 1 (anchor sides 8 and 16 px: the tiny config's scale-2 anchors at
+    strides 4 and 8, whatever their ratio), in decreasing order; with ``w = 0.5`` it is the geometric mean
     of that support and the score without the step, box by box; the model computes the
     maps of every level it reads, in the detections' RPN pass; a level the RPN lacks
     and a misspelled key stop the build."""
@@ -289,7 +289,8 @@ def test_objectness_support_weighs_the_view_support_scores():
 
 def test_search_rays_end_to_end():
     """``objectness_support.search_depths`` in the model on two scenes: the head gets,
-    per scene, each query's own RoI (of that scene); every box ``refine_to_detections``
+    per scene, each query's own RoI (``rois[query_rois]`` of the forward pass, for the
+    scene's queries); every box ``refine_to_detections``
     could not re-triangulate comes back on the ray through its RoI's centre in the
     RoI's view (it projects there), the others where they were; the search runs on the
     maps of the configured level."""
@@ -303,8 +304,13 @@ def test_search_rays_end_to_end():
         objectness_support=dict(weight=0.5, levels=[0], search_depths=16))
     model = _build(cfg)
     model.eval()
-    calls = []
-    search = model.roi_head.search_rays
+    calls, passes = [], []
+    search, forward = model.roi_head.search_rays, model.roi_head.forward
+
+    def spy_forward(feats, rois, *args, **kwargs):
+        out = forward(feats, rois, *args, **kwargs)
+        passes.append((rois, out))
+        return out
 
     def spy(pred, meta, query_rois, views, maps):
         out = search(pred, meta, query_rois, views, maps)
@@ -312,14 +318,18 @@ def test_search_rays_end_to_end():
         return out
 
     model.roi_head.search_rays = spy
+    model.roi_head.forward = spy_forward
     data = model.data_preprocessor(copy.deepcopy(batch), False)
     with torch.no_grad():
         model(**data, mode='predict')
-    assert len(calls) == 2
+    assert len(calls) == 2 and len(passes) == 1
+    rois, forward_out = passes[0]
     lonely_seen = 0
     for scene, (pred, meta, query_rois, maps, out) in enumerate(calls):
         assert list(maps) == [0] and len(maps[0].maps) == num_views
         assert ((query_rois[:, 0].long() // num_views) == scene).all()
+        mine = forward_out['scene_ids'] == scene
+        assert torch.equal(query_rois, rois[forward_out['query_rois'][mine]])
         lonely = ~pred['confirmed']
         assert torch.equal(out['bboxes'][~lonely], pred['bboxes'][~lonely])
         lidar2img = torch.as_tensor(np.asarray(meta['lidar2img']), dtype=torch.float64)

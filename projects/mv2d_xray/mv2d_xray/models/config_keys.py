@@ -15,8 +15,9 @@ MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius',
                        'max_match_dist_mm')
 #: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.limit_refinement`,
-#: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.rescore`,
-#: :meth:`MV2DXrayRoIHead.rescore_by_objectness` and :meth:`MV2DXrayRoIHead.select`.
+#: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.search_rays`,
+#: :meth:`MV2DXrayRoIHead.rescore`, :meth:`MV2DXrayRoIHead.rescore_by_objectness` and
+#: :meth:`MV2DXrayRoIHead.select`.
 RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support',
                       'objectness_support', 'score_thr', 'nms', 'max_per_scene')
 #: ``test_cfg.rcnn.refine_to_detections``: :meth:`MV2DXrayRoIHead.refine_on_detections`.

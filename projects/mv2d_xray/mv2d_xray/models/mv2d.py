@@ -26,8 +26,10 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
 Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
 optionally holds the centres near the queries' priors (``refine_radius_mm``),
 re-triangulates them from the supporting 2D detections of their class
-(``refine_to_detections``), rescores by the views' 2D support (``view_support``: by
-their detections) and by the RPN's objectness in every view (``objectness_support``,
+(``refine_to_detections``), moves a box no second view's detection confirms along its
+ray to where the RPN's objectness of every view peaks (``objectness_support.
+search_depths``), rescores by the views' 2D support (``view_support``: by their
+detections) and by the RPN's objectness in every view (``objectness_support``,
 :meth:`objectness_maps`), keeps
 the scores above ``score_thr``, suppresses the duplicates of a finding coming from
 different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps

@@ -177,10 +177,11 @@ class MV2DXrayRoIHead(BaseModule):
             distance of its query's valid triangulated prior, :meth:`limit_refinement`;
             0 puts it at the prior), ``refine_to_detections`` (None, or
             ``dict(gate_px=3, gate_frac=0.5, min_views=2)``:
-            :meth:`refine_on_detections`), ``view_support`` (:meth:`rescore`: ``dict(
+            :meth:`refine_on_detections`), ``objectness_support.search_depths`` (None,
+            or an int: :meth:`search_rays`), ``view_support`` (:meth:`rescore`: ``dict(
             weight=w)`` with one rule, ``margin_px`` or ``gate_px`` / ``gate_frac``),
             ``objectness_support`` (:meth:`rescore_by_objectness`: ``dict(weight=w,
-            levels=[0])``), then
+            levels=[0], search_depths=None)``), then
             (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
             dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False)``, see
@@ -734,7 +735,7 @@ class MV2DXrayRoIHead(BaseModule):
             objectness (dict[int, ObjectnessMaps], optional): per FPN level of
                 :attr:`objectness_levels`, ``maps`` ``(B * num_views, h, w)``, per view
                 the 2D stage's objectness on that level (:meth:`MV2DXray.objectness_maps`),
-                for :meth:`rescore_by_objectness`.
+                for :meth:`search_rays` and :meth:`rescore_by_objectness`.
 
         Returns:
             list[InstanceData]: per scene ``bboxes_3d`` (the meta's
@@ -854,6 +855,9 @@ class MV2DXrayRoIHead(BaseModule):
                              f"{cfg['weight']}")
         MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0),
                                            'test_cfg.view_support')
+        if 'objectness_level' in cfg:
+            raise ValueError('test_cfg.view_support.objectness_level is now its own step: '
+                             'test_cfg.objectness_support=dict(weight=w, levels=[level])')
         rules = [key for key in ('margin_px', 'gate_px') if cfg.get(key) is not None]
         if len(rules) > 1:
             raise ValueError('test_cfg.view_support: margin_px (grown boxes) and gate_px (the '
@@ -922,7 +926,8 @@ class MV2DXrayRoIHead(BaseModule):
 
         Returns:
             dict: ``pred`` with new ``bboxes``, in the same order, and ``confirmed``
-            ``(K,)``: whether the box had ``min_views`` supporting views and moved.
+            ``(K,)``: whether the box had ``min_views`` supporting views and moved
+            (without the setting or without boxes, ``pred`` as given, without it).
         """
         if self.refine_cfg is None or len(pred['bboxes']) == 0:
             return pred
@@ -1035,8 +1040,8 @@ class MV2DXrayRoIHead(BaseModule):
                                      'test_cfg.objectness_support')
         lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
                                     device=pred['bboxes'].device)
-        support = objectness_support_by_size(pred['bboxes'], lidar2img.to(pred['bboxes']),
-                                             maps, tuple(meta['img_shape']))
+        support = objectness_support_by_size(pred['bboxes'].double(), lidar2img, maps,
+                                             tuple(meta['img_shape']))
         return self.weigh_scores(pred, support.to(pred['scores']), float(cfg['weight']))
 
     def search_rays(self, pred: Dict[str, Tensor], meta: dict, query_rois: Tensor,
@@ -1052,7 +1057,8 @@ class MV2DXrayRoIHead(BaseModule):
         levels, the box's extents kept) is highest, among ``N`` depths evenly spread
         over ``box_correlation.depth_range`` (cam mm of the source view). A nodule
         detected in one view is then placed where the other views' sub-threshold
-        evidence agrees. The other boxes, scores and labels are not changed.
+        evidence agrees. A box whose ray is flat (no depth scores higher than
+        another) stays. The other boxes, scores and labels are not changed.
         Without the setting, ``pred`` unchanged.
 
         Args:
@@ -1076,6 +1082,9 @@ class MV2DXrayRoIHead(BaseModule):
         num_depths = cfg.get('search_depths')
         if num_depths is None or len(pred['bboxes']) == 0:
             return pred
+        if 'confirmed' not in pred:
+            raise ValueError('test_cfg.objectness_support.search_depths needs the boxes\' '
+                             "'confirmed' flags of refine_to_detections")
         lonely = ~pred['confirmed']
         if not lonely.any():
             return pred
@@ -1095,10 +1104,15 @@ class MV2DXrayRoIHead(BaseModule):
         extents = bboxes[lonely, 3:].double()[:, None].expand(-1, len(depths), -1)
         candidates = torch.cat([points, extents], dim=-1).flatten(0, 1)   # (M N, 7)
         support = objectness_support_by_size(candidates, lidar2img, maps,
-                                             tuple(meta['img_shape']))
-        best = support.view(len(views), len(depths)).argmax(dim=1)
+                                             tuple(meta['img_shape'])).view(len(views), -1)
+        best_support, best = support.max(dim=1)
+        # a ray along which the objectness is flat (an empty or constant map) leaves the
+        # box where it is, rather than at the first depth searched
+        move = best_support > support.min(dim=1).values
         centre = bboxes[:, :3].clone()
-        centre[lonely] = points[torch.arange(len(views)), best].to(bboxes)
+        chosen = points[torch.arange(len(views), device=points.device), best]   # (M, 3)
+        centre[lonely] = torch.where(move[:, None], chosen, bboxes[lonely, :3].double()).to(
+            bboxes)
         out = dict(pred)
         out['bboxes'] = torch.cat([centre, bboxes[:, 3:]], dim=1)
         return out

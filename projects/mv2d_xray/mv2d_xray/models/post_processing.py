@@ -20,7 +20,8 @@ detections confirm a 3D box (its centre projects inside a detection), weighted b
 ``gate_px`` it takes the baseline's own support rule (the nearest detection whose gate holds
 the projection); on the blades benchmark's val that ranked better than the grown boxes.
 :func:`objectness_support` reads a dense per-view map (the RPN's objectness) at the
-projection in every view instead of the thresholded detections.
+projection in every view, where no thresholded detection may be
+(:func:`objectness_support_by_size`: on the level that fits the box's projected size).
 """
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
