@@ -955,9 +955,10 @@ def test_objectness_support_by_size_hand_computed():
 def test_search_rays_moves_lonely_boxes_to_the_views_agreement():
     """``objectness_support.search_depths``: a box ``refine_to_detections`` could not
     re-triangulate (``confirmed`` False) moves along the ray through its source
-    detection's centre to the depth where the other views' objectness peaks -- maps with a Gaussian (sigma 2 px) at the projections of a
-    point P: with 301 depths over the tiny config's 150-450 mm (1 mm apart) it lands
-    within 1.5 mm of P, on the source detection's ray; a confirmed box, the extents,
+    detection's centre to the depth where the other views' objectness peaks -- maps
+    with a Gaussian (sigma 2 px) at the projections of a point P: with 301 depths over
+    the tiny config's 150-450 mm (1 mm apart) it lands within 1.5 mm of P, on the source
+    detection's ray; a confirmed box, the extents,
     scores and labels stay; on empty maps (no depth scores higher than another) it
     stays too; without the setting nothing moves; the setting needs
     ``refine_to_detections``."""

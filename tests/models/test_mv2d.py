@@ -228,10 +228,10 @@ def test_objectness_support_weighs_the_view_support_scores():
     after ``view_support``: with ``w = 1`` every 3D score is
     :func:`objectness_support_by_size` of its box recomputed from the model's own maps
     of levels 0 and 1 (anchor sides 8 and 16 px: the tiny config's scale-2 anchors at
-    strides 4 and 8, whatever their ratio), in decreasing order; with ``w = 0.5`` it is the geometric mean
-    of that support and the score without the step, box by box; the model computes the
-    maps of every level it reads, in the detections' RPN pass; a level the RPN lacks
-    and a misspelled key stop the build."""
+    strides 4 and 8, whatever their ratio), in decreasing order; with ``w = 0.5`` it is
+    the geometric mean of that support and the score without the step, box by box; the
+    model computes the maps of every level it reads, in the detections' RPN pass; a level
+    the RPN lacks and a misspelled key stop the build."""
     from projects.mv2d_xray.mv2d_xray.models import objectness_support_by_size
     from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
     torch.set_num_threads(1)

@@ -955,9 +955,9 @@ class MV2DXrayRoIHead(BaseModule):
         """``test_cfg.view_support``: weigh one scene's decoded scores with their
         support by the scene's 2D detections (:func:`view_support`: by the grown boxes,
         ``margin_px``, or by the triangulation baseline's gates, ``gate_px`` /
-        ``gate_frac``); with ``per_class``, a box of class ``c`` is supported only by detections of class
-        ``c`` (as the triangulation baseline associates per class). The boxes come
-        back re-sorted by the new scores. Without it, ``pred`` unchanged.
+        ``gate_frac``); with ``per_class``, a box of class ``c`` is supported only by
+        detections of class ``c`` (as the triangulation baseline associates per class).
+        The boxes come back re-sorted by the new scores. Without it, ``pred`` unchanged.
 
         Args:
             pred (dict): ``bboxes`` ``(K, 7)`` (gravity centres, ct mm), ``scores``
@@ -974,8 +974,7 @@ class MV2DXrayRoIHead(BaseModule):
         if cfg is None or len(pred['scores']) == 0:
             return pred
         weight = float(cfg['weight'])                # in [0, 1]: checked in __init__
-        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
-                                    device=rois.device)
+        lidar2img = self.scene_lidar2img(meta, rois.device)
         mine, roi_scores = self.scene_rois(rois, roi_scores, scene, num_views)
         per_class = bool(cfg.get('per_class', False))
         if per_class and roi_labels is None:
@@ -993,6 +992,12 @@ class MV2DXrayRoIHead(BaseModule):
                 None if cfg.get('gate_px') is None else float(cfg['gate_px']),
                 float(cfg.get('gate_frac') or 0.0))
         return self.weigh_scores(pred, support, weight)
+
+    @staticmethod
+    def scene_lidar2img(meta: dict, device: torch.device) -> Tensor:
+        """``(num_views, 4, 4)`` float64 ct -> img matrices of one scene's meta, on
+        ``device`` (the rescoring steps project in float64 whatever the boxes' dtype)."""
+        return torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64), device=device)
 
     @staticmethod
     def scene_objectness(objectness: Optional[Dict[int, ObjectnessMaps]],
@@ -1038,8 +1043,7 @@ class MV2DXrayRoIHead(BaseModule):
             return pred
         maps = self.scene_objectness(objectness, cfg['levels'], num_views,
                                      'test_cfg.objectness_support')
-        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
-                                    device=pred['bboxes'].device)
+        lidar2img = self.scene_lidar2img(meta, pred['bboxes'].device)
         support = objectness_support_by_size(pred['bboxes'].double(), lidar2img, maps,
                                              tuple(meta['img_shape']))
         return self.weigh_scores(pred, support.to(pred['scores']), float(cfg['weight']))
@@ -1091,8 +1095,7 @@ class MV2DXrayRoIHead(BaseModule):
         maps = self.scene_objectness(objectness, cfg['levels'], num_views,
                                      'test_cfg.objectness_support')
         bboxes = pred['bboxes']
-        lidar2img = torch.as_tensor(np.asarray(meta['lidar2img'], dtype=np.float64),
-                                    device=bboxes.device)
+        lidar2img = self.scene_lidar2img(meta, bboxes.device)
         source = query_rois[pred['query_ids'][lonely]].double()          # (M, 5)
         views = source[:, 0].long() % num_views
         uv = (source[:, 1:3] + source[:, 3:5]) / 2                        # (M, 2) img px

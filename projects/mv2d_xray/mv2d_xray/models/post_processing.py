@@ -259,14 +259,14 @@ def objectness_support_by_size(boxes: Tensor, lidar2img: Tensor,
     """
     if len(levels) == 0:
         raise ValueError('objectness_support_by_size needs at least one level')
+    if len(levels) == 1:
+        return objectness_support(boxes[:, :3], lidar2img, levels[0], img_shape)
     num_views = len(levels[0].maps)
     if len(boxes) == 0:
         return boxes.new_zeros(0)
     per_level = torch.stack([objectness_at_projections(boxes[:, :3], lidar2img, maps,
                                                        img_shape)
                              for maps in levels])                        # (L, V, K)
-    if len(levels) == 1:
-        return per_level[0].mean(dim=0)
     anchor = boxes.new_tensor([maps.anchor_px for maps in levels])       # (L,)
     if not torch.isfinite(anchor).all():
         raise ValueError('objectness_support_by_size: every level needs its anchor_px')
