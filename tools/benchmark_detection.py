@@ -19,7 +19,9 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
    scores the 2D stage alone per view (COCO AP / AR, ``tools/evaluate_2d.py``);
 5. scores the three 3D methods on the same cases with 95 % case-bootstrap intervals and
    the paired bootstrap of MV2D - triangulation
-   (:mod:`projects.mv2d_xray.core.bootstrap`).
+   (:mod:`projects.mv2d_xray.core.bootstrap`), and each method again on the findings
+   grouped by how many views' 2D detections hold them (0, 1, 2, 3 or more:
+   :mod:`projects.mv2d_xray.mv2d_xray.evaluation.views_detected`): where they are lost.
 
 Settings of MV2D's test step are tried on val with ``--split val --variant NAME
 --test-cfg-options KEY=VALUE ...`` (e.g. ``model.test_cfg.rcnn.view_support.weight=0.5``):
@@ -46,10 +48,10 @@ ends (an entry of the same domain and split is replaced; the file is read again 
 runs side by side in one ``--work-dir`` keep each other's entries).
 
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
-other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``; under
-``run`` the machine, time and command), ``benchmark.md`` and ``froc_<domain>_<split>.png``
-(one curve per method) to ``--work-dir`` (default ``work_dirs/benchmark``) and prints
-where they are.
+other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``;
+``by_views_detected``; under ``run`` the machine, time and command), ``benchmark.md`` and
+``froc_<domain>_<split>.png`` (one curve per method) to ``--work-dir`` (default
+``work_dirs/benchmark``) and prints where they are.
 """
 import argparse
 import hashlib
@@ -439,14 +441,18 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
-    from projects.mv2d_xray.core.data_format import (infos_size_bands, load_gt_cases, load_infos,
-                                                     load_predictions)
+    from projects.mv2d_xray.core.data_format import (infos_size_bands, load_coco,
+                                                     load_gt_cases, load_infos,
+                                                     load_predictions, resolve_detections)
     from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (METHODS, PAIR,
                                                                           band_names,
                                                                           result_curves, summarise,
                                                                           verdict)
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import group_detections
+    from projects.mv2d_xray.mv2d_xray.evaluation.views_detected import (by_views_detected,
+                                                                        dataset_detecting_views)
     from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics
     infos = load_infos(files['infos'])
     cases, classes = load_gt_cases(infos, files['infos'])
@@ -460,6 +466,13 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
                              progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
     bands = band_names(boot['methods']['mv2d']['result'])
     entry = summarise(boot, bands, read_json(files['metrics_2d']))
+    # where the findings are lost: grouped by the views whose 2D detections hold them
+    coco = load_coco(files['coco'])
+    dets = group_detections(coco, resolve_detections(coco, read_json(files['dets2d'],
+                                                                      '2D detections')),
+                            infos)
+    entry['by_views_detected'] = by_views_detected(
+        cases, preds, classes, dataset_detecting_views(infos, cases, dets))
     entry['verdict'] = verdict(entry)
     plot_metrics(result_curves(boot),
                  osp.join(args.work_dir, f'froc_{name}_{report_key(args)}.png'))

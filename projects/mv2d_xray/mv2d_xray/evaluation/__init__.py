@@ -8,7 +8,9 @@
   imported here);
 * :mod:`.recall_2d` -- where the 2D stage loses the findings: the rank of the first RPN
   proposal overlapping each box and whether a detection does, per box width (not
-  imported here).
+  imported here);
+* :mod:`.views_detected` -- the 3D methods' figures on the findings grouped by how many
+  views' 2D detections hold them (not imported here).
 
 The triangulation baseline is in :mod:`projects.mv2d_xray.mv2d_xray.baselines`, the
 pictures in :mod:`projects.mv2d_xray.mv2d_xray.visualization`.

@@ -69,7 +69,8 @@ def summarise(boot: dict, bands: Sequence[str],
     Returns:
         dict: ``{method: {CPM, CPM_ci, FROC@r, AP_dist@dmm, centre_error_mm, ... (each
         with ``_ci``), by_size: {band: ...}}}``, ``mv2d_minus_triangulation`` (the paired
-        differences, same layout), ``2d_stage`` and ``bootstrap`` (its settings).
+        differences, same layout), ``2d_stage`` and ``bootstrap`` (its settings). The
+        benchmark adds ``by_views_detected`` (:mod:`.views_detected`) and ``verdict``.
     """
     entry = {name: _grouped(method['intervals'], bands)
              for name, method in boot['methods'].items()}
@@ -108,12 +109,34 @@ def markdown_report(entry: Mapping, bands: Sequence[str], title: str,
         lines.append(f"{settings['num_cases']} {split} cases; 95 % intervals from "
                      f"{settings['num_resamples']} case-bootstrap resamples (seed "
                      f"{settings['seed']}); sens@r = sensitivity at r FPs per scan.")
+    by_views = entry.get('by_views_detected')
+    if by_views:
+        lines += ['', views_detected_table(by_views)]
     stage = entry.get('2d_stage')
     if stage:
         figures = ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}'
                             for k, v in stage.items() if isinstance(v, (int, float)))
         lines += ['', f'2D stage alone, per view (COCO): {figures}']
     return '\n'.join(lines) + '\n'
+
+
+def views_detected_table(by_views: Mapping[str, Mapping]) -> str:
+    """The ``by_views_detected`` block
+    (:func:`~projects.mv2d_xray.mv2d_xray.evaluation.views_detected.by_views_detected`) as
+    a markdown table: per group of findings, their number and each method's CPM and
+    sensitivity at 8 FPs per scan (point figures; no intervals)."""
+    names = [m for m in METHODS if any(m in group for group in by_views.values())]
+    rows: List[List[str]] = [['views detecting the finding', 'findings']
+                             + [f'{name} CPM / sens@8' for name in names]]
+    for group, block in by_views.items():
+        cells = []
+        for name in names:
+            figures = block.get(name)
+            cells.append('-' if figures is None else
+                         f"{figures['CPM']:.3f} / {figures['FROC'].get('8', float('nan')):.3f}")
+        rows.append([group, str(block['findings'])] + cells)
+    return ('Findings by the views whose 2D detections hold them (gate max(3 px, half the '
+            'box side)), each group scored alone:\n\n' + markdown_table(rows))
 
 
 def result_curves(boot: dict) -> List[tuple]:
