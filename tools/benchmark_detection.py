@@ -446,11 +446,11 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
                                                      load_predictions, resolve_detections)
     from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import group_detections
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (METHODS, PAIR,
                                                                           band_names,
                                                                           result_curves, summarise,
                                                                           verdict)
-    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import group_detections
     from projects.mv2d_xray.mv2d_xray.evaluation.views_detected import (by_views_detected,
                                                                         dataset_detecting_views)
     from projects.mv2d_xray.mv2d_xray.visualization.metric_plots import plot_metrics

@@ -6,7 +6,9 @@ import pytest
 
 from projects.mv2d_xray.core.data_format import CaseGT, CasePred
 from projects.mv2d_xray.core.geometry import XrayGeometry, project_points
-from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import views_detected_table
+from projects.mv2d_xray.mv2d_xray.baselines.triangulation import TriangulationConfig
+from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (markdown_report,
+                                                                      views_detected_table)
 from projects.mv2d_xray.mv2d_xray.evaluation.views_detected import (VIEW_GROUPS,
                                                                     by_views_detected,
                                                                     dataset_detecting_views,
@@ -41,30 +43,49 @@ def test_a_view_detects_a_finding_when_a_gate_holds_its_projection(lidar2img):
         boxes.append(box_at(uv[view, 0], shift=shift))
         views.append(view)
     # finding 1: view 3 by a large box whose gate (half its 20 px side) holds it 9 px off
-    # (finding 0's projection there is 20 px from that box's centre)
+    # (finding 0's projection there is 21 px from that box's centre)
     boxes.append(box_at(uv[3, 1], side=20.0, shift=(-9.0, 0.0)))
     views.append(3)
     dets = dict(boxes=np.array(boxes), scores=np.array([0.9, 0.8, 0.7, 0.6]),
                 labels=np.zeros(4, np.int64), view_ids=np.array(views))
     assert detecting_views(lidar2img, gt, dets).tolist() == [2, 1]
-    # a wider gate takes in view 1's detection; another class's detections count nothing
-    assert detecting_views(lidar2img, gt, dets, gate_px=3.2).tolist() == [3, 1]
+    # a wider gate takes in view 1's detection; a score under the baseline's score_thr
+    # does not count; nor do another class's detections
+    assert detecting_views(lidar2img, gt, dets, TriangulationConfig(gate_px=3.2)).tolist() \
+        == [3, 1]
+    low = dict(dets, scores=np.array([0.9, 0.01, 0.7, 0.6]))
+    assert detecting_views(lidar2img, gt, low).tolist() == [1, 1]
     assert detecting_views(lidar2img, gt, dict(dets, labels=np.ones(4, np.int64))).tolist() \
         == [0, 0]
     assert detecting_views(lidar2img, gt, None).tolist() == [0, 0]
 
 
+def test_a_finding_counts_only_the_detections_of_its_class(lidar2img):
+    # both findings detected at their projections in all 4 views, by class 0 only
+    gt = CaseGT([finding_box(c) for c in CENTRES], [0, 1], [False, False], [6.0, 6.0])
+    uv, _ = project_points(lidar2img, CENTRES)
+    boxes = [box_at(uv[v, g]) for v in range(4) for g in range(2)]
+    dets = dict(boxes=np.array(boxes), scores=np.full(8, 0.9), labels=np.zeros(8, np.int64),
+                view_ids=np.repeat(np.arange(4), 2))
+    assert detecting_views(lidar2img, gt, dets).tolist() == [4, 0]
+    dets['labels'] = np.tile([0, 1], 4)
+    assert detecting_views(lidar2img, gt, dets).tolist() == [4, 4]
+
+
 def test_counts_for_every_scan_of_an_info_pickle(lidar2img):
+    """``view_ids`` index the info's views in their order, whatever their names."""
     gt = CaseGT([finding_box(CENTRES[0])], [0], [False], [6.0])
-    uv, _ = project_points(lidar2img, CENTRES[:1])
-    infos = dict(data_list=[
-        dict(token=token, images={f'VIEW_{v:02d}': dict(lidar2img=lidar2img[v].tolist())
-                                  for v in range(4)}) for token in ('a', 'b')])
-    dets = {'a': dict(boxes=np.array([box_at(uv[v, 0]) for v in range(4)]),
-                      scores=np.ones(4), labels=np.zeros(4, np.int64),
-                      view_ids=np.arange(4))}
+    order = [3, 1, 0, 2]                                   # position -> the geometry's view
+    images = {f'VIEW_{v:02d}': dict(lidar2img=lidar2img[v].tolist()) for v in order}
+    infos = dict(data_list=[dict(token=token, images=images) for token in ('a', 'b')])
+    uv, _ = project_points(lidar2img[order], CENTRES[:1])  # (4, 1, 2), by position
+    # detected at positions 0 and 1 (views 3 and 1); position 2 has a box 10 px off
+    dets = {'a': dict(boxes=np.array([box_at(uv[0, 0]), box_at(uv[1, 0]),
+                                      box_at(uv[2, 0], shift=(10.0, 0.0))]),
+                      scores=np.ones(3), labels=np.zeros(3, np.int64),
+                      view_ids=np.array([0, 1, 2]))}
     counts = dataset_detecting_views(infos, {'a': gt, 'b': gt}, dets)
-    assert {k: v.tolist() for k, v in counts.items()} == {'a': [4], 'b': [0]}
+    assert {k: v.tolist() for k, v in counts.items()} == {'a': [2], 'b': [0]}
 
 
 def test_each_group_is_scored_alone():
@@ -81,10 +102,15 @@ def test_each_group_is_scored_alone():
     preds = {'mv2d': {'a': CasePred([finding_box(far)], [0.7], [0]),
                         'b': CasePred([hit], [0.9], [0]),
                         'd': CasePred([hit, finding_box(CENTRES[1])], [0.5, 0.95], [0, 0])}}
+    with pytest.raises(ValueError, match="case 'd'"):
+        group_cases(cases, dict(counts, d=np.array([5])), 1, 2)
     grouped = group_cases(cases, counts, 1, 2)
     assert [(~gt.ignore).sum() for gt in grouped.values()] == [0, 1, 0, 0]
     assert grouped['d'].ignore.tolist() == [True, True]
-    result = by_views_detected(cases, preds, ['nodule'], counts)
+    report = by_views_detected(cases, preds, ['nodule'], counts)
+    assert report['settings'] == dict(score_thr=0.05, max_per_view=30, gate_px=3.0,
+                                      gate_frac=0.5)
+    result = report['groups']
     assert list(result) == [name for name, _, _ in VIEW_GROUPS]
     assert [result[g]['findings'] for g in result] == [1, 1, 1, 1]
     # one FP over 4 scans (0.25 per scan; the ignore region's prediction is no FP):
@@ -95,14 +121,20 @@ def test_each_group_is_scored_alone():
     assert result['3+']['mv2d']['FROC']['0.25'] == 1.0
     assert result['3+']['mv2d']['CPM'] == pytest.approx(6 / 7)
     assert result['0']['mv2d']['CPM'] == 0.0 and result['2']['mv2d']['CPM'] == 0.0
+    table = views_detected_table(report)
+    assert 'max(3 px, 0.5 x its larger side)' in table
+    assert table in markdown_report(dict(by_views_detected=report), [], 'title')
     rows = [[cell.strip() for cell in line.strip('|').split('|')]
-            for line in views_detected_table(result).splitlines() if line.startswith('|')]
+            for line in table.splitlines() if line.startswith('|')]
     assert rows[0] == ['views detecting the finding', 'findings', 'mv2d CPM / sens@8']
     assert rows[3] == ['1', '1', '1.000 / 1.000'] and rows[-1] == ['3+', '1', '0.857 / 1.000']
 
 
 def test_a_group_without_findings_has_no_figures():
     cases = {'a': CaseGT([finding_box(CENTRES[0])], [0], [False], [6.0])}
-    result = by_views_detected(cases, {'mv2d': {}}, ['nodule'], {'a': np.array([3])})
+    report = by_views_detected(cases, {'mv2d': {}}, ['nodule'], {'a': np.array([3])})
+    result = report['groups']
     assert result['0'] == {'findings': 0}
     assert result['3+']['findings'] == 1 and result['3+']['mv2d']['CPM'] == 0.0
+    rows = views_detected_table(report).splitlines()
+    assert any(line.replace(' ', '').startswith('|0|0|-|') for line in rows)

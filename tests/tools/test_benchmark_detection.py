@@ -306,17 +306,16 @@ def test_the_report_groups_the_findings_by_the_views_that_detect_them(tmp_path):
     """Step 5 on the evaluation fake set: the exact 2D boxes as the 2D detections, except
     every box of one finding; ``by_views_detected`` puts that finding in group '0' and the
     others in '3+' (10 views), and scores each method there."""
-    import json
-
     from eval_fake_data import write_eval_dataset
 
     from projects.mv2d_xray.core.data_format import (CasePred, load_gt_cases,
                                                      predictions_to_json)
+    from projects.mv2d_xray.core.io import read_json, write_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import \
         coco_annotations_as_detections
     bench = _benchmark_module()
     data = write_eval_dataset(str(tmp_path / 'data'))
-    coco = json.load(open(data['coco']))
+    coco = read_json(data['coco'])
     lost = [a['id'] for a in coco['annotations']
             if a['image_id'] in {i['id'] for i in coco['images'] if i['token'] ==
                                  'evalfake-0000'} and a['instance_id'] == 1]
@@ -325,20 +324,20 @@ def test_the_report_groups_the_findings_by_the_views_that_detect_them(tmp_path):
     dets = coco_annotations_as_detections(dict(coco, annotations=kept), include_crowd=False)
     files = dict(infos=data['infos'], coco=data['coco'],
                  dets2d=str(tmp_path / 'dets2d.json'), metrics_2d=str(tmp_path / 'm2d.json'))
-    json.dump(dets, open(files['dets2d'], 'w'))
-    json.dump({'overall': {'AP': 0.5}}, open(files['metrics_2d'], 'w'))
+    write_json(files['dets2d'], dets)
+    write_json(files['metrics_2d'], {'overall': {'AP': 0.5}})
     cases, _ = load_gt_cases(data['infos'])
     everything = {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels)
                   for t, gt in cases.items()}
     for method in ('mv2d', 'triangulation', 'triangulation_gt2d'):
         files[method] = str(tmp_path / f'{method}.json')
-        json.dump(predictions_to_json(everything if method != 'triangulation' else {}),
-                  open(files[method], 'w'))
+        write_json(files[method],
+                   predictions_to_json(everything if method != 'triangulation' else {}))
     args = bench.parse_args(['--split', 'val', '--resamples', '10', '--work-dir',
                              str(tmp_path / 'work')])
     (tmp_path / 'work').mkdir()
     entry = bench.score_domain('chest', files, args)
-    groups = entry['by_views_detected']
+    groups = entry['by_views_detected']['groups']
     assert {g: block['findings'] for g, block in groups.items()} == \
         {'0': 1, '1': 0, '2': 0, '3+': 3}
     assert groups['0']['mv2d']['CPM'] == 1.0 and groups['3+']['mv2d']['CPM'] == 1.0

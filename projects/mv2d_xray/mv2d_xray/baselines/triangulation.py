@@ -388,6 +388,57 @@ class _Hypotheses:
                                                          self.dets, self.pool)
 
 
+def _support_by_class(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                      labels: np.ndarray, view_ids: np.ndarray, points: np.ndarray,
+                      point_labels: np.ndarray, cfg: TriangulationConfig):
+    """Per class of the points: the detections of that class kept by step 1 and, in every
+    view, the one supporting each point (:func:`_support`). Yields ``(mine, dets, pool,
+    members)``: the points' indices ``(M_c,)``, the padded detections, their availability
+    ``(V, K)`` and the supporting slot per point and view ``(M_c, V)`` (-1: none); classes
+    without detections are skipped."""
+    for label in np.unique(point_labels):
+        mine = np.flatnonzero(point_labels == label)
+        sel = labels == label
+        dets = _pad_detections(boxes[sel], scores[sel], view_ids[sel], len(lidar2img), cfg)
+        if dets is None:
+            continue
+        pool = dets.index >= 0
+        members, _ = _support(points[mine], lidar2img, dets, pool)
+        yield mine, dets, pool, members
+
+
+def supporting_views(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                     labels: np.ndarray, view_ids: np.ndarray, points: np.ndarray,
+                     point_labels: np.ndarray,
+                     cfg: Optional[TriangulationConfig] = None) -> np.ndarray:
+    """Which views' detections support 3D points, by the association of step 4: a view
+    supports a point when one of its detections of the point's class (after step 1's
+    ``score_thr`` and ``max_per_view``) has a gate holding the point's projection.
+
+    Args:
+        lidar2img: ``(V, 4, 4)`` ct -> img of each view.
+        boxes: ``(K, 4)`` xyxy detections in the same img px as ``lidar2img``.
+        scores, labels, view_ids: ``(K,)`` their scores, classes and views.
+        points: ``(M, 3)`` ct mm.
+        point_labels: ``(M,)`` the points' classes.
+        cfg: settings (``score_thr``, ``max_per_view``, ``gate_px``, ``gate_frac``);
+            defaults to :class:`TriangulationConfig`.
+
+    Returns:
+        np.ndarray: ``(M, V)`` bool.
+    """
+    cfg = cfg or TriangulationConfig()
+    lidar2img, boxes, scores, labels, view_ids = _detection_arrays(lidar2img, boxes, scores,
+                                                                   labels, view_ids)
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    point_labels = np.asarray(point_labels, np.int64).reshape(-1)
+    out = np.zeros((len(points), len(lidar2img)), bool)
+    for mine, _, _, members in _support_by_class(lidar2img, boxes, scores, labels, view_ids,
+                                                 points, point_labels, cfg):
+        out[mine] = members >= 0
+    return out
+
+
 def refine_to_detections(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
                          labels: np.ndarray, view_ids: np.ndarray, points: np.ndarray,
                          point_labels: np.ndarray,
@@ -423,14 +474,8 @@ def refine_to_detections(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.nd
     points = np.array(points, np.float64).reshape(-1, 3)
     point_labels = np.asarray(point_labels, np.int64).reshape(-1)
     num_views = np.zeros(len(points), np.int64)
-    for label in np.unique(point_labels):
-        mine = np.flatnonzero(point_labels == label)
-        sel = labels == label
-        dets = _pad_detections(boxes[sel], scores[sel], view_ids[sel], len(lidar2img), cfg)
-        if dets is None:
-            continue
-        pool = dets.index >= 0
-        members, _ = _support(points[mine], lidar2img, dets, pool)
+    for mine, dets, pool, members in _support_by_class(lidar2img, boxes, scores, labels,
+                                                       view_ids, points, point_labels, cfg):
         for m, member in zip(mine, members):
             if (member >= 0).sum() < cfg.min_views:
                 continue

@@ -124,19 +124,25 @@ def views_detected_table(by_views: Mapping[str, Mapping]) -> str:
     """The ``by_views_detected`` block
     (:func:`~projects.mv2d_xray.mv2d_xray.evaluation.views_detected.by_views_detected`) as
     a markdown table: per group of findings, their number and each method's CPM and
-    sensitivity at 8 FPs per scan (point figures; no intervals)."""
-    names = [m for m in METHODS if any(m in group for group in by_views.values())]
+    sensitivity at the highest FP rate read (point figures; no intervals), under a line
+    naming the association's gate."""
+    groups = by_views['groups']
+    names = [m for m in METHODS if any(m in group for group in groups.values())]
+    rates = next((list(group[m]['FROC']) for group in groups.values() for m in names
+                  if m in group), ['8'])
+    rate = rates[-1]
     rows: List[List[str]] = [['views detecting the finding', 'findings']
-                             + [f'{name} CPM / sens@8' for name in names]]
-    for group, block in by_views.items():
-        cells = []
-        for name in names:
-            figures = block.get(name)
-            cells.append('-' if figures is None else
-                         f"{figures['CPM']:.3f} / {figures['FROC'].get('8', float('nan')):.3f}")
+                             + [f'{name} CPM / sens@{rate}' for name in names]]
+    for group, block in groups.items():
+        cells = ['-' if block.get(name) is None else
+                 f"{block[name]['CPM']:.3f} / {block[name]['FROC'][rate]:.3f}"
+                 for name in names]
         rows.append([group, str(block['findings'])] + cells)
-    return ('Findings by the views whose 2D detections hold them (gate max(3 px, half the '
-            'box side)), each group scored alone:\n\n' + markdown_table(rows))
+    gate = by_views['settings']
+    return (f"Findings by the views whose 2D detections hold them (a detection scoring >= "
+            f"{gate['score_thr']:g} whose gate, max({gate['gate_px']:g} px, "
+            f"{gate['gate_frac']:g} x its larger side), holds the finding's projected "
+            f'centre), each group scored alone:\n\n' + markdown_table(rows))
 
 
 def result_curves(boot: dict) -> List[tuple]:

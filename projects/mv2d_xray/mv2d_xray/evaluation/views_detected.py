@@ -7,11 +7,13 @@ from two views on, both can place it. This splits the findings into groups by th
 and scores each method on each group alone, so a benchmark says whether the 2D stage, the
 association of views or the 3D stage loses what is missed.
 
-**The count.** A view *detects* a finding when one of its 2D detections of the finding's
-class has a gate (:func:`~projects.mv2d_xray.core.geometry.detection_gates`,
-``max(gate_px, gate_frac * max(w, h))`` px, the triangulation baseline's and MV2D's
-``view_support`` rule) that holds the projection of the finding's centre. Detections are
-in img px of the original views, finding centres in ``ct`` mm.
+**The count.** A view *detects* a finding when it supports the finding's centre by the
+triangulation baseline's association
+(:func:`~projects.mv2d_xray.mv2d_xray.baselines.triangulation.supporting_views`): one of
+its detections of the finding's class, among those the baseline keeps (``score_thr``,
+``max_per_view``), has a gate ``max(gate_px, gate_frac * max(w, h))`` px holding the
+projection of the centre. (MV2D's ``view_support`` uses the same gate, over all classes.)
+Detections are in img px of the original views, finding centres in ``ct`` mm.
 
 **The figures.** Per group, :func:`~projects.mv2d_xray.core.metric.evaluate_detections`
 with the other groups' findings made ignore regions -- as the metric's size bands do: a
@@ -27,9 +29,9 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from projects.mv2d_xray.core.data_format import CaseGT, CasePred
-from projects.mv2d_xray.core.geometry import (detection_gates, nearest_in_gate,
-                                              project_points, view_slots)
 from projects.mv2d_xray.core.metric import evaluate_detections
+from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
+                                                                  supporting_views)
 
 #: The groups: ``(name, low, high)``, findings detected in ``low <= n < high`` views.
 VIEW_GROUPS: Tuple[Tuple[str, int, float], ...] = (('0', 0, 1), ('1', 1, 2), ('2', 2, 3),
@@ -39,7 +41,7 @@ GROUP_FIGURES = ('CPM', 'FROC')
 
 
 def detecting_views(lidar2img: np.ndarray, gt: CaseGT, dets: Optional[Mapping],
-                    gate_px: float = 3.0, gate_frac: float = 0.5) -> np.ndarray:
+                    cfg: Optional[TriangulationConfig] = None) -> np.ndarray:
     """Per finding of one scan, the number of views that detect it (module docstring).
 
     Args:
@@ -49,49 +51,33 @@ def detecting_views(lidar2img: np.ndarray, gt: CaseGT, dets: Optional[Mapping],
             px, ``scores``, ``labels`` and ``view_ids`` ``(K,)`` (index into the views),
             as :func:`~projects.mv2d_xray.mv2d_xray.baselines.triangulation.group_detections`
             gives them; None: no detection.
-        gate_px (float): smallest gate, px.
-        gate_frac (float): gate as a fraction of the detection's larger side.
+        cfg (TriangulationConfig, optional): the association's settings (``score_thr``,
+            ``max_per_view``, ``gate_px``, ``gate_frac``); the baseline's defaults.
 
     Returns:
         np.ndarray: ``(G,)`` int64, each in ``0 .. V``.
     """
-    lidar2img = np.asarray(lidar2img, np.float64)
-    num_views = len(lidar2img)
-    counts = np.zeros(len(gt.boxes), np.int64)
-    if dets is None or len(gt.boxes) == 0 or len(dets['scores']) == 0:
-        return counts
-    boxes = np.asarray(dets['boxes'], np.float64).reshape(-1, 4)
-    scores = np.asarray(dets['scores'], np.float64).reshape(-1)
-    labels = np.asarray(dets['labels'], np.int64).reshape(-1)
-    views = np.asarray(dets['view_ids'], np.int64).reshape(-1)
-    uv, depth = project_points(lidar2img, gt.boxes[:, :3])            # (V, G, 2), (V, G)
-    for label in np.unique(gt.labels):
-        mine = np.flatnonzero(labels == label)
-        index = view_slots(scores[mine], views[mine], num_views)       # (V, D)
-        if index.shape[1] == 0:
-            continue
-        box = boxes[mine][np.maximum(index, 0)]                        # (V, D, 4)
-        centres = (box[..., :2] + box[..., 2:]) / 2
-        gates = detection_gates(box, gate_px, gate_frac)
-        of_label = gt.labels == label
-        slot, _ = nearest_in_gate(uv[:, of_label].transpose(1, 0, 2),
-                                  depth[:, of_label].T, centres, gates, index >= 0)
-        counts[of_label] = (slot >= 0).sum(axis=1)                     # (G_label,)
-    return counts
+    if dets is None or len(gt.boxes) == 0:
+        return np.zeros(len(gt.boxes), np.int64)
+    support = supporting_views(lidar2img, dets['boxes'], dets['scores'], dets['labels'],
+                               dets['view_ids'], gt.boxes[:, :3], gt.labels, cfg)
+    return support.sum(axis=1).astype(np.int64)
 
 
 def dataset_detecting_views(infos: Mapping, cases: Mapping[str, CaseGT],
-                            dets_by_case: Mapping[str, Mapping], gate_px: float = 3.0,
-                            gate_frac: float = 0.5) -> Dict[str, np.ndarray]:
+                            dets_by_case: Mapping[str, Mapping],
+                            cfg: Optional[TriangulationConfig] = None
+                            ) -> Dict[str, np.ndarray]:
     """:func:`detecting_views` for every scan of an info pickle.
 
     Args:
         infos (Mapping): the loaded info pickle (``data_list`` items with ``token`` and
-            ``images``, each view's ``lidar2img``).
+            ``images``, each view's ``lidar2img``, in the order the detections'
+            ``view_ids`` index).
         cases: ``{token: CaseGT}`` of the same scans.
         dets_by_case: ``{token: detections}`` as :func:`detecting_views` reads them; a
             scan missing here has none.
-        gate_px, gate_frac: the gate, as :func:`detecting_views`.
+        cfg: the association's settings, as :func:`detecting_views`.
 
     Returns:
         dict: ``{token: (G,) int64}``.
@@ -101,18 +87,30 @@ def dataset_detecting_views(infos: Mapping, cases: Mapping[str, CaseGT],
         token = info['token']
         lidar2img = np.stack([np.asarray(view['lidar2img'], np.float64)
                               for view in info['images'].values()])
-        out[token] = detecting_views(lidar2img, cases[token], dets_by_case.get(token),
-                                     gate_px, gate_frac)
+        out[token] = detecting_views(lidar2img, cases[token], dets_by_case.get(token), cfg)
     return out
 
 
 def group_cases(cases: Mapping[str, CaseGT], counts: Mapping[str, np.ndarray],
                 low: int, high: float) -> Dict[str, CaseGT]:
-    """The scans with only the findings detected in ``low <= n < high`` views left as
-    findings; the others (and the ignore regions) become ignore regions."""
+    """The scans with only one group's findings left as findings.
+
+    Args:
+        cases: ``{token: CaseGT}``.
+        counts: ``{token: (G,)}`` per finding the views detecting it
+            (:func:`detecting_views`).
+        low, high: the group, ``low <= count < high``.
+
+    Returns:
+        dict: ``{token: CaseGT}``, new objects whose findings outside the group (and
+        whose ignore regions) are ignore regions.
+    """
     out = {}
     for token, gt in cases.items():
         n = np.asarray(counts[token])
+        if n.shape != gt.ignore.shape:
+            raise ValueError(f'case {token!r}: {n.shape} view counts for '
+                             f'{len(gt.ignore)} findings')
         keep = (n >= low) & (n < high)
         out[token] = dataclasses.replace(gt, ignore=gt.ignore | ~keep)
     return out
@@ -120,6 +118,7 @@ def group_cases(cases: Mapping[str, CaseGT], counts: Mapping[str, np.ndarray],
 
 def by_views_detected(cases: Mapping[str, CaseGT], preds: Mapping[str, Mapping[str, CasePred]],
                       classes: Sequence[str], counts: Mapping[str, np.ndarray],
+                      cfg: Optional[TriangulationConfig] = None,
                       groups: Sequence[Tuple[str, int, float]] = VIEW_GROUPS) -> dict:
     """Each method's figures on each group of findings (module docstring).
 
@@ -128,12 +127,16 @@ def by_views_detected(cases: Mapping[str, CaseGT], preds: Mapping[str, Mapping[s
         preds: ``{method: {token: CasePred}}``.
         classes: class names, index = label.
         counts: ``{token: (G,) views detecting each finding}`` (:func:`detecting_views`).
+        cfg: the association settings the counts were made with (recorded only).
         groups: ``(name, low, high)`` view-count groups.
 
     Returns:
-        dict: ``{group: {'findings': n, method: {'CPM': ..., 'FROC': {rate: sens}}}}``;
-        a group without findings has ``'findings': 0`` and no method figures.
+        dict: ``settings`` (the association's ``score_thr``, ``max_per_view``,
+        ``gate_px``, ``gate_frac``) and ``groups`` ``{group: {'findings': n, method:
+        {'CPM': ..., 'FROC': {rate: sensitivity}}}}``; a group without findings has
+        ``'findings': 0`` and no method figures.
     """
+    cfg = cfg or TriangulationConfig()
     out = {}
     for name, low, high in groups:
         grouped = group_cases(cases, counts, low, high)
@@ -144,4 +147,6 @@ def by_views_detected(cases: Mapping[str, CaseGT], preds: Mapping[str, Mapping[s
                 result = evaluate_detections(grouped, method_preds, classes, size_bands=())
                 entry[method] = {key: result[key] for key in GROUP_FIGURES}
         out[name] = entry
-    return out
+    settings = {key: getattr(cfg, key)
+                for key in ('score_thr', 'max_per_view', 'gate_px', 'gate_frac')}
+    return dict(settings=settings, groups=out)
