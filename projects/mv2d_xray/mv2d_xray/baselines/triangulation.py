@@ -415,14 +415,8 @@ def supporting_views(lidar2img: np.ndarray, boxes: np.ndarray, scores: np.ndarra
     supports a point when one of its detections of the point's class (after step 1's
     ``score_thr`` and ``max_per_view``) has a gate holding the point's projection.
 
-    Args:
-        lidar2img: ``(V, 4, 4)`` ct -> img of each view.
-        boxes: ``(K, 4)`` xyxy detections in the same img px as ``lidar2img``.
-        scores, labels, view_ids: ``(K,)`` their scores, classes and views.
-        points: ``(M, 3)`` ct mm.
-        point_labels: ``(M,)`` the points' classes.
-        cfg: settings (``score_thr``, ``max_per_view``, ``gate_px``, ``gate_frac``);
-            defaults to :class:`TriangulationConfig`.
+    Args: as :func:`refine_to_detections` (``points`` ``(M, 3)`` ct mm; of ``cfg``,
+    ``score_thr``, ``max_per_view``, ``gate_px`` and ``gate_frac`` apply).
 
     Returns:
         np.ndarray: ``(M, V)`` bool.
