@@ -1001,16 +1001,15 @@ class MV2DXrayRoIHead(BaseModule):
 
     @staticmethod
     def scene_objectness(objectness: Optional[Dict[int, ObjectnessMaps]],
-                         levels: Sequence[int], num_views: int,
-                         setting: str) -> List[ObjectnessMaps]:
-        """The scene's objectness maps on ``levels``, each checked to hold one map per
-        view; ``ValueError`` naming ``setting`` when a level is missing."""
+                         levels: Sequence[int], num_views: int) -> List[ObjectnessMaps]:
+        """The scene's objectness maps on ``levels`` (``test_cfg.objectness_support``'s),
+        each checked to hold one map per view; ``ValueError`` when a level is missing."""
         out = []
         for level in levels:
             maps = (objectness or dict()).get(level)
             if maps is None:
-                raise ValueError(f"{setting} needs the 2D stage's objectness maps on level "
-                                 f'{level} (objectness)')
+                raise ValueError("test_cfg.objectness_support needs the 2D stage's "
+                                 f'objectness maps on level {level} (objectness)')
             if len(maps.maps) != num_views:
                 raise ValueError(f'objectness: {len(maps.maps)} maps for a scene of '
                                  f'{num_views} views')
@@ -1041,8 +1040,7 @@ class MV2DXrayRoIHead(BaseModule):
         cfg = self.test_cfg.get('objectness_support', None)
         if cfg is None or len(pred['scores']) == 0:
             return pred
-        maps = self.scene_objectness(objectness, cfg['levels'], num_views,
-                                     'test_cfg.objectness_support')
+        maps = self.scene_objectness(objectness, cfg['levels'], num_views)
         lidar2img = self.scene_lidar2img(meta, pred['bboxes'].device)
         support = objectness_support_by_size(pred['bboxes'].double(), lidar2img, maps,
                                              tuple(meta['img_shape']))
@@ -1092,8 +1090,7 @@ class MV2DXrayRoIHead(BaseModule):
         lonely = ~pred['confirmed']
         if not lonely.any():
             return pred
-        maps = self.scene_objectness(objectness, cfg['levels'], num_views,
-                                     'test_cfg.objectness_support')
+        maps = self.scene_objectness(objectness, cfg['levels'], num_views)
         bboxes = pred['bboxes']
         lidar2img = self.scene_lidar2img(meta, bboxes.device)
         source = query_rois[pred['query_ids'][lonely]].double()          # (M, 5)
