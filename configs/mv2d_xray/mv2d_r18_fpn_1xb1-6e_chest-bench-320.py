@@ -28,7 +28,11 @@ img_size = (320, 320)        # (H, W); 2.5 mm detector pixels, 1.25 mm at the is
 # scaled to the image: the paper's 8 px anchors at stride 4 are for 1024 px, where a 3 mm
 # nodule is ~8 px; here a 4.5 mm nodule is ~3.6 px, whose IoU with an 8 px anchor (0.2) is
 # under the RPN's min_pos_iou (0.3): it would get no positive anchor. 4 px anchors at
-# stride 4 (scale 1; 4 ... 64 px over P2-P6) give it IoU ~0.8.
+# stride 4 (scale 1; 4 ... 64 px over P2-P6) give it IoU ~0.8 when it is centred on an
+# anchor, less between anchor centres: 16.7 % of the 15-nodule build's boxes (30 % of
+# those under 4 px) still get no positive anchor. Giving every box one (min_pos_iou 0.1,
+# positives from IoU 0.4, negatives under 0.2) was tried and not kept: no gain on val
+# (README chest ablations, twenty-fourth session).
 #
 # Input channels (XrayLocalContrast, README ablations): 0 the grey view, 1 and 2 its
 # high-pass residues at 1.5 and 4 px (grey minus its Gaussian blur), which lift a 5 mm
