@@ -2,6 +2,7 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BENCHMARK_DOMAINS ?= chest blades
+BENCHMARK_ARGS ?=
 
 .PHONY: install test demo demo-blades benchmark
 
@@ -17,5 +18,5 @@ demo: install  ## offline demo: demo dataset -> training -> test -> picture (wor
 demo-blades: install  ## the same on generated cast blades with defects (work_dirs/demo_blades)
 	DEMO=blades PYTHON=$(PYTHON) bash tools/demo.sh
 
-benchmark: install  ## held-out benchmark: MV2D vs triangulation on the test split (work_dirs/benchmark); BENCHMARK_DOMAINS=chest for one
-	$(PYTHON) tools/benchmark_detection.py --domains $(BENCHMARK_DOMAINS)
+benchmark: install  ## held-out benchmark: MV2D vs triangulation on the test split (work_dirs/benchmark); BENCHMARK_DOMAINS=chest for one, BENCHMARK_ARGS for more options
+	$(PYTHON) tools/benchmark_detection.py --domains $(BENCHMARK_DOMAINS) $(BENCHMARK_ARGS)

@@ -35,7 +35,11 @@ variants with the same ``--cfg-options`` share it) and tested with them. Setting
 2D stage is trained anew into ``2d-stage-<the options>-<hash>`` and MV2D from it into a
 folder named after both lists of options (MV2D starts from that checkpoint with its own
 config: an override of the 2D stage's model belongs in ``--cfg-options`` too, or its
-weights do not load). ``--train-nodules-2d N`` (chest) trains the 2D stage on another
+weights do not load). ``--amp-2d`` trains the 2D stage in bf16 (the override
+``tools/train.py --amp`` makes; faster only on a CPU with native bf16, or a GPU), and
+``--cycles-2d N`` as N runs of its schedule, each from the one before's last checkpoint
+(``load_from``; each run in a folder named after its overrides, that ``load_from``
+included). ``--train-nodules-2d N`` (chest) trains the 2D stage on another
 build whose every training case holds N findings (``<data>-tn<N>``, the converter's
 ``--train-nodules N``; val and test as in the benchmark's build), while MV2D trains on the
 domain's training build. A finished training is reused only while its config's training
@@ -176,6 +180,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'it (a model override belongs in --cfg-options too), e.g. '
                         'train_cfg.max_epochs=12 param_scheduler.1.T_max=12 '
                         'param_scheduler.1.end=12')
+    parser.add_argument('--amp-2d', action='store_true',
+                        help='train the 2D stage in mixed precision (bf16 on a CPU with '
+                        'native bf16, as tools/train.py --amp; the same as --cfg-options-2d '
+                        f'{AMP_2D_OPTION}); faster only where bf16 is native: on an AVX2 '
+                        'CPU a bf16 step is 20-50x slower. With --variant')
+    parser.add_argument('--cycles-2d', type=int, default=1, metavar='N',
+                        help="train the 2D stage as N runs of its config's schedule, each "
+                        "from the one before's last checkpoint (its warm-up and cosine "
+                        'restarted; each run in its own folder, reused as any training). '
+                        'Default 1; with --variant when more')
     parser.add_argument('--train-nodules-2d', type=int, default=None, metavar='N',
                         help='train the 2D stage on another build of the data whose every '
                         'training case holds N findings (<data>-tn<N>, built with the '
@@ -186,11 +200,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resamples < 10:
         parser.error('--resamples must be at least 10')
+    if args.cycles_2d < 1:
+        parser.error(f'--cycles-2d must be at least 1, got {args.cycles_2d}')
     if bool(args.variant) != bool(args.test_cfg_options or args.cfg_options
-                                  or args.cfg_options_2d
+                                  or args.cfg_options_2d or args.amp_2d
+                                  or args.cycles_2d > 1
                                   or args.train_nodules_2d is not None):
         parser.error('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d '
-                     '/ --train-nodules-2d go together')
+                     '/ --amp-2d / --cycles-2d / --train-nodules-2d go together')
     if args.train_nodules_2d is not None and args.train_nodules_2d < 1:
         parser.error(f'--train-nodules-2d must be at least 1, got {args.train_nodules_2d}')
     for name in args.domains:
@@ -365,13 +382,50 @@ def train_build(data: str, train_nodules: Optional[int]) -> Optional[str]:
     return None if not train_nodules else f"{data.rstrip('/')}-tn{train_nodules}"
 
 
-def stage_2d_options(cfg_options_2d: Sequence[str], data_2d: Optional[str]) -> List[str]:
-    """The 2D stage's training overrides: ``--cfg-options-2d``, then the training data
-    root of its own build when it has one (so that build names its folders too)."""
-    options = list(cfg_options_2d)
+#: ``--amp-2d``: the override ``tools/train.py --amp`` makes (bf16 on the CPU).
+AMP_2D_OPTION = 'optim_wrapper.type=XrayAmpOptimWrapper'
+
+
+def stage_2d_options(cfg_options_2d: Sequence[str], data_2d: Optional[str],
+                     amp: bool = False) -> List[str]:
+    """The 2D stage's training overrides: :data:`AMP_2D_OPTION` with ``amp`` (first, and
+    not twice, so ``--amp-2d`` and ``--cfg-options-2d`` naming it share one folder), then
+    ``--cfg-options-2d``, then the training data root of its own build when it has one
+    (so that build names its folders too)."""
+    options = [AMP_2D_OPTION] if amp and AMP_2D_OPTION not in cfg_options_2d else []
+    options += cfg_options_2d
     if data_2d is not None:
         options.append(f"train_dataloader.dataset.data_root={data_2d.rstrip('/')}/")
     return options
+
+
+def repo_path(path: str) -> str:
+    """``path`` relative to the repository root when it lies inside it (a folder name
+    that does not depend on where the clone is), else absolute."""
+    path = osp.abspath(path)
+    inside = osp.commonpath([path, REPO]) == REPO
+    return osp.relpath(path, REPO) if inside else path
+
+
+def train_2d_stage(name: str, domain: Domain, out: str, options: Sequence[str],
+                   options_2d: Sequence[str], cycles: int,
+                   log: List[dict]) -> Tuple[str, List[str]]:
+    """Train the 2D stage as ``cycles`` runs of its config's schedule under ``out``: the
+    first with ``options`` and ``options_2d``, each later one from the last checkpoint of
+    the one before (``load_from``, repository-relative, appended to its overrides: a
+    warm restart of the warm-up and the cosine, as two commands with that ``load_from``
+    in ``--cfg-options-2d`` would train, in the same folders). Returns the last
+    checkpoint and the last run's overrides, which name MV2D's folder."""
+    options_2d, checkpoint = list(options_2d), None
+    for cycle in range(1, cycles + 1):
+        if checkpoint is not None:
+            options_2d.append(f'load_from={repo_path(checkpoint)}')
+        title = f'{name}: training the 2D stage' + \
+            (f' (run {cycle} of {cycles})' if cycles > 1 else '')
+        checkpoint = train(title, domain.config_2d,
+                           osp.join(out, training_folder('2d-stage', options_2d)),
+                           list(options) + options_2d, log)
+    return checkpoint, options_2d
 
 
 def report_key(args: argparse.Namespace) -> str:
@@ -406,10 +460,9 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     options = data_options(domain, data, args.split, train_data) + \
         [f'randomness.seed={args.seed}']
     quick = list(domain.quick_cfg) if args.quick else []
-    options_2d = stage_2d_options(args.cfg_options_2d, data_2d)
-    ckpt_2d = train(f'{name}: training the 2D stage', domain.config_2d,
-                    osp.join(out, training_folder('2d-stage', options_2d)),
-                    options + quick + options_2d, log)
+    ckpt_2d, options_2d = train_2d_stage(
+        name, domain, out, options + quick,
+        stage_2d_options(args.cfg_options_2d, data_2d, args.amp_2d), args.cycles_2d, log)
     key = report_key(args)
     mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options, options_2d))
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
@@ -528,6 +581,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), quick=args.quick,
                    seed=args.seed, test_cfg_options=args.test_cfg_options,
                    cfg_options=args.cfg_options, cfg_options_2d=args.cfg_options_2d,
+                   amp_2d=args.amp_2d, cycles_2d=args.cycles_2d,
                    train_nodules_2d=args.train_nodules_2d, steps=log)
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)

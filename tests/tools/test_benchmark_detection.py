@@ -23,7 +23,7 @@ def test_variant_needs_test_cfg_options(tmp_path):
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2
     assert ('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d / '
-            '--train-nodules-2d go together') in out.stderr
+            '--amp-2d / --cycles-2d / --train-nodules-2d go together') in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'a/b', '--test-cfg-options', 'x=1',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--variant must be letters' in out.stderr
@@ -231,6 +231,54 @@ def test_each_stage_trains_on_its_build(tmp_path, monkeypatch):
                                   f'{root}={data}/')
     (_, stage_2d), (_, mv2d) = trainings
     assert (stage_2d[root], mv2d[root]) == (data + '-tn15/', data + '/')
+
+
+def test_a_2d_stage_of_several_runs_chains_its_checkpoints(tmp_path, monkeypatch):
+    """``--cycles-2d N`` trains the 2D stage N times, each run from the one before's
+    last checkpoint (repository-relative, after the other overrides), each in its own
+    folder; MV2D loads the last run and its folder is named after the last run's
+    overrides. ``--amp-2d`` is the bf16 wrapper override, first: the folders are those
+    of the two-command recipe with ``--cfg-options-2d``."""
+    bench = _benchmark_module()
+    amp = 'optim_wrapper.type=XrayAmpOptimWrapper'
+    monkeypatch.setattr(bench, 'REPO', str(tmp_path))
+    _, _, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'r3', '--amp-2d',
+                                  '--cycles-2d', '3', '--cfg-options-2d', 'randomness.seed=1')
+    (dir_1, run_1), (dir_2, run_2), (dir_3, run_3), (dir_mv2d, mv2d) = trainings
+    assert 'load_from' not in run_1 and run_1['randomness.seed'] == '1'
+    assert run_1['optim_wrapper.type'] == run_3['optim_wrapper.type'] == 'XrayAmpOptimWrapper'
+    assert run_2['load_from'] == osp.relpath(osp.join(dir_1, 'epoch_1.pth'), tmp_path)
+    assert run_3['load_from'] == osp.relpath(osp.join(dir_2, 'epoch_1.pth'), tmp_path)
+    assert run_2['load_from'].startswith('work' + osp.sep)
+    assert mv2d['load_from'] == osp.join(dir_3, 'epoch_1.pth')
+    assert len({dir_1, dir_2, dir_3}) == 3
+    last_2d = [amp, 'randomness.seed=1', 'load_from=' + run_2['load_from'],
+               'load_from=' + run_3['load_from']]
+    assert osp.basename(dir_3) == bench.training_folder('2d-stage', last_2d)
+    assert osp.basename(dir_mv2d) == bench.mv2d_folder([], last_2d)
+    # --amp-2d and the override it stands for name the same folders, once
+    _, _, same = _run_domain(tmp_path, monkeypatch, '--variant', 'r1', '--cfg-options-2d',
+                             amp, 'randomness.seed=1')
+    assert same[0][0] == dir_1
+    _, _, same = _run_domain(tmp_path, monkeypatch, '--variant', 'r1', '--amp-2d',
+                             '--cfg-options-2d', amp, 'randomness.seed=1')
+    assert same[0][0] == dir_1
+    # a checkpoint outside the repository stays absolute
+    assert bench.repo_path('/elsewhere/epoch_1.pth') == '/elsewhere/epoch_1.pth'
+    assert bench.repo_path(str(tmp_path / 'a' / 'b.pth')) == osp.join('a', 'b.pth')
+
+
+def test_more_2d_runs_or_amp_need_a_variant(tmp_path):
+    """A 2D stage other than the configs' is a variant, so it never replaces the
+    configs' entry of a split; a number of runs under 1 is refused."""
+    for argv in (['--amp-2d'], ['--cycles-2d', '2']):
+        out = run_tool('benchmark_detection.py', *argv, '--work-dir', str(tmp_path))
+        assert out.returncode == 2
+        assert '/ --amp-2d / --cycles-2d / --train-nodules-2d go together' in out.stderr
+    out = run_tool('benchmark_detection.py', '--variant', 'r0', '--cycles-2d', '0',
+                   '--work-dir', str(tmp_path))
+    assert out.returncode == 2 and '--cycles-2d must be at least 1, got 0' in out.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_quick_run_keeps_apart_from_the_full_one(tmp_path, monkeypatch):
