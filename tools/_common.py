@@ -87,9 +87,14 @@ def check_launcher(launcher: str) -> None:
         fail(launcher_message(launcher))
 
 
-#: What ``--amp`` needs (mmengine's AmpOptimWrapper asserts a GPU otherwise).
-AMP_MESSAGE = ('--amp needs a CUDA device or a CPU with bf16 support; this machine has '
-               'neither (train without --amp)')
+def amp_message(flag: str = '--amp') -> str:
+    """What mixed precision (``flag``) needs (mmengine's AmpOptimWrapper asserts a GPU
+    otherwise)."""
+    return (f'{flag} needs a CUDA device or a CPU with bf16 support; this machine has '
+            f'neither (train without {flag})')
+
+
+AMP_MESSAGE = amp_message()
 
 
 def enable_amp(cfg) -> None:
@@ -106,10 +111,11 @@ def enable_amp(cfg) -> None:
     check_amp_device(cfg)
 
 
-def check_amp_device(cfg) -> None:
+def check_amp_device(cfg, flag: str = '--amp') -> None:
     """One line when the config's mixed precision cannot run here: mmengine's
     ``AmpOptimWrapper`` without CUDA (it asserts a GPU; ``--amp`` uses the plugin's
-    wrapper, which runs bf16 on the CPU), or no CUDA and no CPU bf16 kernels."""
+    wrapper, which runs bf16 on the CPU), or no CUDA and no CPU bf16 kernels (the line
+    names ``flag``, the option that asked for it)."""
     import torch
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if torch.cuda.is_available() or wrapper not in ('AmpOptimWrapper',
@@ -117,7 +123,7 @@ def check_amp_device(cfg) -> None:
         return
     from projects.mv2d_xray.mv2d_xray.engine.amp_optim_wrapper import cpu_bf16_supported
     if not cpu_bf16_supported():
-        fail(AMP_MESSAGE)
+        fail(amp_message(flag))
     if wrapper == 'AmpOptimWrapper':
         fail('optim_wrapper.type AmpOptimWrapper (mmengine\'s) needs a GPU; use '
              'XrayAmpOptimWrapper (or --amp), which runs bf16 on the CPU')

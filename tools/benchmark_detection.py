@@ -35,12 +35,12 @@ variants with the same ``--cfg-options`` share it) and tested with them. Setting
 2D stage is trained anew into ``2d-stage-<the options>-<hash>`` and MV2D from it into a
 folder named after both lists of options (MV2D starts from that checkpoint with its own
 config: an override of the 2D stage's model belongs in ``--cfg-options`` too, or its
-weights do not load). ``--amp-2d`` trains the 2D stage in bf16 (the override
-``tools/train.py --amp`` makes; faster only on a CPU with native bf16, or a GPU), and
-``--cycles-2d N`` as N runs of its schedule, each from the one before's last checkpoint
-(``load_from``; each run in a folder named after its overrides, that ``load_from``
-included). ``--train-nodules-2d N`` (chest) trains the 2D stage on another
-build whose every training case holds N findings (``<data>-tn<N>``, the converter's
+weights do not load). ``--amp-2d`` trains the 2D stage in mixed precision (the wrapper
+``tools/train.py --amp`` sets: bf16 on the CPU, faster only where the CPU has native
+bf16), and ``--cycles-2d N`` as N runs of its schedule, each from the one before's last
+checkpoint (``load_from``; each run in the folder one command with that ``load_from`` in
+``--cfg-options-2d`` trains into). ``--train-nodules-2d N`` (chest) trains the 2D stage on
+another build whose every training case holds N findings (``<data>-tn<N>``, the converter's
 ``--train-nodules N``; val and test as in the benchmark's build), while MV2D trains on the
 domain's training build. A finished training is reused only while its config's training
 settings and its training overrides (data folders, seed, schedule) are unchanged (their
@@ -72,7 +72,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from _common import add_debug_flag, fail, run_main
+from _common import add_debug_flag, check_amp_device, fail, run_main
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -143,6 +143,11 @@ DOMAINS: Dict[str, Domain] = {
 }
 
 
+#: ``--amp-2d``: the wrapper override of ``tools/train.py --amp`` (mixed precision: bf16 on
+#: the CPU, the wrapper's fp16 with a loss scale on a GPU).
+AMP_2D_OPTION = 'optim_wrapper.type=XrayAmpOptimWrapper'
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Held-out benchmark: MV2D against triangulating its own 2D detections '
@@ -181,10 +186,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'train_cfg.max_epochs=12 param_scheduler.1.T_max=12 '
                         'param_scheduler.1.end=12')
     parser.add_argument('--amp-2d', action='store_true',
-                        help='train the 2D stage in mixed precision (bf16 on a CPU with '
-                        'native bf16, as tools/train.py --amp; the same as --cfg-options-2d '
-                        f'{AMP_2D_OPTION}); faster only where bf16 is native: on an AVX2 '
-                        'CPU a bf16 step is 20-50x slower. With --variant')
+                        help='train the 2D stage in mixed precision (bf16 on the CPU; the '
+                        'wrapper tools/train.py --amp sets, the same folders as '
+                        f'--cfg-options-2d {AMP_2D_OPTION}); faster on a CPU with native '
+                        'bf16 or a GPU, but on an AVX2 CPU a bf16 step is 20-50x slower. '
+                        'With --variant')
     parser.add_argument('--cycles-2d', type=int, default=1, metavar='N',
                         help="train the 2D stage as N runs of its config's schedule, each "
                         "from the one before's last checkpoint (its warm-up and cosine "
@@ -224,6 +230,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         for option in options:
             if '=' not in option:
                 parser.error(f'{flag} takes KEY=VALUE, got {option!r}')
+    wrappers = [o for o in args.cfg_options_2d if o.startswith('optim_wrapper.type=')]
+    if args.amp_2d and set(wrappers) - {AMP_2D_OPTION}:
+        parser.error(f'--amp-2d sets {AMP_2D_OPTION}; --cfg-options-2d names another: '
+                     f'{wrappers[-1]}')
     if args.quick:
         args.resamples = min(args.resamples, 200)
     return args
@@ -382,18 +392,21 @@ def train_build(data: str, train_nodules: Optional[int]) -> Optional[str]:
     return None if not train_nodules else f"{data.rstrip('/')}-tn{train_nodules}"
 
 
-#: ``--amp-2d``: the override ``tools/train.py --amp`` makes (bf16 on the CPU).
-AMP_2D_OPTION = 'optim_wrapper.type=XrayAmpOptimWrapper'
-
-
 def stage_2d_options(cfg_options_2d: Sequence[str], data_2d: Optional[str],
-                     amp: bool = False) -> List[str]:
-    """The 2D stage's training overrides: :data:`AMP_2D_OPTION` with ``amp`` (first, and
-    not twice, so ``--amp-2d`` and ``--cfg-options-2d`` naming it share one folder), then
-    ``--cfg-options-2d``, then the training data root of its own build when it has one
-    (so that build names its folders too)."""
-    options = [AMP_2D_OPTION] if amp and AMP_2D_OPTION not in cfg_options_2d else []
-    options += cfg_options_2d
+                     amp: bool = False, load_from: Optional[str] = None) -> List[str]:
+    """The 2D stage's training overrides: :data:`AMP_2D_OPTION` first with ``amp`` (taken
+    out of ``--cfg-options-2d``, so ``--amp-2d`` and ``--cfg-options-2d`` naming it share
+    one folder), then ``--cfg-options-2d`` with ``load_from`` in place of the ``load_from``
+    it holds (or after it), then the training data root of its own build when it has one
+    (so that build names its folders too) -- the overrides, in their order, of one
+    command with that ``load_from`` in ``--cfg-options-2d``."""
+    given = [o for o in cfg_options_2d if not (amp and o == AMP_2D_OPTION)]
+    if load_from is not None:
+        option = f'load_from={load_from}'
+        at = [i for i, o in enumerate(given) if o.startswith('load_from=')]
+        given = [option if i == at[-1] else o for i, o in enumerate(given)
+                 if i not in at[:-1]] if at else given + [option]
+    options = ([AMP_2D_OPTION] if amp else []) + given
     if data_2d is not None:
         options.append(f"train_dataloader.dataset.data_root={data_2d.rstrip('/')}/")
     return options
@@ -408,18 +421,19 @@ def repo_path(path: str) -> str:
 
 
 def train_2d_stage(name: str, domain: Domain, out: str, options: Sequence[str],
-                   options_2d: Sequence[str], cycles: int,
+                   args: argparse.Namespace, data_2d: Optional[str],
                    log: List[dict]) -> Tuple[str, List[str]]:
-    """Train the 2D stage as ``cycles`` runs of its config's schedule under ``out``: the
-    first with ``options`` and ``options_2d``, each later one from the last checkpoint of
-    the one before (``load_from``, repository-relative, appended to its overrides: a
-    warm restart of the warm-up and the cosine, as two commands with that ``load_from``
-    in ``--cfg-options-2d`` would train, in the same folders). Returns the last
-    checkpoint and the last run's overrides, which name MV2D's folder."""
-    options_2d, checkpoint = list(options_2d), None
+    """Train the 2D stage as ``args.cycles_2d`` runs of its config's schedule under
+    ``out`` (:func:`stage_2d_options`; ``options`` before them): the first as
+    ``--cfg-options-2d`` says, each later one from the last checkpoint of the one before
+    (``load_from``, repository-relative: a warm restart of the warm-up and the cosine,
+    trained into the folder -- and with the training digest -- of one command with that
+    ``load_from`` in ``--cfg-options-2d``). Returns the last checkpoint and the last
+    run's overrides, which name MV2D's folder."""
+    checkpoint, cycles = None, args.cycles_2d
     for cycle in range(1, cycles + 1):
-        if checkpoint is not None:
-            options_2d.append(f'load_from={repo_path(checkpoint)}')
+        options_2d = stage_2d_options(args.cfg_options_2d, data_2d, args.amp_2d,
+                                      checkpoint and repo_path(checkpoint))
         title = f'{name}: training the 2D stage' + \
             (f' (run {cycle} of {cycles})' if cycles > 1 else '')
         checkpoint = train(title, domain.config_2d,
@@ -460,9 +474,8 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     options = data_options(domain, data, args.split, train_data) + \
         [f'randomness.seed={args.seed}']
     quick = list(domain.quick_cfg) if args.quick else []
-    ckpt_2d, options_2d = train_2d_stage(
-        name, domain, out, options + quick,
-        stage_2d_options(args.cfg_options_2d, data_2d, args.amp_2d), args.cycles_2d, log)
+    ckpt_2d, options_2d = train_2d_stage(name, domain, out, options + quick, args, data_2d,
+                                         log)
     key = report_key(args)
     mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options, options_2d))
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
@@ -567,6 +580,10 @@ def merge_report(path: str, entries: Dict[str, Dict[str, dict]]) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    if args.amp_2d:         # before the data builds: one line where bf16 cannot run
+        from mmengine.config import ConfigDict
+        check_amp_device(ConfigDict(optim_wrapper=dict(type='XrayAmpOptimWrapper')),
+                         '--amp-2d')
     from projects.mv2d_xray.core.io import atomic_write, write_json
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
     os.makedirs(args.work_dir, exist_ok=True)

@@ -235,15 +235,16 @@ def test_each_stage_trains_on_its_build(tmp_path, monkeypatch):
 
 def test_a_2d_stage_of_several_runs_chains_its_checkpoints(tmp_path, monkeypatch):
     """``--cycles-2d N`` trains the 2D stage N times, each run from the one before's
-    last checkpoint (repository-relative, after the other overrides), each in its own
-    folder; MV2D loads the last run and its folder is named after the last run's
-    overrides. ``--amp-2d`` is the bf16 wrapper override, first: the folders are those
-    of the two-command recipe with ``--cfg-options-2d``."""
+    last checkpoint (repository-relative), each in its own folder: the folder, and the
+    overrides in their order, of one command with that ``load_from`` in
+    ``--cfg-options-2d`` (which it replaces), before the 2D stage's own data root. MV2D
+    loads the last run and is named after the last run's overrides. ``--amp-2d`` is the
+    wrapper override, first, once."""
     bench = _benchmark_module()
-    amp = 'optim_wrapper.type=XrayAmpOptimWrapper'
+    amp, seed = 'optim_wrapper.type=XrayAmpOptimWrapper', 'randomness.seed=1'
     monkeypatch.setattr(bench, 'REPO', str(tmp_path))
     _, _, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'r3', '--amp-2d',
-                                  '--cycles-2d', '3', '--cfg-options-2d', 'randomness.seed=1')
+                                  '--cycles-2d', '3', '--cfg-options-2d', seed)
     (dir_1, run_1), (dir_2, run_2), (dir_3, run_3), (dir_mv2d, mv2d) = trainings
     assert 'load_from' not in run_1 and run_1['randomness.seed'] == '1'
     assert run_1['optim_wrapper.type'] == run_3['optim_wrapper.type'] == 'XrayAmpOptimWrapper'
@@ -252,20 +253,45 @@ def test_a_2d_stage_of_several_runs_chains_its_checkpoints(tmp_path, monkeypatch
     assert run_2['load_from'].startswith('work' + osp.sep)
     assert mv2d['load_from'] == osp.join(dir_3, 'epoch_1.pth')
     assert len({dir_1, dir_2, dir_3}) == 3
-    last_2d = [amp, 'randomness.seed=1', 'load_from=' + run_2['load_from'],
-               'load_from=' + run_3['load_from']]
-    assert osp.basename(dir_3) == bench.training_folder('2d-stage', last_2d)
-    assert osp.basename(dir_mv2d) == bench.mv2d_folder([], last_2d)
-    # --amp-2d and the override it stands for name the same folders, once
-    _, _, same = _run_domain(tmp_path, monkeypatch, '--variant', 'r1', '--cfg-options-2d',
-                             amp, 'randomness.seed=1')
-    assert same[0][0] == dir_1
-    _, _, same = _run_domain(tmp_path, monkeypatch, '--variant', 'r1', '--amp-2d',
-                             '--cfg-options-2d', amp, 'randomness.seed=1')
-    assert same[0][0] == dir_1
-    # a checkpoint outside the repository stays absolute
+    # the folders of one command per run
+    for work_dir, cfg_options_2d in ((dir_1, [amp, seed]),
+                                     (dir_3, [amp, seed, 'load_from=' + run_3['load_from']])):
+        _, _, alone = _run_domain(tmp_path, monkeypatch, '--variant', 'r1',
+                                  '--cfg-options-2d', *cfg_options_2d)
+        assert alone[0][0] == work_dir
+    assert osp.basename(dir_mv2d) == \
+        bench.mv2d_folder([], [amp, seed, 'load_from=' + run_3['load_from']])
+    # a given load_from starts the first run and is replaced in place later; the 2D
+    # stage's own build stays last; --amp-2d stands first whatever the order given
+    _, _, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'r2', '--amp-2d',
+                                  '--cycles-2d', '2', '--train-nodules-2d', '5',
+                                  '--cfg-options-2d', seed, 'load_from=a.pth', amp, 'x=1')
+    (dir_1, run_1), (dir_2, run_2), _ = trainings
+    assert run_1['load_from'] == 'a.pth'
+    second = [amp, seed, 'load_from=' + run_2['load_from'], 'x=1',
+              f"train_dataloader.dataset.data_root={tmp_path / 'bench'}-tn5/"]
+    assert osp.basename(dir_2) == bench.training_folder('2d-stage', second)
+    assert bench.stage_2d_options(['load_from=a', 'y=2', 'load_from=b'], None, False, 'c') \
+        == ['y=2', 'load_from=c']
+
+
+def test_the_bf16_2d_stage_keeps_the_folders_of_earlier_runs():
+    """The README's commands of the bf16 24-epoch schedule (``--cfg-options-2d`` with
+    the first run's checkpoint as ``load_from``) trained into these folders; the one
+    command with ``--amp-2d --cycles-2d 2`` finds them, wherever the clone is."""
+    bench = _benchmark_module()
+    first = bench.stage_2d_options([], None, True)
+    assert bench.training_folder('2d-stage', first) == \
+        '2d-stage-optim_wrapper.type=XrayAmpOptimWrapper-e06ccb9b'
+    checkpoint = osp.join(bench.REPO, 'work_dirs/benchmark/chest',
+                          bench.training_folder('2d-stage', first), 'epoch_12.pth')
+    second = bench.stage_2d_options([], None, True, bench.repo_path(checkpoint))
+    assert bench.training_folder('2d-stage', second).endswith('-50860c86')
+    assert bench.mv2d_folder([], second).endswith('-d8eba885')
+    # outside the repository, and a sibling folder whose name starts with the root's
     assert bench.repo_path('/elsewhere/epoch_1.pth') == '/elsewhere/epoch_1.pth'
-    assert bench.repo_path(str(tmp_path / 'a' / 'b.pth')) == osp.join('a', 'b.pth')
+    assert bench.repo_path(bench.REPO + 'x/a.pth') == bench.REPO + 'x/a.pth'
+    assert bench.repo_path(osp.join(bench.REPO, 'a', '..', 'b.pth')) == 'b.pth'
 
 
 def test_more_2d_runs_or_amp_need_a_variant(tmp_path):
@@ -278,6 +304,33 @@ def test_more_2d_runs_or_amp_need_a_variant(tmp_path):
     out = run_tool('benchmark_detection.py', '--variant', 'r0', '--cycles-2d', '0',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--cycles-2d must be at least 1, got 0' in out.stderr
+    out = run_tool('benchmark_detection.py', '--variant', 'a', '--amp-2d', '--cfg-options-2d',
+                   'optim_wrapper.type=OptimWrapper', '--work-dir', str(tmp_path))
+    assert out.returncode == 2
+    assert ('--amp-2d sets optim_wrapper.type=XrayAmpOptimWrapper; --cfg-options-2d names '
+            'another: optim_wrapper.type=OptimWrapper') in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_amp_2d_without_bf16_stops_before_any_build(tmp_path, monkeypatch, capsys):
+    """``--amp-2d`` where neither CUDA nor CPU bf16 kernels are: one line, exit 2,
+    before the data builds (minutes) and any training."""
+    import importlib
+
+    import pytest
+    import torch
+    bench = _benchmark_module()
+    engine = importlib.import_module('projects.mv2d_xray.mv2d_xray.engine.amp_optim_wrapper')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(engine, 'cpu_bf16_supported', lambda: False)
+    monkeypatch.setattr(bench, 'run_step', lambda *a: pytest.fail('a step ran'))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--domains', 'chest', '--variant', 'a', '--amp-2d', '--work-dir',
+                    str(tmp_path / 'work')])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == ('error: --amp-2d needs a CUDA device or a CPU with '
+                                       'bf16 support; this machine has neither (train '
+                                       'without --amp-2d)\n')
     assert list(tmp_path.iterdir()) == []
 
 
