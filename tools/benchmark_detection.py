@@ -230,10 +230,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         for option in options:
             if '=' not in option:
                 parser.error(f'{flag} takes KEY=VALUE, got {option!r}')
-    wrappers = [o for o in args.cfg_options_2d if o.startswith('optim_wrapper.type=')]
-    if args.amp_2d and set(wrappers) - {AMP_2D_OPTION}:
+    others = [o for o in args.cfg_options_2d
+              if o.startswith('optim_wrapper.type=') and o != AMP_2D_OPTION]
+    if args.amp_2d and others:
         parser.error(f'--amp-2d sets {AMP_2D_OPTION}; --cfg-options-2d names another: '
-                     f'{wrappers[-1]}')
+                     f'{others[0]}')
     if args.quick:
         args.resamples = min(args.resamples, 200)
     return args
@@ -401,11 +402,11 @@ def stage_2d_options(cfg_options_2d: Sequence[str], data_2d: Optional[str],
     (so that build names its folders too) -- the overrides, in their order, of one
     command with that ``load_from`` in ``--cfg-options-2d``."""
     given = [o for o in cfg_options_2d if not (amp and o == AMP_2D_OPTION)]
-    if load_from is not None:
-        option = f'load_from={load_from}'
-        at = [i for i, o in enumerate(given) if o.startswith('load_from=')]
-        given = [option if i == at[-1] else o for i, o in enumerate(given)
-                 if i not in at[:-1]] if at else given + [option]
+    if load_from is not None:       # at the place of the last load_from given, or the end
+        place = max((i for i, o in enumerate(given) if o.startswith('load_from=')),
+                    default=len(given))
+        given = [o for o in given[:place] if not o.startswith('load_from=')] + \
+            [f'load_from={load_from}'] + given[place + 1:]
     options = ([AMP_2D_OPTION] if amp else []) + given
     if data_2d is not None:
         options.append(f"train_dataloader.dataset.data_root={data_2d.rstrip('/')}/")
@@ -582,8 +583,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.amp_2d:         # before the data builds: one line where bf16 cannot run
         from mmengine.config import ConfigDict
-        check_amp_device(ConfigDict(optim_wrapper=dict(type='XrayAmpOptimWrapper')),
-                         '--amp-2d')
+        wrapper = AMP_2D_OPTION.split('=', 1)[1]
+        check_amp_device(ConfigDict(optim_wrapper=dict(type=wrapper)), '--amp-2d')
     from projects.mv2d_xray.core.io import atomic_write, write_json
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
     os.makedirs(args.work_dir, exist_ok=True)
