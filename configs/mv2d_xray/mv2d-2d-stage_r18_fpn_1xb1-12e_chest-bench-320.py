@@ -16,8 +16,9 @@ model = dict(
         detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
 
-# 12 epochs (2916 s in all on 2 CPU cores: 2420 training views of 15 nodules each, with the
-# chest config's RPN / R-CNN sampling) to fit `make benchmark`'s 90 min. On val, one 12-epoch
+# 12 epochs (3126 s in all on 2 CPU cores kept to AVX2: 2420 training views of 15 nodules
+# each, with the chest config's RPN / R-CNN sampling of 64 / 128) to fit `make benchmark`'s
+# 90 min (77.4 min in all, README "Results (chest, seed 0)"). On val, one 12-epoch
 # cosine gave triangulation 5 x the CPM of 12 epochs restarted from a 5-epoch training; a 3 x
 # learning rate stopped the R-CNN (README chest ablations, eighteenth session)
 max_epochs = 12
