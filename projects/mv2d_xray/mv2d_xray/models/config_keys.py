@@ -10,10 +10,14 @@ DETECTION_PROPOSAL_KEYS = ('score_thr', 'nms', 'max_per_img', 'min_bbox_size')
 MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn')
 #: ``model.test_cfg`` of :class:`MV2DXray`.
 MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
-#: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights``, the cross-attention head's
-#: ``assigner``, ``extra_pos_radius`` and ``max_match_dist_mm``.
+#: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights`` and ``ray_denoising``, the
+#: cross-attention head's ``assigner``, ``extra_pos_radius`` and ``max_match_dist_mm``.
 RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius',
-                       'max_match_dist_mm')
+                       'max_match_dist_mm', 'ray_denoising')
+#: ``train_cfg.rcnn.ray_denoising``: :func:`.ray_denoising.sample_ray_points` and the weight
+#: of :meth:`MV2DXrayCrossAttentionHead.denoising_loss`.
+RAY_DENOISING_KEYS = ('num_rays', 'num_negatives', 'offset_mm', 'pos_noise_mm',
+                      'loss_weight')
 #: ``test_cfg.rcnn``: :meth:`MV2DXrayRoIHead.limit_refinement`,
 #: :meth:`MV2DXrayRoIHead.refine_on_detections`, :meth:`MV2DXrayRoIHead.search_rays`,
 #: :meth:`MV2DXrayRoIHead.rescore`, :meth:`MV2DXrayRoIHead.rescore_by_objectness` and

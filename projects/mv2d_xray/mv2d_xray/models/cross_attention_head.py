@@ -329,6 +329,41 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             losses[f'l{layer}.loss_bbox'] = loss_bbox * weight
         return losses
 
+    def denoising_loss(self, all_cls_scores: Tensor, all_codes: Tensor, labels: Tensor,
+                       gt_boxes: Tensor, stage_loss_weights: Sequence[float],
+                       loss_weight: float = 1.0) -> Dict[str, Tensor]:
+        """Losses of the ray-denoising queries (:mod:`.ray_denoising`), whose targets
+        are fixed by construction: no matching.
+
+        Args:
+            all_cls_scores (Tensor): ``(num_layers, K, num_classes)`` logits.
+            all_codes (Tensor): ``(num_layers, K, 6)``.
+            labels (Tensor): ``(K,)`` the class of each positive, ``num_classes``
+                (background) for the points along the rays.
+            gt_boxes (Tensor): ``(K, 6)`` ``[x, y, z, dx, dy, dz]`` (gravity centre, ct
+                mm) of each query's finding; the box targets of the positives.
+            stage_loss_weights (Sequence[float]): One weight per layer.
+            loss_weight (float): Multiplies every term. Defaults to 1.
+
+        Returns:
+            dict[str, Tensor]: ``l{i}.loss_cls_dn`` and ``l{i}.loss_bbox_dn``, focal
+            and L1 as :meth:`loss_single`, averaged over the positives.
+        """
+        positive = labels < self.num_classes
+        targets = self.bbox_coder.encode(gt_boxes.float())
+        weights = self.code_weights.to(targets)[None].expand(int(positive.sum()), -1)
+        avg_factor = reduce_mean(targets.new_tensor(float(positive.sum()))).clamp(
+            min=1).item()
+        losses = dict()
+        for layer, weight in enumerate(stage_loss_weights):
+            loss_cls = self.loss_cls(all_cls_scores[layer], labels, avg_factor=avg_factor)
+            loss_bbox = self.loss_bbox(all_codes[layer][positive], targets[positive],
+                                       weights, avg_factor=avg_factor)
+            losses[f'l{layer}.loss_cls_dn'] = torch.nan_to_num(loss_cls) * weight * loss_weight
+            losses[f'l{layer}.loss_bbox_dn'] = torch.nan_to_num(loss_bbox) * weight * \
+                loss_weight
+        return losses
+
     # -- inference -----------------------------------------------------------------------
     def predict_by_feat(self, cls_scores: Tensor, codes: Tensor,
                         scene_ids: Tensor, num_scenes: int) -> List[dict]:

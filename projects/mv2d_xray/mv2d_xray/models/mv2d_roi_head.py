@@ -64,8 +64,9 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from projects.mv2d_xray.core.clustering import greedy_clusters
-from projects.mv2d_xray.core.geometry import (project_points, ray_planes, seen_in_image,
-                                              triangulate_points, unproject_points)
+from projects.mv2d_xray.core.geometry import (project_boxes3d, project_points, ray_planes,
+                                              seen_in_image, triangulate_points,
+                                              unproject_points)
 from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationConfig,
                                                                   refine_to_detections)
 from projects.mv2d_xray.mv2d_xray.models.config_keys import SUPPORT_EMBEDDING_KEYS, check_keys
@@ -75,6 +76,8 @@ from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
                                                                  objectness_support_by_size,
                                                                  view_support,
                                                                  view_support_scores)
+from projects.mv2d_xray.mv2d_xray.models.ray_denoising import (check_ray_denoising,
+                                                               sample_ray_points)
 
 
 def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
@@ -257,6 +260,8 @@ class MV2DXrayRoIHead(BaseModule):
         output_size = bbox_roi_extractor['roi_layer']['output_size']
         self.roi_size = ((output_size, output_size)
                          if isinstance(output_size, int) else tuple(output_size))
+        self.ray_denoising_cfg = check_ray_denoising(
+            (train_cfg or dict()).get('ray_denoising', None))
         layers = self.bbox_head.num_layers
         self.stage_loss_weights = list(
             (train_cfg or dict()).get('stage_loss_weights', [1.0] * layers))
@@ -471,14 +476,37 @@ class MV2DXrayRoIHead(BaseModule):
         covered[row, geo.view_ids[query_corr[row, col]]] = True
         wanted = points_ok[:, None] & ~covered & seen
         size = geo.bboxes[query_rois, 2:] - geo.bboxes[query_rois, :2]       # (Q, 2)
+        probes, slots = self.boxes_at_projections(
+            uv, size[:, None].expand(-1, num_views, -1), wanted, scenes, num_views)
+        return probes, slots, wanted
+
+    @staticmethod
+    def boxes_at_projections(uv: Tensor, size: Tensor, wanted: Tensor, scenes: Tensor,
+                             num_views: int) -> Tuple[Tensor, Tensor]:
+        """Boxes centred at points' projections, as RoIs (the view probes, and the keys of
+        the ray-denoising queries).
+
+        Args:
+            uv (Tensor): ``(Q, V)`` x 2, each point's projection in each view of its
+                scene, px.
+            size (Tensor): ``(Q, V, 2)`` the boxes' width and height, px.
+            wanted (Tensor): ``(Q, V)`` where a box is made.
+            scenes (Tensor): ``(Q,)`` the scene of each point.
+            num_views (int): ``V``.
+
+        Returns:
+            tuple[Tensor, Tensor]: the boxes as RoIs ``(P, 5)`` ``[image index, x1, y1,
+            x2, y2]`` (px, in ``wanted``'s row-major order) and ``(Q, V)`` each
+            (point, view)'s box, an index into them (0 where ``wanted`` is False).
+        """
         query, view = wanted.nonzero(as_tuple=True)
-        centre = uv[query, view]
-        half = size[query] / 2
-        probes = torch.cat([(scenes[query] * num_views + view)[:, None].to(centre),
-                            centre - half, centre + half], dim=1)
+        centre = uv[query, view].float()
+        half = size[query, view].to(centre) / 2
+        boxes = torch.cat([(scenes[query] * num_views + view)[:, None].to(centre),
+                           centre - half, centre + half], dim=1)
         slots = torch.zeros_like(wanted, dtype=torch.long)
         slots[query, view] = torch.arange(len(query), device=slots.device)
-        return probes, slots, wanted
+        return boxes, slots
 
     def decode(self, ref_points: Tensor, scene_ids: Tensor, tokens: Tensor,
                pos: Tensor, corr: Tensor, corr_mask: Tensor,
@@ -554,11 +582,30 @@ class MV2DXrayRoIHead(BaseModule):
             fraction of views that support it, then the ``top_views`` largest per-view
             supports, largest first (0 beyond the scene's views).
         """
-        cfg = self.support_cfg
-        top = int(cfg['top_views'])
         scores = self.roi_scores_or_ones(rois, roi_scores).float()
-        scenes = geo.scene_ids[query_rois]
-        per_view = points.new_zeros((len(points), max(geo.num_views, top)))
+        per_view = self.per_view_support(points, geo.scene_ids[query_rois], rois,
+                                         roi_scores, geo)
+        return self.support_row(scores[query_rois], points_ok, per_view, geo.num_views)
+
+    @torch.no_grad()
+    def per_view_support(self, points: Tensor, scenes: Tensor, rois: Tensor,
+                         roi_scores: Optional[Tensor], geo: RoIGeometry) -> Tensor:
+        """Per view, the support of each point by its scene's 2D detections (the rule of
+        :meth:`support_features`).
+
+        Args:
+            points (Tensor): ``(Q, 3)`` ct mm.
+            scenes (Tensor): ``(Q,)`` the scene of each point.
+            rois, roi_scores, geo: see :meth:`support_features`.
+
+        Returns:
+            Tensor: ``(Q, max(V, top_views))``, the view's support in column ``v < V``,
+            0 beyond.
+        """
+        cfg = self.support_cfg
+        scores = self.roi_scores_or_ones(rois, roi_scores).float()
+        per_view = points.new_zeros((len(points), max(geo.num_views,
+                                                      int(cfg['top_views']))))
         for scene in scenes.unique().tolist():
             queries = scenes == scene
             mine = geo.scene_ids == scene
@@ -566,11 +613,18 @@ class MV2DXrayRoIHead(BaseModule):
                 points[queries], geo.views_lidar2img[scene], rois[mine, 1:],
                 scores[mine], geo.view_ids[mine], gate_px=float(cfg['gate_px']),
                 gate_frac=float(cfg['gate_frac'])).to(per_view)
-        supports = per_view[:, :geo.num_views]
-        return torch.cat([scores[query_rois, None], points_ok.float()[:, None],
+        return per_view
+
+    def support_row(self, own_scores: Tensor, points_ok: Tensor, per_view: Tensor,
+                    num_views: int) -> Tensor:
+        """The rows of :meth:`support_features` from the queries' own 2D scores ``(Q,)``,
+        their validity ``(Q,)`` and :meth:`per_view_support` ``(Q, max(V, top))``."""
+        supports = per_view[:, :num_views]
+        return torch.cat([own_scores[:, None].float(), points_ok.float()[:, None],
                           supports.mean(dim=1, keepdim=True),
                           (supports > 0).float().mean(dim=1, keepdim=True),
-                          per_view.sort(dim=1, descending=True).values[:, :top]],
+                          per_view.sort(dim=1, descending=True).values[
+                              :, :int(self.support_cfg['top_views'])]],
                          dim=1).float()
 
     @torch.no_grad()
@@ -709,10 +763,155 @@ class MV2DXrayRoIHead(BaseModule):
         out = self.forward(feats, rois, batch_img_metas, num_views, roi_scores)
         # the matching and the losses in fp32 too (the outputs are fp32 already)
         with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
-            return self.bbox_head.loss_by_feat(out['all_cls_scores'],
-                                               out['all_codes'], out['scene_ids'],
-                                               batch_gt_instances_3d,
-                                               self.stage_loss_weights)
+            losses = self.bbox_head.loss_by_feat(out['all_cls_scores'],
+                                                 out['all_codes'], out['scene_ids'],
+                                                 batch_gt_instances_3d,
+                                                 self.stage_loss_weights)
+            if self.ray_denoising_cfg is not None:
+                losses.update(self.ray_denoising_loss(feats, rois, batch_img_metas,
+                                                      batch_gt_instances_3d, num_views,
+                                                      roi_scores))
+        return losses
+
+    def ray_denoising_loss(self, feats: Sequence[Tensor], rois: Tensor,
+                           batch_img_metas: List[dict],
+                           batch_gt_instances_3d: List[InstanceData], num_views: int,
+                           roi_scores: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """The losses of the ray-denoising queries (``train_cfg.rcnn.ray_denoising``,
+        :meth:`decode_ray_points`).
+
+        Args:
+            feats, rois, batch_img_metas, batch_gt_instances_3d, num_views, roi_scores:
+                see :meth:`loss`.
+
+        Returns:
+            dict[str, Tensor]: ``l{i}.loss_cls_dn`` and ``l{i}.loss_bbox_dn``
+            (:meth:`MV2DXrayCrossAttentionHead.denoising_loss`), already multiplied by
+            ``stage_loss_weights`` and ``loss_weight``; zero for a batch without
+            findings.
+        """
+        out = self.decode_ray_points(feats, rois, batch_img_metas, batch_gt_instances_3d,
+                                     num_views, roi_scores)
+        if out is None:
+            zero = sum(feat.sum() for feat in feats) * 0.0
+            return {f'l{layer}.{name}': zero for layer in range(self.bbox_head.num_layers)
+                    for name in ('loss_cls_dn', 'loss_bbox_dn')}
+        return self.bbox_head.denoising_loss(out['all_cls_scores'], out['all_codes'],
+                                             out['labels'], out['gt_boxes'],
+                                             self.stage_loss_weights,
+                                             self.ray_denoising_cfg['loss_weight'])
+
+    def decode_ray_points(self, feats: Sequence[Tensor], rois: Tensor,
+                          batch_img_metas: List[dict],
+                          batch_gt_instances_3d: List[InstanceData], num_views: int,
+                          roi_scores: Optional[Tensor] = None) -> Optional[Dict[str, Tensor]]:
+        """Decode the ray-denoising queries of a batch (``train_cfg.rcnn.ray_denoising``,
+        :mod:`.ray_denoising`): per scene, points at each finding's centre and along the
+        rays of ``num_rays`` of its views (:func:`sample_ray_points`, torch's global
+        random source), each decoded as a query whose reference point is the point
+        itself and whose keys are boxes at its projection in every view of its scene
+        that sees it, each the size of the finding's projected 3D box there
+        (:meth:`boxes_at_projections`); with ``support_embedding``, their content is the
+        support of the point by the scene's 2D detections, its own score the support in
+        its ray's view. They self-attend within their scene, apart from the matched
+        queries (a decoder pass of their own).
+
+        Args:
+            feats, rois, batch_img_metas, batch_gt_instances_3d, num_views, roi_scores:
+                see :meth:`loss`.
+
+        Returns:
+            dict, optional: for the ``K`` points, ``all_cls_scores`` ``(L, K,
+            num_classes)`` logits, ``all_codes`` ``(L, K, 6)``, ``labels`` ``(K,)``
+            (the finding's class for the positives, ``num_classes`` along the rays),
+            ``gt_boxes`` ``(K, 6)`` (their finding's gravity centre and extents, ct mm),
+            ``points`` ``(K, 3)`` ct mm, ``scene_ids``, ``gt_index`` and
+            ``source_view`` ``(K,)``; None when the batch holds no finding any view sees.
+        """
+        cfg = self.ray_denoising_cfg
+        geo = self.gather_rois(rois, batch_img_metas, num_views)
+        device = rois.device
+        num_classes = self.bbox_head.num_classes
+        points, scenes, labels, boxes, sources, sizes = [], [], [], [], [], []
+        gt_indices = []
+        for scene, gt in enumerate(batch_gt_instances_3d):
+            if len(gt.bboxes_3d) == 0:
+                continue
+            gt_boxes = torch.cat([gt.bboxes_3d.gravity_center, gt.bboxes_3d.tensor[:, 3:7]],
+                                 dim=-1).to(device=device, dtype=torch.float64)
+            sample = sample_ray_points(gt_boxes, geo.views_lidar2img[scene],
+                                       geo.img_shapes[scene], cfg['num_rays'],
+                                       cfg['num_negatives'], cfg['offset_mm'],
+                                       cfg['pos_noise_mm'])
+            projected = project_boxes3d(geo.views_lidar2img[scene],
+                                        gt_boxes)                   # (V, M, 4) px
+            size = (projected[..., 2:] - projected[..., :2]).clamp(min=1.0)
+            gt_labels = gt.labels_3d.to(device).long()
+            points.append(sample.points)
+            gt_indices.append(sample.gt_index)
+            scenes.append(torch.full_like(sample.gt_index, scene))
+            labels.append(torch.where(sample.positive, gt_labels[sample.gt_index],
+                                      num_classes))
+            boxes.append(gt_boxes[sample.gt_index, :6])
+            sources.append(sample.source_view)
+            sizes.append(size[:, sample.gt_index].transpose(0, 1))  # (K, V, 2)
+        if not points or sum(len(p) for p in points) == 0:
+            return None
+        points, scenes = torch.cat(points), torch.cat(scenes)
+        labels, boxes, sources = torch.cat(labels), torch.cat(boxes), torch.cat(sources)
+        all_cls_scores, all_codes = self.decode_points(feats, points, scenes, sources,
+                                                       torch.cat(sizes), rois, roi_scores,
+                                                       batch_img_metas, num_views)
+        return dict(all_cls_scores=all_cls_scores, all_codes=all_codes, labels=labels,
+                    gt_boxes=boxes.float(), points=points, scene_ids=scenes,
+                    gt_index=torch.cat(gt_indices), source_view=sources)
+
+    def decode_points(self, feats: Sequence[Tensor], points: Tensor, scene_ids: Tensor,
+                      source_views: Tensor, key_sizes: Tensor, rois: Tensor,
+                      roi_scores: Optional[Tensor], batch_img_metas: List[dict],
+                      num_views: int) -> Tuple[Tensor, Tensor]:
+        """Decode queries placed at given points (the ray-denoising queries): each reads
+        a box at its projection in every view of its scene that sees it and starts, with
+        ``support_embedding``, from the support of its point by the scene's 2D
+        detections, its own score the support in its source view.
+
+        Args:
+            feats (Sequence[Tensor]): see :meth:`forward`.
+            points (Tensor): ``(K, 3)`` ct mm, the reference points.
+            scene_ids (Tensor): ``(K,)``; the queries self-attend within their scene.
+            source_views (Tensor): ``(K,)`` the view each point's own score is read in.
+            key_sizes (Tensor): ``(K, V, 2)`` width and height (px) of each key box.
+            rois, roi_scores, batch_img_metas, num_views: see :meth:`forward`.
+
+        Returns:
+            tuple[Tensor, Tensor]: ``all_cls_scores`` ``(L, K, num_classes)`` logits and
+            ``all_codes`` ``(L, K, 6)``.
+        """
+        device = points.device
+        geo = self.gather_rois(rois, batch_img_metas, num_views)
+        uv, depth = project_points(geo.views_lidar2img[scene_ids],
+                                   points.double()[:, None, None, :])
+        uv, depth = uv[:, :, 0], depth[:, :, 0]                      # (K, V, 2), (K, V)
+        hw = geo.bboxes.new_tensor(geo.img_shapes)[scene_ids]
+        seen = seen_in_image(uv, depth, hw[:, None, 0], hw[:, None, 1])       # (K, V)
+        keys, slots = self.boxes_at_projections(uv, key_sizes, seen, scene_ids, num_views)
+        if self.force_fp32:
+            feats = [feat.float() for feat in feats]
+        key_geo = self.gather_rois(keys, batch_img_metas, num_views)
+        _, tokens, pos = self.encode_rois(feats, keys, key_geo)
+        content = support = None
+        if self.support_encoder is not None:
+            per_view = self.per_view_support(points.float(), scene_ids, rois, roi_scores,
+                                             geo)
+            own = per_view[torch.arange(len(points), device=device), source_views]
+            support = self.support_row(own, torch.ones_like(own, dtype=torch.bool),
+                                       per_view, num_views)
+            content = self.support_encoder(support)
+        all_cls_scores, all_codes = self.decode(points.float(), scene_ids, tokens, pos,
+                                                slots, seen, content)
+        if self.support_logit is not None:
+            all_cls_scores = all_cls_scores + self.support_logit(support)
+        return all_cls_scores, all_codes
 
     def predict(self, feats: Sequence[Tensor], rois: Tensor,
                 batch_img_metas: List[dict], num_views: int,
