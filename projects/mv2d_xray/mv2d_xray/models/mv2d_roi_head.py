@@ -21,6 +21,10 @@ For the detections of all views of a batch of scenes:
 9. decode: queries self-attend within their scene and cross-attend to the RoI tokens of
    their relevant detections (and probes) (:class:`MV2DXrayCrossAttentionHead`).
 
+In training, ``train_cfg.rcnn.ray_denoising`` adds queries with fixed targets at each
+finding's centre and along its rays (:mod:`.ray_denoising`,
+:meth:`MV2DXrayRoIHead.ray_denoising_loss`), decoded apart from the matched ones.
+
 Steps 4, 5, 7 and 8 are ours, not MV2D's. MV2D regresses each query's depth from one view's
 RoI feature and leaves duplicates (one query per view of the same object) to its
 one-to-one matching, which works with nuScenes' 6 barely overlapping cameras and long
@@ -173,8 +177,11 @@ class MV2DXrayRoIHead(BaseModule):
             through its layers.
             Defaults to None (MV2D: queries start at zero).
         force_fp32 (bool): Run with autocast disabled. Defaults to True.
-        train_cfg (dict, optional): ``assigner`` (passed to the head) and
-            ``stage_loss_weights`` (one per decoder layer).
+        train_cfg (dict, optional): ``assigner`` (passed to the head),
+            ``stage_loss_weights`` (one per decoder layer) and ``ray_denoising`` (None,
+            or ``dict(num_rays=2, num_negatives=3, offset_mm=(10, 60), pos_noise_mm=2,
+            loss_weight=1)``: training queries at each finding and along its rays,
+            :meth:`ray_denoising_loss`).
         test_cfg (dict, optional): the post-processing of the decoded boxes, in this
             order: ``refine_radius_mm`` (None, or keep each decoded centre within this
             distance of its query's valid triangulated prior, :meth:`limit_refinement`;
