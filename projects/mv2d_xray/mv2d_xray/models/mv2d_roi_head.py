@@ -795,14 +795,18 @@ class MV2DXrayRoIHead(BaseModule):
             dict[str, Tensor]: ``l{i}.loss_cls_dn`` and ``l{i}.loss_bbox_dn``
             (:meth:`MV2DXrayCrossAttentionHead.denoising_loss`), already multiplied by
             ``stage_loss_weights`` and ``loss_weight``; zero for a batch without
-            findings.
+            findings (computed all the same, so that every process of a distributed run
+            joins the averaging of the positives' count).
         """
         out = self.decode_ray_points(feats, rois, batch_img_metas, batch_gt_instances_3d,
                                      num_views, roi_scores)
-        if out is None:
-            zero = sum(feat.sum() for feat in feats) * 0.0
-            return {f'l{layer}.{name}': zero for layer in range(self.bbox_head.num_layers)
-                    for name in ('loss_cls_dn', 'loss_bbox_dn')}
+        if out is None:     # no query, but the same losses (and collectives) as with some
+            layers, classes = self.bbox_head.num_layers, self.bbox_head.num_classes
+            empty = feats[0].new_zeros((0, ))
+            out = dict(all_cls_scores=empty.new_zeros((layers, 0, classes)),
+                       all_codes=empty.new_zeros((layers, 0, 6)),
+                       labels=empty.new_zeros((0, ), dtype=torch.long),
+                       gt_boxes=empty.new_zeros((0, 6)))
         return self.bbox_head.denoising_loss(out['all_cls_scores'], out['all_codes'],
                                              out['labels'], out['gt_boxes'],
                                              self.stage_loss_weights,

@@ -55,6 +55,7 @@ def check_ray_denoising(cfg: Optional[dict]) -> Optional[dict]:
         if int(cfg[key]) != cfg[key] or cfg[key] < (1 if key == 'num_rays' else 0):
             raise ValueError(f'{where}.{key} must be an integer >= '
                              f"{1 if key == 'num_rays' else 0}, got {cfg[key]!r}")
+        cfg[key] = int(cfg[key])
     low, high = (float(v) for v in cfg['offset_mm'])
     if not 0 <= low <= high:
         raise ValueError(f'{where}.offset_mm must be (low, high) with 0 <= low <= high, '
@@ -94,8 +95,8 @@ def sample_ray_points(gt_boxes: Tensor, lidar2img: Tensor, img_hw: Tuple[int, in
             one, seeded by the run).
 
     Returns:
-        RayPoints: ``K = sum over findings of rays x (1 + num_negatives)`` points,
-        float32; a finding no view sees gets none.
+        RayPoints: ``K = sum over findings of rays x (1 + num_negatives)`` points in
+        ``gt_boxes``' dtype; a finding no view sees gets none.
     """
     device = gt_boxes.device
     mats = lidar2img.double().to(device)
