@@ -473,11 +473,7 @@ class MV2DXrayRoIHead(BaseModule):
         """
         num_views = geo.num_views
         scenes = geo.scene_ids[query_rois]
-        mats = geo.views_lidar2img[scenes]                       # (Q, V, 4, 4)
-        uv, depth = project_points(mats, points.double()[:, None, None, :])
-        uv, depth = uv[:, :, 0].float(), depth[:, :, 0]          # (Q, V, 2), (Q, V)
-        hw = geo.bboxes.new_tensor(geo.img_shapes)[scenes]       # (Q, 2) (H, W)
-        seen = seen_in_image(uv, depth, hw[:, None, 0], hw[:, None, 1])       # (Q, V)
+        uv, seen = self.projections_in_views(points, scenes, geo)
         covered = torch.zeros_like(seen)                         # views it already reads
         row, col = query_mask.nonzero(as_tuple=True)
         covered[row, geo.view_ids[query_corr[row, col]]] = True
@@ -486,6 +482,27 @@ class MV2DXrayRoIHead(BaseModule):
         probes, slots = self.boxes_at_projections(
             uv, size[:, None].expand(-1, num_views, -1), wanted, scenes, num_views)
         return probes, slots, wanted
+
+    @staticmethod
+    def projections_in_views(points: Tensor, scenes: Tensor,
+                             geo: RoIGeometry) -> Tuple[Tensor, Tensor]:
+        """Each point's projection in every view of its scene, and whether that view
+        sees it (in front of the source, inside the image).
+
+        Args:
+            points (Tensor): ``(Q, 3)`` ct mm.
+            scenes (Tensor): ``(Q,)`` the scene of each point.
+            geo (RoIGeometry): the batch's geometry (:meth:`gather_rois`).
+
+        Returns:
+            tuple[Tensor, Tensor]: ``uv`` ``(Q, V, 2)`` float32 img px and ``seen``
+            ``(Q, V)`` bool.
+        """
+        uv, depth = project_points(geo.views_lidar2img[scenes],     # (Q, V, 4, 4)
+                                   points.double()[:, None, None, :])
+        uv, depth = uv[:, :, 0].float(), depth[:, :, 0]          # (Q, V, 2), (Q, V)
+        hw = geo.bboxes.new_tensor(geo.img_shapes)[scenes]       # (Q, 2) (H, W)
+        return uv, seen_in_image(uv, depth, hw[:, None, 0], hw[:, None, 1])
 
     @staticmethod
     def boxes_at_projections(uv: Tensor, size: Tensor, wanted: Tensor, scenes: Tensor,
@@ -804,7 +821,7 @@ class MV2DXrayRoIHead(BaseModule):
             layers, classes = self.bbox_head.num_layers, self.bbox_head.num_classes
             empty = feats[0].new_zeros((0, ))
             out = dict(all_cls_scores=empty.new_zeros((layers, 0, classes)),
-                       all_codes=empty.new_zeros((layers, 0, 6)),
+                       all_codes=empty.new_zeros((layers, 0, self.bbox_head.code_size)),
                        labels=empty.new_zeros((0, ), dtype=torch.long),
                        gt_boxes=empty.new_zeros((0, 6)))
         return self.bbox_head.denoising_loss(out['all_cls_scores'], out['all_codes'],
@@ -872,7 +889,7 @@ class MV2DXrayRoIHead(BaseModule):
         labels, boxes, sources = torch.cat(labels), torch.cat(boxes), torch.cat(sources)
         all_cls_scores, all_codes = self.decode_points(feats, points, scenes, sources,
                                                        torch.cat(sizes), rois, roi_scores,
-                                                       batch_img_metas, num_views)
+                                                       batch_img_metas, geo)
         return dict(all_cls_scores=all_cls_scores, all_codes=all_codes, labels=labels,
                     gt_boxes=boxes.float(), points=points, scene_ids=scenes,
                     gt_index=torch.cat(gt_indices), source_view=sources)
@@ -880,7 +897,7 @@ class MV2DXrayRoIHead(BaseModule):
     def decode_points(self, feats: Sequence[Tensor], points: Tensor, scene_ids: Tensor,
                       source_views: Tensor, key_sizes: Tensor, rois: Tensor,
                       roi_scores: Optional[Tensor], batch_img_metas: List[dict],
-                      num_views: int) -> Tuple[Tensor, Tensor]:
+                      geo: RoIGeometry) -> Tuple[Tensor, Tensor]:
         """Decode queries placed at given points (the ray-denoising queries): each reads
         a box at its projection in every view of its scene that sees it and starts, with
         ``support_embedding``, from the support of its point by the scene's 2D
@@ -892,19 +909,16 @@ class MV2DXrayRoIHead(BaseModule):
             scene_ids (Tensor): ``(K,)``; the queries self-attend within their scene.
             source_views (Tensor): ``(K,)`` the view each point's own score is read in.
             key_sizes (Tensor): ``(K, V, 2)`` width and height (px) of each key box.
-            rois, roi_scores, batch_img_metas, num_views: see :meth:`forward`.
+            rois, roi_scores, batch_img_metas: see :meth:`forward`.
+            geo (RoIGeometry): the RoIs' geometry (:meth:`gather_rois`).
 
         Returns:
             tuple[Tensor, Tensor]: ``all_cls_scores`` ``(L, K, num_classes)`` logits and
             ``all_codes`` ``(L, K, 6)``.
         """
         device = points.device
-        geo = self.gather_rois(rois, batch_img_metas, num_views)
-        uv, depth = project_points(geo.views_lidar2img[scene_ids],
-                                   points.double()[:, None, None, :])
-        uv, depth = uv[:, :, 0], depth[:, :, 0]                      # (K, V, 2), (K, V)
-        hw = geo.bboxes.new_tensor(geo.img_shapes)[scene_ids]
-        seen = seen_in_image(uv, depth, hw[:, None, 0], hw[:, None, 1])       # (K, V)
+        num_views = geo.num_views
+        uv, seen = self.projections_in_views(points, scene_ids, geo)
         keys, slots = self.boxes_at_projections(uv, key_sizes, seen, scene_ids, num_views)
         if self.force_fp32:
             feats = [feat.float() for feat in feats]

@@ -51,10 +51,10 @@ def check_ray_denoising(cfg: Optional[dict]) -> Optional[dict]:
     where = 'model.train_cfg.rcnn.ray_denoising'
     check_keys(cfg, RAY_DENOISING_KEYS, where)
     cfg = dict(RAY_DENOISING_DEFAULTS, **cfg)
-    for key in ('num_rays', 'num_negatives'):
-        if int(cfg[key]) != cfg[key] or cfg[key] < (1 if key == 'num_rays' else 0):
-            raise ValueError(f'{where}.{key} must be an integer >= '
-                             f"{1 if key == 'num_rays' else 0}, got {cfg[key]!r}")
+    for key, least in (('num_rays', 1), ('num_negatives', 0)):
+        if int(cfg[key]) != cfg[key] or cfg[key] < least:
+            raise ValueError(f'{where}.{key} must be an integer >= {least}, got '
+                             f'{cfg[key]!r}')
         cfg[key] = int(cfg[key])
     low, high = (float(v) for v in cfg['offset_mm'])
     if not 0 <= low <= high:
