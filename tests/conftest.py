@@ -80,3 +80,32 @@ def demo_dataset(tmp_path_factory) -> DemoData:
                     train_coco=paths['train']['coco'], val_coco=paths['val']['coco'],
                     prefix=source.default_prefix, geometry=geometry,
                     tokens={k: [i['token'] for i in v] for k, v in report.lists.items()})
+
+
+# -- a tiny chest benchmark, built once per test session (data_converters chest-bench) -----
+#: What the ``chest_bench_build`` fixture builds: 9 synthetic cases (one deformed anatomy
+#: per split) and LIDC-IDRI-0001, 3 views of 64 x 64 px.
+CHEST_BENCH_FIXTURE_SETTINGS = dict(num_cases=9, deformations=(1, 1, 1), seed=0)
+CHEST_BENCH_FIXTURE_GEOMETRY = dict(num_views=3, image_size=(64, 64))
+
+
+def tiny_chest_bench_source():
+    """A new ``ChestBenchSource`` with the fixture's settings (nothing built)."""
+    from data_converters.sources.chest_bench import ChestBenchSource
+    from projects.mv2d_xray.core.geometry import XrayGeometry
+    return ChestBenchSource(XrayGeometry(**CHEST_BENCH_FIXTURE_GEOMETRY),
+                            **CHEST_BENCH_FIXTURE_SETTINGS)
+
+
+@pytest.fixture(scope='session')
+def chest_bench_build(tmp_path_factory):
+    """The tiny chest benchmark built once per session (~30 s on 2 CPU cores):
+    ``(folder, source, {split: loaded info pickle})``. Tests read it, never change it."""
+    from data_converters.runner import run_conversion
+    from data_converters.splits import split_file_paths
+    from projects.mv2d_xray.core.data_format import load_infos
+    root = str(tmp_path_factory.mktemp('chest_bench'))
+    source = tiny_chest_bench_source()
+    run_conversion(source, root, workers=1, progress=False)
+    paths = split_file_paths(root, source.default_prefix, ('train', 'val', 'test'))
+    return root, source, {name: load_infos(p['pkl']) for name, p in paths.items()}

@@ -216,6 +216,36 @@ class ChestBenchSource(ConversionSource):
                    PhotonNoise(air_kerma_ugy=args.air_kerma), args.max_nodules, args.device,
                    args.train_nodules)
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> 'ChestBenchSource':
+        """The source that built a folder, from the settings it recorded
+        (``CaseStore(root).read_settings()``), to regenerate its cases exactly. A ring
+        acquisition only (the geometry's metainfo); the training count of a
+        ``--train-nodules`` build is restored too.
+
+        Raises:
+            ConverterError: settings of another source, or without the chest benchmark's.
+        """
+        from projects.mv2d_xray.core.geometry import XrayGeometry
+        fingerprint, split = settings.get('fingerprint', {}), settings.get('split', {})
+        bench = fingerprint.get('chest_bench')
+        if fingerprint.get('source') != cls.name or bench is None:
+            raise ConverterError(f'not a {cls.name} build: its settings name the source '
+                                 f'{fingerprint.get("source")!r}')
+        rule = fingerprint['label_rule']
+        noise = {k: v for k, v in bench['noise'].items()
+                 if k in ('air_kerma_ugy', 'fluence_per_ugy', 'dqe', 'mu_water_per_mm')}
+        return cls(XrayGeometry.from_metainfo(fingerprint['geometry']),
+                   LabelRule(min_readers=rule['min_readers'],
+                             min_diameter_mm=rule['min_diameter_mm'],
+                             consensus_level=rule['consensus_level']),
+                   num_cases=sum(bench['cases'].values()), seed=bench['seed'],
+                   val_fraction=split['val_fraction'], test_fraction=split['test_fraction'],
+                   deformations=tuple(bench['deformations'][s] for s in SPLIT_NAMES),
+                   noise=PhotonNoise(**noise),
+                   max_nodules=len(bench['nodules']['count_probs']) - 1,
+                   train_nodules=bench['nodules'].get('train_nodules_per_case'))
+
     # -- settings ----------------------------------------------------------------------
     def split_counts(self) -> Dict[str, int]:
         """Synthetic cases per split."""
@@ -426,9 +456,18 @@ class ChestBenchSource(ConversionSource):
                 self.pool = self.build_pool()
                 save_shape_pool(path, self.pool)
 
-    def synthesize(self, split: str, index: int, token: str
+    def synthesize(self, split: str, index: int, token: str,
+                   signals: Optional[List[np.ndarray]] = None
                    ) -> Tuple[CTVolume, List[Finding], np.ndarray]:
         """CT, findings and noiseless ``(N, H, W)`` renders (mm) of a synthetic case.
+
+        Args:
+            split, index, token: the case (as :meth:`discover` lists it).
+            signals (list, optional): when given, each inserted finding's own noiseless
+                projection, ``(N, H, W)`` mm of water in the ``img`` frame, is appended to
+                it in the order of the returned findings (the renders are the anatomy's
+                plus their sum): what a detectability analysis needs
+                (``tools/chest_bench_stats.py --detectability``).
 
         Returns:
             tuple: the case's CT (a new volume: its anatomy, mirrored or not, with the
@@ -467,8 +506,11 @@ class ChestBenchSource(ConversionSource):
             if offset is None:
                 continue
             values = synthetic_hu(mask, spacing, nodule_kind, rng)
-            images = images + insert_shape(hu, spacing, mask, offset, values, self.renderer,
-                                           self.density)
+            signal = insert_shape(hu, spacing, mask, offset, values, self.renderer,
+                                  self.density)
+            images = images + signal
+            if signals is not None:
+                signals.append(signal)
             characteristics = dict(shape['characteristics'],
                                    texture=KIND_TEXTURE[nodule_kind])
             findings.append(Finding(

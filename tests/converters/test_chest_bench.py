@@ -13,26 +13,15 @@ from data_converters.render import WINDOW_MM
 from data_converters.storage import write_png
 from projects.mv2d_xray.core.geometry import XrayGeometry
 
-SETTINGS = dict(num_cases=9, deformations=(1, 1, 1), seed=0)
-GEOMETRY = dict(num_views=3, image_size=(64, 64))
-
-
-def _source():
-    from data_converters.sources.chest_bench import ChestBenchSource
-    return ChestBenchSource(XrayGeometry(**GEOMETRY), **SETTINGS)
+from conftest import CHEST_BENCH_FIXTURE_GEOMETRY as GEOMETRY  # noqa: E402
+from conftest import CHEST_BENCH_FIXTURE_SETTINGS as SETTINGS  # noqa: E402
+from conftest import tiny_chest_bench_source as _source  # noqa: E402
 
 
 @pytest.fixture(scope='module')
-def bench(tmp_path_factory):
+def bench(chest_bench_build):
     """A tiny benchmark built once: (folder, source, {split: info pickle})."""
-    from data_converters.runner import run_conversion
-    from data_converters.splits import split_file_paths
-    from projects.mv2d_xray.core.data_format import load_infos
-    root = str(tmp_path_factory.mktemp('chest_bench'))
-    source = _source()
-    run_conversion(source, root, workers=1, progress=False)
-    paths = split_file_paths(root, source.default_prefix, ('train', 'val', 'test'))
-    return root, source, {name: load_infos(p['pkl']) for name, p in paths.items()}
+    return chest_bench_build
 
 
 def _scan(source_nodule: str) -> str:
@@ -259,3 +248,64 @@ def test_a_case_does_not_change_the_anatomy_it_shares(bench):
     assert np.array_equal(again[2], first[2])                # the same renders
     assert np.abs(first[2] - np.load(osp.join(source.cache, f'anatomy-train-{number}.npy'))
                   ).max() > 0.1                              # which show the nodules (mm)
+
+
+def test_the_source_restored_from_a_folder_regenerates_its_cases(bench):
+    """``ChestBenchSource.from_settings`` rebuilds the source from a folder's recorded
+    settings: the same fingerprint and split settings, and its cases regenerate to the
+    PNGs written. ``synthesize(..., signals)`` hands out each inserted finding's own
+    projection: the case's renders are its anatomy's plus their sum, each peaks at its
+    finding's projected centre, and asking for them changes nothing else."""
+    from data_converters.sources.chest_bench import ChestBenchSource
+    from data_converters.splits import SPLIT_NAMES
+    from data_converters.storage import CaseStore
+    from PIL import Image
+    from projects.mv2d_xray.core.geometry import project_points
+    root, _, splits = bench
+    store = CaseStore(root)
+    settings = store.read_settings()
+    restored = ChestBenchSource.from_settings(settings)
+    assert restored.fingerprint() == settings['fingerprint']
+    assert restored.split_settings() == {k: settings['split'][k]
+                                         for k in restored.split_settings()}
+    specs = {spec['token']: spec for spec in restored.discover()[0]}
+    chosen = [(split, info) for split in SPLIT_NAMES for info in splits[split]['data_list']
+              if specs[info['token']]['index'] > 0 and info['instances']
+              and not restored.anatomy_of(split, specs[info['token']]['index'])[1]]
+    assert chosen, 'no unmirrored synthetic case with findings in the tiny build'
+    split, info = chosen[0]
+    index, token = specs[info['token']]['index'], info['token']
+    restored.prepare(store, [specs[token]])
+    signals = []
+    _, findings, images = restored.synthesize(split, index, token, signals)
+    assert len(signals) == len(findings) >= 1
+    assert np.array_equal(images, restored.synthesize(split, index, token)[2])
+    number, _ = restored.anatomy_of(split, index)
+    anatomy = np.load(osp.join(restored.cache, f'anatomy-{split}-{number}.npy'))
+    np.testing.assert_allclose(images - np.sum(signals, axis=0), anatomy, atol=1e-3)
+    names = list(info['images'])
+    lidar2img = np.stack([info['images'][v]['lidar2img'] for v in names])
+    instances = {inst['nodule_id']: inst for inst in info['instances']}
+    for finding, signal in zip(findings, signals):
+        assert signal.shape == images.shape and signal.min() >= 0 and signal.max() > 0.1
+        centre = np.asarray(instances[finding.nodule_id]['bbox_3d'][:3], np.float64)
+        for view, matrix in enumerate(lidar2img):
+            uv, _ = project_points(matrix, centre[None])
+            u, v = uv[0]
+            peak_v, peak_u = np.unravel_index(np.argmax(signal[view]), signal[view].shape)
+            if 0 <= u < signal.shape[2] and 0 <= v < signal.shape[1]:
+                assert abs(peak_u + 0.5 - u) <= 3 and abs(peak_v + 0.5 - v) <= 3
+    noisy = restored.noisy(images, SPLIT_NAMES.index(split), index)
+    for view, name in zip(noisy, names):
+        png = np.asarray(Image.open(osp.join(root, info['images'][name]['img_path'])))
+        assert np.array_equal(to_uint16(view, WINDOW_MM), png)
+
+
+def test_from_settings_refuses_another_source(bench):
+    from data_converters.errors import ConverterError
+    from data_converters.sources.chest_bench import ChestBenchSource
+    from data_converters.storage import CaseStore
+    settings = CaseStore(bench[0]).read_settings()
+    settings['fingerprint']['source'] = 'demo'
+    with pytest.raises(ConverterError, match="not a chest-bench build.*'demo'"):
+        ChestBenchSource.from_settings(settings)
