@@ -14,7 +14,7 @@ region ("irrelevant finding").
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -44,6 +44,12 @@ class LabelRule:
 
     def is_ground_truth(self, num_readers: int, diameter_mm: float) -> bool:
         return num_readers >= self.min_readers and diameter_mm >= self.min_diameter_mm
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> 'LabelRule':
+        """Inverse of :meth:`to_dict` (its descriptive keys ignored; ``KeyError`` for a
+        missing setting)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls)})
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -22,6 +22,7 @@ and checked against its PNGs; with ``--dets2d`` (COCO-results detections, as
 finding in a view, by that SNR.
 """
 import argparse
+import os
 import os.path as osp
 import sys
 from typing import Optional
@@ -29,6 +30,8 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..')))
+
+from _common import add_debug_flag, fail, run_main  # noqa: E402
 
 from data_converters.arguments import positive_float  # noqa: E402
 from data_converters.image_encoding import MAX_VALUE_16  # noqa: E402
@@ -89,10 +92,9 @@ def nodule_contrast(root: str, sigma_px: float = 1.5) -> dict:
     from data_converters.sources.chest_bench import ChestBenchSource
     from data_converters.sources.demo import insert_shape, nodule_hu
     from data_converters.storage import CaseStore
-    from projects.mv2d_xray.core.geometry import XrayGeometry
     from projects.mv2d_xray.mv2d_xray.datasets.transforms.contrast import high_pass
-    settings = CaseStore(root).read_settings()['fingerprint']
-    source = ChestBenchSource(XrayGeometry.from_metainfo(settings['geometry']))
+    store = CaseStore(root)
+    source = ChestBenchSource.from_settings(store.read_settings(), store.settings_path())
     base = source.base()
     spacing = base['volume'].spacing_mm
     radius = 2.5
@@ -135,10 +137,17 @@ def nodule_contrast(root: str, sigma_px: float = 1.5) -> dict:
 #: a number, the view minus its Gaussian blur at that sigma (px) -- ``XrayLocalContrast``'s
 #: residues (1.5, 4 px) and a wider one.
 SNR_PREFILTERS_PX = (None, 1.5, 4.0, 8.0)
-#: ``--detectability``'s SNR bins, and its size bands (mm: LUNA16's and the issue's >= 6).
+#: ``--detectability``'s SNR bins, and the SNR a view must reach to count as showing a
+#: finding in the per-finding table.
 SNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0, np.inf)
-DETECTABILITY_BANDS = (('3-6mm', 3.0, 6.0), ('6-10mm', 6.0, 10.0), ('>10mm', 10.0, np.inf),
-                       ('>=6mm', 6.0, np.inf), ('all', 0.0, np.inf))
+SHOWN_SNR = 2.0
+
+
+def detectability_bands() -> tuple:
+    """``(name, low, high)`` mm: the source's size bands (``low <= d < high``), the issue's
+    ``>=6mm`` and ``all``."""
+    bands = tuple((f'{lo:g}-{hi:g}mm', lo, hi) for lo, hi in SIZE_BANDS_MM)
+    return bands + (('>=6mm', 6.0, np.inf), ('all', 0.0, np.inf))
 
 
 def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
@@ -148,11 +157,13 @@ def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
 
     The template is the (pre-filtered) signal in the ``(2 half_px + 1)^2`` px around its
     peak; its response to the signal is ``sum(t^2)``; its responses to the background are
-    its correlations with the (pre-filtered) background at every position of the
-    ``(2 window_px)^2`` px around the peak (local statistics: anatomy is not stationary
-    over a view); ``SNR = sum(t^2) / std(responses)``. The best of the ``prefilters`` is
-    kept. A lower bound of what an observer that knows the signal and its place can
-    reach: an ideal linear one would also whiten the background.
+    its correlations with the (pre-filtered) background at the positions where it fits
+    inside the ``(2 window_px + 1)^2`` px around the peak (local statistics: anatomy is
+    not stationary over a view); ``SNR = sum(t^2) / std(responses)``. The best of the
+    ``prefilters`` is kept. An estimate of a non-whitening observer's SNR, not a bound:
+    an ideal linear observer would also whiten the background (higher), while picking the
+    best pre-filter on the same background sample the spread is measured on, whose
+    positions are strongly correlated, leans high.
 
     Args:
         signal (np.ndarray): ``(H, W)`` the finding's own noiseless projection (any unit,
@@ -162,7 +173,10 @@ def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
         half_px, window_px (int): the template's and the background window's half sides.
 
     Returns:
-        float: the SNR; 0 for an all-zero signal or a flat background.
+        float: the SNR; 0 for an all-zero signal.
+
+    Raises:
+        ValueError: a background without any spread in the window (no SNR is defined).
     """
     from scipy.ndimage import gaussian_filter
     from scipy.signal import fftconvolve
@@ -170,13 +184,18 @@ def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
     background = np.asarray(background, np.float64)
     if signal.max() <= 0:
         return 0.0
+    # work on the window and a margin that keeps the widest blur exact there
+    margin = window_px + int(np.ceil(4 * max([s for s in prefilters if s] or [0])))
     py, px = np.unravel_index(np.argmax(signal), signal.shape)
-    height, width = signal.shape
-    near = (slice(max(py - half_px, 0), min(py + half_px + 1, height)),
-            slice(max(px - half_px, 0), min(px + half_px + 1, width)))
-    window = (slice(max(py - window_px, 0), min(py + window_px, height)),
-              slice(max(px - window_px, 0), min(px + window_px, width)))
-    best = 0.0
+    crop = (slice(max(py - margin, 0), py + margin + 1),
+            slice(max(px - margin, 0), px + margin + 1))
+    signal, background = signal[crop], background[crop]
+    py, px = py - crop[0].start, px - crop[1].start
+    near = (slice(max(py - half_px, 0), py + half_px + 1),
+            slice(max(px - half_px, 0), px + half_px + 1))
+    window = (slice(max(py - window_px, 0), py + window_px + 1),
+              slice(max(px - window_px, 0), px + window_px + 1))
+    best, spread_seen = 0.0, False
     for sigma in prefilters:
         if sigma is None:
             sig, back = signal, background
@@ -187,20 +206,33 @@ def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
         responses = fftconvolve(back[window], template[::-1, ::-1], mode='valid')
         spread = float(responses.std())
         if spread > 0:
+            spread_seen = True
             best = max(best, float((template ** 2).sum()) / spread)
+    if not spread_seen:
+        raise ValueError('matched_filter_snr: the background has no spread in the window')
     return best
 
 
 def detectability(root: str, split: str, dets2d: Optional[str] = None,
-                  prefix: str = 'chest_bench', progress: bool = True) -> list:
+                  prefix: Optional[str] = None, device: str = 'cpu',
+                  progress: bool = True) -> list:
     """Per finding and view of ``split``: the matched-filter SNR (:func:`matched_filter_snr`)
     against the view as built minus the finding (anatomy, other findings, photon noise)
     and against the photon noise alone, and, with ``dets2d``, whether the 2D stage
     detects the finding in that view (the triangulation baseline's association, as the
     benchmark's ``by_views_detected`` counts it). Each synthetic case is regenerated from
-    the folder's recorded settings (``ChestBenchSource.from_settings``) and its images
-    checked against the PNGs; the real case (its nodule is part of the CT) and ignore
-    regions are left out.
+    the folder's recorded settings (``ChestBenchSource.from_settings``, rendering on
+    ``device``) and its images checked against the PNGs; the real case (its nodule is part
+    of the CT) and ignore regions are left out.
+
+    Args:
+        root (str): the chest benchmark folder.
+        split (str): ``train``, ``val`` or ``test``.
+        dets2d (str, optional): COCO-results detections of that split (``tools/test.py``'s
+            ``dets2d.json``).
+        prefix (str, optional): the split files' prefix; defaults to the recorded one.
+        device (str): where to render; it must be the kind the folder was built on.
+        progress (bool): a progress bar on a terminal.
 
     Returns:
         list: one dict per finding and view: ``finding`` (its ``nodule_id``), ``view``
@@ -208,11 +240,11 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
         signal's peak, mm of water), ``detected`` (bool; None without ``dets2d``).
 
     Raises:
-        ConverterError: a case whose regenerated images differ from its PNGs (the folder
-            was built with other settings or code), naming it; a folder of another source.
+        ConverterError: the folder is no chest benchmark this converter can regenerate, or
+            a case regenerates to other images than its PNGs (naming it).
+        ValueError: detections that are not COCO results of this split (naming the first
+            bad one).
     """
-    import json
-
     from PIL import Image
     from tqdm import tqdm
 
@@ -222,18 +254,22 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
     from data_converters.sources.chest_bench import ChestBenchSource
     from data_converters.splits import SPLIT_NAMES
     from data_converters.storage import CaseStore
-    from projects.mv2d_xray.core.data_format import case_gt_from_info, load_infos
+    from projects.mv2d_xray.core.data_format import (case_gt_from_info, coco_path, load_coco,
+                                                     load_infos, resolve_detections)
+    from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (group_detections,
                                                                       supporting_views)
     store = CaseStore(root)
-    source = ChestBenchSource.from_settings(store.read_settings())
-    infos = load_infos(osp.join(root, f'{prefix}_infos_{split}.pkl'))
+    settings = store.read_settings()
+    source = ChestBenchSource.from_settings(settings, store.settings_path(), device)
+    prefix = prefix or settings['split'].get('prefix', source.default_prefix)
+    infos_path = osp.join(root, f'{prefix}_infos_{split}.pkl')
+    infos = load_infos(infos_path)
     detections = None
     if dets2d is not None:
-        with open(osp.join(root, f'{prefix}_infos_{split}_2d.coco.json')) as f:
-            coco = json.load(f)
-        with open(dets2d) as f:
-            detections = group_detections(coco, json.load(f), infos)
+        coco = load_coco(coco_path(infos_path))
+        detections = group_detections(
+            coco, resolve_detections(coco, read_json(dets2d, '2D detections')), infos)
     specs = {spec['token']: spec for spec in source.discover()[0]}
     cases = [info for info in infos['data_list'] if specs[info['token']]['index'] > 0]
     source.prepare(store, [specs[info['token']] for info in cases])
@@ -247,8 +283,10 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
         for view, name in zip(noisy, names):
             png = np.asarray(Image.open(osp.join(root, info['images'][name]['img_path'])))
             if not np.array_equal(to_uint16(view, WINDOW_MM), png):
-                raise ConverterError(f'{root}: case {token} regenerates to other images than its '
-                                 'PNGs: the folder was built with other settings or code')
+                raise ConverterError(
+                    f'{root}: case {token} regenerates to other images than its PNGs: the '
+                    f'folder was built with other settings, or on another kind of device '
+                    f'than --device {device} (CPU and CUDA renders differ in rounding)')
         lidar2img = np.stack([np.asarray(info['images'][v]['lidar2img'], np.float64)
                               for v in names])
         gt = case_gt_from_info(info)
@@ -278,27 +316,49 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
 
 
 def detectability_tables(rows: list) -> list:
-    """The lines ``--detectability`` prints (markdown): per size band the SNR quartiles
-    against the anatomy and against the photon noise alone and the share of views at SNR
-    >= 3; with detections, per SNR bin the share of (finding, view) pairs detected."""
+    """The lines ``--detectability`` prints (markdown tables): per size band the SNR
+    quartiles against the anatomy and against the photon noise alone, and the share of
+    views at SNR >= 3; per size band and finding, how many views show it at SNR >=
+    :data:`SHOWN_SNR` and, with detections, in how many the 2D stage detects it; with
+    detections, per SNR bin the share of (finding, view) pairs detected."""
+    with_dets = bool(rows) and rows[0]['detected'] is not None
     diameters = np.array([r['diameter_mm'] for r in rows])
     snr = np.array([r['snr'] for r in rows])
     quantum = np.array([r['snr_photon_noise'] for r in rows])
+    by_finding = {}
+    for r in rows:
+        by_finding.setdefault(r['finding'], []).append(r)
     lines = ['| band | findings | finding-views | SNR against anatomy and noise, quartiles '
              '| SNR against photon noise alone, quartiles | views at SNR >= 3 |',
              '| --- | --: | --: | --- | --- | --: |']
-    for name, low, high in DETECTABILITY_BANDS:
+    per_finding = [f'| band | findings | their best view\'s SNR, median | with no view at SNR '
+                   f'>= {SHOWN_SNR:g} | one | two or more |'
+                   + (' of those two or more, detected in two views or more | of those with '
+                      'none, detected in two views or more |' if with_dets else ''),
+                   '| --- | --: | --: | --: | --: | --: |' + (' --: | --: |' if with_dets
+                                                             else '')]
+    for name, low, high in detectability_bands():
         inside = (diameters >= low) & (diameters < high)
         if not inside.any():
             continue
-        findings = len({r['finding'] for r, keep in zip(rows, inside) if keep})
         q = np.percentile(snr[inside], [25, 50, 75])
         qq = np.percentile(quantum[inside], [25, 50, 75])
-        lines.append(f'| {name} | {findings} | {inside.sum()} | '
+        findings = [v for v in by_finding.values() if low <= v[0]['diameter_mm'] < high]
+        lines.append(f'| {name} | {len(findings)} | {inside.sum()} | '
                      f'{q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} | '
                      f'{qq[0]:.1f} / {qq[1]:.1f} / {qq[2]:.1f} | '
                      f'{np.mean(snr[inside] >= 3):.2f} |')
-    if rows and rows[0]['detected'] is not None:
+        shown = np.array([sum(r['snr'] >= SHOWN_SNR for r in v) for v in findings])
+        best = np.median([max(r['snr'] for r in v) for v in findings])
+        row = (f'| {name} | {len(findings)} | {best:.2f} | {(shown == 0).sum()} | '
+               f'{(shown == 1).sum()} | {(shown >= 2).sum()} |')
+        if with_dets:
+            detected = np.array([sum(r['detected'] for r in v) for v in findings])
+            row += (f' {((shown >= 2) & (detected >= 2)).sum()} | '
+                    f'{((shown == 0) & (detected >= 2)).sum()} |')
+        per_finding.append(row)
+    lines += [''] + per_finding
+    if with_dets:
         detected = np.array([r['detected'] for r in rows])
         lines += ['', '| SNR against anatomy and noise | finding-views | detected by the '
                   '2D stage | share |', '| --- | --: | --: | --: |']
@@ -312,26 +372,41 @@ def detectability_tables(rows: list) -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('root')
-    parser.add_argument('--prefix', default='chest_bench')
-    parser.add_argument('--contrast', action='store_true')
+    parser.add_argument('root', help='the chest benchmark folder, e.g. data/chest-bench')
+    parser.add_argument('--prefix', help='the split files\' prefix (default: the recorded '
+                        'one, chest_bench)')
+    parser.add_argument('--contrast', action='store_true',
+                        help='a solid 5 mm nodule\'s contrast against photon noise and '
+                             'anatomy (renders the clean CT: ~3 min)')
     parser.add_argument('--sigma-px', type=positive_float, default=1.5,
                         help='high-pass blur of the clutter figure, px (default: 1.5)')
     parser.add_argument('--detectability', choices=('train', 'val', 'test'), metavar='SPLIT',
                         help='per finding and view of SPLIT (train, val or test), the '
                              'matched-filter SNR against the anatomy and against photon '
-                             'noise alone (regenerates the cases: ~1 min for val on 2 cores)')
+                             'noise alone (regenerates the split\'s cases and scores every '
+                             'finding in every view: ~45 s for val or test on 2 cores; the '
+                             'time grows with the findings)')
     parser.add_argument('--dets2d', metavar='JSON',
                         help="with --detectability: the 2D stage's detections on SPLIT "
                              '(COCO results, e.g. work_dirs/benchmark/chest/test-val/'
                              'dets2d.json): the share detected per SNR bin')
     parser.add_argument('--json', metavar='OUT', help='with --detectability: write the '
                         'rows (one per finding and view) to this JSON file')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                        help='with --detectability: where to render; the kind of device '
+                             'the folder was built on (default: cpu)')
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if (args.dets2d or args.json) and not args.detectability:
         parser.error('--dets2d and --json need --detectability SPLIT')
     if args.dets2d and not osp.isfile(args.dets2d):
         parser.error(f'--dets2d {args.dets2d}: no such file')
+    if args.json and not os.access(osp.dirname(osp.abspath(args.json)), os.W_OK):
+        parser.error(f'--json {args.json}: its folder is missing or not writable')
+    if args.prefix is None:
+        from data_converters.storage import CaseStore
+        recorded = CaseStore(args.root).read_settings() or {}
+        args.prefix = recorded.get('split', {}).get('prefix', 'chest_bench')
 
     for split, fig in split_figures(args.root, args.prefix).items():
         bands = ', '.join(f'{lo:g}-{hi:g} mm: {n}' for (lo, hi), n in
@@ -356,10 +431,10 @@ def main(argv=None) -> int:
     if args.detectability:
         from data_converters.errors import ConverterError
         try:
-            rows = detectability(args.root, args.detectability, args.dets2d, args.prefix)
-        except ConverterError as err:
-            print(f'error: {err}', file=sys.stderr)
-            return 2
+            rows = detectability(args.root, args.detectability, args.dets2d, args.prefix,
+                                 args.device)
+        except (ConverterError, ValueError) as err:   # the folder or the detections
+            fail(str(err))
         print(f'{args.detectability}: the matched-filter SNR of each finding in each view '
               '(the filter knows its projection and place)')
         print('\n'.join(detectability_tables(rows)))
@@ -370,7 +445,5 @@ def main(argv=None) -> int:
     return 0
 
 
-
 if __name__ == '__main__':
-    from _common import run_main   # a missing folder or file: one line, exit status 2
-    run_main(lambda: sys.exit(main()))
+    run_main(lambda: sys.exit(main()))   # a missing folder or file: one line, exit status 2

@@ -217,34 +217,56 @@ class ChestBenchSource(ConversionSource):
                    args.train_nodules)
 
     @classmethod
-    def from_settings(cls, settings: dict) -> 'ChestBenchSource':
+    def from_settings(cls, settings: Optional[dict], where: str = 'the settings',
+                      device: str = 'cpu') -> 'ChestBenchSource':
         """The source that built a folder, from the settings it recorded
-        (``CaseStore(root).read_settings()``), to regenerate its cases exactly. A ring
-        acquisition only (the geometry's metainfo); the training count of a
-        ``--train-nodules`` build is restored too.
+        (``CaseStore(root).read_settings()``), to regenerate its cases exactly.
+
+        Args:
+            settings (dict, optional): the recorded settings; None: the folder has none.
+            where (str): how messages name them (e.g. the settings file's path).
+            device (str): where to render. A build regenerates bit for bit on the kind of
+                device it was built on only: CPU and CUDA renders differ in rounding
+                (README "Rendering"), and the settings do not record the device.
 
         Raises:
-            ConverterError: settings of another source, or without the chest benchmark's.
+            ConverterError: no settings; settings of another source or with a setting
+                missing; or settings this code would record differently (another version
+                of the converter or of DiffDRR), naming the parts that differ.
         """
-        from projects.mv2d_xray.core.geometry import XrayGeometry
-        fingerprint, split = settings.get('fingerprint', {}), settings.get('split', {})
-        bench = fingerprint.get('chest_bench')
-        if fingerprint.get('source') != cls.name or bench is None:
-            raise ConverterError(f'not a {cls.name} build: its settings name the source '
-                                 f'{fingerprint.get("source")!r}')
-        rule = fingerprint['label_rule']
-        noise = {k: v for k, v in bench['noise'].items()
-                 if k in ('air_kerma_ugy', 'fluence_per_ugy', 'dqe', 'mu_water_per_mm')}
-        return cls(XrayGeometry.from_metainfo(fingerprint['geometry']),
-                   LabelRule(min_readers=rule['min_readers'],
-                             min_diameter_mm=rule['min_diameter_mm'],
-                             consensus_level=rule['consensus_level']),
-                   num_cases=sum(bench['cases'].values()), seed=bench['seed'],
-                   val_fraction=split['val_fraction'], test_fraction=split['test_fraction'],
-                   deformations=tuple(bench['deformations'][s] for s in SPLIT_NAMES),
-                   noise=PhotonNoise(**noise),
-                   max_nodules=len(bench['nodules']['count_probs']) - 1,
-                   train_nodules=bench['nodules'].get('train_nodules_per_case'))
+        from dataclasses import fields
+
+        from projects.mv2d_xray.core.acquisition import Acquisition
+        if not settings:
+            raise ConverterError(f'{where}: no conversion settings (not a converted folder?)')
+        fingerprint, split = settings.get('fingerprint') or {}, settings.get('split') or {}
+        if fingerprint.get('source') != cls.name:
+            raise ConverterError(f'{where}: not a {cls.name} build (its source is '
+                                 f'{fingerprint.get("source")!r})')
+        try:
+            bench = fingerprint['chest_bench']
+            noise = bench['noise']
+            source = cls(Acquisition.from_metainfo(fingerprint['geometry']),
+                         LabelRule.from_dict(fingerprint['label_rule']),
+                         num_cases=sum(bench['cases'].values()), seed=bench['seed'],
+                         val_fraction=split['val_fraction'],
+                         test_fraction=split['test_fraction'],
+                         deformations=tuple(bench['deformations'][s] for s in SPLIT_NAMES),
+                         noise=PhotonNoise(**{f.name: noise[f.name]
+                                              for f in fields(PhotonNoise)}),
+                         max_nodules=len(bench['nodules']['count_probs']) - 1,
+                         device=device,
+                         train_nodules=bench['nodules'].get('train_nodules_per_case'))
+        except KeyError as err:
+            raise ConverterError(f'{where}: the setting {err.args[0]!r} is missing') from None
+        again = source.fingerprint()
+        differ = sorted(key for key in set(fingerprint) | set(again)
+                        if fingerprint.get(key) != again.get(key))
+        if differ:
+            raise ConverterError(f'{where}: this converter would record other settings '
+                                 f'({", ".join(differ)}): the folder was built by another '
+                                 'version of it or of DiffDRR, and cannot be regenerated')
+        return source
 
     # -- settings ----------------------------------------------------------------------
     def split_counts(self) -> Dict[str, int]:

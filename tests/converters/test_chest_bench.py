@@ -207,6 +207,10 @@ def test_train_nodules_fill_training_cases_only(bench, tmp_path):
     assert nodules['train_nodules_per_case'] == 6
     assert 'train_nodules_per_case' not in \
         splits['val']['metainfo']['converter']['chest_bench']['nodules']
+    # the recorded settings give the source back, its training count included
+    from data_converters.storage import CaseStore
+    restored = ChestBenchSource.from_settings(CaseStore(other).read_settings())
+    assert restored.train_nodules == 6 and restored.fingerprint() == many.fingerprint()
 
 
 def test_bad_settings_are_one_line(tmp_path, capsys):
@@ -301,11 +305,27 @@ def test_the_source_restored_from_a_folder_regenerates_its_cases(bench):
         assert np.array_equal(to_uint16(view, WINDOW_MM), png)
 
 
-def test_from_settings_refuses_another_source(bench):
+def test_from_settings_refuses_what_it_cannot_regenerate(bench):
+    """No settings, another source's, a missing setting and settings this code would
+    record differently (another DiffDRR) are each one ConverterError naming the file."""
+    import copy
+
     from data_converters.errors import ConverterError
     from data_converters.sources.chest_bench import ChestBenchSource
     from data_converters.storage import CaseStore
-    settings = CaseStore(bench[0]).read_settings()
-    settings['fingerprint']['source'] = 'demo'
-    with pytest.raises(ConverterError, match="not a chest-bench build.*'demo'"):
-        ChestBenchSource.from_settings(settings)
+    recorded = CaseStore(bench[0]).read_settings()
+    with pytest.raises(ConverterError, match='^S: no conversion settings'):
+        ChestBenchSource.from_settings(None, 'S')
+    other = copy.deepcopy(recorded)
+    other['fingerprint']['source'] = 'demo'
+    with pytest.raises(ConverterError, match="^S: not a chest-bench build .*'demo'"):
+        ChestBenchSource.from_settings(other, 'S')
+    other = copy.deepcopy(recorded)
+    del other['split']['test_fraction']
+    with pytest.raises(ConverterError, match="^S: the setting 'test_fraction' is missing"):
+        ChestBenchSource.from_settings(other, 'S')
+    other = copy.deepcopy(recorded)
+    other['fingerprint']['render']['diffdrr'] = '0.0.1'
+    with pytest.raises(ConverterError, match=r'^S: this converter would record other '
+                                             r'settings \(render\)'):
+        ChestBenchSource.from_settings(other, 'S')

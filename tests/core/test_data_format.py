@@ -82,6 +82,14 @@ def test_coco_reader_and_detections(tmp_path):
     with pytest.raises(ValueError, match=r'detection \[0\]: no image_id'):
         resolve_detections(coco, [dict(token='b', view='VIEW_00', category_id=1,
                                        bbox=[1, 2, 3, 4], score=0.9)])
+    # an image_id and a token/view that name different images: another split's detections
+    coco['images'].append(dict(id=2, token='a', view='VIEW_01'))
+    both = dict(image_id=2, token='a', view='VIEW_01', category_id=1, bbox=[1, 2, 3, 4],
+                score=0.9)
+    assert resolve_detections(coco, [both])[0]['image_id'] == 2
+    with pytest.raises(ValueError, match=r"detection \[0\]: image_id 1 is token/view "
+                                         r"\('a', 'VIEW_00'\).*\('a', 'VIEW_01'\).*another split"):
+        resolve_detections(coco, [dict(both, image_id=1)])
     not_coco = tmp_path / 'x.json'
     not_coco.write_text('{"images": []}')
     with pytest.raises(ValueError, match=r'x\.json is not a COCO file'):

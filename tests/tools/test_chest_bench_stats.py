@@ -99,15 +99,30 @@ def test_detectability_rows_on_the_tiny_build(chest_bench_build, tmp_path):
     assert [r['snr'] for r in plain] == [r['snr'] for r in rows]
     lines = stats.detectability_tables(rows)
     assert lines[0].startswith('| band |') and any(line.startswith('| all |') for line in lines)
-    bins = [line.split('|') for line in lines[lines.index('') + 3:]]
+    blank = [i for i, line in enumerate(lines) if line == '']
+    per_finding = [line.split('|') for line in lines[blank[0] + 3:blank[1]]]
+    all_row = next(cells for cells in per_finding if cells[1].strip() == 'all')
+    assert sum(int(c) for c in all_row[4:7]) == int(all_row[2]) == len({r['finding']
+                                                                         for r in rows})
+    bins = [line.split('|') for line in lines[blank[1] + 3:]]
     assert len(bins) == len(stats.SNR_BINS) - 1
     assert sum(int(cells[2]) for cells in bins) == len(rows)
     assert sum(int(cells[3]) for cells in bins) == sum(r['detected'] for r in rows)
 
 
+def _refused(argv, capsys) -> str:
+    """The one stderr line of a tool run that stops with exit status 2."""
+    with pytest.raises(SystemExit) as stop:
+        stats.main(argv)
+    assert stop.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
 def test_a_folder_that_does_not_regenerate_is_refused(chest_bench_build, tmp_path, capsys):
-    """A case whose PNGs are not what its settings give (here one image changed) stops the
-    analysis with one line naming the case (exit 2)."""
+    """A case whose PNGs are not what its settings give (here one pixel changed) stops the
+    analysis with one line naming the case and the device (exit 2)."""
     root, source, splits = chest_bench_build
     split = _split_with_findings(splits, source)
     copy = str(tmp_path / 'bench')
@@ -119,13 +134,30 @@ def test_a_folder_that_does_not_regenerate_is_refused(chest_bench_build, tmp_pat
     image = np.asarray(Image.open(path)).copy()
     image[0, 0] = image[0, 0] ^ 1
     Image.fromarray(image).save(path)
-    assert stats.main([copy, '--detectability', split]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('error: ') and info['token'] in err[0]
+    line = _refused([copy, '--detectability', split], capsys)
+    assert line.startswith('error: ') and f'case {info["token"]} regenerates' in line
+    assert '--device cpu' in line
 
 
-def test_detectability_options_need_the_split(chest_bench_build, capsys):
+def test_another_splits_detections_are_refused(chest_bench_build, tmp_path, capsys):
+    """Image ids restart at 1 in every split's COCO file: detections naming another image
+    by token / view than by image_id are refused, not counted on the wrong views."""
+    root, source, splits = chest_bench_build
+    split = _split_with_findings(splits, source)
+    dets = _gt_detections(root, split)
+    dets[0] = dict(dets[0], token='elsewhere-0001', view='VIEW_00')
+    path = tmp_path / 'dets2d.json'
+    path.write_text(json.dumps(dets))
+    line = _refused([root, '--detectability', split, '--dets2d', str(path)], capsys)
+    assert line.startswith('error: detection [0]: image_id') and 'another split' in line
+
+
+def test_detectability_options_need_the_split(chest_bench_build, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         stats.main([chest_bench_build[0], '--dets2d', 'x.json'])
     assert stop.value.code == 2
     assert '--dets2d and --json need --detectability SPLIT' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        stats.main([chest_bench_build[0], '--detectability', 'val', '--json',
+                    str(tmp_path / 'missing' / 'rows.json')])
+    assert 'its folder is missing or not writable' in capsys.readouterr().err

@@ -240,12 +240,13 @@ def image_index(coco: dict) -> Dict[tuple, int]:
 
 
 def resolve_detections(coco: dict, dets: Sequence[dict]) -> List[dict]:
-    """Validate COCO-results detections and fill ``image_id`` from ``token`` / ``view``.
+    """Validate COCO-results detections and fill ``image_id`` from ``token`` / ``view``;
+    a detection with both must name the same image by each.
 
     Raises:
         ValueError: naming the first bad item.
     """
-    ids = {img['id'] for img in coco['images']}
+    images = {img['id']: img for img in coco['images']}
     by_view = image_index(coco)
     cat_ids = {c['id'] for c in coco['categories']}
     out = []
@@ -262,8 +263,17 @@ def resolve_detections(coco: dict, dets: Sequence[dict]) -> List[dict]:
                 raise ValueError(f'{where}: no image_id, and token/view {key} is not an '
                                  'image of the COCO file')
             det['image_id'] = by_view[key]
-        if det['image_id'] not in ids:
+        if det['image_id'] not in images:
             raise ValueError(f'{where}: image_id {det["image_id"]!r} is not in the COCO file')
+        named = (det.get('token'), det.get('view'))
+        image = images[det['image_id']]
+        if named != (None, None) and named != (image.get('token'), image.get('view')):
+            # image ids restart at 1 in every split's COCO file: another split's
+            # detections would otherwise land on this split's images unnoticed
+            raise ValueError(f'{where}: image_id {det["image_id"]} is token/view '
+                             f'{(image.get("token"), image.get("view"))} in the COCO file, '
+                             f'but the detection names {named} (detections of another '
+                             'split?)')
         if det.get('category_id') not in cat_ids:
             raise ValueError(f'{where}: category_id {det.get("category_id")!r} is not a '
                              f'category of the COCO file {sorted(cat_ids)}')
