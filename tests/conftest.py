@@ -100,7 +100,8 @@ def tiny_chest_bench_source():
 @pytest.fixture(scope='session')
 def chest_bench_build(tmp_path_factory):
     """The tiny chest benchmark built once per session (~30 s on 2 CPU cores):
-    ``(folder, source, {split: loaded info pickle})``. Tests read it, never change it."""
+    ``(folder, source, {split: loaded info pickle})``. Tests read the folder, never
+    change it (the source's per-process caches do fill)."""
     from data_converters.runner import run_conversion
     from data_converters.splits import split_file_paths
     from projects.mv2d_xray.core.data_format import load_infos

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
+from dataclasses import fields
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -234,8 +235,6 @@ class ChestBenchSource(ConversionSource):
                 missing; or settings this code would record differently (another version
                 of the converter or of DiffDRR), naming the parts that differ.
         """
-        from dataclasses import fields
-
         from projects.mv2d_xray.core.acquisition import Acquisition
         if not settings:
             raise ConverterError(f'{where}: no conversion settings (not a converted folder?)')

@@ -90,6 +90,9 @@ def test_coco_reader_and_detections(tmp_path):
     with pytest.raises(ValueError, match=r"detection \[0\]: image_id 1 is token/view "
                                          r"\('a', 'VIEW_00'\).*\('a', 'VIEW_01'\).*another split"):
         resolve_detections(coco, [dict(both, image_id=1)])
+    with pytest.raises(ValueError, match=r'another split'):       # one of the two given
+        resolve_detections(coco, [dict(both, image_id=1, token=None)])
+    assert resolve_detections(coco, [dict(both, view=None)])[0]['image_id'] == 2
     not_coco = tmp_path / 'x.json'
     not_coco.write_text('{"images": []}')
     with pytest.raises(ValueError, match=r'x\.json is not a COCO file'):

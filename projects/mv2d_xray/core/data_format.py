@@ -265,9 +265,10 @@ def resolve_detections(coco: dict, dets: Sequence[dict]) -> List[dict]:
             det['image_id'] = by_view[key]
         if det['image_id'] not in images:
             raise ValueError(f'{where}: image_id {det["image_id"]!r} is not in the COCO file')
-        named = (det.get('token'), det.get('view'))
         image = images[det['image_id']]
-        if named != (None, None) and named != (image.get('token'), image.get('view')):
+        named = (det.get('token'), det.get('view'))
+        if any(given is not None and given != image.get(key)
+               for key, given in zip(('token', 'view'), named)):
             # image ids restart at 1 in every split's COCO file: another split's
             # detections would otherwise land on this split's images unnoticed
             raise ValueError(f'{where}: image_id {det["image_id"]} is token/view '
