@@ -16,8 +16,9 @@ and against the anatomy ("clutter"): the nodule's peak in the high-pass residue 
 ``--detectability SPLIT``: how visible each finding of a split is in each view, to linear
 observers that know the finding's projection and where it is -- a non-whitening matched
 filter (:func:`matched_filter_snr`) and a whitening one (:func:`whitened_snr`) -- against
-the view's anatomy and photon noise, and against the photon noise alone -- each synthetic case regenerated from the build's recorded settings
-and checked against its PNGs; with ``--dets2d`` (COCO-results detections, as
+the view's anatomy and photon noise, and against the photon noise alone -- each
+synthetic case regenerated from the build's recorded settings and checked against its
+PNGs; with ``--dets2d`` (COCO-results detections, as
 ``tools/test.py`` / the benchmark write them) also how often the 2D stage detects a
 finding in a view, by that SNR.
 """
@@ -213,6 +214,18 @@ def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
     return best
 
 
+def window_halves(window: np.ndarray, patch_shape) -> tuple:
+    """The ``patch_shape`` patches of ``window`` in its upper and its lower half of rows,
+    each ``(n, h * w)``: rows ``0 .. H // 2 - 1`` and ``H // 2 .. H - 1``, a patch counted
+    in a half only when it lies wholly inside it (those straddling the middle are left
+    out), so no pixel is in patches of both."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    patches = sliding_window_view(window, patch_shape)         # (rows, cols, h, w)
+    middle, size = window.shape[0] // 2, int(np.prod(patch_shape))
+    return (patches[:max(middle - patch_shape[0] + 1, 0)].reshape(-1, size),
+            patches[middle:].reshape(-1, size))
+
+
 def whitened_snr(signal: np.ndarray, background: np.ndarray, half_px: int = 7,
                  window_px: int = 48, min_patches: int = 50) -> float:
     """The SNR of a whitening (Hotelling) observer that knows a signal and where it is.
@@ -238,10 +251,9 @@ def whitened_snr(signal: np.ndarray, background: np.ndarray, half_px: int = 7,
         float: the SNR; 0 for an all-zero signal.
 
     Raises:
-        ValueError: a window that is too small to split (a finding at the image's corner)
-            or a background without spread.
+        ValueError: a window or an image too small to split (with the defaults, images
+            under ~30 px), or a background without spread.
     """
-    from numpy.lib.stride_tricks import sliding_window_view
     from sklearn.covariance import ledoit_wolf
     signal = np.asarray(signal, np.float64)
     background = np.asarray(background, np.float64)
@@ -252,10 +264,7 @@ def whitened_snr(signal: np.ndarray, background: np.ndarray, half_px: int = 7,
                       max(px - half_px, 0):px + half_px + 1]
     window = background[max(py - window_px, 0):py + window_px + 1,
                         max(px - window_px, 0):px + window_px + 1]
-    patches = sliding_window_view(window, template.shape)     # (rows, cols, h, w)
-    middle = len(patches) // 2
-    halves = (patches[:max(middle - template.shape[0] + 1, 0)].reshape(-1, template.size),
-              patches[middle:].reshape(-1, template.size))
+    halves = window_halves(window, template.shape)
     if min(len(h) for h in halves) < min_patches:
         raise ValueError(f'whitened_snr: the window around ({py}, {px}) is too small to split '
                          f'into halves of {min_patches} patches')
@@ -452,11 +461,12 @@ def main(argv=None) -> int:
     parser.add_argument('--sigma-px', type=positive_float, default=1.5,
                         help='high-pass blur of the clutter figure, px (default: 1.5)')
     parser.add_argument('--detectability', choices=('train', 'val', 'test'), metavar='SPLIT',
-                        help='per finding and view of SPLIT (train, val or test), the '
-                             'matched-filter SNR against the anatomy and against photon '
-                             'noise alone (regenerates the split\'s cases and scores every '
-                             'finding in every view: ~2 min for val or test on 2 cores; the '
-                             'time grows with the findings)')
+                        help='per finding and view of SPLIT (train, val or test), the SNR '
+                             'of a non-whitening and of a whitening observer that know its '
+                             'place, against the anatomy and against photon noise alone '
+                             '(regenerates the split\'s cases and scores every finding in '
+                             'every view: ~70 s for val or test on 2 cores; the time grows '
+                             'with the findings)')
     parser.add_argument('--dets2d', metavar='JSON',
                         help="with --detectability: the 2D stage's detections on SPLIT "
                              '(COCO results, e.g. work_dirs/benchmark/chest/test-val/'

@@ -67,9 +67,19 @@ def test_whitening_sees_past_correlated_background_where_white_noise_gains_nothi
     plain = stats.matched_filter_snr(signal, clutter, prefilters=(None,))
     assert stats.whitened_snr(signal, clutter) > 1.5 * plain
     assert stats.whitened_snr(np.zeros_like(signal), white) == 0.0
-    corner = _blob(centre=(2, 2))
+    # a finding in the image's corner still has two halves of patches; a tiny window none
+    assert np.isfinite(stats.whitened_snr(_blob(centre=(0, 0)), white))
     with pytest.raises(ValueError, match='too small to split'):
-        stats.whitened_snr(corner, white, window_px=10)
+        stats.whitened_snr(signal, white, window_px=10)
+
+
+def test_window_halves_are_disjoint_and_balanced():
+    """The whitening observer is fitted on one half of the window's rows and measured
+    on the other: no pixel may be in patches of both, and the halves hold as many rows."""
+    window = np.arange(97 * 97, dtype=float).reshape(97, 97)
+    upper, lower = stats.window_halves(window, (15, 15))
+    assert upper.max() < 48 * 97 <= lower.min()        # pixel values encode their row
+    assert len(upper) == 34 * 83 and len(lower) == 35 * 83
 
 
 def _gt_detections(root, split):
@@ -118,7 +128,8 @@ def test_detectability_rows_on_the_tiny_build(chest_bench_build, tmp_path):
         np.median([r['snr'] for r in rows])
     plain = stats.detectability(root, split, progress=False)
     assert [r['detected'] for r in plain] == [None] * len(rows)
-    assert [r['snr'] for r in plain] == [r['snr'] for r in rows]
+    assert [(r['snr'], r['snr_whitened']) for r in plain] == \
+        [(r['snr'], r['snr_whitened']) for r in rows]
     lines = stats.detectability_tables(rows)
     assert lines[0].startswith('| band |') and any(line.startswith('| all |') for line in lines)
     blank = [i for i, line in enumerate(lines) if line == '']

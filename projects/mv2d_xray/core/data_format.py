@@ -241,7 +241,7 @@ def image_index(coco: dict) -> Dict[tuple, int]:
 
 def resolve_detections(coco: dict, dets: Sequence[dict]) -> List[dict]:
     """Validate COCO-results detections and fill ``image_id`` from ``token`` / ``view``;
-    a detection with both must name the same image by each.
+    the ``token`` and ``view`` a detection with an ``image_id`` gives must be that image's.
 
     Raises:
         ValueError: naming the first bad item.
