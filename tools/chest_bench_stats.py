@@ -39,6 +39,14 @@ from data_converters.image_encoding import MAX_VALUE_16  # noqa: E402
 from data_converters.sources.chest_bench import SIZE_BANDS_MM  # noqa: E402
 
 
+def recorded_prefix(root: str) -> str:
+    """The split files' prefix the folder's conversion recorded (``chest_bench`` if it
+    recorded none)."""
+    from data_converters.storage import CaseStore
+    settings = CaseStore(root).read_settings() or {}
+    return settings.get('split', {}).get('prefix', 'chest_bench')
+
+
 def split_figures(root: str, prefix: str) -> dict:
     """``{split: {cases, negatives, bands: [n per SIZE_BANDS_MM], other, ignore}}``."""
     from projects.mv2d_xray.core.data_format import load_infos
@@ -151,6 +159,18 @@ def detectability_bands() -> tuple:
     return bands + (('>=6mm', 6.0, np.inf), ('all', 0.0, np.inf))
 
 
+def around_peak(signal: np.ndarray, half_px: int, window_px: int) -> tuple:
+    """Where the observers look: the signal's peak ``(py, px)`` and the slices of the
+    ``(2 half_px + 1)^2`` px template and of the ``(2 window_px + 1)^2`` px background
+    window around it, each cut at the image's edges."""
+    py, px = np.unravel_index(np.argmax(signal), signal.shape)
+
+    def box(half):
+        return (slice(max(py - half, 0), py + half + 1), slice(max(px - half, 0), px + half + 1))
+
+    return (py, px), box(half_px), box(window_px)
+
+
 def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
                        prefilters=SNR_PREFILTERS_PX, half_px: int = 7,
                        window_px: int = 48) -> float:
@@ -187,15 +207,9 @@ def matched_filter_snr(signal: np.ndarray, background: np.ndarray,
         return 0.0
     # work on the window and a margin that keeps the widest blur exact there
     margin = window_px + int(np.ceil(4 * max([s for s in prefilters if s] or [0])))
-    py, px = np.unravel_index(np.argmax(signal), signal.shape)
-    crop = (slice(max(py - margin, 0), py + margin + 1),
-            slice(max(px - margin, 0), px + margin + 1))
+    _, _, crop = around_peak(signal, half_px, margin)
     signal, background = signal[crop], background[crop]
-    py, px = py - crop[0].start, px - crop[1].start
-    near = (slice(max(py - half_px, 0), py + half_px + 1),
-            slice(max(px - half_px, 0), px + half_px + 1))
-    window = (slice(max(py - window_px, 0), py + window_px + 1),
-              slice(max(px - window_px, 0), px + window_px + 1))
+    _, near, window = around_peak(signal, half_px, window_px)
     best, spread_seen = 0.0, False
     for sigma in prefilters:
         if sigma is None:
@@ -259,12 +273,9 @@ def whitened_snr(signal: np.ndarray, background: np.ndarray, half_px: int = 7,
     background = np.asarray(background, np.float64)
     if signal.max() <= 0:
         return 0.0
-    py, px = np.unravel_index(np.argmax(signal), signal.shape)
-    template = signal[max(py - half_px, 0):py + half_px + 1,
-                      max(px - half_px, 0):px + half_px + 1]
-    window = background[max(py - window_px, 0):py + window_px + 1,
-                        max(px - window_px, 0):px + window_px + 1]
-    halves = window_halves(window, template.shape)
+    (py, px), near, window = around_peak(signal, half_px, window_px)
+    template = signal[near]
+    halves = window_halves(background[window], template.shape)
     if min(len(h) for h in halves) < min_patches:
         raise ValueError(f'whitened_snr: the window around ({py}, {px}) is too small to split '
                          f'into halves of {min_patches} patches')
@@ -328,9 +339,9 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (group_detections,
                                                                       supporting_views)
     store = CaseStore(root)
-    settings = store.read_settings()
-    source = ChestBenchSource.from_settings(settings, store.settings_path(), device)
-    prefix = prefix or settings['split'].get('prefix', source.default_prefix)
+    source = ChestBenchSource.from_settings(store.read_settings(), store.settings_path(),
+                                            device)
+    prefix = prefix or recorded_prefix(root)
     infos_path = osp.join(root, f'{prefix}_infos_{split}.pkl')
     infos = load_infos(infos_path)
     detections = None
@@ -373,11 +384,12 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
                                             dets['labels'], dets['view_ids'],
                                             gt.boxes[i:i + 1, :3], gt.labels[i:i + 1])[0]
             for v in range(len(names)):
+                background = noisy[v] - signal[v]          # anatomy, other findings, noise
                 rows.append(dict(
                     finding=finding.nodule_id, view=v,
                     diameter_mm=float(gt.diameters_mm[i]),
-                    snr=matched_filter_snr(signal[v], noisy[v] - signal[v]),
-                    snr_whitened=whitened_snr(signal[v], noisy[v] - signal[v]),
+                    snr=matched_filter_snr(signal[v], background),
+                    snr_whitened=whitened_snr(signal[v], background),
                     snr_photon_noise=matched_filter_snr(signal[v], noisy[v] - clean[v]),
                     peak_mm=float(signal[v].max()),
                     detected=None if detected[v] is None else bool(detected[v])))
@@ -484,10 +496,7 @@ def main(argv=None) -> int:
         parser.error(f'--dets2d {args.dets2d}: no such file')
     if args.json and not os.access(osp.dirname(osp.abspath(args.json)), os.W_OK):
         parser.error(f'--json {args.json}: its folder is missing or not writable')
-    if args.prefix is None:
-        from data_converters.storage import CaseStore
-        recorded = CaseStore(args.root).read_settings() or {}
-        args.prefix = recorded.get('split', {}).get('prefix', 'chest_bench')
+    args.prefix = args.prefix or recorded_prefix(args.root)
 
     for split, fig in split_figures(args.root, args.prefix).items():
         bands = ', '.join(f'{lo:g}-{hi:g} mm: {n}' for (lo, hi), n in
