@@ -93,6 +93,12 @@ class CaseStore:
             return None
         return read_json(path, 'conversion settings')
 
+    def recorded_prefix(self, default: str) -> str:
+        """The split files' prefix the folder's conversion recorded (``default`` where it
+        recorded none)."""
+        settings = self.read_settings() or {}
+        return (settings.get('split') or {}).get('prefix', default)
+
     def record_split(self, split: dict) -> None:
         """Record new split settings (``merge --val-fraction / --seed``)."""
         settings = self.read_settings()

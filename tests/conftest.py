@@ -110,3 +110,38 @@ def chest_bench_build(tmp_path_factory):
     run_conversion(source, root, workers=1, progress=False)
     paths = split_file_paths(root, source.default_prefix, ('train', 'val', 'test'))
     return root, source, {name: load_infos(p['pkl']) for name, p in paths.items()}
+
+
+# -- tiny cast blades, built once per test session (data_converters blades) -----------------
+#: What the ``blades_build`` fixture builds: 4 parts (2 train, 1 val, 1 test) of 40-50 mm
+#: span with 2-3 defects of 1.5-2.5 mm (cracks 2-4 mm) each, in 4 views of 128 x 128 px
+#: (0.7 mm per pixel at the part), voxels of 0.5 mm.
+BLADES_FIXTURE_SETTINGS = dict(num_cases=4, seed=0, val_fraction=0.25, test_fraction=0.25,
+                               voxel_mm=0.5)
+BLADES_FIXTURE_GEOMETRY = dict(num_views=4, sod_mm=400.0, sdd_mm=800.0, image_size=(128, 128),
+                               pixel_spacing_mm=1.4)
+
+
+@pytest.fixture(scope='session')
+def blades_build(tmp_path_factory):
+    """The tiny blades build, once per session (a few seconds on 2 CPU cores):
+    ``(folder, source, {split: loaded info pickle})``. Tests read the folder, never change
+    it."""
+    from data_converters.blade_parts import BladeRanges
+    from data_converters.casting_defects import DefectSettings
+    from data_converters.runner import run_conversion
+    from data_converters.sources.blades import BladesSource
+    from data_converters.splits import split_file_paths
+    from projects.mv2d_xray.core.data_format import load_infos
+    from projects.mv2d_xray.core.geometry import XrayGeometry
+    root = str(tmp_path_factory.mktemp('blades'))
+    source = BladesSource(
+        XrayGeometry(**BLADES_FIXTURE_GEOMETRY), **BLADES_FIXTURE_SETTINGS,
+        defects=DefectSettings(count=(2, 3), size_mm=dict(pore=(1.5, 2.5),
+                                                          inclusion=(1.5, 2.5),
+                                                          crack=(2.0, 4.0)),
+                               detectable_mm=1.0),
+        ranges=BladeRanges(span_mm=(40.0, 50.0)))
+    run_conversion(source, root, workers=1, progress=False)
+    paths = split_file_paths(root, source.default_prefix, ('train', 'val', 'test'))
+    return root, source, {name: load_infos(p['pkl']) for name, p in paths.items()}

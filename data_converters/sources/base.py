@@ -15,6 +15,7 @@ data_converters`` has one subcommand per registered source
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Dict, List, Optional, Tuple, Type
 
 from data_converters.density import DensityMapping
@@ -117,6 +118,63 @@ class ConversionSource:
                     label_rule=self.rule.to_dict(), render=self.render_settings(),
                     **bands, **self.source_settings())
 
+    @classmethod
+    def from_settings(cls, settings: Optional[dict], where: str = 'the settings',
+                      device: str = 'cpu') -> 'ConversionSource':
+        """The source that built a folder, from the settings it recorded
+        (``CaseStore(root).read_settings()``), to regenerate its cases exactly
+        (:meth:`regenerate`).
+
+        Args:
+            settings (dict, optional): the recorded settings; None: the folder has none.
+            where (str): how messages name them (e.g. the settings file's path).
+            device (str): where to render. A build regenerates bit for bit on the kind of
+                device it was built on only: CPU and CUDA renders differ in rounding
+                (README "Rendering"), and the settings do not record the device.
+
+        Raises:
+            ConverterError: no settings; settings of another source or with a setting
+                missing; a source that cannot regenerate its cases (one that reads
+                inputs, e.g. ``lidc``); or settings this code would record differently
+                (another version of the converter or of DiffDRR), naming the parts that
+                differ.
+        """
+        if not settings:
+            raise ConverterError(f'{where}: no conversion settings (not a converted folder?)')
+        fingerprint, split = settings.get('fingerprint') or {}, settings.get('split') or {}
+        if fingerprint.get('source') != cls.name:
+            raise ConverterError(f'{where}: not a {cls.name} build (its source is '
+                                 f'{fingerprint.get("source")!r})')
+        try:
+            source = cls.from_recorded(fingerprint, split, device)
+        except KeyError as err:
+            raise ConverterError(f'{where}: the setting {err.args[0]!r} is missing') from None
+        except NotImplementedError:
+            raise ConverterError(f'{where}: a {cls.name} build cannot be regenerated from '
+                                 'its settings (only generated sources can)') from None
+        # as the folder recorded it: JSON turns tuples into lists
+        again = json.loads(json.dumps(source.fingerprint()))
+        differ = sorted(key for key in set(fingerprint) | set(again)
+                        if fingerprint.get(key) != again.get(key))
+        if differ:
+            raise ConverterError(f'{where}: this converter would record other settings '
+                                 f'({", ".join(differ)}): the folder was built by another '
+                                 'version of it or of DiffDRR, and cannot be regenerated')
+        return source
+
+    @classmethod
+    def from_recorded(cls, fingerprint: dict, split: dict,
+                      device: str) -> 'ConversionSource':
+        """The source with a folder's recorded ``fingerprint`` and ``split`` settings (what
+        :meth:`from_settings` checks and then compares); sources that generate their cases
+        implement it.
+
+        Raises:
+            KeyError: a setting is missing (:meth:`from_settings` names it).
+            NotImplementedError: the source reads inputs it does not record.
+        """
+        raise NotImplementedError
+
     def source_settings(self) -> dict:
         """The source's own entries of the fingerprint (after ``render``)."""
         return {}
@@ -204,6 +262,26 @@ class ConversionSource:
     def prepare(self, store, pending: List[dict]) -> None:
         """Work shared by the ``pending`` cases, done once per run before them (may cache
         under ``store.cache_path``). Nothing by default."""
+
+    def regenerate(self, split: str, spec: dict) -> Optional[dict]:
+        """One converted case again, with what a detectability analysis needs
+        (``tools/detectability.py``); for sources made by :meth:`from_settings`, after
+        :meth:`prepare` of the cases.
+
+        Args:
+            split (str): the case's split.
+            spec (dict): the case, as :meth:`discover` lists it.
+
+        Returns:
+            dict or None: ``images`` ``(N, H, W)`` float, the views as the PNGs hold them
+            before encoding (``img`` frame, the image's unit: ``metainfo['converter']
+            ['image']['unit']``); ``noiseless``, the same without photon noise;
+            ``findings``, the case's :class:`~data_converters.findings.Finding` list; and
+            ``signals``, per finding (in that order) its own ``(N, H, W)`` noiseless
+            contribution to the views (signed: a void lowers the line integral). None for
+            a case that is not generated (e.g. the chest benchmark's real case).
+        """
+        raise NotImplementedError
 
     def convert(self, spec: dict, out_dir: str) -> dict:
         """Convert one case: write its PNGs (:func:`~data_converters.cases.finish_case`)

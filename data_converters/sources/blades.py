@@ -233,6 +233,28 @@ class BladesSource(ConversionSource):
         if self.detector.blur_sigma_px < 0:
             raise ConverterError('--blur-px must be >= 0')
 
+    @classmethod
+    def from_recorded(cls, fingerprint: dict, split: dict, device: str) -> 'BladesSource':
+        """See :meth:`ConversionSource.from_recorded` (``from_settings`` refuses what it
+        cannot regenerate). A ``--mesh`` build needs its mesh file where it was."""
+        blades = fingerprint['blades']
+        defects, parts = blades['defects'], blades['parts']
+        mesh = parts[len('mesh '):] if isinstance(parts, str) else None
+        ranges = BladeRanges() if mesh else BladeRanges(**{k: tuple(v) for k, v in
+                                                          parts.items()})
+        return cls(Acquisition.from_metainfo(fingerprint['geometry']),
+                   LabelRule.from_dict(fingerprint['label_rule']),
+                   num_cases=sum(blades['splits'].values()), seed=blades['seed'],
+                   val_fraction=split['val_fraction'], device=device,
+                   voxel_mm=blades['voxel_mm'], test_fraction=split['test_fraction'],
+                   defects=DefectSettings(
+                       count=tuple(defects['count']), class_mix=dict(defects['class_mix']),
+                       size_mm={k: tuple(v) for k, v in defects['size_mm'].items()},
+                       crack_thickness_mm=tuple(defects['crack_thickness_mm']),
+                       cluster_probability=defects['cluster_probability'],
+                       detectable_mm=defects['detectable_mm']),
+                   detector=DetectorModel(**blades['detector']), ranges=ranges, mesh=mesh)
+
     # -- settings ----------------------------------------------------------------------
     def source_settings(self) -> dict:
         return dict(blades=dict(
@@ -302,9 +324,9 @@ class BladesSource(ConversionSource):
                     f'{self.geometry.view_names[view]}: use a larger --pixel-spacing or '
                     '--image-size, or smaller parts')
 
-    def synthesize(self, index: int, token: str):
-        """One part: its ``mu`` volume's findings and the detector's ``(N, H, W)`` line
-        integrals (noisy when the detector model says so)."""
+    def part_and_defects(self, index: int, token: str) -> Tuple[np.ndarray, list]:
+        """Part ``index``'s material mask (voxels of ``voxel_mm``) and its placed
+        :class:`~data_converters.casting_defects.Defect` list, from its random stream."""
         from scipy.ndimage import distance_transform_edt
         rng = np.random.default_rng([self.seed, 15, index])
         material, _ = self.part(rng)
@@ -312,19 +334,49 @@ class BladesSource(ConversionSource):
         depth = distance_transform_edt(material) * self.voxel_mm
         defects, _ = place_defects(material, self.voxel_mm, rng, self.defects,
                                    tuple(INCLUSION_MATERIALS), depth)
+        return material, defects
+
+    def line_integrals(self, material: np.ndarray, defects: list) -> np.ndarray:
+        """``(N, H, W)`` line integrals of ``mu`` (dimensionless, ``img`` frame) through the
+        part with these defects."""
         volume = mu_volume(material, defects, self.mu_per_mm)
-        spacing = (self.voxel_mm,) * 3
-        line = self.renderer.render_density(volume, spacing)
+        return self.renderer.render_density(volume, (self.voxel_mm,) * 3)
+
+    def detected(self, line: np.ndarray, index: int) -> np.ndarray:
+        """What the detector records of part ``index``'s line integrals: ``(N, H, W)``
+        float32 ``-log(I / I0)``, noisy when the detector model says so (the part's own
+        noise stream)."""
         noise = np.random.default_rng([self.seed, 16, index])
-        images = detect(line, self.detector, noise).astype(np.float32)
-        findings = [Finding(d.mask, d.offset, f'{token}/{n}', 1, d.size_mm,
-                            float(d.mask.sum() * d.void_fraction) * self.voxel_mm ** 3,
-                            ignore=d.size_mm < self.defects.detectable_mm, label=d.label,
-)
-                    for n, d in enumerate(defects)]
-        meta = dict(shape=list(material.shape), spacing_mm=list(spacing),
+        return detect(line, self.detector, noise).astype(np.float32)
+
+    def findings_of(self, defects: list, token: str) -> List[Finding]:
+        """The part's defects as findings (those under ``detectable_mm`` ignored)."""
+        return [Finding(d.mask, d.offset, f'{token}/{n}', 1, d.size_mm,
+                        float(d.mask.sum() * d.void_fraction) * self.voxel_mm ** 3,
+                        ignore=d.size_mm < self.defects.detectable_mm, label=d.label)
+                for n, d in enumerate(defects)]
+
+    def synthesize(self, index: int, token: str):
+        """One part: its ``mu`` volume's findings and the detector's ``(N, H, W)`` line
+        integrals (noisy when the detector model says so)."""
+        material, defects = self.part_and_defects(index, token)
+        images = self.detected(self.line_integrals(material, defects), index)
+        meta = dict(shape=list(material.shape), spacing_mm=[self.voxel_mm] * 3,
                     series_uid=f'{token} (generated)')
-        return meta, findings, images
+        return meta, self.findings_of(defects, token), images
+
+    def regenerate(self, split: str, spec: dict) -> dict:
+        """See :meth:`ConversionSource.regenerate`: the part's views in ``-log(I / I0)``;
+        a defect's signal is the noiseless detector image minus the same without that
+        defect (one more render per defect)."""
+        material, defects = self.part_and_defects(spec['index'], spec['token'])
+        line = self.line_integrals(material, defects)
+        noiseless = detect(line, self.detector, None)
+        signals = [noiseless - detect(self.line_integrals(material, defects[:k] + defects[k + 1:]),
+                                      self.detector, None)
+                   for k in range(len(defects))]
+        return dict(images=self.detected(line, spec['index']), noiseless=noiseless,
+                    findings=self.findings_of(defects, spec['token']), signals=signals)
 
     def convert(self, spec: dict, out_dir: str) -> dict:
         meta, findings, images = self.synthesize(spec['index'], spec['token'])

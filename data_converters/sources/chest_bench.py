@@ -218,54 +218,20 @@ class ChestBenchSource(ConversionSource):
                    args.train_nodules)
 
     @classmethod
-    def from_settings(cls, settings: Optional[dict], where: str = 'the settings',
-                      device: str = 'cpu') -> 'ChestBenchSource':
-        """The source that built a folder, from the settings it recorded
-        (``CaseStore(root).read_settings()``), to regenerate its cases exactly.
-
-        Args:
-            settings (dict, optional): the recorded settings; None: the folder has none.
-            where (str): how messages name them (e.g. the settings file's path).
-            device (str): where to render. A build regenerates bit for bit on the kind of
-                device it was built on only: CPU and CUDA renders differ in rounding
-                (README "Rendering"), and the settings do not record the device.
-
-        Raises:
-            ConverterError: no settings; settings of another source or with a setting
-                missing; or settings this code would record differently (another version
-                of the converter or of DiffDRR), naming the parts that differ.
-        """
-        from projects.mv2d_xray.core.acquisition import Acquisition
-        if not settings:
-            raise ConverterError(f'{where}: no conversion settings (not a converted folder?)')
-        fingerprint, split = settings.get('fingerprint') or {}, settings.get('split') or {}
-        if fingerprint.get('source') != cls.name:
-            raise ConverterError(f'{where}: not a {cls.name} build (its source is '
-                                 f'{fingerprint.get("source")!r})')
-        try:
-            bench = fingerprint['chest_bench']
-            noise = bench['noise']
-            source = cls(Acquisition.from_metainfo(fingerprint['geometry']),
-                         LabelRule.from_dict(fingerprint['label_rule']),
-                         num_cases=sum(bench['cases'].values()), seed=bench['seed'],
-                         val_fraction=split['val_fraction'],
-                         test_fraction=split['test_fraction'],
-                         deformations=tuple(bench['deformations'][s] for s in SPLIT_NAMES),
-                         noise=PhotonNoise(**{f.name: noise[f.name]
-                                              for f in fields(PhotonNoise)}),
-                         max_nodules=len(bench['nodules']['count_probs']) - 1,
-                         device=device,
-                         train_nodules=bench['nodules'].get('train_nodules_per_case'))
-        except KeyError as err:
-            raise ConverterError(f'{where}: the setting {err.args[0]!r} is missing') from None
-        again = source.fingerprint()
-        differ = sorted(key for key in set(fingerprint) | set(again)
-                        if fingerprint.get(key) != again.get(key))
-        if differ:
-            raise ConverterError(f'{where}: this converter would record other settings '
-                                 f'({", ".join(differ)}): the folder was built by another '
-                                 'version of it or of DiffDRR, and cannot be regenerated')
-        return source
+    def from_recorded(cls, fingerprint: dict, split: dict,
+                      device: str) -> 'ChestBenchSource':
+        """See :meth:`ConversionSource.from_recorded` (``from_settings`` refuses what it
+        cannot regenerate)."""
+        bench = fingerprint['chest_bench']
+        noise = bench['noise']
+        return cls(Acquisition.from_metainfo(fingerprint['geometry']),
+                   LabelRule.from_dict(fingerprint['label_rule']),
+                   num_cases=sum(bench['cases'].values()), seed=bench['seed'],
+                   val_fraction=split['val_fraction'], test_fraction=split['test_fraction'],
+                   deformations=tuple(bench['deformations'][s] for s in SPLIT_NAMES),
+                   noise=PhotonNoise(**{f.name: noise[f.name] for f in fields(PhotonNoise)}),
+                   max_nodules=len(bench['nodules']['count_probs']) - 1, device=device,
+                   train_nodules=bench['nodules'].get('train_nodules_per_case'))
 
     # -- settings ----------------------------------------------------------------------
     def split_counts(self) -> Dict[str, int]:
@@ -488,7 +454,7 @@ class ChestBenchSource(ConversionSource):
                 projection, ``(N, H, W)`` mm of water in the ``img`` frame, is appended to
                 it in the order of the returned findings (the renders are the anatomy's
                 plus their sum): what a detectability analysis needs
-                (``tools/chest_bench_stats.py --detectability``).
+                (:meth:`regenerate`).
 
         Returns:
             tuple: the case's CT (a new volume: its anatomy, mirrored or not, with the
@@ -540,6 +506,16 @@ class ChestBenchSource(ConversionSource):
                 shape['ignore'], 0, shape['source_nodule']))
         volume = self.base()['volume']
         return CTVolume(hu, volume.spacing_mm, volume.series_uid), findings, images
+
+    def regenerate(self, split: str, spec: dict) -> Optional[dict]:
+        """See :meth:`ConversionSource.regenerate`: a synthetic case's views in mm of water
+        (None for LIDC-IDRI-0001, whose nodule is part of its CT)."""
+        if spec['index'] == 0:
+            return None
+        signals: List[np.ndarray] = []
+        _, findings, clean = self.synthesize(split, spec['index'], spec['token'], signals)
+        return dict(images=self.noisy(clean, SPLIT_NAMES.index(split), spec['index']),
+                    noiseless=clean, findings=findings, signals=signals)
 
     def noisy(self, images: np.ndarray, stream: int, index: int) -> np.ndarray:
         """Photon noise on each view, seeded per (split stream, case, view)."""

@@ -167,3 +167,44 @@ def test_metric_uses_the_blades_size_bands(blades, tmp_path):
     assert list(result['by_size']) == ['0.3-1mm', '1-2mm', '>2mm']
     if any(not c.ignore.all() for c in cases.values() if len(c.labels)):
         assert result['CPM'] == 1.0
+
+
+def test_the_source_restored_from_a_folder_regenerates_its_parts(blades_build):
+    """``BladesSource.from_settings`` rebuilds the source from a folder's recorded settings
+    (the same fingerprint, as JSON records it); ``regenerate`` gives every part's views as
+    written, the same without noise, and one signal per defect; settings this code would
+    record differently (other attenuation tables) or missing a setting are refused with
+    one error naming the file."""
+    import copy
+    import json
+
+    from PIL import Image
+
+    from data_converters.errors import ConverterError
+    from data_converters.splits import SPLIT_NAMES
+    from data_converters.storage import CaseStore
+    root, built, splits = blades_build
+    settings = CaseStore(root).read_settings()
+    restored = BladesSource.from_settings(settings, 'S')
+    assert json.loads(json.dumps(restored.fingerprint())) == settings['fingerprint']
+    assert restored.split_counts() == built.split_counts()
+    specs = {spec['token']: spec for spec in restored.discover()[0]}
+    for split in SPLIT_NAMES:
+        for info in splits[split]['data_list']:
+            case = restored.regenerate(split, specs[info['token']])
+            assert len(case['signals']) == len(case['findings']) == len(info['instances'])
+            for view, name in zip(case['images'], info['images']):
+                png = np.asarray(Image.open(os.path.join(root,
+                                                         info['images'][name]['img_path'])))
+                assert np.array_equal(to_uint16(view, MAX_LINE_INTEGRAL), png)
+            noise = np.abs(case['images'] - case['noiseless'])
+            assert 0 < noise.mean() < 0.05            # 20000 photons: a few hundredths
+    other = copy.deepcopy(settings)
+    other['fingerprint']['blades']['mu_per_mm']['HfO2'] *= 1.01
+    with pytest.raises(ConverterError, match=r'^S: this converter would record other '
+                                             r'settings \(blades\)'):
+        BladesSource.from_settings(other, 'S')
+    other = copy.deepcopy(settings)
+    del other['fingerprint']['blades']['detector']
+    with pytest.raises(ConverterError, match="^S: the setting 'detector' is missing"):
+        BladesSource.from_settings(other, 'S')

@@ -1,6 +1,6 @@
-"""tools/chest_bench_stats.py --detectability: the matched filter's SNR against
-hand-computed cases, and the per finding and view rows on the tiny chest build (its
-cases regenerated exactly, the 2D stage's detection counted by the baseline's gate)."""
+"""tools/detectability.py: the observers' SNRs against hand-computed cases, and the per
+finding and view rows on the tiny chest and blades builds (their cases regenerated
+exactly, the 2D stage's detection counted by the baseline's gate)."""
 import json
 import os.path as osp
 import shutil
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import import_from
 
-stats = import_from('tools', 'chest_bench_stats')
+stats = import_from('tools', 'detectability')
 
 
 def _blob(size=128, sigma=2.0, centre=(64, 64)):
@@ -120,17 +120,18 @@ def test_detectability_rows_on_the_tiny_build(chest_bench_build, tmp_path):
                              for v, name in enumerate(info['images'])]
     dets = tmp_path / 'dets2d.json'
     dets.write_text(json.dumps(_gt_detections(root, split)))
-    rows = stats.detectability(root, split, str(dets), progress=False)
+    rows, bands = stats.detectability(root, split, str(dets), progress=False)
     assert [(r['finding'], r['view'], r['detected']) for r in rows] == expected
-    assert all(np.isfinite(r['snr']) and np.isfinite(r['snr_whitened']) and r['peak_mm'] > 0
-               for r in rows)
+    assert all(np.isfinite(r['snr']) and np.isfinite(r['snr_whitened']) and r['peak'] > 0
+               and r['class_name'] == 'nodule' for r in rows)
+    assert [b[0] for b in bands] == ['3-6mm', '6-10mm', '>10mm', '>=6mm', 'all']
     assert np.median([r['snr_photon_noise'] for r in rows]) > \
         np.median([r['snr'] for r in rows])
-    plain = stats.detectability(root, split, progress=False)
+    plain, _ = stats.detectability(root, split, progress=False)
     assert [r['detected'] for r in plain] == [None] * len(rows)
     assert [(r['snr'], r['snr_whitened']) for r in plain] == \
         [(r['snr'], r['snr_whitened']) for r in rows]
-    lines = stats.detectability_tables(rows)
+    lines = stats.detectability_tables(rows, bands)
     assert lines[0].startswith('| band |') and any(line.startswith('| all |') for line in lines)
     blank = [i for i, line in enumerate(lines) if line == '']
     per_finding = [line.split('|') for line in lines[blank[0] + 3:blank[1]]]
@@ -167,7 +168,7 @@ def test_a_folder_that_does_not_regenerate_is_refused(chest_bench_build, tmp_pat
     image = np.asarray(Image.open(path)).copy()
     image[0, 0] = image[0, 0] ^ 1
     Image.fromarray(image).save(path)
-    line = _refused([copy, '--detectability', split], capsys)
+    line = _refused([copy, split], capsys)
     assert line.startswith('error: ') and f'case {info["token"]} regenerates' in line
     assert '--device cpu' in line
 
@@ -181,16 +182,92 @@ def test_another_splits_detections_are_refused(chest_bench_build, tmp_path, caps
     dets[0] = dict(dets[0], token='elsewhere-0001', view='VIEW_00')
     path = tmp_path / 'dets2d.json'
     path.write_text(json.dumps(dets))
-    line = _refused([root, '--detectability', split, '--dets2d', str(path)], capsys)
+    line = _refused([root, split, '--dets2d', str(path)], capsys)
     assert line.startswith('error: detection [0]: image_id') and 'another split' in line
 
 
-def test_detectability_options_need_the_split(chest_bench_build, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        stats.main([chest_bench_build[0], '--dets2d', 'x.json'])
+def test_options_are_checked_before_any_work(chest_bench_build, tmp_path, capsys):
+    """Bad options stop with one line and exit status 2 before anything is rendered."""
+    root = chest_bench_build[0]
+    cases = [([str(tmp_path / 'nowhere'), 'val'], 'no such folder'),
+             ([root, 'val', '--dets2d', str(tmp_path / 'x.json')], 'no such file'),
+             ([root, 'val', '--json', str(tmp_path / 'missing' / 'rows.json')],
+              'its folder is missing or not writable')]
+    for argv, message in cases:
+        assert message in _refused(argv, capsys)
+    with pytest.raises(SystemExit) as stop:                 # argparse's own, with usage
+        stats.main([root, 'holdout'])
     assert stop.value.code == 2
-    assert '--dets2d and --json need --detectability SPLIT' in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        stats.main([chest_bench_build[0], '--detectability', 'val', '--json',
-                    str(tmp_path / 'missing' / 'rows.json')])
-    assert 'its folder is missing or not writable' in capsys.readouterr().err
+    assert "invalid choice: 'holdout'" in capsys.readouterr().err
+
+
+def test_a_folder_that_cannot_be_regenerated_is_refused(chest_bench_build, tmp_path, capsys):
+    """A folder without settings, or one of a source that reads its inputs (here the
+    settings of a ``demo`` build), is refused with one line naming its settings file."""
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    line = _refused([str(empty), 'val'], capsys)
+    assert 'no conversion settings' in line and 'settings.json' in line
+    copy = tmp_path / 'demo-like'
+    shutil.copytree(chest_bench_build[0], copy)
+    settings_path = copy / '.parts' / 'settings.json'
+    settings = json.loads(settings_path.read_text())
+    settings['fingerprint']['source'] = 'demo'
+    settings_path.write_text(json.dumps(settings))
+    line = _refused([str(copy), 'val'], capsys)
+    assert 'a demo build cannot be regenerated' in line and 'settings.json' in line
+
+
+def test_blades_rows_are_signed_per_defect_and_detected_by_their_boxes(blades_build,
+                                                                       tmp_path, capsys):
+    """On the tiny blades build: one row per defect and view; each defect's signal peaks
+    inside its own 2D box (up to the detector blur) with the sign of its material -- voids
+    (pores, cracks) and alumina lower the line integral, hafnia raises it; with the exact
+    boxes as detections every view detects its defects (at least one defect is boxed in
+    some view); the tables add a per-class one and the blades' target band."""
+    root, source, splits = blades_build
+    split = next(s for s in ('test', 'val', 'train')
+                 if any(not inst['ignore_flag'] for info in splits[s]['data_list']
+                        for inst in info['instances']))
+    coco = json.loads(open(osp.join(root, f'blades_infos_{split}_2d.coco.json')).read())
+    dets = tmp_path / 'dets2d.json'
+    dets.write_text(json.dumps([dict(image_id=a['image_id'], category_id=a['category_id'],
+                                      bbox=a['bbox'], score=1.0)
+                                 for a in coco['annotations'] if not a.get('iscrowd', 0)]))
+    rows, bands = stats.detectability(root, split, str(dets), progress=False)
+    expected = [(inst['nodule_id'], v) for info in splits[split]['data_list']
+                for inst in info['instances'] if not inst['ignore_flag']
+                for v in range(len(info['images']))]
+    assert [(r['finding'], r['view']) for r in rows] == expected
+    assert [b[0] for b in bands] == ['0.3-1mm', '1-2mm', '>2mm', '>=1mm', 'all']
+    # where each defect's signal peaks: inside its box in that view, with its sign
+    specs = {spec['token']: spec for spec in source.discover()[0]}
+    boxed = 0
+    for info in splits[split]['data_list']:
+        case = source.regenerate(split, specs[info['token']])
+        for finding, signal in zip(case['findings'], case['signals']):
+            index = next(i for i, inst in enumerate(info['instances'])
+                         if inst['nodule_id'] == finding.nodule_id)
+            if info['instances'][index]['ignore_flag']:
+                continue
+            row = [r for r in rows if r['finding'] == finding.nodule_id]
+            for v, name in enumerate(info['images']):
+                boxes = [c['bbox'] for c in info['cam_instances'].get(name, [])
+                         if c['instance_id'] == index]
+                if not boxes:
+                    continue
+                x1, y1, x2, y2 = boxes[0]
+                py, px = np.unravel_index(np.argmax(np.abs(signal[v])), signal[v].shape)
+                assert x1 - 2 <= px <= x2 + 2 and y1 - 2 <= py <= y2 + 2
+                assert row[v]['peak'] == pytest.approx(float(signal[v][py, px]))
+                assert row[v]['detected']
+                boxed += 1
+            signs = {bool(r['peak'] > 0) for r in row}
+            assert signs == {False} if row[0]['class_name'] != 'inclusion' else len(signs) == 1
+    assert boxed > 0
+    lines = stats.detectability_tables(rows, bands)
+    assert any(line.startswith('| class | band |') for line in lines)
+    assert any(line.startswith('| >=1mm |') for line in lines)
+    assert stats.main([root, split, '--json', str(tmp_path / 'rows.json')]) == 0
+    assert json.loads((tmp_path / 'rows.json').read_text()) == \
+        [dict(r, detected=None) for r in rows]
