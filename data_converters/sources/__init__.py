@@ -12,8 +12,9 @@
 Adding a source is one new file here: a registered subclass with ``name``,
 ``default_prefix``, ``classes``, ``density``, ``cli_help`` / ``cli_description``,
 ``add_arguments`` / ``from_args`` for its flags, and ``discover`` / ``convert`` (``prepare``
-and ``source_settings`` when needed). ``python -m data_converters`` then has a subcommand
-of that name with the common flags.
+and ``source_settings`` when needed; ``from_recorded`` and ``regenerate`` where its cases can
+be made again from the recorded settings, which ``tools/detectability.py`` needs).
+``python -m data_converters`` then has a subcommand of that name with the common flags.
 """
 from __future__ import annotations
 
