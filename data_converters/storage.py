@@ -72,6 +72,15 @@ def write_png(path: str, image: np.ndarray) -> None:
     atomic_write(path, buf.tobytes())
 
 
+def settings_that_differ(recorded: dict, fingerprint: dict) -> List[str]:
+    """The top-level keys whose values differ between a folder's recorded fingerprint and
+    a source's ``fingerprint()``, compared as JSON records them (tuples and lists alike),
+    sorted."""
+    fingerprint = json.loads(json.dumps(fingerprint))
+    return sorted(key for key in set(recorded) | set(fingerprint)
+                  if recorded.get(key) != fingerprint.get(key))
+
+
 class CaseStore:
     """The per-case results of a conversion under ``DIR/.parts``.
 
@@ -119,12 +128,10 @@ class CaseStore:
         self.check_format()
         os.makedirs(self.parts_dir, exist_ok=True)
         current = self.read_settings()
-        # compare as JSON so tuples and lists are alike
         fingerprint = json.loads(json.dumps(fingerprint))
-        if current is not None and current.get('fingerprint') != fingerprint:
-            old = current.get('fingerprint', {})
-            keys = sorted(k for k in set(old) | set(fingerprint)
-                          if old.get(k) != fingerprint.get(k))
+        keys = [] if current is None else settings_that_differ(current.get('fingerprint', {}),
+                                                               fingerprint)
+        if keys:
             raise ConverterError(
                 f'{self.out_dir} holds a conversion made with other settings '
                 f'({", ".join(keys)} differ); use another --out or delete that folder')

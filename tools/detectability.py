@@ -36,7 +36,7 @@ from benchmark_detection import DOMAINS  # noqa: E402
 #: a number, the view minus its Gaussian blur at that sigma (px) -- ``XrayLocalContrast``'s
 #: residues (1.5, 4 px) and a wider one.
 SNR_PREFILTERS_PX = (None, 1.5, 4.0, 8.0)
-#: ``--detectability``'s SNR bins, and the whitening observer's SNR a view must reach to
+#: The tool's SNR bins, and the whitening observer's SNR a view must reach to
 #: count as showing a finding in the per-finding table.
 SNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0, np.inf)
 SHOWN_SNR = 3.0
@@ -175,30 +175,6 @@ def whitened_snr(signal: np.ndarray, background: np.ndarray, half_px: int = 7,
     return float(np.mean(values))
 
 
-def regenerating_source(root: str, device: str = 'cpu'):
-    """The source that built ``root``, restored from its recorded settings.
-
-    Raises:
-        ConverterError: no settings, a source this converter does not have, or one that
-            cannot regenerate its cases (``ConversionSource.from_settings``), naming the
-            settings file.
-    """
-    from data_converters.errors import ConverterError
-    from data_converters.sources import load_sources
-    from data_converters.storage import CaseStore
-    store = CaseStore(root)
-    settings = store.read_settings()
-    where = store.settings_path()
-    if not settings:
-        raise ConverterError(f'{where}: no conversion settings (not a converted folder?)')
-    name = (settings.get('fingerprint') or {}).get('source')
-    sources = load_sources()
-    if name not in sources:
-        raise ConverterError(f'{where}: its source {name!r} is none of this converter\'s '
-                             f'({", ".join(sources)})')
-    return sources[name].from_settings(settings, where, device)
-
-
 def detectability_bands(source, infos: dict) -> tuple:
     """``(name, low, high)`` mm, ``low <= d < high``: the build's size bands (the metric's
     LUNA16 bands where it declares none), the benchmark's target band of that source
@@ -235,10 +211,10 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
 
     Returns:
         tuple: ``(rows, bands)``: one dict per finding and view -- ``finding`` (its
-        ``nodule_id``), ``label`` and ``class_name``, ``view`` (index), ``diameter_mm``, ``snr``, ``snr_whitened``,
-        ``snr_photon_noise``, ``peak`` (the signal's value at its peak, signed, in the
-        image's unit: mm of water for the chest, ``-log(I / I0)`` for the blades),
-        ``detected`` (bool; None without ``dets2d``) -- and the size bands to report them
+        ``nodule_id``), ``label`` and ``class_name``, ``view`` (index), ``diameter_mm``,
+        ``snr``, ``snr_whitened``, ``snr_photon_noise`` (None in a build without photon
+        noise), ``peak`` (the signal's value at its peak, signed, in the image's unit: mm
+        of water for the chest, ``-log(I / I0)`` for the blades), ``detected`` (bool; None without ``dets2d``) -- and the size bands to report them
         by (:func:`detectability_bands`).
 
     Raises:
@@ -251,16 +227,15 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
     from tqdm import tqdm
 
     from data_converters.errors import ConverterError
-    from data_converters.image_encoding import to_uint16
+    from data_converters.sources import restore_source
     from data_converters.storage import CaseStore
     from projects.mv2d_xray.core.data_format import (case_gt_from_info, coco_path, load_coco,
                                                      load_infos, resolve_detections)
     from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (group_detections,
                                                                       supporting_views)
-    source = regenerating_source(root, device)
     store = CaseStore(root)
-    window = store.read_settings()['fingerprint']['image']['window_mm']
+    source = restore_source(store.read_settings(), store.settings_path(), device)
     prefix = prefix or store.recorded_prefix(source.default_prefix)
     infos_path = osp.join(root, f'{prefix}_infos_{split}.pkl')
     infos = load_infos(infos_path)
@@ -271,19 +246,18 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
         detections = group_detections(
             coco, resolve_detections(coco, read_json(dets2d, '2D detections')), infos)
     specs = {spec['token']: spec for spec in source.discover()[0]}
-    cases = [specs[info['token']] for info in infos['data_list']]
-    source.prepare(store, cases)
+    # the cases the source generated (not the chest benchmark's real case: no signals)
+    cases = [(info, specs[info['token']]) for info in infos['data_list']
+             if source.generated(specs[info['token']])]
+    source.prepare(store, [spec for _, spec in cases])
     rows = []
     # a bar on a terminal only (tqdm's disable=None), none in logs or when told not to
-    for info, spec in tqdm(list(zip(infos['data_list'], cases)), desc=f'{split} cases',
-                           disable=None if progress else True):
+    for info, spec in tqdm(cases, desc=f'{split} cases', disable=None if progress else True):
         case = source.regenerate(split, spec)
-        if case is None:                                 # not generated: no signals
-            continue
         token, names, noisy = info['token'], list(info['images']), case['images']
         for view, name in zip(noisy, names):
             png = np.asarray(Image.open(osp.join(root, info['images'][name]['img_path'])))
-            if not np.array_equal(to_uint16(view, window), png):
+            if not np.array_equal(source.encode(view), png):
                 raise ConverterError(
                     f'{root}: case {token} regenerates to other images than its PNGs: the '
                     f'folder was built with other settings, or on another kind of device '
@@ -307,6 +281,7 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
                                             gt.boxes[i:i + 1, :3], gt.labels[i:i + 1])[0]
             for v in range(len(names)):
                 background = noisy[v] - signal[v]          # anatomy, other findings, noise
+                noise = noisy[v] - case['noiseless'][v]    # all zero in a build without
                 peak = np.unravel_index(np.argmax(np.abs(signal[v])), signal[v].shape)
                 rows.append(dict(
                     finding=finding.nodule_id, label=int(gt.labels[i]),
@@ -314,8 +289,8 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
                     diameter_mm=float(gt.diameters_mm[i]),
                     snr=matched_filter_snr(signal[v], background),
                     snr_whitened=whitened_snr(signal[v], background),
-                    snr_photon_noise=matched_filter_snr(signal[v],
-                                                        noisy[v] - case['noiseless'][v]),
+                    snr_photon_noise=(matched_filter_snr(signal[v], noise)
+                                      if np.any(noise) else None),
                     peak=float(signal[v][peak]),
                     detected=None if detected[v] is None else bool(detected[v])))
     return rows, detectability_bands(source, infos)
@@ -337,13 +312,15 @@ def detectability_tables(rows: list, bands) -> list:
     """
     with_dets = bool(rows) and rows[0]['detected'] is not None
     diameters = np.array([r['diameter_mm'] for r in rows])
-    columns = {key: np.array([r[key] for r in rows])
+    columns = {key: np.array([np.nan if r[key] is None else r[key] for r in rows])
                for key in ('snr', 'snr_whitened', 'snr_photon_noise')}
     by_finding = {}
     for r in rows:
         by_finding.setdefault(r['finding'], []).append(r)
 
-    def quartiles(values, digits):
+    def quartiles(values, digits):                       # '-' where not measured
+        if np.isnan(values).any():
+            return '-'
         return ' / '.join(f'{q:.{digits}f}' for q in np.percentile(values, [25, 50, 75]))
 
     lines = ['| band | findings | finding-views | SNR against anatomy and noise, non-whitening, '

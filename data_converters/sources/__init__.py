@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Dict, Type
+from typing import Dict, Optional, Type
 
+from data_converters.errors import ConverterError
 from data_converters.sources import base
 
 
@@ -32,3 +33,20 @@ def load_sources() -> Dict[str, Type[base.ConversionSource]]:
         if module.name != 'base':
             importlib.import_module(f'{__name__}.{module.name}')
     return dict(sorted(base.SOURCES.items()))
+
+
+def restore_source(settings: Optional[dict], where: str = 'the settings',
+                   device: str = 'cpu') -> base.ConversionSource:
+    """The source that built a folder, of whichever kind its settings name, restored from
+    them (:meth:`~data_converters.sources.base.ConversionSource.from_settings`).
+
+    Raises:
+        ConverterError: no settings, a source this converter does not have, or any
+            refusal of ``from_settings``; naming ``where``.
+    """
+    name = ((settings or {}).get('fingerprint') or {}).get('source')
+    sources = load_sources()
+    if settings and name not in sources:
+        raise ConverterError(f'{where}: its source {name!r} is none of this converter\'s '
+                             f'({", ".join(sources)})')
+    return sources.get(name, base.ConversionSource).from_settings(settings, where, device)

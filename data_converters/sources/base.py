@@ -15,12 +15,14 @@ data_converters`` has one subcommand per registered source
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Dict, List, Optional, Tuple, Type
+
+import numpy as np
 
 from data_converters.density import DensityMapping
 from data_converters.errors import ConverterError
 from data_converters.findings import LabelRule
+from data_converters.storage import settings_that_differ
 from projects.mv2d_xray.core.acquisition import Acquisition, as_acquisition
 from projects.mv2d_xray.core.data_format import FORMAT_VERSION
 
@@ -152,10 +154,9 @@ class ConversionSource:
         except NotImplementedError:
             raise ConverterError(f'{where}: a {cls.name} build cannot be regenerated from '
                                  'its settings (only generated sources can)') from None
-        # as the folder recorded it: JSON turns tuples into lists
-        again = json.loads(json.dumps(source.fingerprint()))
-        differ = sorted(key for key in set(fingerprint) | set(again)
-                        if fingerprint.get(key) != again.get(key))
+        except (TypeError, ValueError, ConverterError) as err:   # settings it cannot use
+            raise ConverterError(f'{where}: unusable settings ({err})') from None
+        differ = settings_that_differ(fingerprint, source.fingerprint())
         if differ:
             raise ConverterError(f'{where}: this converter would record other settings '
                                  f'({", ".join(differ)}): the folder was built by another '
@@ -263,23 +264,33 @@ class ConversionSource:
         """Work shared by the ``pending`` cases, done once per run before them (may cache
         under ``store.cache_path``). Nothing by default."""
 
-    def regenerate(self, split: str, spec: dict) -> Optional[dict]:
+    def generated(self, spec: dict) -> bool:
+        """Whether :meth:`regenerate` can make the case again (a source that generates its
+        cases: all of them by default)."""
+        return True
+
+    def encode(self, view: np.ndarray) -> np.ndarray:
+        """One view as its PNG holds it (what :meth:`convert` writes), from the float
+        image :meth:`regenerate` gives; sources that regenerate implement it."""
+        raise NotImplementedError
+
+    def regenerate(self, split: str, spec: dict) -> dict:
         """One converted case again, with what a detectability analysis needs
         (``tools/detectability.py``); for sources made by :meth:`from_settings`, after
-        :meth:`prepare` of the cases.
+        :meth:`prepare` of the cases, and cases that are :meth:`generated`.
 
         Args:
             split (str): the case's split.
             spec (dict): the case, as :meth:`discover` lists it.
 
         Returns:
-            dict or None: ``images`` ``(N, H, W)`` float, the views as the PNGs hold them
-            before encoding (``img`` frame, the image's unit: ``metainfo['converter']
-            ['image']['unit']``); ``noiseless``, the same without photon noise;
-            ``findings``, the case's :class:`~data_converters.findings.Finding` list; and
-            ``signals``, per finding (in that order) its own ``(N, H, W)`` noiseless
-            contribution to the views (signed: a void lowers the line integral). None for
-            a case that is not generated (e.g. the chest benchmark's real case).
+            dict: ``images`` ``(N, H, W)`` float, the views as the PNGs hold them before
+            encoding (:meth:`encode`; ``img`` frame, the image's unit: ``metainfo
+            ['converter']['image']['unit']``); ``noiseless``, the same without photon
+            noise (equal to ``images`` where the build has none); ``findings``, the case's
+            :class:`~data_converters.findings.Finding` list; and ``signals``, per finding
+            (in that order) its own ``(N, H, W)`` noiseless contribution to the views
+            (signed: a void lowers the line integral).
         """
         raise NotImplementedError
 

@@ -239,6 +239,8 @@ class BladesSource(ConversionSource):
         cannot regenerate). A ``--mesh`` build needs its mesh file where it was."""
         blades = fingerprint['blades']
         defects, parts = blades['defects'], blades['parts']
+        if isinstance(parts, str) and not parts.startswith('mesh '):
+            raise ValueError(f'parts {parts!r} (neither ranges nor "mesh PATH")')
         mesh = parts[len('mesh '):] if isinstance(parts, str) else None
         ranges = BladeRanges() if mesh else BladeRanges(**{k: tuple(v) for k, v in
                                                           parts.items()})
@@ -365,15 +367,19 @@ class BladesSource(ConversionSource):
                     series_uid=f'{token} (generated)')
         return meta, self.findings_of(defects, token), images
 
+    def encode(self, view: np.ndarray) -> np.ndarray:
+        """16-bit over ``L`` in 0 .. :data:`~data_converters.xray_physics.MAX_LINE_INTEGRAL`."""
+        return to_uint16(view, MAX_LINE_INTEGRAL)
+
     def regenerate(self, split: str, spec: dict) -> dict:
         """See :meth:`ConversionSource.regenerate`: the part's views in ``-log(I / I0)``;
         a defect's signal is the noiseless detector image minus the same without that
         defect (one more render per defect)."""
         material, defects = self.part_and_defects(spec['index'], spec['token'])
         line = self.line_integrals(material, defects)
-        noiseless = detect(line, self.detector, None)
+        noiseless = detect(line, self.detector, None).astype(np.float32)   # as the images
         signals = [noiseless - detect(self.line_integrals(material, defects[:k] + defects[k + 1:]),
-                                      self.detector, None)
+                                      self.detector, None).astype(np.float32)
                    for k in range(len(defects))]
         return dict(images=self.detected(line, spec['index']), noiseless=noiseless,
                     findings=self.findings_of(defects, spec['token']), signals=signals)
@@ -382,4 +388,4 @@ class BladesSource(ConversionSource):
         meta, findings, images = self.synthesize(spec['index'], spec['token'])
         return finish_case(out_dir, spec['token'], spec['patient_id'], 'synthetic', meta,
                            self.geometry, images, findings,
-                           encode=lambda view: to_uint16(view, MAX_LINE_INTEGRAL))
+                           encode=self.encode)

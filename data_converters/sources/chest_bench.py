@@ -507,11 +507,17 @@ class ChestBenchSource(ConversionSource):
         volume = self.base()['volume']
         return CTVolume(hu, volume.spacing_mm, volume.series_uid), findings, images
 
-    def regenerate(self, split: str, spec: dict) -> Optional[dict]:
-        """See :meth:`ConversionSource.regenerate`: a synthetic case's views in mm of water
-        (None for LIDC-IDRI-0001, whose nodule is part of its CT)."""
-        if spec['index'] == 0:
-            return None
+    def generated(self, spec: dict) -> bool:
+        """The synthetic cases; not LIDC-IDRI-0001, whose nodule is part of its CT."""
+        return spec['index'] > 0
+
+    def encode(self, view: np.ndarray) -> np.ndarray:
+        """16-bit over the window of :data:`~data_converters.render.WINDOW_MM` of water."""
+        return to_uint16(view, WINDOW_MM)
+
+    def regenerate(self, split: str, spec: dict) -> dict:
+        """See :meth:`ConversionSource.regenerate`: a synthetic case's views in mm of
+        water."""
         signals: List[np.ndarray] = []
         _, findings, clean = self.synthesize(split, spec['index'], spec['token'], signals)
         return dict(images=self.noisy(clean, SPLIT_NAMES.index(split), spec['index']),
@@ -537,4 +543,4 @@ class ChestBenchSource(ConversionSource):
         images = self.noisy(images, stream, index)
         return finish_case(out_dir, token, spec['patient_id'], source, volume.meta(),
                            self.geometry, images, findings,
-                           encode=lambda view: to_uint16(view, WINDOW_MM))
+                           encode=self.encode)
