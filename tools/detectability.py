@@ -214,8 +214,9 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
         ``nodule_id``), ``label`` and ``class_name``, ``view`` (index), ``diameter_mm``,
         ``snr``, ``snr_whitened``, ``snr_photon_noise`` (None in a build without photon
         noise), ``peak`` (the signal's value at its peak, signed, in the image's unit: mm
-        of water for the chest, ``-log(I / I0)`` for the blades), ``detected`` (bool; None without ``dets2d``) -- and the size bands to report them
-        by (:func:`detectability_bands`).
+        of water for the chest, ``-log(I / I0)`` for the blades), ``detected`` (bool; None
+        without ``dets2d``) -- and the size bands to report them by
+        (:func:`detectability_bands`).
 
     Raises:
         ConverterError: the folder is no build this converter can regenerate, or a case
