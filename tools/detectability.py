@@ -42,12 +42,16 @@ SNR_BINS = (0.0, 1.0, 2.0, 3.0, 5.0, np.inf)
 SHOWN_SNR = 3.0
 
 
+def peak_of(signal: np.ndarray) -> tuple:
+    """``(py, px)`` of the signal's largest magnitude (a void's signal is negative)."""
+    return np.unravel_index(np.argmax(np.abs(signal)), signal.shape)
+
+
 def around_peak(signal: np.ndarray, half_px: int, window_px: int) -> tuple:
-    """Where the observers look: the signal's peak ``(py, px)`` (its largest magnitude: a
-    void's signal is negative) and the slices of the ``(2 half_px + 1)^2`` px template and
-    of the ``(2 window_px + 1)^2`` px background window around it, each cut at the
-    image's edges."""
-    py, px = np.unravel_index(np.argmax(np.abs(signal)), signal.shape)
+    """Where the observers look: the signal's peak ``(py, px)`` (:func:`peak_of`) and the
+    slices of the ``(2 half_px + 1)^2`` px template and of the ``(2 window_px + 1)^2`` px
+    background window around it, each cut at the image's edges."""
+    py, px = peak_of(signal)
 
     def box(half):
         return (slice(max(py - half, 0), py + half + 1), slice(max(px - half, 0), px + half + 1))
@@ -283,7 +287,6 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
             for v in range(len(names)):
                 background = noisy[v] - signal[v]          # anatomy, other findings, noise
                 noise = noisy[v] - case['noiseless'][v]    # all zero in a build without
-                peak = np.unravel_index(np.argmax(np.abs(signal[v])), signal[v].shape)
                 rows.append(dict(
                     finding=finding.nodule_id, label=int(gt.labels[i]),
                     class_name=classes[int(gt.labels[i])], view=v,
@@ -292,7 +295,7 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
                     snr_whitened=whitened_snr(signal[v], background),
                     snr_photon_noise=(matched_filter_snr(signal[v], noise)
                                       if np.any(noise) else None),
-                    peak=float(signal[v][peak]),
+                    peak=float(signal[v][peak_of(signal[v])]),
                     detected=None if detected[v] is None else bool(detected[v])))
     return rows, detectability_bands(source, infos)
 
