@@ -565,9 +565,14 @@ def _four_view_point():
     return num_views, lidar2img, point, uv
 
 
-def test_rescore_per_class_support_hand_computed():
+@pytest.mark.parametrize('rule', [dict(), dict(gate_px=3.0, gate_frac=0.5)],
+                         ids=['grown-boxes', 'gate'])
+def test_rescore_per_class_support_hand_computed(rule):
     """``view_support.per_class``: a 3D box of class ``c`` is supported only by the 2D
-    detections of class ``c``; without it, by the best detection of any class."""
+    detections of class ``c``; without it, by the best detection of any class. Both
+    support rules (the blades benchmark config takes the gate with ``per_class``): in
+    view 0 both classes' detections are centred on the projection, so the gate's nearest
+    detection is a tie that the better score wins."""
     num_views, lidar2img, point, uv = _four_view_point()
     scene = 1                                                    # the batch's 2nd scene
     rois = torch.tensor([[scene * num_views + view, u - 3, v - 3, u + 3, v + 3]
@@ -584,7 +589,7 @@ def test_rescore_per_class_support_hand_computed():
     supports = {}
     for per_class in (False, True):
         head = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
-            view_support=dict(weight=1.0, per_class=per_class))))
+            view_support=dict(weight=1.0, per_class=per_class, **rule))))
         out = head.rescore(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene,
                            num_views, roi_labels)
         supports[per_class] = dict(zip(out['labels'].tolist(), out['scores'].tolist()))
