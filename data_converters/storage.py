@@ -44,10 +44,16 @@ def dumps_json(obj) -> bytes:
     return json_bytes(obj, indent=1)
 
 
+def as_json(obj):
+    """``obj`` as its JSON text reads back: tuples become lists, dict keys strings. The
+    form the converter records settings and cases in, so values compare as recorded."""
+    return json.loads(json.dumps(obj))
+
+
 def part_json(obj) -> bytes:
     """A finished case as compact JSON (no NaN or infinities: they are not JSON). Read
-    back, it equals ``json.loads(json.dumps(obj))``, what :func:`canonical_pickle` pickles,
-    so the split files stay byte-identical."""
+    back, it equals :func:`as_json` of ``obj``, what :func:`canonical_pickle` pickles, so
+    the split files stay byte-identical."""
     return json.dumps(obj, separators=(',', ':'), allow_nan=False).encode()
 
 
@@ -59,7 +65,7 @@ def canonical_pickle(obj) -> bytes:
     different bytes. Rebuilding the data from its JSON text first makes the sharing a
     function of the content alone (tuples become lists).
     """
-    return pickle.dumps(json.loads(json.dumps(obj)), protocol=4)
+    return pickle.dumps(as_json(obj), protocol=4)
 
 
 def write_png(path: str, image: np.ndarray) -> None:
@@ -76,7 +82,7 @@ def settings_that_differ(recorded: dict, fingerprint: dict) -> List[str]:
     """The top-level keys whose values differ between a folder's recorded fingerprint and
     a source's ``fingerprint()``, compared as JSON records them (tuples and lists alike),
     sorted."""
-    fingerprint = json.loads(json.dumps(fingerprint))
+    fingerprint = as_json(fingerprint)
     return sorted(key for key in set(recorded) | set(fingerprint)
                   if recorded.get(key) != fingerprint.get(key))
 
@@ -102,16 +108,17 @@ class CaseStore:
             return None
         return read_json(path, 'conversion settings')
 
-    def recorded_prefix(self, default: str) -> str:
+    def recorded_prefix(self, default: str, settings: Optional[dict] = None) -> str:
         """The split files' prefix the folder's conversion recorded (``default`` where it
-        recorded none)."""
-        settings = self.read_settings() or {}
+        recorded none); from ``settings`` where the caller has read them
+        (:meth:`read_settings`), else read here."""
+        settings = (self.read_settings() if settings is None else settings) or {}
         return (settings.get('split') or {}).get('prefix', default)
 
     def record_split(self, split: dict) -> None:
         """Record new split settings (``merge --val-fraction / --seed``)."""
         settings = self.read_settings()
-        settings['split'] = dict(settings['split'], **json.loads(json.dumps(split)))
+        settings['split'] = dict(settings['split'], **as_json(split))
         atomic_write(self.settings_path(), dumps_json(settings))
 
     def claim(self, fingerprint: dict, split: dict, cleanup: bool = True) -> None:
@@ -128,14 +135,13 @@ class CaseStore:
         self.check_format()
         os.makedirs(self.parts_dir, exist_ok=True)
         current = self.read_settings()
-        fingerprint = json.loads(json.dumps(fingerprint))
         keys = [] if current is None else settings_that_differ(current.get('fingerprint', {}),
                                                                fingerprint)
         if keys:
             raise ConverterError(
                 f'{self.out_dir} holds a conversion made with other settings '
                 f'({", ".join(keys)} differ); use another --out or delete that folder')
-        split = json.loads(json.dumps(split))
+        split = as_json(split)
         if current is not None and current.get('split') is not None:
             old = current['split']
             keys = [k for k in SPLIT_KEYS if old.get(k) != split.get(k)]
@@ -148,7 +154,7 @@ class CaseStore:
                     f'with "python -m data_converters merge --out {self.out_dir} '
                     f'{flags(split)}"')
         atomic_write(self.settings_path(),
-                     dumps_json(dict(fingerprint=fingerprint, split=split)))
+                     dumps_json(dict(fingerprint=as_json(fingerprint), split=split)))
         if cleanup:
             remove_stale_temporaries(self.out_dir)
 

@@ -240,8 +240,9 @@ def detectability(root: str, split: str, dets2d: Optional[str] = None,
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (group_detections,
                                                                       supporting_views)
     store = CaseStore(root)
-    source = restore_source(store.read_settings(), store.settings_path(), device)
-    prefix = prefix or store.recorded_prefix(source.default_prefix)
+    settings = store.read_settings()
+    source = restore_source(settings, store.settings_path(), device)
+    prefix = prefix or store.recorded_prefix(source.default_prefix, settings)
     infos_path = osp.join(root, f'{prefix}_infos_{split}.pkl')
     infos = load_infos(infos_path)
     classes = [str(c) for c in infos['metainfo']['classes']]
