@@ -130,7 +130,7 @@ DOMAINS: Dict[str, Domain] = {
     # the test split holds over 100 defects (157)
     'blades': Domain(
         source='blades', data='data/benchmark_blades', prefix='blades',
-        config_2d='configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-6e_blades-bench-256.py',
+        config_2d='configs/mv2d_xray/mv2d-2d-stage_r18_fpn_1xb1-12e_blades-bench-256.py',
         config='configs/mv2d_xray/mv2d_r18_fpn_1xb1-7e_blades-bench-256.py',
         build_args=('--cases', '360', '--image-size', '256', '--pixel-spacing', '0.703125',
                     '--span-mm', '40', '60', '--defect-mm', '0.6', '2.5', '--crack-mm',

@@ -28,7 +28,7 @@ BLADES_DEMO_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py'
 BENCH = 'mv2d_r18_fpn_1xb1-6e_chest-bench-320.py'
 BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_chest-bench-320.py'
 BLADES_BENCH = 'mv2d_r18_fpn_1xb1-7e_blades-bench-256.py'
-BLADES_BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-6e_blades-bench-256.py'
+BLADES_BENCH_2D = 'mv2d-2d-stage_r18_fpn_1xb1-12e_blades-bench-256.py'
 
 
 def load(name: str) -> Config:
