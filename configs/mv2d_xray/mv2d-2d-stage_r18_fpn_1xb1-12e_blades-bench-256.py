@@ -4,8 +4,8 @@
 # (mv2d-2d-stage_r18_fpn_1xb1-12e_blades-256.py) with this benchmark's pipeline, 128 sampled
 # RoIs per view (the full model's setting) and 12 epochs of its 216 training parts (2592
 # iterations). Until the thirty-seventh session 6 epochs with 32 RoIs: the chest's 2D-stage
-# lessons, measured in fp32 here on val, raised this stage's AR@0.1 0.301 -> 0.454 and
-# AP@0.1 0.114 -> 0.344, and MV2D's CPM with it (README, blades ablations, `r12-rcnn128`).
+# lessons, measured in fp32 here on val, raised this stage's AP@0.1 0.234 -> 0.344 (AR@0.1
+# 0.442 -> 0.454), and MV2D's CPM with it (README, blades ablations, `r12-rcnn128`).
 _base_ = ['./mv2d_r18_fpn_1xb1-7e_blades-bench-256.py']
 
 work_dir = 'work_dirs/blades-bench/2d-stage'
@@ -20,7 +20,7 @@ model = dict(
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
 
 # 12 epochs of the 216 training parts' 2592 views (~3 min each on 2 CPU cores: 2238 s measured
-# with the val pass, ~0.84 s per step)
+# with the val pass, ~0.85 s per step)
 max_epochs = 12
 optim_wrapper = dict(
     optimizer=dict(lr=2e-3),

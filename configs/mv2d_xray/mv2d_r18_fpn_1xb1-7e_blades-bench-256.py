@@ -58,11 +58,10 @@ model = dict(
     # 0.439); then the chest config's objectness step: a box confirmed by fewer views moved
     # along its detection's ray to where the RPN's finest-level objectness of every view
     # peaks (201 depths over depth_range, 1 mm apart), and the scores weighed 2/3 with that
-    # objectness
-    # (thirty-sixth session: val 0.439 -> 0.475 on the 6-epoch 2D stage's model, paired +0.036
-    # [0.004, 0.055]; +0.014 and +0.013 on the longer 2D stages' models; weight 0.5 gave
-    # 0.477, 1.0 gave 0.443; read once on test: +0.012 on that model, -0.018 on the
-    # 24-epoch 2D stage's, both intervals across 0).
+    # objectness (thirty-sixth session: val 0.439 -> 0.475 on the 6-epoch 2D stage's model,
+    # paired +0.036 [0.004, 0.055]; +0.014 and +0.013 on the longer 2D stages' models;
+    # weight 0.5 gave 0.477, 1.0 gave 0.443; read once on test: +0.012 on that model, -0.018
+    # on the 24-epoch 2D stage's, both intervals across 0).
     test_cfg=dict(
         detection_proposal=dict(max_per_img=20),
         rcnn=dict(
