@@ -587,8 +587,10 @@ def test_rescore_per_class_support_hand_computed(rule):
                 scores=torch.tensor([0.6, 0.4]), labels=torch.tensor([0, 1]),
                 query_ids=torch.tensor([0, 0]))
     supports = {}
+    roi_head = tiny_mv2d_config()['roi_head']
+    roi_head['bbox_head'] = dict(roi_head['bbox_head'], num_classes=2)
     for per_class in (False, True):
-        head = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+        head = MODELS.build(dict(roi_head, test_cfg=dict(
             view_support=dict(weight=1.0, per_class=per_class, **rule))))
         out = head.rescore(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene,
                            num_views, roi_labels)
@@ -597,6 +599,47 @@ def test_rescore_per_class_support_hand_computed(rule):
     assert supports[True] == pytest.approx({0: 0.5 / 4, 1: 0.8})
     with pytest.raises(ValueError, match='per_class needs'):
         head.rescore(pred, dict(lidar2img=lidar2img), rois, roi_scores, scene, num_views)
+    with pytest.raises(ValueError, match='box label 2 is not a class of the head'):
+        head.rescore(dict(pred, labels=torch.tensor([0, 2])), dict(lidar2img=lidar2img), rois,
+                     roi_scores, scene, num_views, roi_labels)
+
+
+def test_rescore_class_support_hand_computed():
+    """``view_support.class_support``: a view's support of a box of class ``c`` is the
+    largest ``class_support[c][c'] * s`` over its supporting detection of each class
+    ``c'``. Class 1 is detected in all 4 views (0.8), class 0 in view 0 only (0.5); with
+    row 0 ``[1, 0.25]`` a class-0 box gets ``max(0.5, 0.25 * 0.8)`` in view 0 and
+    ``0.25 * 0.8`` in the others, a class-1 box (row ``[0, 1]``) 0.8 everywhere. Bad
+    matrices are refused when the head is built, naming the setting."""
+    num_views, lidar2img, point, uv = _four_view_point()
+    rois = torch.tensor([[view, u - 3, v - 3, u + 3, v + 3]
+                         for view, (u, v) in enumerate(uv.tolist())] +
+                        [[0, uv[0, 0] - 2, uv[0, 1] - 2, uv[0, 0] + 2, uv[0, 1] + 2]])
+    roi_scores = torch.tensor([0.8, 0.8, 0.8, 0.8, 0.5])
+    roi_labels = torch.tensor([1, 1, 1, 1, 0])
+    pred = dict(bboxes=torch.tensor([[10., -5., 8., 1., 1., 1., 0.]] * 2),
+                scores=torch.tensor([0.6, 0.4]), labels=torch.tensor([0, 1]),
+                query_ids=torch.tensor([0, 0]))
+
+    def head(**view_support):
+        roi_head = tiny_mv2d_config()['roi_head']
+        roi_head['bbox_head'] = dict(roi_head['bbox_head'], num_classes=2)
+        return MODELS.build(dict(roi_head, test_cfg=dict(view_support=dict(
+            weight=1.0, gate_px=3.0, gate_frac=0.5, **view_support))))
+
+    supports = {}
+    for name, matrix in (('identity', None), ('pore-like', [[1.0, 0.25], [0.0, 1.0]])):
+        out = head(per_class=True, class_support=matrix).rescore(
+            pred, dict(lidar2img=lidar2img), rois, roi_scores, 0, num_views, roi_labels)
+        supports[name] = dict(zip(out['labels'].tolist(), out['scores'].tolist()))
+    assert supports['identity'] == pytest.approx({0: 0.5 / 4, 1: 0.8})
+    assert supports['pore-like'] == pytest.approx({0: (0.5 + 3 * 0.2) / 4, 1: 0.8})
+    with pytest.raises(ValueError, match='class_support .*needs per_class=True'):
+        head(class_support=[[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r'class_support must be 2 x 2 .*shape \(3, 3\)'):
+        head(per_class=True, class_support=torch.eye(3).tolist())
+    with pytest.raises(ValueError, match=r'class_support: every weight must be in \[0, 1\]'):
+        head(per_class=True, class_support=[[1.0, 1.5], [0.0, 1.0]])
 
 
 def test_refine_on_detections_uses_the_scenes_detections_of_the_class():

@@ -27,7 +27,7 @@ RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support'
 #: ``test_cfg.rcnn.refine_to_detections``: :meth:`MV2DXrayRoIHead.refine_on_detections`.
 REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
-VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class')
+VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class', 'class_support')
 #: ``test_cfg.rcnn.objectness_support``: :meth:`MV2DXrayRoIHead.rescore_by_objectness` and
 #: :meth:`MV2DXrayRoIHead.search_rays`.
 OBJECTNESS_SUPPORT_KEYS = ('weight', 'levels', 'search_depths')

@@ -189,7 +189,8 @@ class MV2DXrayRoIHead(BaseModule):
             ``dict(gate_px=3, gate_frac=0.5, min_views=2)``:
             :meth:`refine_on_detections`), ``objectness_support.search_depths`` (None,
             or an int: :meth:`search_rays`), ``view_support`` (:meth:`rescore`: ``dict(
-            weight=w)`` with one rule, ``margin_px`` or ``gate_px`` / ``gate_frac``),
+            weight=w)`` with one rule, ``margin_px`` or ``gate_px`` / ``gate_frac``, and
+            optionally ``per_class`` and ``class_support``),
             ``objectness_support`` (:meth:`rescore_by_objectness`: ``dict(weight=w,
             levels=[0], search_depths=None)``), then
             (:meth:`select`) ``score_thr`` (keep scores
@@ -257,6 +258,11 @@ class MV2DXrayRoIHead(BaseModule):
             raise ValueError('test_cfg.refine_radius_mm holds centres near the queries\' '
                              'triangulated priors: it needs triangulate_prior=True')
         self.check_view_support(self.test_cfg.get('view_support', None))
+        view_support_cfg = self.test_cfg.get('view_support', None) or dict()
+        # per_class: row c lists the weight of each detection class for a box of class c
+        self.class_support = (self.class_support_matrix(
+            view_support_cfg, self.bbox_head.num_classes).tolist()
+            if view_support_cfg.get('per_class', False) else None)
         self.check_objectness_support(self.test_cfg.get('objectness_support', None))
         if ((self.test_cfg.get('objectness_support', None) or dict()).get('search_depths')
                 is not None and self.test_cfg.get('refine_to_detections', None) is None):
@@ -1070,8 +1076,10 @@ class MV2DXrayRoIHead(BaseModule):
     def check_view_support(cfg: Optional[dict]) -> None:
         """``test_cfg.view_support`` at build time: ``weight`` in [0, 1]; ``gate_px`` and
         ``gate_frac`` >= 0; the grown-box rule (``margin_px``) and the gate rule
-        (``gate_px``) are alternatives, so a config sets at most one of them. (The RPN's
-        dense objectness is ``test_cfg.objectness_support``, a step of its own.)"""
+        (``gate_px``) are alternatives, so a config sets at most one of them;
+        ``class_support`` needs ``per_class`` (its shape and weights:
+        :meth:`class_support_matrix`). (The RPN's dense objectness is
+        ``test_cfg.objectness_support``, a step of its own.)"""
         if cfg is None:
             return
         if not 0.0 <= float(cfg['weight']) <= 1.0:
@@ -1089,6 +1097,32 @@ class MV2DXrayRoIHead(BaseModule):
                              f'{", ".join(rules)}')
         if cfg.get('gate_frac') is not None and cfg.get('gate_px') is None:
             raise ValueError('test_cfg.view_support.gate_frac needs gate_px (the gate rule)')
+        if cfg.get('class_support') is not None and not cfg.get('per_class', False):
+            raise ValueError('test_cfg.view_support.class_support weighs the detections of '
+                             'each class per box class: it needs per_class=True')
+
+    @staticmethod
+    def class_support_matrix(cfg: dict, num_classes: int) -> Tensor:
+        """``test_cfg.view_support.class_support`` as a ``(C, C)`` float64 tensor, row
+        the 3D box's class and column the 2D detection's, each in [0, 1]: how much a
+        detection of class ``c'`` supports a box of class ``c``; without it the identity
+        (``per_class``: only a box's own class supports it). ``ValueError`` naming the
+        setting for another shape or a weight outside [0, 1]."""
+        matrix = cfg.get('class_support')
+        if matrix is None:
+            return torch.eye(num_classes, dtype=torch.float64)
+        where = 'test_cfg.view_support.class_support'
+        try:
+            out = torch.as_tensor(matrix, dtype=torch.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'{where} must be a {num_classes} x {num_classes} list of lists '
+                             f'of numbers, got {matrix!r}') from exc
+        if tuple(out.shape) != (num_classes, num_classes):
+            raise ValueError(f'{where} must be {num_classes} x {num_classes} (box class x '
+                             f'detection class), got shape {tuple(out.shape)}')
+        if not ((out >= 0) & (out <= 1)).all():
+            raise ValueError(f'{where}: every weight must be in [0, 1], got {matrix!r}')
+        return out
 
     @staticmethod
     def refine_settings(cfg: Optional[dict]) -> Optional[TriangulationConfig]:
@@ -1180,7 +1214,12 @@ class MV2DXrayRoIHead(BaseModule):
         support by the scene's 2D detections (:func:`view_support`: by the grown boxes,
         ``margin_px``, or by the triangulation baseline's gates, ``gate_px`` /
         ``gate_frac``); with ``per_class``, a box of class ``c`` is supported only by
-        detections of class ``c`` (as the triangulation baseline associates per class).
+        detections of class ``c`` (as the triangulation baseline associates per class),
+        and with ``per_class`` and ``class_support`` (``(C, C)`` in [0, 1], row the box's
+        class, column the detection's) a view's support of a box of class ``c`` is the
+        largest ``class_support[c][c'] * s`` over the view's supporting detection of each
+        class ``c'`` (score ``s``): where the 2D stage confuses two classes, a detection of
+        one still supports the other, at a lower weight (:meth:`class_support_matrix`).
         The boxes come back re-sorted by the new scores. Without it, ``pred`` unchanged.
 
         Args:
@@ -1204,17 +1243,29 @@ class MV2DXrayRoIHead(BaseModule):
         if per_class and roi_labels is None:
             raise ValueError("test_cfg.view_support.per_class needs the RoIs' 2D labels "
                              '(roi_labels)')
-        support = pred['scores'].new_zeros(len(pred['scores']))
-        for label in (pred['labels'].unique() if per_class else [None]):
-            boxes = (pred['labels'] == label if label is not None else
-                     torch.ones_like(pred['labels'], dtype=torch.bool))
-            supporters = mine & (roi_labels == label) if label is not None else mine
-            support[boxes] = view_support(
-                pred['bboxes'][boxes, :3], lidar2img, rois[supporters, 1:],
-                roi_scores[supporters], rois[supporters, 0].long() % num_views,
-                float(cfg.get('margin_px') or 0.0),
+        rule = (float(cfg.get('margin_px') or 0.0),
                 None if cfg.get('gate_px') is None else float(cfg['gate_px']),
                 float(cfg.get('gate_frac') or 0.0))
+        if not per_class:
+            support = view_support(pred['bboxes'][:, :3], lidar2img, rois[mine, 1:],
+                                   roi_scores[mine], rois[mine, 0].long() % num_views, *rule)
+            return self.weigh_scores(pred, support.to(pred['scores']), weight)
+        support = pred['scores'].new_zeros(len(pred['scores']))
+        for label in pred['labels'].unique().tolist():
+            if not 0 <= label < len(self.class_support):
+                raise ValueError(f'test_cfg.view_support.per_class: box label {label} is not '
+                                 f'a class of the head (0 .. {len(self.class_support) - 1})')
+            boxes = pred['labels'] == label
+            per_view = support.new_zeros((int(boxes.sum()), num_views))
+            sources = [(source, w) for source, w in enumerate(self.class_support[label])
+                       if w > 0]
+            for source, source_weight in sources:
+                supporters = mine & (roi_labels == source)
+                scores = view_support_scores(
+                    pred['bboxes'][boxes, :3], lidar2img, rois[supporters, 1:],
+                    roi_scores[supporters], rois[supporters, 0].long() % num_views, *rule)
+                per_view = torch.maximum(per_view, source_weight * scores.to(per_view))
+            support[boxes] = per_view.mean(dim=1)
         return self.weigh_scores(pred, support, weight)
 
     @staticmethod
