@@ -144,6 +144,9 @@ def test_evaluate_2d_per_view(dataset, tmp_path, capsys):
         result = json.load(f)
     assert result['overall']['AP'] == pytest.approx(1.0)
     assert len(result['by_view']) == 10
+    # every finding box named by its own box (one class here): 40 in the diagonal
+    assert result['class_confusion']['counts'] == [[40, 0]]
+    assert 'finding \\ detection' in printed and '| nodule ' in printed
     assert all(v['AP@0.5'] == pytest.approx(1.0) and v['num_gt'] == 4
                for v in result['by_view'].values())
 

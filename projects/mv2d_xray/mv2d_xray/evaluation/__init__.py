@@ -11,6 +11,8 @@
   imported here);
 * :mod:`.views_detected` -- the 3D methods' figures on the findings grouped by how many
   views' 2D detections hold them (not imported here).
+* :mod:`.class_confusion_2d` -- the class the 2D stage names each finding in each view
+  (its nearest detection in the triangulation gate; not imported here).
 
 The triangulation baseline is in :mod:`projects.mv2d_xray.mv2d_xray.baselines`, the
 pictures in :mod:`projects.mv2d_xray.mv2d_xray.visualization`.
