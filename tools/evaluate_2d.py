@@ -50,10 +50,8 @@ def main():
     args = parse_args()
     if any(not 0 < t <= 1 for t in args.iou_thrs) or args.max_dets < 1:
         fail('--iou-thrs must be in (0, 1] and --max-dets >= 1')
-    association = {key: getattr(args, key) for key in ('gate_px', 'gate_frac', 'score_thr')
-                   if getattr(args, key) is not None}
-    if not all(value >= 0 for value in association.values()):
-        fail('--gate-px, --gate-frac and --score-thr must be >= 0')
+    if args.score_thr is not None and not args.score_thr >= 0:
+        fail('--score-thr must be >= 0')
     from projects.mv2d_xray.core.data_format import load_coco
     from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import TriangulationConfig
@@ -61,14 +59,19 @@ def main():
         class_confusion_2d, class_confusion_table)
     from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import evaluate_coco_2d, format_table_2d
     try:
+        association = TriangulationConfig(**{
+            key: getattr(args, key) for key in ('gate_px', 'gate_frac', 'score_thr')
+            if getattr(args, key) is not None})
+    except ValueError as exc:
+        fail(str(exc))
+    try:
         dets = read_json(args.dets, 'detections file')
         coco = load_coco(args.coco)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     try:
         result = evaluate_coco_2d(coco, dets, args.iou_thrs, args.max_dets)
-        result['class_confusion'] = class_confusion_2d(coco, dets,
-                                                       TriangulationConfig(**association))
+        result['class_confusion'] = class_confusion_2d(coco, dets, association)
     except ValueError as exc:    # a bad detection (the COCO file was read above)
         fail(f'{args.dets}: {exc}')
     print(format_table_2d(result))

@@ -177,6 +177,9 @@ def test_tool_bad_input_one_line_naming_the_file(dataset, tmp_path, capsys):
     assert run_tool('triangulate', '--infos', dataset['infos'], '--gt-2d', '--min-views',
                     '1', '--out', str(out)) == 2
     assert 'min_views must be >= 2' in capsys.readouterr().err
+    assert run_tool('triangulate', '--infos', dataset['infos'], '--gt-2d', '--gate-px',
+                    '-1', '--out', str(out)) == 2
+    assert 'gate_px and gate_frac must be >= 0' in capsys.readouterr().err
     assert not out.exists()
 
 

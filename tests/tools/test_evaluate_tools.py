@@ -192,6 +192,12 @@ def test_evaluate_2d_bad_input(dataset, tmp_path, capsys):
                                                score=0.5)])
     assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets) == 2
     assert 'bbox must be 4 finite numbers' in capsys.readouterr().err
+    for flag, message in (('--gate-frac', 'gate_px and gate_frac must be >= 0'),
+                          ('--score-thr', '--score-thr must be >= 0')):
+        assert run_tool('evaluate_2d', '--coco', dataset['coco'], '--dets', dets, flag,
+                        '-1') == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
     # a JSON file that is no COCO dataset: named, one line
     assert run_tool('evaluate_2d', '--coco', dets, '--dets', dets) == 2
     err = capsys.readouterr().err.strip().splitlines()

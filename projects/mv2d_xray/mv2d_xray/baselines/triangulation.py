@@ -75,6 +75,9 @@ class TriangulationConfig:
     bounds_margin_mm: float = 10.0
 
     def __post_init__(self):
+        if not (self.gate_px >= 0 and self.gate_frac >= 0):
+            raise ValueError(f'gate_px and gate_frac must be >= 0, got {self.gate_px} and '
+                             f'{self.gate_frac}')
         if self.min_views < 2:
             raise ValueError(f'min_views must be >= 2, got {self.min_views}')
         if not 0 < self.min_ray_angle_deg < 90:
