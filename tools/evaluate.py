@@ -1,7 +1,7 @@
 """Score 3D predictions of any method against a converted dataset's ground truth.
 
     python tools/evaluate.py --gt data/demo/demo_infos_val.pkl --pred PRED.json \\
-        [--out metrics.json] [--allow-missing]
+        [--out metrics.json] [--allow-missing] [--class-agnostic]
 
 The prediction file follows README "Prediction format" (``{"results": {case id: [{"bbox_3d",
 "score", "label"}, ...]}}``, boxes in ct mm). The metric is the one of ``tools/test.py``
@@ -9,6 +9,7 @@ The prediction file follows README "Prediction format" (``{"results": {case id: 
 axis-aligned 3D IoU (0.1, 0.25, 0.5), centre error, by size band (3-6, 6-10, >10 mm) and
 class; definitions in ``projects/mv2d_xray/core/metric.py``. It prints
 the tables and writes the full result as JSON (``null`` = absent: no ground truth).
+``--class-agnostic`` scores without classes (every box against every finding).
 
 It imports only the core (``projects.mv2d_xray.core``: numpy, no torch, mmengine or
 mmdet3d), so it starts in a fraction of a second; a test holds it to that.
@@ -41,6 +42,10 @@ def parse_args():
     parser.add_argument('--iou-thrs', type=float, nargs='+', metavar='IOU',
                         default=[0.1, 0.25, 0.5],
                         help='3D IoU thresholds (default: 0.1 0.25 0.5)')
+    parser.add_argument('--class-agnostic', action='store_true',
+                        help='score every box against every finding whatever their classes '
+                        '(one class, "any class"): whether the findings are found at all, '
+                        'apart from naming them')
     add_debug_flag(parser)
     return parser.parse_args()
 
@@ -68,8 +73,8 @@ def main():
     from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
                                                      infos_size_bands, load_gt_cases, load_infos,
                                                      load_predictions)
-    from projects.mv2d_xray.core.metric import (DEFAULT_SIZE_BANDS, evaluate_detections,
-                                                format_table)
+    from projects.mv2d_xray.core.metric import (DEFAULT_SIZE_BANDS, class_agnostic,
+                                                evaluate_detections, format_table)
     try:
         infos = load_infos(args.gt)
         cases, classes = load_gt_cases(infos, args.gt)
@@ -81,6 +86,8 @@ def main():
         check_cases(preds, cases, args.allow_missing, gt_name=args.gt)
         if not cases:
             fail(f'{args.gt} has no cases')
+        if args.class_agnostic:
+            cases, preds, classes = class_agnostic(cases, preds)
         result = evaluate_detections(cases, preds, classes, dist_thrs_mm=args.dist_thrs,
                                      iou_thrs=args.iou_thrs, size_bands=bands,
                                      progress=_progress(preds, len(cases)))
@@ -88,6 +95,8 @@ def main():
         fail(str(exc))
     except KeyError as exc:
         fail(exc.args[0] if exc.args else str(exc))
+    if args.class_agnostic:
+        print(f'class-agnostic: every box against every finding ({len(cases)} cases)')
     print(format_table(result))
     if args.out:
         write_metrics(result, args.out)

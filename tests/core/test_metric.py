@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from projects.mv2d_xray.core.metric import (FP, TP, CaseGT, CasePred, aligned_iou_3d,
-                                            average_precision, evaluate_detections,
+from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, FP, TP, CaseGT, CasePred,
+                                            aligned_iou_3d, average_precision,
+                                            class_agnostic, evaluate_detections,
                                             flatten_metrics, format_table, froc_curve,
                                             markdown_table, match_by_distance, match_by_iou,
                                             sensitivity_at)
@@ -260,6 +261,32 @@ def test_several_classes_absent_class_and_mean():
     flat = flatten_metrics(result)
     assert flat['nodule/CPM'] == 1.0 and not any(k.startswith('calcification/') for k in flat)
     assert 'calcification' in format_table(result)
+
+
+def test_class_agnostic_finds_a_finding_by_a_box_of_any_class():
+    """A box of the wrong class at a finding misses it per class and finds it without
+    classes; a box in the void stays a false positive; the inputs keep their labels."""
+    classes = ('pore', 'inclusion', 'crack')
+    gt = {'a': gt_case([(box(0, 0, 0, 2), 2.0, 0, 0), (box(10, 0, 0, 2), 2.0, 0, 2),
+                        (box(20, 0, 0, 2), 2.0, True, 1)]),
+          'b': gt_case([])}
+    pred = {'a': pred_case([(box(0.5, 0, 0, 2), 0.9, 1),       # on the pore, as inclusion
+                            (box(10, 0.9, 0, 2), 0.8, 2),      # on the crack, as crack
+                            (box(20, 0, 0, 2), 0.7, 0)]),      # on the ignore region
+            'b': pred_case([(box(0, 0, 0, 2), 0.85, 0)])}      # a false positive
+    per_class = evaluate_detections(gt, pred, classes)
+    assert per_class['by_class']['pore']['CPM'] == 0.0
+    assert per_class['by_class']['crack']['CPM'] == 1.0
+    cases, preds, names = class_agnostic(gt, pred)
+    assert names == CLASS_AGNOSTIC == ('any class',)
+    result = evaluate_detections(cases, preds, names)
+    # the pore at 0.9, the FP of 'b' at 0.85 (1 FP in 2 scans: rate 0.5), the crack at 0.8:
+    # sensitivity 1/2 at 1/8 and 1/4 FPs per scan, 1 from 1/2 on
+    assert result['FROC']['0.25'] == 0.5 and result['FROC']['0.5'] == 1.0
+    assert result['CPM'] == pytest.approx((0.5 + 0.5 + 5 * 1.0) / 7)
+    assert list(gt['a'].labels) == [0, 2, 1] and list(pred['a'].labels) == [1, 2, 0]
+    assert list(cases['a'].ignore) == [False, False, True]
+    np.testing.assert_array_equal(preds['a'].scores, [0.9, 0.8, 0.7])
 
 
 def test_markdown_table_pads_and_aligns():

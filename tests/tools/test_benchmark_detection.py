@@ -443,3 +443,53 @@ def test_the_report_groups_the_findings_by_the_views_that_detect_them(tmp_path):
         {'0': 1, '1': 0, '2': 0, '3+': 3}
     assert groups['0']['mv2d']['CPM'] == 1.0 and groups['3+']['mv2d']['CPM'] == 1.0
     assert groups['3+']['triangulation']['CPM'] == 0.0
+
+
+def test_the_report_scores_the_methods_without_classes_too(tmp_path):
+    """Step 5 with two classes: MV2D names every finding wrongly, triangulation rightly.
+    Per class MV2D has CPM 0 and triangulation 1; without classes both have 1 and the
+    paired difference is 0; a build of one class has no such block."""
+    from eval_fake_data import write_eval_dataset
+
+    from projects.mv2d_xray.core.data_format import (CasePred, load_gt_cases,
+                                                     predictions_to_json)
+    from projects.mv2d_xray.core.io import read_json, write_json
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import \
+        coco_annotations_as_detections
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
+    bench = _benchmark_module()
+    data = write_eval_dataset(str(tmp_path / 'data'), classes=('pore', 'crack'))
+    files = dict(infos=data['infos'], coco=data['coco'],
+                 dets2d=str(tmp_path / 'dets2d.json'), metrics_2d=str(tmp_path / 'm2d.json'))
+    write_json(files['dets2d'], coco_annotations_as_detections(read_json(data['coco']),
+                                                               include_crowd=False))
+    write_json(files['metrics_2d'], {'overall': {'AP': 0.5}})
+    cases, _ = load_gt_cases(data['infos'])
+    assert all((gt.labels == 0).all() for gt in cases.values())
+    right = {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels) for t, gt in cases.items()}
+    wrong = {t: CasePred(p.boxes, p.scores, 1 - p.labels) for t, p in right.items()}
+    for method, preds in (('mv2d', wrong), ('triangulation', right),
+                          ('triangulation_gt2d', right)):
+        files[method] = str(tmp_path / f'{method}.json')
+        write_json(files[method], predictions_to_json(preds))
+    args = bench.parse_args(['--split', 'val', '--resamples', '10', '--work-dir',
+                             str(tmp_path / 'work')])
+    (tmp_path / 'work').mkdir()
+    entry = bench.score_domain('blades', files, args)
+    assert entry['mv2d']['CPM'] == 0.0 and entry['triangulation']['CPM'] == 1.0
+    agnostic = entry['class_agnostic']
+    assert agnostic['mv2d']['CPM'] == 1.0 and agnostic['triangulation']['CPM'] == 1.0
+    assert agnostic['mv2d_minus_triangulation']['CPM'] == 0.0
+    assert agnostic['mv2d']['by_size']['>=1mm']['CPM'] == 1.0
+    text = markdown_report(entry, list(entry['mv2d']['by_size']), 'blades, val split', 'val')
+    assert 'Without classes' in text
+    assert '| MV2D - triangulation (paired) | 0.000 [0.000, 0.000] |' in text
+    # one class: nothing to add
+    one = write_eval_dataset(str(tmp_path / 'one'))
+    files.update(infos=one['infos'], coco=one['coco'])
+    cases, _ = load_gt_cases(one['infos'])
+    for method in ('mv2d', 'triangulation', 'triangulation_gt2d'):
+        write_json(files[method], predictions_to_json(
+            {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels)
+             for t, gt in cases.items()}))
+    assert 'class_agnostic' not in bench.score_domain('chest', files, args)

@@ -52,6 +52,26 @@ def test_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
         assert json.load(f)['CPM'] == pytest.approx(0.75)   # 3 of 4 findings
 
 
+def test_evaluate_class_agnostic_finds_findings_named_wrongly(tmp_path, capsys):
+    """Every finding predicted at its place with the other class: CPM 0 per class, 1 with
+    ``--class-agnostic``, which says so and has the one class."""
+    data = write_eval_dataset(str(tmp_path / 'data'), classes=('pore', 'crack'))
+    preds = perfect_predictions(data['infos'])
+    for boxes in preds['results'].values():
+        for b in boxes:
+            b['label'] = 1
+    pred = write(tmp_path, 'pred.json', preds)
+    out, out_agnostic = str(tmp_path / 'm.json'), str(tmp_path / 'agnostic.json')
+    assert run_tool('evaluate', '--gt', data['infos'], '--pred', pred, '--out', out) == 0
+    assert run_tool('evaluate', '--gt', data['infos'], '--pred', pred, '--out', out_agnostic,
+                    '--class-agnostic') == 0
+    assert 'class-agnostic: every box against every finding' in capsys.readouterr().out
+    with open(out) as f, open(out_agnostic) as g:
+        per_class, agnostic = json.load(f), json.load(g)
+    assert per_class['CPM'] == 0.0 and per_class['by_class']['crack'] is None
+    assert agnostic['CPM'] == 1.0 and agnostic['settings']['classes'] == ['any class']
+
+
 def test_evaluate_imports_no_model_stack(dataset, tmp_path):
     """``tools/evaluate.py`` stands on the core alone: run as a script in a fresh
     interpreter, it scores a prediction file without importing torch, mmengine or mmdet3d

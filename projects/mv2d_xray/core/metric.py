@@ -63,6 +63,10 @@ findings of other sizes become ignore regions for that band (hits on them count 
 way), and every other prediction stays a false positive, so a band's FP rate is the
 detector's whole FP rate. Findings outside every band count only in the overall figures.
 
+**Class-agnostic** (:func:`class_agnostic`): the same figures with every finding and
+every predicted box of one class, so a finding is found by any box that hits it, whatever
+the classes of both: whether the findings are found at all, apart from naming them.
+
 **Absent, not zero**: a class or band without ground truth has no figures: ``None``
 (JSON ``null``) in the nested result and no key in :func:`flatten_metrics`; never NaN or 0.
 A figure without a defined value (the centre error when nothing is matched) is ``None``
@@ -86,6 +90,10 @@ DEFAULT_SIZE_BANDS = (('3-6mm', 3.0, 6.0), ('6-10mm', 6.0, 10.0), ('>10mm', 10.0
 
 #: Match status of a prediction.
 TP, FP, IGNORED = 1, 0, -1
+
+
+#: The one class of :func:`class_agnostic`'s cases and predictions.
+CLASS_AGNOSTIC = ('any class',)
 
 
 # -- pairwise geometry ---------------------------------------------------------------------
@@ -709,6 +717,26 @@ def format_table(result: dict) -> str:
         table2.append([name] + [_fmt(froc.get(r)) for r in rates] +
                       [_fmt((block or {}).get('CPM'))])
     return markdown_table(table1) + '\n\n' + markdown_table(table2)
+
+
+def class_agnostic(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred]
+                   ) -> Tuple[Dict[str, CaseGT], Dict[str, CasePred], Tuple[str]]:
+    """The cases and predictions with every label 0, and their one class name
+    (:data:`CLASS_AGNOSTIC`), for :func:`evaluate_detections`: each finding is found by
+    any box that hits it. Boxes, scores, ignore flags and diameters are kept; the inputs
+    are not changed.
+
+    Args:
+        cases: ``{token: CaseGT}``.
+        preds: ``{token: CasePred}``.
+
+    Returns:
+        tuple: ``(cases, preds, classes)``, new objects.
+    """
+    one_class = {token: CaseGT(gt.boxes, np.zeros_like(gt.labels), gt.ignore,
+                               gt.diameters_mm) for token, gt in cases.items()}
+    return one_class, {token: CasePred(p.boxes, p.scores, np.zeros_like(p.labels))
+                       for token, p in preds.items()}, CLASS_AGNOSTIC
 
 
 def markdown_table(rows: Sequence[Sequence[str]]) -> str:

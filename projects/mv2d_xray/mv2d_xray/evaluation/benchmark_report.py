@@ -109,6 +109,9 @@ def markdown_report(entry: Mapping, bands: Sequence[str], title: str,
         lines.append(f"{settings['num_cases']} {split} cases; 95 % intervals from "
                      f"{settings['num_resamples']} case-bootstrap resamples (seed "
                      f"{settings['seed']}); sens@r = sensitivity at r FPs per scan.")
+    agnostic = entry.get('class_agnostic')
+    if agnostic:
+        lines += ['', class_agnostic_table(agnostic)]
     by_views = entry.get('by_views_detected')
     if by_views:
         lines += ['', views_detected_table(by_views)]
@@ -118,6 +121,20 @@ def markdown_report(entry: Mapping, bands: Sequence[str], title: str,
                             for k, v in stage.items() if isinstance(v, (int, float)))
         lines += ['', f'2D stage alone, per view (COCO): {figures}']
     return '\n'.join(lines) + '\n'
+
+
+def class_agnostic_table(block: Mapping) -> str:
+    """The ``class_agnostic`` block (a :func:`summarise` of the methods scored with every
+    box against every finding, :func:`~projects.mv2d_xray.core.metric.class_agnostic`) as
+    a markdown table of the overall figures, each ``value [95 % CI]``."""
+    diff_key = f'{PAIR[0]}_minus_{PAIR[1]}'
+    figures = TABLE_FIGURES[:4]
+    rows: List[List[str]] = [['method, classes ignored'] + [head for _, head in figures]]
+    for name in [m for m in METHODS if m in block] + ([diff_key] if diff_key in block else []):
+        label = 'MV2D - triangulation (paired)' if name == diff_key else name
+        rows.append([label] + [_cell(block[name], f) for f, _ in figures])
+    return ('Without classes (a finding is found by a box of any class that holds it; '
+            'the figures above are per class, then averaged):\n\n' + markdown_table(rows))
 
 
 def views_detected_table(by_views: Mapping[str, Mapping]) -> str:
