@@ -55,9 +55,8 @@ It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``;
 ``by_views_detected``; with several classes ``class_agnostic``, the same figures with every
 box scored against every finding whatever their classes; under ``run`` the machine, time
-and command), ``benchmark.md`` and
-``froc_<domain>_<split>.png`` (one curve per method) to ``--work-dir`` (default
-``work_dirs/benchmark``) and prints where they are.
+and command), ``benchmark.md`` and ``froc_<domain>_<split>.png`` (one curve per method) to
+``--work-dir`` (default ``work_dirs/benchmark``) and prints where they are.
 """
 import argparse
 import hashlib
@@ -514,7 +513,8 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
                                                      load_gt_cases, load_infos,
                                                      load_predictions, resolve_detections)
     from projects.mv2d_xray.core.io import read_json
-    from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS, class_agnostic
+    from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, DEFAULT_SIZE_BANDS,
+                                                class_agnostic_cases, class_agnostic_preds)
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import group_detections
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (METHODS, PAIR,
                                                                           band_names,
@@ -528,20 +528,20 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
     preds = {method: load_predictions(files[method], len(classes)) for method in METHODS}
     print(f'\n== {name}: bootstrap over {len(cases)} {args.split} cases '
           f'({args.resamples} resamples)', flush=True)
-    settings = dict(pairs=[PAIR], num_resamples=args.resamples, seed=args.seed,
-                    size_bands=tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
-                    + DOMAINS[name].target_bands,
-                    progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
-    boot = bootstrap_metrics(cases, preds, classes, **settings)
+    bootstrap_kwargs = dict(
+        pairs=[PAIR], num_resamples=args.resamples, seed=args.seed,
+        size_bands=tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
+        + DOMAINS[name].target_bands,
+        progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
+    boot = bootstrap_metrics(cases, preds, classes, **bootstrap_kwargs)
     bands = band_names(boot['methods']['mv2d']['result'])
     entry = summarise(boot, bands, read_json(files['metrics_2d']))
     if len(classes) > 1:    # whether the findings are found at all, apart from their names
         print(f'== {name}: the same without classes', flush=True)
-        one_class = {method: class_agnostic(cases, p) for method, p in preds.items()}
-        agnostic_cases, _, agnostic_classes = one_class['mv2d']
         entry['class_agnostic'] = summarise(bootstrap_metrics(
-            agnostic_cases, {method: p for method, (_, p, _) in one_class.items()},
-            agnostic_classes, **settings), bands)
+            class_agnostic_cases(cases),
+            {method: class_agnostic_preds(p) for method, p in preds.items()},
+            CLASS_AGNOSTIC, **bootstrap_kwargs), bands)
     # where the findings are lost: grouped by the views whose 2D detections hold them
     coco = load_coco(files['coco'])
     dets = group_detections(coco, resolve_detections(coco, read_json(files['dets2d'],

@@ -73,7 +73,8 @@ def main():
     from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
                                                      infos_size_bands, load_gt_cases, load_infos,
                                                      load_predictions)
-    from projects.mv2d_xray.core.metric import (DEFAULT_SIZE_BANDS, class_agnostic,
+    from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, DEFAULT_SIZE_BANDS,
+                                                class_agnostic_cases, class_agnostic_preds,
                                                 evaluate_detections, format_table)
     try:
         infos = load_infos(args.gt)
@@ -87,7 +88,8 @@ def main():
         if not cases:
             fail(f'{args.gt} has no cases')
         if args.class_agnostic:
-            cases, preds, classes = class_agnostic(cases, preds)
+            cases, preds = class_agnostic_cases(cases), class_agnostic_preds(preds)
+            classes = CLASS_AGNOSTIC
         result = evaluate_detections(cases, preds, classes, dist_thrs_mm=args.dist_thrs,
                                      iou_thrs=args.iou_thrs, size_bands=bands,
                                      progress=_progress(preds, len(cases)))

@@ -8,7 +8,8 @@ import pytest
 
 from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, FP, TP, CaseGT, CasePred,
                                             aligned_iou_3d, average_precision,
-                                            class_agnostic, evaluate_detections,
+                                            class_agnostic_cases, class_agnostic_preds,
+                                            evaluate_detections,
                                             flatten_metrics, format_table, froc_curve,
                                             markdown_table, match_by_distance, match_by_iou,
                                             sensitivity_at)
@@ -277,9 +278,8 @@ def test_class_agnostic_finds_a_finding_by_a_box_of_any_class():
     per_class = evaluate_detections(gt, pred, classes)
     assert per_class['by_class']['pore']['CPM'] == 0.0
     assert per_class['by_class']['crack']['CPM'] == 1.0
-    cases, preds, names = class_agnostic(gt, pred)
-    assert names == CLASS_AGNOSTIC == ('any class',)
-    result = evaluate_detections(cases, preds, names)
+    cases, preds = class_agnostic_cases(gt), class_agnostic_preds(pred)
+    result = evaluate_detections(cases, preds, CLASS_AGNOSTIC)
     # the pore at 0.9, the FP of 'b' at 0.85 (1 FP in 2 scans: rate 0.5), the crack at 0.8:
     # sensitivity 1/2 at 1/8 and 1/4 FPs per scan, 1 from 1/2 on
     assert result['FROC']['0.25'] == 0.5 and result['FROC']['0.5'] == 1.0

@@ -1,6 +1,7 @@
 """tools/benchmark_detection.py: bad arguments are one line, the training folders, and the
 report's grouping of the findings by the views that detect them (the full run is `make
 benchmark`; its scoring is tested in tests/evaluation/test_benchmark_report.py)."""
+import json
 import os.path as osp
 
 from test_train_test import run_tool
@@ -481,6 +482,7 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
     assert agnostic['mv2d']['CPM'] == 1.0 and agnostic['triangulation']['CPM'] == 1.0
     assert agnostic['mv2d_minus_triangulation']['CPM'] == 0.0
     assert agnostic['mv2d']['by_size']['>=1mm']['CPM'] == 1.0
+    assert json.loads(json.dumps(agnostic)) == agnostic     # plain JSON for benchmark.json
     text = markdown_report(entry, list(entry['mv2d']['by_size']), 'blades, val split', 'val')
     assert 'Without classes' in text
     assert '| MV2D - triangulation (paired) | 0.000 [0.000, 0.000] |' in text
@@ -492,4 +494,7 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
         write_json(files[method], predictions_to_json(
             {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels)
              for t, gt in cases.items()}))
-    assert 'class_agnostic' not in bench.score_domain('chest', files, args)
+    entry = bench.score_domain('chest', files, args)
+    assert 'class_agnostic' not in entry
+    text = markdown_report(entry, list(entry['mv2d']['by_size']), 'chest, val split', 'val')
+    assert 'Without classes' not in text and '| mv2d ' in text

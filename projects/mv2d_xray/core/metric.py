@@ -63,9 +63,12 @@ findings of other sizes become ignore regions for that band (hits on them count 
 way), and every other prediction stays a false positive, so a band's FP rate is the
 detector's whole FP rate. Findings outside every band count only in the overall figures.
 
-**Class-agnostic** (:func:`class_agnostic`): the same figures with every finding and
-every predicted box of one class, so a finding is found by any box that hits it, whatever
-the classes of both: whether the findings are found at all, apart from naming them.
+**Class-agnostic** (:func:`class_agnostic_cases`, :func:`class_agnostic_preds`, class
+names :data:`CLASS_AGNOSTIC`): the same figures with every finding and every predicted box
+of one class, so a finding is hit by a box of any class whose centre lies within its
+radius: whether the findings are found at all, apart from naming them. It is not the
+per-class figures made lenient: the false positives of every class count against one
+FP rate, and findings weigh by their number, not by their class.
 
 **Absent, not zero**: a class or band without ground truth has no figures: ``None``
 (JSON ``null``) in the nested result and no key in :func:`flatten_metrics`; never NaN or 0.
@@ -92,7 +95,7 @@ DEFAULT_SIZE_BANDS = (('3-6mm', 3.0, 6.0), ('6-10mm', 6.0, 10.0), ('>10mm', 10.0
 TP, FP, IGNORED = 1, 0, -1
 
 
-#: The one class of :func:`class_agnostic`'s cases and predictions.
+#: The one class name of the class-agnostic scoring (:func:`class_agnostic_cases`).
 CLASS_AGNOSTIC = ('any class',)
 
 
@@ -719,24 +722,32 @@ def format_table(result: dict) -> str:
     return markdown_table(table1) + '\n\n' + markdown_table(table2)
 
 
-def class_agnostic(cases: Mapping[str, CaseGT], preds: Mapping[str, CasePred]
-                   ) -> Tuple[Dict[str, CaseGT], Dict[str, CasePred], Tuple[str]]:
-    """The cases and predictions with every label 0, and their one class name
-    (:data:`CLASS_AGNOSTIC`), for :func:`evaluate_detections`: each finding is found by
-    any box that hits it. Boxes, scores, ignore flags and diameters are kept; the inputs
-    are not changed.
+def class_agnostic_cases(cases: Mapping[str, CaseGT]) -> Dict[str, CaseGT]:
+    """The cases with every finding of class 0, for scoring with :data:`CLASS_AGNOSTIC`
+    (:func:`class_agnostic_preds` for the predictions). Boxes, ignore flags and diameters
+    are the inputs' arrays (shared, not copied); the inputs are not changed.
 
     Args:
         cases: ``{token: CaseGT}``.
+
+    Returns:
+        dict: ``{token: CaseGT}``, new containers.
+    """
+    return {token: CaseGT(gt.boxes, np.zeros_like(gt.labels), gt.ignore, gt.diameters_mm)
+            for token, gt in cases.items()}
+
+
+def class_agnostic_preds(preds: Mapping[str, CasePred]) -> Dict[str, CasePred]:
+    """The predictions with every box of class 0 (see :func:`class_agnostic_cases`).
+
+    Args:
         preds: ``{token: CasePred}``.
 
     Returns:
-        tuple: ``(cases, preds, classes)``, new objects.
+        dict: ``{token: CasePred}``, new containers sharing boxes and scores.
     """
-    one_class = {token: CaseGT(gt.boxes, np.zeros_like(gt.labels), gt.ignore,
-                               gt.diameters_mm) for token, gt in cases.items()}
-    return one_class, {token: CasePred(p.boxes, p.scores, np.zeros_like(p.labels))
-                       for token, p in preds.items()}, CLASS_AGNOSTIC
+    return {token: CasePred(p.boxes, p.scores, np.zeros_like(p.labels))
+            for token, p in preds.items()}
 
 
 def markdown_table(rows: Sequence[Sequence[str]]) -> str:

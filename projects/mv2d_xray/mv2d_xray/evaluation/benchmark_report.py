@@ -28,6 +28,11 @@ PAIR = ('mv2d', 'triangulation')
 TABLE_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'),
                  ('FROC@8', 'sens@8'), ('AP_dist@2mm', 'AP@2mm'), ('AP_dist@4mm', 'AP@4mm'),
                  ('AP_dist@8mm', 'AP@8mm'), ('centre_error_mm', 'centre err (mm)'))
+#: Columns of the class-agnostic table.
+CLASS_AGNOSTIC_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'),
+                          ('FROC@8', 'sens@8'))
+#: The row name of the paired difference in the tables.
+PAIRED_LABEL = 'MV2D - triangulation (paired)'
 
 
 def _figures(intervals: Mapping[str, dict], suffix: str, bands: Sequence[str]) -> dict:
@@ -83,6 +88,16 @@ def summarise(boot: dict, bands: Sequence[str],
     return entry
 
 
+def _row_names(entry: Mapping) -> List[str]:
+    """The methods of :data:`METHODS` in ``entry``, then the paired difference if there."""
+    diff_key = f'{PAIR[0]}_minus_{PAIR[1]}'
+    return [m for m in METHODS if m in entry] + ([diff_key] if diff_key in entry else [])
+
+
+def _row_label(name: str) -> str:
+    return PAIRED_LABEL if name == f'{PAIR[0]}_minus_{PAIR[1]}' else name
+
+
 def _cell(block: Mapping, figure: str) -> str:
     if block.get(figure) is None:
         return '-'
@@ -94,15 +109,13 @@ def markdown_report(entry: Mapping, bands: Sequence[str], title: str,
                     split: str = 'test') -> str:
     """The split's entry as markdown: the methods overall, then per size band, then the
     paired difference; each cell ``value [95 % CI]``."""
-    names = [m for m in METHODS if m in entry]
-    diff_key = f'{PAIR[0]}_minus_{PAIR[1]}'
     header = ['method', 'band'] + [head for _, head in TABLE_FIGURES]
     rows: List[List[str]] = [header]
     for band in [None] + list(bands):
-        for name in names + ([diff_key] if diff_key in entry else []):
+        for name in _row_names(entry):
             block = entry[name] if band is None else entry[name]['by_size'].get(band, {})
-            label = 'MV2D - triangulation (paired)' if name == diff_key else name
-            rows.append([label, band or 'all'] + [_cell(block, f) for f, _ in TABLE_FIGURES])
+            rows.append([_row_label(name), band or 'all']
+                        + [_cell(block, f) for f, _ in TABLE_FIGURES])
     lines = [f'### {title}', '', markdown_table(rows), '']
     settings = entry.get('bootstrap', {})
     if settings:
@@ -125,16 +138,16 @@ def markdown_report(entry: Mapping, bands: Sequence[str], title: str,
 
 def class_agnostic_table(block: Mapping) -> str:
     """The ``class_agnostic`` block (a :func:`summarise` of the methods scored with every
-    box against every finding, :func:`~projects.mv2d_xray.core.metric.class_agnostic`) as
-    a markdown table of the overall figures, each ``value [95 % CI]``."""
-    diff_key = f'{PAIR[0]}_minus_{PAIR[1]}'
-    figures = TABLE_FIGURES[:4]
-    rows: List[List[str]] = [['method, classes ignored'] + [head for _, head in figures]]
-    for name in [m for m in METHODS if m in block] + ([diff_key] if diff_key in block else []):
-        label = 'MV2D - triangulation (paired)' if name == diff_key else name
-        rows.append([label] + [_cell(block[name], f) for f, _ in figures])
-    return ('Without classes (a finding is found by a box of any class that holds it; '
-            'the figures above are per class, then averaged):\n\n' + markdown_table(rows))
+    box against every finding: :func:`~projects.mv2d_xray.core.metric.class_agnostic_cases`)
+    as a markdown table of the overall figures, each ``value [95 % CI]``."""
+    rows: List[List[str]] = [['method, classes ignored']
+                             + [head for _, head in CLASS_AGNOSTIC_FIGURES]]
+    for name in _row_names(block):
+        rows.append([_row_label(name)]
+                    + [_cell(block[name], f) for f, _ in CLASS_AGNOSTIC_FIGURES])
+    return ('Without classes (a finding is hit by a box of any class whose centre lies within '
+            'its radius; the figures above are per class, then averaged):\n\n'
+            + markdown_table(rows))
 
 
 def views_detected_table(by_views: Mapping[str, Mapping]) -> str:
