@@ -42,8 +42,20 @@ model = dict(
     freeze_base_detector=False,
     # View probes (README "The model"), trained without GT boxes for the views the 2D stage
     # missed, so true findings get probes in training as at test time.
-    roi_head=dict(view_probes=True),
-    train_cfg=dict(complement_2d_gt=-1),
+    roi_head=dict(
+        view_probes=True,
+        # The original MV2D's 3D loss weights, focal 2.0 and L1 0.25, instead of the paper's
+        # 0.25 and 1.0 (the Hungarian costs mirror them; forty-first session, README blades
+        # ablations `cls2`, `seed2-cls2`): the test step takes the centres from the
+        # triangulated priors and the 2D detections, so the classes matter more than the
+        # regression. Val, MV2D retrained from two 2D stages: +0.018 and +0.022, the mean
+        # of the two paired differences +0.020 [0.005, 0.047].
+        bbox_head=dict(loss_cls=dict(loss_weight=2.0), loss_bbox=dict(loss_weight=0.25))),
+    train_cfg=dict(
+        complement_2d_gt=-1,
+        rcnn=dict(assigner=dict(match_costs=[
+            dict(type='mmdet.FocalLossCost', weight=2.0),
+            dict(type='MV2DXrayBBox3DL1Cost', weight=0.25)]))),
     # Test step, chosen on val (README "The held-out benchmark", blades ablations): 20 2D
     # detections per view (10 in training; at 10 every view was full); centres on the
     # queries' valid triangulated priors, then re-triangulated from the supporting 2D
