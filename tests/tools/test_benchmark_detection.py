@@ -404,18 +404,43 @@ def test_a_training_is_reused_only_with_the_same_training_settings(tmp_path, cap
     assert 'its settings were not recorded' in capsys.readouterr().out
 
 
+def _exact_predictions(infos: str) -> dict:
+    """``{token: CasePred}``: every finding of ``infos`` at its own box and class, 0.9."""
+    from projects.mv2d_xray.core.data_format import CasePred, load_gt_cases
+    cases, _ = load_gt_cases(infos)
+    return {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels) for t, gt in cases.items()}
+
+
+def _scored(tmp_path, domain: str, data: dict, dets: list, preds_by_method: dict) -> dict:
+    """Step 5 (``score_domain``) of ``domain`` on the fake build ``data`` with the 2D
+    detections ``dets`` and each method's ``{token: CasePred}``, 10 resamples; the files
+    go to a fresh folder under ``tmp_path``."""
+    from projects.mv2d_xray.core.data_format import predictions_to_json
+    from projects.mv2d_xray.core.io import write_json
+    bench = _benchmark_module()
+    root = tmp_path / f'scored-{len(list(tmp_path.glob("scored-*")))}'
+    (root / 'work').mkdir(parents=True)
+    files = dict(infos=data['infos'], coco=data['coco'], dets2d=str(root / 'dets2d.json'),
+                 metrics_2d=str(root / 'm2d.json'))
+    write_json(files['dets2d'], dets)
+    write_json(files['metrics_2d'], {'overall': {'AP': 0.5}})
+    for method, preds in preds_by_method.items():
+        files[method] = str(root / f'{method}.json')
+        write_json(files[method], predictions_to_json(preds))
+    args = bench.parse_args(['--split', 'val', '--resamples', '10', '--work-dir',
+                             str(root / 'work')])
+    return bench.score_domain(domain, files, args)
+
+
 def test_the_report_groups_the_findings_by_the_views_that_detect_them(tmp_path):
     """Step 5 on the evaluation fake set: the exact 2D boxes as the 2D detections, except
     every box of one finding; ``by_views_detected`` puts that finding in group '0' and the
     others in '3+' (10 views), and scores each method there."""
     from eval_fake_data import write_eval_dataset
 
-    from projects.mv2d_xray.core.data_format import (CasePred, load_gt_cases,
-                                                     predictions_to_json)
-    from projects.mv2d_xray.core.io import read_json, write_json
+    from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import \
         coco_annotations_as_detections
-    bench = _benchmark_module()
     data = write_eval_dataset(str(tmp_path / 'data'))
     coco = read_json(data['coco'])
     lost = [a['id'] for a in coco['annotations']
@@ -424,21 +449,9 @@ def test_the_report_groups_the_findings_by_the_views_that_detect_them(tmp_path):
     assert len(lost) == 10
     kept = [a for a in coco['annotations'] if a['id'] not in lost]
     dets = coco_annotations_as_detections(dict(coco, annotations=kept), include_crowd=False)
-    files = dict(infos=data['infos'], coco=data['coco'],
-                 dets2d=str(tmp_path / 'dets2d.json'), metrics_2d=str(tmp_path / 'm2d.json'))
-    write_json(files['dets2d'], dets)
-    write_json(files['metrics_2d'], {'overall': {'AP': 0.5}})
-    cases, _ = load_gt_cases(data['infos'])
-    everything = {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels)
-                  for t, gt in cases.items()}
-    for method in ('mv2d', 'triangulation', 'triangulation_gt2d'):
-        files[method] = str(tmp_path / f'{method}.json')
-        write_json(files[method],
-                   predictions_to_json(everything if method != 'triangulation' else {}))
-    args = bench.parse_args(['--split', 'val', '--resamples', '10', '--work-dir',
-                             str(tmp_path / 'work')])
-    (tmp_path / 'work').mkdir()
-    entry = bench.score_domain('chest', files, args)
+    everything = _exact_predictions(data['infos'])
+    entry = _scored(tmp_path, 'chest', data, dets, dict(mv2d=everything, triangulation={},
+                                                      triangulation_gt2d=everything))
     groups = entry['by_views_detected']['groups']
     assert {g: block['findings'] for g, block in groups.items()} == \
         {'0': 1, '1': 0, '2': 0, '3+': 3}
@@ -452,31 +465,18 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
     paired difference is 0; a build of one class has no such block."""
     from eval_fake_data import write_eval_dataset
 
-    from projects.mv2d_xray.core.data_format import (CasePred, load_gt_cases,
-                                                     predictions_to_json)
-    from projects.mv2d_xray.core.io import read_json, write_json
+    from projects.mv2d_xray.core.data_format import CasePred
+    from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import \
         coco_annotations_as_detections
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
-    bench = _benchmark_module()
     data = write_eval_dataset(str(tmp_path / 'data'), classes=('pore', 'crack'))
-    files = dict(infos=data['infos'], coco=data['coco'],
-                 dets2d=str(tmp_path / 'dets2d.json'), metrics_2d=str(tmp_path / 'm2d.json'))
-    write_json(files['dets2d'], coco_annotations_as_detections(read_json(data['coco']),
-                                                               include_crowd=False))
-    write_json(files['metrics_2d'], {'overall': {'AP': 0.5}})
-    cases, _ = load_gt_cases(data['infos'])
-    assert all((gt.labels == 0).all() for gt in cases.values())
-    right = {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels) for t, gt in cases.items()}
+    dets = coco_annotations_as_detections(read_json(data['coco']), include_crowd=False)
+    right = _exact_predictions(data['infos'])
+    assert all((p.labels == 0).all() for p in right.values())
     wrong = {t: CasePred(p.boxes, p.scores, 1 - p.labels) for t, p in right.items()}
-    for method, preds in (('mv2d', wrong), ('triangulation', right),
-                          ('triangulation_gt2d', right)):
-        files[method] = str(tmp_path / f'{method}.json')
-        write_json(files[method], predictions_to_json(preds))
-    args = bench.parse_args(['--split', 'val', '--resamples', '10', '--work-dir',
-                             str(tmp_path / 'work')])
-    (tmp_path / 'work').mkdir()
-    entry = bench.score_domain('blades', files, args)
+    entry = _scored(tmp_path, 'blades', data, dets,
+                    dict(mv2d=wrong, triangulation=right, triangulation_gt2d=right))
     assert entry['mv2d']['CPM'] == 0.0 and entry['triangulation']['CPM'] == 1.0
     agnostic = entry['class_agnostic']
     assert agnostic['mv2d']['CPM'] == 1.0 and agnostic['triangulation']['CPM'] == 1.0
@@ -488,13 +488,10 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
     assert '| MV2D - triangulation (paired) | 0.000 [0.000, 0.000] |' in text
     # one class: nothing to add
     one = write_eval_dataset(str(tmp_path / 'one'))
-    files.update(infos=one['infos'], coco=one['coco'])
-    cases, _ = load_gt_cases(one['infos'])
-    for method in ('mv2d', 'triangulation', 'triangulation_gt2d'):
-        write_json(files[method], predictions_to_json(
-            {t: CasePred(gt.boxes, [0.9] * len(gt.boxes), gt.labels)
-             for t, gt in cases.items()}))
-    entry = bench.score_domain('chest', files, args)
+    exact = _exact_predictions(one['infos'])
+    one_dets = coco_annotations_as_detections(read_json(one['coco']), include_crowd=False)
+    entry = _scored(tmp_path, 'chest', one, one_dets,
+                    dict(mv2d=exact, triangulation=exact, triangulation_gt2d=exact))
     assert 'class_agnostic' not in entry
     text = markdown_report(entry, list(entry['mv2d']['by_size']), 'chest, val split', 'val')
     assert 'Without classes' not in text and '| mv2d ' in text

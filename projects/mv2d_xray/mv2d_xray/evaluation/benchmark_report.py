@@ -24,6 +24,8 @@ from projects.mv2d_xray.core.metric import markdown_table
 METHODS = ('mv2d', 'triangulation', 'triangulation_gt2d')
 #: The paired comparison the benchmark exists for.
 PAIR = ('mv2d', 'triangulation')
+#: Its key in ``benchmark.json`` (``mv2d_minus_triangulation``).
+DIFF_KEY = f'{PAIR[0]}_minus_{PAIR[1]}'
 #: Columns of the markdown tables: ``(figure, heading)``.
 TABLE_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'),
                  ('FROC@8', 'sens@8'), ('AP_dist@2mm', 'AP@2mm'), ('AP_dist@4mm', 'AP@4mm'),
@@ -81,7 +83,7 @@ def summarise(boot: dict, bands: Sequence[str],
              for name, method in boot['methods'].items()}
     diff = boot['differences'].get(f'{PAIR[0]} - {PAIR[1]}')
     if diff is not None:
-        entry[f'{PAIR[0]}_minus_{PAIR[1]}'] = _grouped(diff, bands)
+        entry[DIFF_KEY] = _grouped(diff, bands)
     if metrics_2d is not None:
         entry['2d_stage'] = dict(metrics_2d.get('overall', metrics_2d))
     entry['bootstrap'] = dict(boot['settings'])
@@ -90,12 +92,11 @@ def summarise(boot: dict, bands: Sequence[str],
 
 def _row_names(entry: Mapping) -> List[str]:
     """The methods of :data:`METHODS` in ``entry``, then the paired difference if there."""
-    diff_key = f'{PAIR[0]}_minus_{PAIR[1]}'
-    return [m for m in METHODS if m in entry] + ([diff_key] if diff_key in entry else [])
+    return [m for m in METHODS if m in entry] + ([DIFF_KEY] if DIFF_KEY in entry else [])
 
 
 def _row_label(name: str) -> str:
-    return PAIRED_LABEL if name == f'{PAIR[0]}_minus_{PAIR[1]}' else name
+    return PAIRED_LABEL if name == DIFF_KEY else name
 
 
 def _cell(block: Mapping, figure: str) -> str:
@@ -191,7 +192,7 @@ def band_names(result: Mapping) -> List[str]:
 def verdict(entry: Mapping) -> Dict[str, object]:
     """Whether MV2D beats triangulation on CPM: the paired difference and whether its
     interval excludes 0 (``'mv2d'``, ``'triangulation'`` or ``'undecided'``)."""
-    diff = entry.get(f'{PAIR[0]}_minus_{PAIR[1]}', {})
+    diff = entry.get(DIFF_KEY, {})
     value, ci = diff.get('CPM'), diff.get('CPM_ci')
     if value is None or ci is None:
         return dict(winner='undecided', CPM_difference=value, CPM_difference_ci=ci)
