@@ -7,12 +7,14 @@ import pytest
 import torch
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import LiDARInstance3DBoxes
-from mmdet.structures.bbox import bbox2roi
+from mmdet.structures.bbox import bbox2roi, bbox_overlaps
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
 from mv2d_test_utils import PC_RANGE, make_batch, tiny_mv2d_config
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
+from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
 
 init_default_scope('mmdet3d')
 MMLogger.get_current_instance().setLevel(logging.WARNING)
@@ -135,7 +137,6 @@ def test_view_support_rescores_the_3d_boxes(rule):
     decreasing order; weight 0 gives back the decoder's scores; a misspelled key stops
     the build."""
     from projects.mv2d_xray.mv2d_xray.models import view_support
-    from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
     torch.set_num_threads(1)
     num_views = 4
     batch = make_batch(num_views, [2], seed=5)
@@ -233,7 +234,6 @@ def test_objectness_support_weighs_the_view_support_scores():
     model computes the maps of every level it reads, in the detections' RPN pass; a level
     the RPN lacks and a misspelled key stop the build."""
     from projects.mv2d_xray.mv2d_xray.models import objectness_support_by_size
-    from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
     torch.set_num_threads(1)
     num_views = 4
     batch = make_batch(num_views, [2, 1], seed=5)
@@ -506,3 +506,102 @@ def test_tensor_mode_returns_every_layer():
         cls_scores, codes = model(**data, mode='tensor')
     assert cls_scores.shape[0] == codes.shape[0] == 6
     assert codes.shape[-1] == 6 and cls_scores.shape[-1] == 1
+
+
+def _flip_by_hand(boxes, height, width, direction):
+    """Boxes ``(K, 4)`` of a view of ``height x width`` px mirrored, written out."""
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    if direction in ('horizontal', 'diagonal'):
+        x1, x2 = width - x2, width - x1
+    if direction in ('vertical', 'diagonal'):
+        y1, y2 = height - y2, height - y1
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+@pytest.mark.parametrize('direction', ['horizontal', 'vertical', 'diagonal'])
+def test_flipped_views_detect_in_the_unflipped_frame(direction):
+    """``detect_2d_flipped`` of views mirrored by hand finds the unmirrored views' own
+    detections, mirrored back into the frame it was given: same scores and labels, boxes
+    at ``W - x`` / ``H - y``."""
+    torch.set_num_threads(1)
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg']['detection_proposal']['score_thr'] = 0.0
+    model = _build(cfg)
+    model.eval()
+    data = model.data_preprocessor(make_batch(3, [2]), False)
+    imgs = data['inputs']['imgs']
+    height, width = imgs.shape[-2:]
+    views = model.view_samples(data['data_samples'], imgs.shape[1], False)
+    proposal = model.test_cfg['detection_proposal']
+    dims = dict(horizontal=(-1, ), vertical=(-2, ), diagonal=(-2, -1))[direction]
+    with torch.no_grad():
+        plain = model.detect_2d(model.extract_feat(imgs), views, proposal)
+        mirrored = model.detect_2d_flipped(imgs.flip(dims), views, proposal, direction)
+    assert sum(len(d) for d in plain) > 0
+    for det, mirror in zip(plain, mirrored):
+        assert torch.equal(det.scores, mirror.scores) and torch.equal(det.labels, mirror.labels)
+        assert torch.allclose(_flip_by_hand(det.bboxes, height, width, direction),
+                              mirror.bboxes, atol=1e-4)
+
+
+def test_merge_detections_pools_the_passes_as_one_pass():
+    """Per view: a box of the second pass overlapping a better one of the first (IoU
+    0.82 > the NMS's 0.6) goes, a box elsewhere stays, ranked by score; ``max_per_img``
+    cuts the rest; a view without detections in any pass stays empty."""
+    from projects.mv2d_xray.mv2d_xray.models.mv2d import MV2DXray
+
+    def dets(boxes, scores, labels):
+        return InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                            scores=torch.tensor(scores), labels=torch.tensor(labels).long())
+
+    empty = dets([], [], [])
+    first = [dets([[0, 0, 10, 10]], [0.9], [0]), empty]
+    second = [dets([[1, 0, 11, 10], [50, 50, 60, 60]], [0.8, 0.95], [0, 1]), empty]
+    cfg = dict(nms=dict(type='nms', iou_threshold=0.6, class_agnostic=True), max_per_img=5)
+    view0, view1 = MV2DXray.merge_detections([first, second], cfg)
+    assert view0.bboxes.tolist() == [[50, 50, 60, 60], [0, 0, 10, 10]]
+    assert torch.allclose(view0.scores, torch.tensor([0.95, 0.9]))
+    assert view0.labels.tolist() == [1, 0] and len(view1) == 0
+    (top, ), = [MV2DXray.merge_detections([first[:1], second[:1]], dict(cfg, max_per_img=1))]
+    assert top.bboxes.tolist() == [[50, 50, 60, 60]]
+
+
+def test_flip_directions_end_to_end_and_checked():
+    """``detection_proposal.flip_directions`` in the test step: every view's 2D
+    detections are at most ``max_per_img``, and each detection of the unflipped pass is
+    kept, overlaps a kept one by more than the NMS threshold, or was cut by
+    ``max_per_img`` from a full view (scoring no higher than its last); a direction mmdet
+    does not
+    name, or the key in ``train_cfg``, stops the build with one line."""
+    torch.set_num_threads(1)
+    batch = make_batch(3, [2, 1], seed=4)
+    outputs = {}
+    for flips in ((), ('horizontal', 'vertical')):
+        cfg = tiny_mv2d_config()
+        if flips:
+            cfg['test_cfg']['detection_proposal']['flip_directions'] = flips
+        model = _build(cfg)
+        model.eval()
+        with torch.no_grad():
+            outputs[flips] = model(**model.data_preprocessor(copy.deepcopy(batch), False),
+                                   mode='predict')
+    proposal = cfg['test_cfg']['detection_proposal']
+    for plain, flipped in zip(outputs[()], outputs[('horizontal', 'vertical')]):
+        assert len(flipped.pred_instances_3d.scores_3d) > 0
+        for view in range(3):
+            kept = flipped.pred_instances[flipped.pred_instances.view_ids == view]
+            own = plain.pred_instances[plain.pred_instances.view_ids == view]
+            assert len(kept) <= proposal['max_per_img']
+            if len(own) and len(kept):
+                overlap = bbox_overlaps(own.bboxes, kept.bboxes).amax(dim=1)
+                cut = (own.scores <= kept.scores.min()) & (len(kept) == proposal['max_per_img'])
+                assert ((overlap > proposal['nms']['iou_threshold'] - 1e-6) | cut).all()
+    cfg = tiny_mv2d_config()
+    cfg['test_cfg']['detection_proposal']['flip_directions'] = ['sideways']
+    with pytest.raises(XrayConfigError, match="'sideways' is not a flip direction"):
+        _build(cfg)
+    cfg = tiny_mv2d_config()
+    cfg['train_cfg']['detection_proposal'] = dict(
+        cfg['train_cfg'].get('detection_proposal', {}), flip_directions=['horizontal'])
+    with pytest.raises(XrayConfigError, match="train_cfg.detection_proposal has no key"):
+        _build(cfg)

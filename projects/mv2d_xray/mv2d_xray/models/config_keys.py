@@ -6,6 +6,11 @@ from typing import Iterable, Mapping, Optional
 #: ``detection_proposal``: the R-CNN test settings of the detections that become queries
 #: (mmdet's ``predict_by_feat``) and ``min_bbox_size`` (:meth:`MV2DXray.detect_2d`).
 DETECTION_PROPOSAL_KEYS = ('score_thr', 'nms', 'max_per_img', 'min_bbox_size')
+#: ``model.test_cfg.detection_proposal``: the keys above and ``flip_directions`` (the views
+#: also detected flipped, :meth:`MV2DXray.detect_2d_flipped`; at test time only).
+TEST_DETECTION_PROPOSAL_KEYS = DETECTION_PROPOSAL_KEYS + ('flip_directions', )
+#: the values of ``flip_directions``: mmdet's flip directions (``bbox_flip``).
+FLIP_DIRECTIONS = ('horizontal', 'vertical', 'diagonal')
 #: ``model.train_cfg`` of :class:`MV2DXray`.
 MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn')
 #: ``model.test_cfg`` of :class:`MV2DXray`.

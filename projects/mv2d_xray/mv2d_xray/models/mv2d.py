@@ -23,17 +23,18 @@ Losses (the paper's ``L = L_2D + 0.1 L_3D``):
   costs that mirror them (``FocalLossCost`` 0.25, ``MV2DXrayBBox3DL1Cost`` 1.0); the
   head's defaults are those of MV2D's configs (``w_cls = 2.0``, ``w_reg = 0.25``).
 
-Inference: the last layer's queries are decoded NMS-free, then ``test_cfg.rcnn``
-optionally holds the centres near the queries' priors (``refine_radius_mm``),
-re-triangulates them from the supporting 2D detections of their class
-(``refine_to_detections``), moves a box no second view's detection confirms along its
-ray to where the RPN's objectness of every view peaks (``objectness_support.
+Inference: the 2D detections may pool the views' passes as they are and flipped
+(``test_cfg.detection_proposal.flip_directions``, :meth:`detect_2d_flipped`, then one
+NMS: :meth:`merge_detections`); the last layer's queries are decoded NMS-free, then
+``test_cfg.rcnn`` optionally holds the centres near the queries' priors
+(``refine_radius_mm``), re-triangulates them from the supporting 2D detections of their
+class (``refine_to_detections``), moves a box no second view's detection confirms along
+its ray to where the RPN's objectness of every view peaks (``objectness_support.
 search_depths``), rescores by the views' 2D support (``view_support``: by their
 detections) and by the RPN's objectness in every view (``objectness_support``,
-:meth:`objectness_maps`), keeps
-the scores above ``score_thr``, suppresses the duplicates of a finding coming from
-different views by centre distance (``nms``, see :func:`centre_distance_nms`) and keeps
-the best ``max_per_scene``.
+:meth:`objectness_maps`), keeps the scores above ``score_thr``, suppresses the
+duplicates of a finding coming from different views by centre distance (``nms``, see
+:func:`centre_distance_nms`) and keeps the best ``max_per_scene``.
 
 Explanations: ``predict(..., explain=True)`` (or ``model(**data, mode='predict',
 explain=True)``) returns the same predictions and attaches to every sample
@@ -50,20 +51,17 @@ from mmdet3d.models.detectors import Base3DDetector
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from mmdet.structures import DetDataSample
-from mmdet.structures.bbox import bbox2roi, bbox_overlaps
+from mmcv.ops import batched_nms
+from mmdet.structures.bbox import bbox2roi, bbox_flip, bbox_overlaps
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
-                                                             DETECTION_PROPOSAL_KEYS,
-                                                             MV2D_TEST_CFG_KEYS,
-                                                             MV2D_TRAIN_CFG_KEYS,
-                                                             OBJECTNESS_SUPPORT_KEYS,
-                                                             RCNN_TEST_CFG_KEYS,
-                                                             RCNN_TRAIN_CFG_KEYS,
-                                                             REFINE_TO_DETECTIONS_KEYS,
-                                                             VIEW_SUPPORT_KEYS, check_keys)
+from projects.mv2d_xray.mv2d_xray.models.config_keys import (
+    CENTRE_NMS_KEYS, DETECTION_PROPOSAL_KEYS, FLIP_DIRECTIONS, MV2D_TEST_CFG_KEYS,
+    MV2D_TRAIN_CFG_KEYS, OBJECTNESS_SUPPORT_KEYS, RCNN_TEST_CFG_KEYS, RCNN_TRAIN_CFG_KEYS,
+    REFINE_TO_DETECTIONS_KEYS, TEST_DETECTION_PROPOSAL_KEYS, VIEW_SUPPORT_KEYS,
+    XrayConfigError, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 from projects.mv2d_xray.mv2d_xray.models.post_processing import ObjectnessMaps
 
@@ -99,7 +97,10 @@ class MV2DXray(Base3DDetector):
             plus ``min_bbox_size`` in px), ``complement_2d_gt`` (IoU below which a
             GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
             head's ``assigner`` and ``stage_loss_weights``).
-        test_cfg (dict): ``detection_proposal`` (as above) and ``rcnn``
+        test_cfg (dict): ``detection_proposal`` (as above, plus ``flip_directions``:
+            mmdet's ``'horizontal'`` / ``'vertical'`` / ``'diagonal'``, each an extra
+            pass of the 2D stage over the flipped views, pooled with the plain pass by
+            the same NMS and ``max_per_img``; none by default) and ``rcnn``
             (``refine_radius_mm``, ``refine_to_detections``, ``view_support``,
             ``score_thr``, ``nms``, ``max_per_scene``: see :class:`MV2DXrayRoIHead`).
         data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
@@ -143,9 +144,16 @@ class MV2DXray(Base3DDetector):
         and ``rcnn``) that this model does not read is an :class:`XrayConfigError`."""
         check_keys(self.train_cfg, MV2D_TRAIN_CFG_KEYS, 'model.train_cfg')
         check_keys(self.test_cfg, MV2D_TEST_CFG_KEYS, 'model.test_cfg')
-        for name, cfg in (('train_cfg', self.train_cfg), ('test_cfg', self.test_cfg)):
-            check_keys(cfg.get('detection_proposal'), DETECTION_PROPOSAL_KEYS,
-                       f'model.{name}.detection_proposal')
+        check_keys(self.train_cfg.get('detection_proposal'), DETECTION_PROPOSAL_KEYS,
+                   'model.train_cfg.detection_proposal')
+        proposal_test = self.test_cfg.get('detection_proposal')
+        check_keys(proposal_test, TEST_DETECTION_PROPOSAL_KEYS,
+                   'model.test_cfg.detection_proposal')
+        for direction in (proposal_test or dict()).get('flip_directions', ()):
+            if direction not in FLIP_DIRECTIONS:
+                raise XrayConfigError(
+                    f'model.test_cfg.detection_proposal.flip_directions: {direction!r} is '
+                    f'not a flip direction ({", ".join(FLIP_DIRECTIONS)})')
         check_keys(self.train_cfg.get('rcnn'), RCNN_TRAIN_CFG_KEYS, 'model.train_cfg.rcnn')
         check_keys(self.test_cfg.get('rcnn'), RCNN_TEST_CFG_KEYS, 'model.test_cfg.rcnn')
         rcnn_test = self.test_cfg.get('rcnn') or dict()
@@ -231,6 +239,59 @@ class MV2DXray(Base3DDetector):
                 size = det.bboxes[:, 2:4] - det.bboxes[:, 0:2]
                 dets[i] = det[(size >= min_size).all(dim=1)]
         return dets
+
+    @torch.no_grad()
+    def detect_2d_flipped(self, imgs: Tensor, view_samples: List[DetDataSample], cfg: dict,
+                          direction: str) -> List[InstanceData]:
+        """Per-view detections of the views flipped in ``direction`` (a test-time
+        augmentation, ``detection_proposal.flip_directions``), as :meth:`detect_2d`'s.
+
+        Args:
+            imgs (Tensor): ``(B, V, 3, H, W)`` network input; each view is flipped within
+                its ``img_shape`` (padding stays where it is), so the flipped view has the
+                same frame.
+            view_samples (list[DetDataSample]): :meth:`view_samples` (one per view).
+            cfg (dict): a ``detection_proposal`` config.
+            direction (str): ``'horizontal'`` (x), ``'vertical'`` (y) or ``'diagonal'``
+                (both; mmdet's ``bbox_flip`` names).
+
+        Returns:
+            list[InstanceData]: per view ``bboxes`` ``(K, 4)`` mapped back into the
+            unflipped view's img px, ``scores``, ``labels``.
+        """
+        height, width = view_samples[0].metainfo['img_shape']
+        dims = dict(horizontal=(-1, ), vertical=(-2, ), diagonal=(-2, -1))[direction]
+        flipped = imgs.clone()
+        flipped[..., :height, :width] = imgs[..., :height, :width].flip(dims)
+        dets = self.detect_2d(self.extract_feat(flipped), view_samples, cfg)
+        for det in dets:
+            det.bboxes = bbox_flip(det.bboxes, (height, width), direction)
+        return dets
+
+    @staticmethod
+    def merge_detections(passes: Sequence[List[InstanceData]], cfg: dict
+                         ) -> List[InstanceData]:
+        """Per view, the detections of several passes (the views as they are and
+        flipped) pooled and cut down as one pass's are: ``cfg['nms']`` (mmcv's
+        ``batched_nms``, per class unless the config says ``class_agnostic``), then the
+        ``max_per_img`` best.
+
+        Args:
+            passes (Sequence[list[InstanceData]]): per pass, per view ``bboxes``
+                ``(K, 4)`` img px, ``scores`` ``(K,)``, ``labels`` ``(K,)``.
+            cfg (dict): a ``detection_proposal`` config.
+
+        Returns:
+            list[InstanceData]: per view, ranked by decreasing score.
+        """
+        merged = []
+        for views in zip(*passes):
+            dets = InstanceData.cat(list(views))
+            if len(dets):
+                _, keep = batched_nms(dets.bboxes, dets.scores, dets.labels, cfg['nms'])
+                dets = dets[keep[:cfg['max_per_img']]]
+            merged.append(dets)
+        return merged
 
     def objectness_maps(self, rpn_cls_scores: Sequence[Tensor],
                         level: int) -> ObjectnessMaps:
@@ -410,8 +471,13 @@ class MV2DXray(Base3DDetector):
         if levels:
             with torch.no_grad():
                 rpn_outs = self.base_detector.rpn_head(feats)
-        dets = self.detect_2d(feats, view_samples,
-                              self.test_cfg['detection_proposal'], rpn_outs=rpn_outs)
+        proposal_cfg = self.test_cfg['detection_proposal']
+        dets = self.detect_2d(feats, view_samples, proposal_cfg, rpn_outs=rpn_outs)
+        flips = proposal_cfg.get('flip_directions', ())
+        if flips:
+            dets = self.merge_detections(
+                [dets] + [self.detect_2d_flipped(imgs, view_samples, proposal_cfg, direction)
+                          for direction in flips], proposal_cfg)
         explanations = [[] for _ in batch_data_samples]
         if self.roi_head is None:  # 2D stage only: no 3D boxes
             results_3d = [
