@@ -7,11 +7,11 @@ import pytest
 import torch
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import LiDARInstance3DBoxes
-from mmdet.structures.bbox import bbox2roi, bbox_overlaps
+from mmdet.structures.bbox import bbox2roi
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
-from mv2d_test_utils import PC_RANGE, make_batch, tiny_mv2d_config
+from mv2d_test_utils import PC_RANGE, make_batch, make_geometry, tiny_mv2d_config
 
 import projects.mv2d_xray.mv2d_xray  # noqa: F401  (registers the modules)
 from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
@@ -520,34 +520,42 @@ def _flip_by_hand(boxes, height, width, direction):
 
 @pytest.mark.parametrize('direction', ['horizontal', 'vertical', 'diagonal'])
 def test_flipped_views_detect_in_the_unflipped_frame(direction):
-    """``detect_2d_flipped`` of views mirrored by hand finds the unmirrored views' own
-    detections, mirrored back into the frame it was given: same scores and labels, boxes
-    at ``W - x`` / ``H - y``."""
+    """``detect_2d_flipped`` of views of 40 x 72 px (padded to 64 x 96) whose image
+    region was mirrored by hand finds the unmirrored views' own detections, mirrored back
+    into the frame it was given: same scores and labels, boxes at ``72 - x`` /
+    ``40 - y`` (the image's size, not the padded tensor's)."""
     torch.set_num_threads(1)
     cfg = tiny_mv2d_config()
     cfg['test_cfg']['detection_proposal']['score_thr'] = 0.0
     model = _build(cfg)
     model.eval()
-    data = model.data_preprocessor(make_batch(3, [2]), False)
+    batch = make_batch(3, [2], geometry=make_geometry(3, image_size=(40, 72)))
+    data = model.data_preprocessor(batch, False)
     imgs = data['inputs']['imgs']
-    height, width = imgs.shape[-2:]
+    assert imgs.shape[-2:] == (64, 96)
     views = model.view_samples(data['data_samples'], imgs.shape[1], False)
+    assert views[0].metainfo['img_shape'] == (40, 72)
+    mirrored_imgs = imgs.clone()
+    if direction in ('horizontal', 'diagonal'):
+        mirrored_imgs[..., :40, :72] = mirrored_imgs[..., :40, :72].flip(-1)
+    if direction in ('vertical', 'diagonal'):
+        mirrored_imgs[..., :40, :72] = mirrored_imgs[..., :40, :72].flip(-2)
     proposal = model.test_cfg['detection_proposal']
-    dims = dict(horizontal=(-1, ), vertical=(-2, ), diagonal=(-2, -1))[direction]
     with torch.no_grad():
         plain = model.detect_2d(model.extract_feat(imgs), views, proposal)
-        mirrored = model.detect_2d_flipped(imgs.flip(dims), views, proposal, direction)
+        mirrored = model.detect_2d_flipped(mirrored_imgs, views, proposal, direction)
     assert sum(len(d) for d in plain) > 0
     for det, mirror in zip(plain, mirrored):
         assert torch.equal(det.scores, mirror.scores) and torch.equal(det.labels, mirror.labels)
-        assert torch.allclose(_flip_by_hand(det.bboxes, height, width, direction),
-                              mirror.bboxes, atol=1e-4)
+        assert torch.allclose(_flip_by_hand(det.bboxes, 40, 72, direction), mirror.bboxes,
+                              atol=1e-4)
 
 
 def test_merge_detections_pools_the_passes_as_one_pass():
     """Per view: a box of the second pass overlapping a better one of the first (IoU
     0.82 > the NMS's 0.6) goes, a box elsewhere stays, ranked by score; ``max_per_img``
-    cuts the rest; a view without detections in any pass stays empty."""
+    cuts the rest (not at all when not positive); boxes of different classes suppress
+    each other only with ``class_agnostic``; a view without detections stays empty."""
     from projects.mv2d_xray.mv2d_xray.models.mv2d import MV2DXray
 
     def dets(boxes, scores, labels):
@@ -562,44 +570,59 @@ def test_merge_detections_pools_the_passes_as_one_pass():
     assert view0.bboxes.tolist() == [[50, 50, 60, 60], [0, 0, 10, 10]]
     assert torch.allclose(view0.scores, torch.tensor([0.95, 0.9]))
     assert view0.labels.tolist() == [1, 0] and len(view1) == 0
-    (top, ), = [MV2DXray.merge_detections([first[:1], second[:1]], dict(cfg, max_per_img=1))]
+    top, = MV2DXray.merge_detections([first[:1], second[:1]], dict(cfg, max_per_img=1))
     assert top.bboxes.tolist() == [[50, 50, 60, 60]]
+    every, = MV2DXray.merge_detections([first[:1], second[:1]], dict(cfg, max_per_img=-1))
+    assert len(every) == 2
+    other_class = [dets([[1, 0, 11, 10]], [0.8], [2])]
+    per_class = dict(cfg, nms=dict(type='nms', iou_threshold=0.6))
+    both, = MV2DXray.merge_detections([first[:1], other_class], per_class)
+    assert both.labels.tolist() == [0, 2]
+    one, = MV2DXray.merge_detections([first[:1], other_class], cfg)
+    assert one.labels.tolist() == [0]
 
 
 def test_flip_directions_end_to_end_and_checked():
-    """``detection_proposal.flip_directions`` in the test step: every view's 2D
-    detections are at most ``max_per_img``, and each detection of the unflipped pass is
-    kept, overlaps a kept one by more than the NMS threshold, or was cut by
-    ``max_per_img`` from a full view (scoring no higher than its last); a direction mmdet
-    does not
-    name, or the key in ``train_cfg``, stops the build with one line."""
+    """``detection_proposal.flip_directions`` in the test step: every scene's 2D
+    detections are those of the plain pass and the flipped passes pooled by
+    ``merge_detections`` (recomputed here from the parts), they differ from the plain
+    pass's, and there are 3D boxes; None turns it off; a direction mmdet does not name,
+    a string, a direction named twice or the key in ``train_cfg`` stops the build with
+    one line."""
     torch.set_num_threads(1)
     batch = make_batch(3, [2, 1], seed=4)
-    outputs = {}
-    for flips in ((), ('horizontal', 'vertical')):
+    flips = ('horizontal', 'vertical')
+    outputs, parts = {}, None
+    for setting in (None, flips):
         cfg = tiny_mv2d_config()
-        if flips:
-            cfg['test_cfg']['detection_proposal']['flip_directions'] = flips
+        cfg['test_cfg']['detection_proposal']['flip_directions'] = setting
         model = _build(cfg)
         model.eval()
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
         with torch.no_grad():
-            outputs[flips] = model(**model.data_preprocessor(copy.deepcopy(batch), False),
-                                   mode='predict')
-    proposal = cfg['test_cfg']['detection_proposal']
-    for plain, flipped in zip(outputs[()], outputs[('horizontal', 'vertical')]):
+            outputs[setting] = model(**data, mode='predict')
+            if setting:
+                imgs = data['inputs']['imgs']
+                views = model.view_samples(data['data_samples'], imgs.shape[1], False)
+                proposal = model.test_cfg['detection_proposal']
+                parts = [model.detect_2d(model.extract_feat(imgs), views, proposal)] + [
+                    model.detect_2d_flipped(imgs, views, proposal, d) for d in flips]
+                merged = model.merge_detections(parts, proposal)
+    for scene, (plain, flipped) in enumerate(zip(outputs[None], outputs[flips])):
         assert len(flipped.pred_instances_3d.scores_3d) > 0
         for view in range(3):
             kept = flipped.pred_instances[flipped.pred_instances.view_ids == view]
-            own = plain.pred_instances[plain.pred_instances.view_ids == view]
-            assert len(kept) <= proposal['max_per_img']
-            if len(own) and len(kept):
-                overlap = bbox_overlaps(own.bboxes, kept.bboxes).amax(dim=1)
-                cut = (own.scores <= kept.scores.min()) & (len(kept) == proposal['max_per_img'])
-                assert ((overlap > proposal['nms']['iou_threshold'] - 1e-6) | cut).all()
-    cfg = tiny_mv2d_config()
-    cfg['test_cfg']['detection_proposal']['flip_directions'] = ['sideways']
-    with pytest.raises(XrayConfigError, match="'sideways' is not a flip direction"):
-        _build(cfg)
+            expected = merged[scene * 3 + view]
+            assert torch.equal(kept.bboxes, expected.bboxes)
+            assert torch.equal(kept.scores, expected.scores)
+        assert not torch.equal(flipped.pred_instances.bboxes, plain.pred_instances.bboxes)
+    for setting, message in ((['sideways'], "'sideways' is not a flip direction"),
+                             ('horizontal', 'is a list of directions'),
+                             (['vertical', 'vertical'], 'names a direction twice')):
+        cfg = tiny_mv2d_config()
+        cfg['test_cfg']['detection_proposal']['flip_directions'] = setting
+        with pytest.raises(XrayConfigError, match=message):
+            _build(cfg)
     cfg = tiny_mv2d_config()
     cfg['train_cfg']['detection_proposal'] = dict(
         cfg['train_cfg'].get('detection_proposal', {}), flip_directions=['horizontal'])

@@ -47,21 +47,28 @@ import copy
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmcv.ops import batched_nms
 from mmdet3d.models.detectors import Base3DDetector
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from mmdet.structures import DetDataSample
-from mmcv.ops import batched_nms
 from mmdet.structures.bbox import bbox2roi, bbox_flip, bbox_overlaps
 from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from projects.mv2d_xray.mv2d_xray.models.config_keys import (
-    CENTRE_NMS_KEYS, DETECTION_PROPOSAL_KEYS, FLIP_DIRECTIONS, MV2D_TEST_CFG_KEYS,
-    MV2D_TRAIN_CFG_KEYS, OBJECTNESS_SUPPORT_KEYS, RCNN_TEST_CFG_KEYS, RCNN_TRAIN_CFG_KEYS,
-    REFINE_TO_DETECTIONS_KEYS, TEST_DETECTION_PROPOSAL_KEYS, VIEW_SUPPORT_KEYS,
-    XrayConfigError, check_keys)
+from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
+                                                             DETECTION_PROPOSAL_KEYS,
+                                                             FLIP_DIRECTIONS,
+                                                             MV2D_TEST_CFG_KEYS,
+                                                             MV2D_TRAIN_CFG_KEYS,
+                                                             OBJECTNESS_SUPPORT_KEYS,
+                                                             RCNN_TEST_CFG_KEYS,
+                                                             RCNN_TRAIN_CFG_KEYS,
+                                                             REFINE_TO_DETECTIONS_KEYS,
+                                                             TEST_DETECTION_PROPOSAL_KEYS,
+                                                             VIEW_SUPPORT_KEYS,
+                                                             XrayConfigError, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 from projects.mv2d_xray.mv2d_xray.models.post_processing import ObjectnessMaps
 
@@ -100,7 +107,8 @@ class MV2DXray(Base3DDetector):
         test_cfg (dict): ``detection_proposal`` (as above, plus ``flip_directions``:
             mmdet's ``'horizontal'`` / ``'vertical'`` / ``'diagonal'``, each an extra
             pass of the 2D stage over the flipped views, pooled with the plain pass by
-            the same NMS and ``max_per_img``; none by default) and ``rcnn``
+            the same NMS and ``max_per_img``; none by default; :meth:`predict` only, the
+            tensor mode's raw outputs come from the plain pass) and ``rcnn``
             (``refine_radius_mm``, ``refine_to_detections``, ``view_support``,
             ``score_thr``, ``nms``, ``max_per_scene``: see :class:`MV2DXrayRoIHead`).
         data_preprocessor (dict, optional): Typically ``Det3DDataPreprocessor``.
@@ -149,11 +157,7 @@ class MV2DXray(Base3DDetector):
         proposal_test = self.test_cfg.get('detection_proposal')
         check_keys(proposal_test, TEST_DETECTION_PROPOSAL_KEYS,
                    'model.test_cfg.detection_proposal')
-        for direction in (proposal_test or dict()).get('flip_directions', ()):
-            if direction not in FLIP_DIRECTIONS:
-                raise XrayConfigError(
-                    f'model.test_cfg.detection_proposal.flip_directions: {direction!r} is '
-                    f'not a flip direction ({", ".join(FLIP_DIRECTIONS)})')
+        self._check_flip_directions((proposal_test or dict()).get('flip_directions'))
         check_keys(self.train_cfg.get('rcnn'), RCNN_TRAIN_CFG_KEYS, 'model.train_cfg.rcnn')
         check_keys(self.test_cfg.get('rcnn'), RCNN_TEST_CFG_KEYS, 'model.test_cfg.rcnn')
         rcnn_test = self.test_cfg.get('rcnn') or dict()
@@ -166,6 +170,23 @@ class MV2DXray(Base3DDetector):
         nms = rcnn_test.get('nms')
         if isinstance(nms, dict) and nms.get('type', 'centre_distance') == 'centre_distance':
             check_keys(nms, CENTRE_NMS_KEYS, 'model.test_cfg.rcnn.nms')
+
+    @staticmethod
+    def _check_flip_directions(flips) -> None:
+        """``test_cfg.detection_proposal.flip_directions``: None / empty (off) or a list of
+        distinct :data:`FLIP_DIRECTIONS`; anything else is an :class:`XrayConfigError`."""
+        where = 'model.test_cfg.detection_proposal.flip_directions'
+        if not flips:
+            return
+        if isinstance(flips, str):
+            raise XrayConfigError(f'{where} is a list of directions, e.g. [{flips!r}], '
+                                  f'not the string {flips!r}')
+        for direction in flips:
+            if direction not in FLIP_DIRECTIONS:
+                raise XrayConfigError(f'{where}: {direction!r} is not a flip direction '
+                                      f'({", ".join(FLIP_DIRECTIONS)})')
+        if len(set(flips)) < len(flips):
+            raise XrayConfigError(f'{where} names a direction twice: {list(flips)}')
 
     def train(self, mode: bool = True) -> 'MV2DXray':
         """Set the mode; a frozen 2D detector stays in eval mode (BN statistics)."""
@@ -248,8 +269,8 @@ class MV2DXray(Base3DDetector):
 
         Args:
             imgs (Tensor): ``(B, V, 3, H, W)`` network input; each view is flipped within
-                its ``img_shape`` (padding stays where it is), so the flipped view has the
-                same frame.
+                its own ``img_shape`` (the padding right and below stays where it is), so
+                the flipped view keeps the frame of the unflipped one.
             view_samples (list[DetDataSample]): :meth:`view_samples` (one per view).
             cfg (dict): a ``detection_proposal`` config.
             direction (str): ``'horizontal'`` (x), ``'vertical'`` (y) or ``'diagonal'``
@@ -259,13 +280,16 @@ class MV2DXray(Base3DDetector):
             list[InstanceData]: per view ``bboxes`` ``(K, 4)`` mapped back into the
             unflipped view's img px, ``scores``, ``labels``.
         """
-        height, width = view_samples[0].metainfo['img_shape']
         dims = dict(horizontal=(-1, ), vertical=(-2, ), diagonal=(-2, -1))[direction]
-        flipped = imgs.clone()
-        flipped[..., :height, :width] = imgs[..., :height, :width].flip(dims)
-        dets = self.detect_2d(self.extract_feat(flipped), view_samples, cfg)
-        for det in dets:
-            det.bboxes = bbox_flip(det.bboxes, (height, width), direction)
+        views = imgs.flatten(0, 1)                                    # (B * V, 3, H, W)
+        flipped = views.clone()
+        for view, sample in enumerate(view_samples):
+            height, width = sample.metainfo['img_shape']
+            flipped[view, :, :height, :width] = views[view, :, :height, :width].flip(dims)
+        dets = self.detect_2d(self.extract_feat(flipped.unflatten(0, imgs.shape[:2])),
+                              view_samples, cfg)
+        for det, sample in zip(dets, view_samples):
+            det.bboxes = bbox_flip(det.bboxes, sample.metainfo['img_shape'], direction)
         return dets
 
     @staticmethod
@@ -273,8 +297,9 @@ class MV2DXray(Base3DDetector):
                          ) -> List[InstanceData]:
         """Per view, the detections of several passes (the views as they are and
         flipped) pooled and cut down as one pass's are: ``cfg['nms']`` (mmcv's
-        ``batched_nms``, per class unless the config says ``class_agnostic``), then the
-        ``max_per_img`` best.
+        ``batched_nms``, per class unless the config says ``class_agnostic``; with the
+        scores it returns, a soft NMS's decayed ones), then the ``max_per_img`` best (all
+        when it is not positive, as mmdet's ``multiclass_nms``).
 
         Args:
             passes (Sequence[list[InstanceData]]): per pass, per view ``bboxes``
@@ -288,8 +313,11 @@ class MV2DXray(Base3DDetector):
         for views in zip(*passes):
             dets = InstanceData.cat(list(views))
             if len(dets):
-                _, keep = batched_nms(dets.bboxes, dets.scores, dets.labels, cfg['nms'])
-                dets = dets[keep[:cfg['max_per_img']]]
+                kept, keep = batched_nms(dets.bboxes, dets.scores, dets.labels, cfg['nms'])
+                dets = dets[keep]
+                dets.scores = kept[:, -1]
+                if cfg['max_per_img'] > 0:
+                    dets = dets[:cfg['max_per_img']]
             merged.append(dets)
         return merged
 
@@ -473,7 +501,7 @@ class MV2DXray(Base3DDetector):
                 rpn_outs = self.base_detector.rpn_head(feats)
         proposal_cfg = self.test_cfg['detection_proposal']
         dets = self.detect_2d(feats, view_samples, proposal_cfg, rpn_outs=rpn_outs)
-        flips = proposal_cfg.get('flip_directions', ())
+        flips = proposal_cfg.get('flip_directions') or ()
         if flips:
             dets = self.merge_detections(
                 [dets] + [self.detect_2d_flipped(imgs, view_samples, proposal_cfg, direction)
