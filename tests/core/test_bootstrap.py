@@ -63,6 +63,30 @@ def test_paired_difference_is_tighter_than_the_separate_intervals():
     assert same['differences']['a - b']['CPM']['ci'] == [0.0, 0.0]
 
 
+def test_pooled_pairs_average_their_differences_resample_by_resample():
+    """The mean of (a - b) and (a - a) is half of a - b in every resample, so its value
+    and interval are exactly half of the pair's; two copies of one pair pool to it."""
+    cases = one_finding_cases(40)
+    tokens = sorted(cases)
+    preds = {'a': finding(tokens[:30]), 'b': finding(tokens[:20]), 'a2': finding(tokens[:30])}
+    out = bootstrap_metrics(cases, preds, ['nodule'], pairs=[('a', 'b')],
+                            pooled=dict(half=[('a', 'b'), ('a', 'a2')],
+                                        twice=[('a', 'b'), ('a', 'b')]),
+                            num_resamples=200, seed=3)
+    pair = out['differences']['a - b']['CPM']
+    half, twice = out['pooled']['half']['CPM'], out['pooled']['twice']['CPM']
+    assert half['value'] == pytest.approx(0.125) and pair['value'] == pytest.approx(0.25)
+    assert half['ci'] == pytest.approx([pair['ci'][0] / 2, pair['ci'][1] / 2])
+    assert twice['value'] == pytest.approx(pair['value']) and twice['ci'] == pair['ci']
+    assert half['n'] == 200 and set(out['pooled']['half']) >= {'CPM', 'FROC@1'}
+    assert bootstrap_metrics(cases, preds, ['nodule'], num_resamples=2)['pooled'] == {}
+    with pytest.raises(KeyError, match="no predictions for method 'z'"):
+        bootstrap_metrics(cases, preds, ['nodule'], pooled=dict(m=[('a', 'z')]),
+                          num_resamples=2)
+    with pytest.raises(ValueError, match="pooled 'm': no pairs"):
+        bootstrap_metrics(cases, preds, ['nodule'], pooled=dict(m=[]), num_resamples=2)
+
+
 def test_band_without_findings_in_a_resample_is_left_out():
     cases = one_finding_cases(6)
     cases['small'] = CaseGT([BOX[:3] + [4.0, 4.0, 4.0, 0.0]], [0], [False], [4.0])

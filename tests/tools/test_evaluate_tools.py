@@ -1,5 +1,5 @@
-"""``tools/evaluate.py`` and ``tools/evaluate_2d.py``: the table and JSON they write, and one
-clear error line (no traceback) for bad input."""
+"""``tools/evaluate.py``, ``tools/compare_predictions.py`` and ``tools/evaluate_2d.py``: the
+tables and JSON they write, and one clear error line (no traceback) for bad input."""
 import json
 import subprocess
 import sys
@@ -72,28 +72,71 @@ def test_evaluate_class_agnostic_finds_findings_named_wrongly(tmp_path, capsys):
     assert agnostic['CPM'] == 1.0 and agnostic['settings']['classes'] == ['any class']
 
 
-def test_evaluate_imports_no_model_stack(dataset, tmp_path):
-    """``tools/evaluate.py`` stands on the core alone: run as a script in a fresh
-    interpreter, it scores a prediction file without importing torch, mmengine or mmdet3d
-    (the wrapper runs the tool as ``__main__``, then lists the heavy modules loaded)."""
+@pytest.mark.parametrize('tool', ['evaluate', 'compare_predictions'])
+def test_scoring_tools_import_no_model_stack(dataset, tmp_path, tool):
+    """``tools/evaluate.py`` and ``tools/compare_predictions.py`` stand on the core alone:
+    run as scripts in a fresh interpreter, they score prediction files without importing
+    torch, mmengine or mmdet3d (the wrapper runs the tool as ``__main__``, then lists the
+    heavy modules loaded)."""
     pred = write(tmp_path, 'pred.json', perfect_predictions(dataset['infos']))
     out = tmp_path / 'metrics.json'
-    wrapper = textwrap.dedent('''
+    wrapper = textwrap.dedent(f'''
         import runpy, sys
         sys.path.insert(0, 'tools')
-        sys.argv = ['tools/evaluate.py', *sys.argv[1:]]
+        sys.argv = ['tools/{tool}.py', *sys.argv[1:]]
         try:
-            runpy.run_path('tools/evaluate.py', run_name='__main__')
+            runpy.run_path('tools/{tool}.py', run_name='__main__')
         finally:
             heavy = ('torch', 'mmengine', 'mmdet', 'mmdet3d', 'mmcv')
             print('heavy modules:', sorted(m for m in heavy if m in sys.modules))
     ''')
-    proc = subprocess.run([sys.executable, '-c', wrapper, '--gt', dataset['infos'], '--pred',
-                           pred, '--out', str(out)], cwd=REPO_ROOT, capture_output=True,
+    args = (['--pred', pred] if tool == 'evaluate'
+            else ['--pair', pred, pred, '--resamples', '5'])
+    proc = subprocess.run([sys.executable, '-c', wrapper, '--gt', dataset['infos'], *args,
+                           '--out', str(out)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert '| all ' in proc.stdout and out.is_file()
+    assert '| ' in proc.stdout and out.is_file()
     assert proc.stdout.strip().splitlines()[-1] == 'heavy modules: []', proc.stdout
+
+
+def test_compare_predictions_pairs_and_their_mean(dataset, tmp_path, capsys):
+    """A finds all 4 findings, B 3 of them: A - B = 0.25 in CPM; with a second pair A - A
+    (0) the mean of the two is 0.125, its interval half of the first pair's (the same
+    resamples); the JSON holds every figure; bad input is one line and exit 2."""
+    perfect = perfect_predictions(dataset['infos'])
+    a = write(tmp_path, 'a.json', perfect)
+    missing = json.loads(json.dumps(perfect))
+    missing['results']['evalfake-0002'] = []
+    b = write(tmp_path, 'b.json', missing)
+    out = str(tmp_path / 'comparison.json')
+    assert run_tool('compare_predictions', '--gt', dataset['infos'], '--pair', a, b,
+                    '--pair', a, a, '--resamples', '200', '--out', out) == 0
+    printed = capsys.readouterr().out
+    assert 'mean of the 2 pairs' in printed and '| 1: ' in printed
+    with open(out) as f:
+        result = json.load(f)
+    first = result['pairs'][0]['difference']['CPM']
+    assert result['pairs'][0]['a_figures']['CPM']['value'] == 1.0
+    assert result['pairs'][0]['b_figures']['CPM']['value'] == pytest.approx(0.75)
+    assert first['value'] == pytest.approx(0.25)
+    assert result['pairs'][1]['difference']['CPM']['ci'] == [0.0, 0.0]
+    assert result['mean']['CPM']['value'] == pytest.approx(0.125)
+    assert result['mean']['CPM']['ci'] == pytest.approx([first['ci'][0] / 2, first['ci'][1] / 2])
+    assert result['settings']['num_resamples'] == 200
+    assert run_tool('compare_predictions', '--gt', dataset['infos'], '--pair', a, b,
+                    '--band', 'all sizes', '0', 'inf', '--resamples', '20') == 0
+    printed = capsys.readouterr().out
+    assert 'mean of the' not in printed                            # one pair: no mean
+    assert 'A - B: CPM_all sizes' in printed and '| 0.250 [' in printed
+    for argv, message in (
+            (['--pair', a, str(tmp_path / 'nope.json')], 'prediction file not found'),
+            (['--pair', a, b, '--resamples', '0'], '--resamples must be at least 1'),
+            (['--pair', a, b, '--band', 'x', '2', '1'], 'needs 0 <= LOW_MM < HIGH_MM'),
+            (['--pair', a, b, '--band', 'x', 'one', '2'], 'must be numbers')):
+        assert run_tool('compare_predictions', '--gt', dataset['infos'], *argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and 'Traceback' not in err
 
 
 BAD = [

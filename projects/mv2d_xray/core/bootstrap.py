@@ -13,6 +13,11 @@ resample draws one set of cases and evaluates both methods on it, so the interva
 difference ``a - b`` reflects only how the methods differ case by case (an interval that
 excludes 0 means the difference is unlikely to be an accident of the case sample).
 
+Several such pairs on the same cases -- a model and its baseline from each of several
+trainings -- are **pooled** as the mean of their differences, resample by resample: its
+interval is over the cases for these trainings (it does not treat them as a sample of all
+trainings; their spread shows in the pairs' own figures).
+
 A resampled case keeps its findings and predictions; repeated draws of a case are
 evaluated as distinct scans (``token#k``). A figure that is undefined in a resample (a
 size band without findings in it) leaves that resample out of its interval; the number of
@@ -89,6 +94,7 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
                       preds_by_method: Mapping[str, Mapping[str, CasePred]],
                       classes: Sequence[str],
                       pairs: Sequence[Sequence[str]] = (),
+                      pooled: Optional[Mapping[str, Sequence[Sequence[str]]]] = None,
                       num_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
                       progress=None, **evaluate_kwargs) -> dict:
     """Figures of several methods on the same cases, with bootstrap intervals over cases
@@ -99,6 +105,8 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
         preds_by_method: ``{method: {token: CasePred}}``; boxes in ``ct`` mm.
         classes: class names, index = label.
         pairs: ``(a, b)`` method pairs whose difference ``a - b`` gets a paired interval.
+        pooled: ``{name: [(a, b), ...]}``: the mean of those pairs' differences ``a - b``
+            gets a paired interval, under ``name`` (module docstring). Optional.
         num_resamples: bootstrap resamples. Defaults to 1000.
         confidence: interval coverage. Defaults to 0.95.
         seed: of the resampling; every method sees the same resamples.
@@ -110,16 +118,22 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
         dict: ``methods`` ``{method: {'result': evaluate_detections' result,
         'intervals': {figure: {'value', 'ci': [low, high] or None, 'n'}}}}`` with the
         figures of :func:`all_figures` (``CPM``, ``FROC@1``, ``CPM_3-6mm``,
-        ``AP_dist@4mm_3-6mm``, ...); ``differences`` ``{'a - b': {figure: {'value', 'ci', 'n'}}}``; and
-        ``settings`` (resamples, confidence, seed, number of cases).
+        ``AP_dist@4mm_3-6mm``, ...); ``differences`` ``{'a - b': {figure: {'value', 'ci',
+        'n'}}}``; ``pooled`` ``{name: {figure: {'value', 'ci', 'n'}}}`` (the figures every
+        pooled method has); and ``settings`` (resamples, confidence, seed, number of
+        cases).
     """
     tokens = sorted(cases)
     if not tokens:
         raise ValueError('no cases to bootstrap')
-    for a, b in pairs:
+    pooled = dict(pooled or {})
+    for a, b in list(pairs) + [pair for members in pooled.values() for pair in members]:
         for name in (a, b):
             if name not in preds_by_method:
                 raise KeyError(f'pair ({a}, {b}): no predictions for method {name!r}')
+    for name, members in pooled.items():
+        if not members:
+            raise ValueError(f'pooled {name!r}: no pairs')
     point = {name: evaluate_detections(cases, preds, classes, **evaluate_kwargs)
              for name, preds in preds_by_method.items()}
     flat_point = {name: all_figures(result) for name, result in point.items()}
@@ -149,7 +163,17 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
             key: dict(value=flat_point[a][key] - flat_point[b][key],
                       **_interval(column(a, key) - column(b, key), confidence))
             for key in shared}
-    return dict(methods=methods, differences=differences,
+    pooled_out = {}
+    for name, members in pooled.items():
+        shared = [k for k in flat_point[members[0][0]]
+                  if all(k in flat_point[m] for pair in members for m in pair)]
+        pooled_out[name] = {
+            key: dict(value=float(np.mean([flat_point[a][key] - flat_point[b][key]
+                                           for a, b in members])),
+                      **_interval(np.mean([column(a, key) - column(b, key)
+                                           for a, b in members], axis=0), confidence))
+            for key in shared}
+    return dict(methods=methods, differences=differences, pooled=pooled_out,
                 settings=dict(num_resamples=int(num_resamples), confidence=float(confidence),
                               seed=int(seed), num_cases=len(tokens),
                               resampling='cases, with replacement; percentile intervals'))
