@@ -10,7 +10,8 @@ triangulation: both on the same resamples of the cases, ``A - B`` with its paire
 interval, for the CPM (overall and per size band) and the sensitivities at 1/8, 1 and 8
 FPs per scan. With two pairs or more (a model and its baseline from each of several
 trainings, e.g. the benchmark's ``test-<split>/predictions.json`` and
-``triangulation-<split>/predictions.json`` of ``--seed 0``, ``1`` and ``2``), the mean of
+``triangulation-<split>/predictions.json`` of the runs ``benchmark_detection.py --seed 0``,
+``--seed 1`` and ``--seed 2`` each wrote into its work dir), the mean of
 their differences gets its interval from the same resamples: an interval over the cases
 for these trainings, not over trainings (``projects/mv2d_xray/core/bootstrap.py``).
 
@@ -20,6 +21,7 @@ only the core (numpy), so it starts fast; the resamples take a while (every meth
 scored on each: a progress bar on stderr).
 """
 import argparse
+import math
 import os.path as osp
 import sys
 
@@ -118,30 +120,38 @@ def main():
     try:
         infos = load_infos(args.gt)
         cases, classes = load_gt_cases(infos, args.gt)
-        if not cases:
-            fail(f'{args.gt} has no cases')
-        bands = tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS) + tuple(added_bands)
         preds = {}
         for i, (path_a, path_b) in enumerate(args.pair):
             for name, path in ((f'A{i}', path_a), (f'B{i}', path_b)):
                 preds[name] = load_predictions(path, len(classes))
-                check_cases(preds[name], cases, args.allow_missing, gt_name=args.gt)
-        if args.class_agnostic:
-            cases, classes = class_agnostic_cases(cases), CLASS_AGNOSTIC
-            preds = {name: class_agnostic_preds(p) for name, p in preds.items()}
-        pairs = [(f'A{i}', f'B{i}') for i in range(len(args.pair))]
-        from tqdm import tqdm
-        print(f'{len(cases)} cases, {len(pairs)} pair(s), {args.resamples} resamples',
-              file=sys.stderr, flush=True)
-        boot = bootstrap_metrics(
-            cases, preds, classes, pairs=pairs,
-            pooled=dict(mean=pairs) if len(pairs) > 1 else None,
-            num_resamples=args.resamples, seed=args.seed, size_bands=bands,
-            progress=lambda r: tqdm(r, desc='resamples', unit='resample', file=sys.stderr))
+                try:
+                    check_cases(preds[name], cases, args.allow_missing, gt_name=args.gt)
+                except KeyError as exc:
+                    raise KeyError(f'{path}: {exc.args[0]}') from None
     except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
         fail(str(exc))
     except KeyError as exc:
         fail(exc.args[0] if exc.args else str(exc))
+    if not cases:
+        fail(f'{args.gt} has no cases')
+    bands = tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
+    taken = [band[0] for band in bands]
+    for name, _, _ in added_bands:
+        if name in taken:
+            fail(f'--band {name}: the data or another --band already has a band of that name')
+        taken.append(name)
+    bands += tuple(added_bands)
+    if args.class_agnostic:
+        cases, classes = class_agnostic_cases(cases), CLASS_AGNOSTIC
+        preds = {name: class_agnostic_preds(p) for name, p in preds.items()}
+    pairs = [(f'A{i}', f'B{i}') for i in range(len(args.pair))]
+    from tqdm import tqdm
+    print(f'{len(cases)} cases, {len(pairs)} pair(s), {args.resamples} resamples',
+          file=sys.stderr, flush=True)
+    boot = bootstrap_metrics(
+        cases, preds, classes, pairs=pairs, pooled=dict(mean=pairs) if len(pairs) > 1 else None,
+        num_resamples=args.resamples, seed=args.seed, size_bands=bands,
+        progress=lambda r: tqdm(r, desc='resamples', unit='resample', file=sys.stderr))
     keys = figure_keys(bands)
     if args.class_agnostic:
         print(f'class-agnostic: every box against every finding ({len(cases)} cases)')
@@ -153,6 +163,8 @@ def main():
         result = dict(
             gt=osp.abspath(args.gt), class_agnostic=bool(args.class_agnostic),
             settings=boot['settings'],
+            size_bands_mm=[[name, low, high if math.isfinite(high) else None]
+                           for name, low, high in bands],
             pairs=[dict(a=osp.abspath(pa), b=osp.abspath(pb),
                         a_figures=boot['methods'][f'A{i}']['intervals'],
                         b_figures=boot['methods'][f'B{i}']['intervals'],

@@ -64,21 +64,30 @@ def test_paired_difference_is_tighter_than_the_separate_intervals():
 
 
 def test_pooled_pairs_average_their_differences_resample_by_resample():
-    """The mean of (a - b) and (a - a) is half of a - b in every resample, so its value
-    and interval are exactly half of the pair's; two copies of one pair pool to it."""
+    """With one finding per scan and no false positives, CPM is the share of the drawn
+    scans whose finding is found, so each resample's differences are counts by hand: the
+    pooled interval of two different pairs is the percentile interval of their mean,
+    resample by resample (not the mean of the pairs' intervals); two copies of one pair
+    pool to that pair."""
     cases = one_finding_cases(40)
     tokens = sorted(cases)
-    preds = {'a': finding(tokens[:30]), 'b': finding(tokens[:20]), 'a2': finding(tokens[:30])}
-    out = bootstrap_metrics(cases, preds, ['nodule'], pairs=[('a', 'b')],
-                            pooled=dict(half=[('a', 'b'), ('a', 'a2')],
+    found = dict(a=range(0, 30), b=range(0, 20), c=range(10, 36), d=range(4, 16))
+    preds = {m: finding([tokens[i] for i in idx]) for m, idx in found.items()}
+    out = bootstrap_metrics(cases, preds, ['nodule'], pairs=[('a', 'b'), ('c', 'd')],
+                            pooled=dict(mean=[('a', 'b'), ('c', 'd')],
                                         twice=[('a', 'b'), ('a', 'b')]),
-                            num_resamples=200, seed=3)
-    pair = out['differences']['a - b']['CPM']
-    half, twice = out['pooled']['half']['CPM'], out['pooled']['twice']['CPM']
-    assert half['value'] == pytest.approx(0.125) and pair['value'] == pytest.approx(0.25)
-    assert half['ci'] == pytest.approx([pair['ci'][0] / 2, pair['ci'][1] / 2])
-    assert twice['value'] == pytest.approx(pair['value']) and twice['ci'] == pair['ci']
-    assert half['n'] == 200 and set(out['pooled']['half']) >= {'CPM', 'FROC@1'}
+                            num_resamples=300, seed=3)
+    draws = resample_tokens(tokens, 300, 3)
+    share = {m: np.isin(draws, list(idx)).mean(axis=1) for m, idx in found.items()}
+    by_hand = ((share['a'] - share['b']) + (share['c'] - share['d'])) / 2
+    pooled = out['pooled']['mean']['CPM']
+    assert pooled['value'] == pytest.approx(((30 - 20) + (26 - 12)) / 40 / 2)
+    assert pooled['ci'] == pytest.approx(list(np.percentile(by_hand, [2.5, 97.5])))
+    ab, cd = (out['differences'][k]['CPM']['ci'] for k in ('a - b', 'c - d'))
+    assert pooled['ci'] != pytest.approx([(ab[0] + cd[0]) / 2, (ab[1] + cd[1]) / 2])
+    twice = out['pooled']['twice']['CPM']
+    assert twice['value'] == pytest.approx(0.25) and twice['ci'] == pytest.approx(ab)
+    assert pooled['n'] == 300 and set(out['pooled']['mean']) >= {'CPM', 'FROC@1'}
     assert bootstrap_metrics(cases, preds, ['nodule'], num_resamples=2)['pooled'] == {}
     with pytest.raises(KeyError, match="no predictions for method 'z'"):
         bootstrap_metrics(cases, preds, ['nodule'], pooled=dict(m=[('a', 'z')]),

@@ -96,7 +96,7 @@ def test_scoring_tools_import_no_model_stack(dataset, tmp_path, tool):
                            '--out', str(out)], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert '| ' in proc.stdout and out.is_file()
+    assert ('| all ' if tool == 'evaluate' else 'A - B: CPM') in proc.stdout and out.is_file()
     assert proc.stdout.strip().splitlines()[-1] == 'heavy modules: []', proc.stdout
 
 
@@ -124,16 +124,28 @@ def test_compare_predictions_pairs_and_their_mean(dataset, tmp_path, capsys):
     assert result['mean']['CPM']['value'] == pytest.approx(0.125)
     assert result['mean']['CPM']['ci'] == pytest.approx([first['ci'][0] / 2, first['ci'][1] / 2])
     assert result['settings']['num_resamples'] == 200
+    figures = ('CPM', 'FROC@0.125', 'FROC@1', 'FROC@8')           # B misses 1 of 4 findings
+    difference = result['pairs'][0]['difference']
+    assert [difference[k]['value'] for k in figures] == pytest.approx([0.25] * 4)
+    one = str(tmp_path / 'one.json')
     assert run_tool('compare_predictions', '--gt', dataset['infos'], '--pair', a, b,
-                    '--band', 'all sizes', '0', 'inf', '--resamples', '20') == 0
+                    '--band', 'all sizes', '0', 'inf', '--resamples', '20', '--out', one) == 0
     printed = capsys.readouterr().out
-    assert 'mean of the' not in printed                            # one pair: no mean
-    assert 'A - B: CPM_all sizes' in printed and '| 0.250 [' in printed
+    assert 'mean of the' not in printed and 'A - B: CPM_all sizes' in printed  # no mean
+    with open(one) as f:
+        result = json.load(f)
+    assert result['pairs'][0]['difference']['CPM_all sizes']['value'] == pytest.approx(0.25)
+    assert result['size_bands_mm'][-1] == ['all sizes', 0.0, None] and result['mean'] is None
+    unknown = json.loads(json.dumps(perfect))
+    unknown['results']['LIDC-IDRI-9999'] = []
+    c = write(tmp_path, 'c.json', unknown)
     for argv, message in (
             (['--pair', a, str(tmp_path / 'nope.json')], 'prediction file not found'),
             (['--pair', a, b, '--resamples', '0'], '--resamples must be at least 1'),
             (['--pair', a, b, '--band', 'x', '2', '1'], 'needs 0 <= LOW_MM < HIGH_MM'),
-            (['--pair', a, b, '--band', 'x', 'one', '2'], 'must be numbers')):
+            (['--pair', a, b, '--band', 'x', 'one', '2'], 'must be numbers'),
+            (['--pair', a, b, '--band', '3-6mm', '3', '6'], 'already has a band of that name'),
+            (['--pair', a, c], f"{c}: case 'LIDC-IDRI-9999'")):
         assert run_tool('compare_predictions', '--gt', dataset['infos'], *argv) == 2
         err = capsys.readouterr().err
         assert message in err and 'Traceback' not in err
