@@ -85,11 +85,12 @@ def figure_keys(bands) -> list:
 
 
 def pair_table(pairs, boot, keys) -> str:
-    """Markdown: per pair the two methods' CPM and, per figure, ``A - B`` with its
-    interval; last the mean over the pairs (several pairs)."""
+    """Markdown (the core's :func:`markdown_table`): per pair the two methods' CPM and,
+    per figure, ``A - B`` with its interval; last the mean over the pairs (several
+    pairs)."""
     from projects.mv2d_xray.core.bootstrap import format_interval
-    header = ['comparison', 'CPM of A', 'CPM of B'] + [f'A - B: {k}' for k in keys]
-    rows = []
+    from projects.mv2d_xray.core.metric import markdown_table
+    rows = [['comparison', 'CPM of A', 'CPM of B'] + [f'A - B: {k}' for k in keys]]
     for i, (path_a, path_b) in enumerate(pairs):
         a, b = f'A{i}', f'B{i}'
         rows.append([f'{i + 1}: {path_a} - {path_b}',
@@ -101,9 +102,7 @@ def pair_table(pairs, boot, keys) -> str:
         mean = boot['pooled']['mean']
         rows.append([f'mean of the {len(pairs)} pairs', '', '']
                     + [format_interval(mean.get(k)) for k in keys])
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
-    return '\n'.join(lines)
+    return markdown_table(rows)
 
 
 def main():
