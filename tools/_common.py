@@ -45,6 +45,46 @@ def write_metrics(result: dict, path: str) -> None:
     print(f'\nmetrics written to {path}')
 
 
+def load_scored_split(gt_path: str, pred_paths, allow_missing: bool = False):
+    """The split to score and the prediction files on it, for ``tools/evaluate.py`` and
+    ``tools/compare_predictions.py`` (core only: numpy, no torch); one line and exit 2 on
+    bad input, naming the file.
+
+    Args:
+        gt_path (str): info pickle of the split (ground truth, ignore regions).
+        pred_paths (Sequence[str]): prediction files (README "Prediction format").
+        allow_missing (bool): a case of the split that a file lacks is a case without
+            detections instead of an error. Defaults to False.
+
+    Returns:
+        tuple: ``(infos, cases, classes, preds)``, ``preds[i]`` the cases of
+        ``pred_paths[i]`` (``core.data_format.CasePred`` per case name).
+    """
+    from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
+                                                     load_gt_cases, load_infos,
+                                                     load_predictions)
+    try:
+        infos = load_infos(gt_path)
+        cases, classes = load_gt_cases(infos, gt_path)
+        preds = []
+        for path in pred_paths:
+            if osp.isfile(path) and osp.getsize(path) > 20e6:
+                print(f'reading {path} ({osp.getsize(path) / 1e6:.0f} MB)', file=sys.stderr,
+                      flush=True)
+            preds.append(load_predictions(path, len(classes)))
+            try:
+                check_cases(preds[-1], cases, allow_missing, gt_name=gt_path)
+            except KeyError as exc:
+                raise KeyError(f'{path}: {exc.args[0]}') from None
+    except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
+        fail(str(exc))
+    except KeyError as exc:
+        fail(exc.args[0] if exc.args else str(exc))
+    if not cases:
+        fail(f'{gt_path} has no cases')
+    return infos, cases, classes, preds
+
+
 def load_config(path: str, cfg_options=None, import_custom_modules: bool = True):
     """``Config.fromfile`` with one clear error line for a missing or broken config
     (``import_custom_modules=False``: without importing the plugin, fast)."""

@@ -25,7 +25,7 @@ import math
 import os.path as osp
 import sys
 
-from _common import add_debug_flag, fail, run_main, write_metrics
+from _common import add_debug_flag, fail, load_scored_split, run_main, write_metrics
 
 #: The figures compared, besides the CPM of each size band.
 FIGURES = ('CPM', 'FROC@0.125', 'FROC@1', 'FROC@8')
@@ -111,28 +111,13 @@ def main():
         fail('--resamples must be at least 1')
     added_bands = extra_bands(args.band)
     from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
-    from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
-                                                     infos_size_bands, load_gt_cases, load_infos,
-                                                     load_predictions)
+    from projects.mv2d_xray.core.data_format import infos_size_bands
     from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, DEFAULT_SIZE_BANDS,
                                                 class_agnostic_cases, class_agnostic_preds)
-    try:
-        infos = load_infos(args.gt)
-        cases, classes = load_gt_cases(infos, args.gt)
-        preds = {}
-        for i, (path_a, path_b) in enumerate(args.pair):
-            for name, path in ((f'A{i}', path_a), (f'B{i}', path_b)):
-                preds[name] = load_predictions(path, len(classes))
-                try:
-                    check_cases(preds[name], cases, args.allow_missing, gt_name=args.gt)
-                except KeyError as exc:
-                    raise KeyError(f'{path}: {exc.args[0]}') from None
-    except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
-        fail(str(exc))
-    except KeyError as exc:
-        fail(exc.args[0] if exc.args else str(exc))
-    if not cases:
-        fail(f'{args.gt} has no cases')
+    names = [name for i in range(len(args.pair)) for name in (f'A{i}', f'B{i}')]
+    infos, cases, classes, loaded = load_scored_split(
+        args.gt, [path for pair in args.pair for path in pair], args.allow_missing)
+    preds = dict(zip(names, loaded))
     bands = tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
     taken = [band[0] for band in bands]
     for name, _, _ in added_bands:

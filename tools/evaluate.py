@@ -15,10 +15,9 @@ It imports only the core (``projects.mv2d_xray.core``: numpy, no torch, mmengine
 mmdet3d), so it starts in a fraction of a second; a test holds it to that.
 """
 import argparse
-import os.path as osp
 import sys
 
-from _common import add_debug_flag, fail, run_main, write_metrics
+from _common import add_debug_flag, fail, load_scored_split, run_main, write_metrics
 
 
 def parse_args():
@@ -70,30 +69,21 @@ def main():
     args = parse_args()
     if any(t <= 0 for t in args.dist_thrs) or any(not 0 < t <= 1 for t in args.iou_thrs):
         fail('--dist-thrs must be > 0 and --iou-thrs in (0, 1]')
-    from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
-                                                     infos_size_bands, load_gt_cases, load_infos,
-                                                     load_predictions)
+    from projects.mv2d_xray.core.data_format import infos_size_bands
     from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, DEFAULT_SIZE_BANDS,
                                                 class_agnostic_cases, class_agnostic_preds,
                                                 evaluate_detections, format_table)
+    infos, cases, classes, (preds, ) = load_scored_split(args.gt, [args.pred],
+                                                         args.allow_missing)
+    bands = infos_size_bands(infos) or DEFAULT_SIZE_BANDS
+    if args.class_agnostic:
+        cases, preds = class_agnostic_cases(cases), class_agnostic_preds(preds)
+        classes = CLASS_AGNOSTIC
     try:
-        infos = load_infos(args.gt)
-        cases, classes = load_gt_cases(infos, args.gt)
-        bands = infos_size_bands(infos) or DEFAULT_SIZE_BANDS
-        if osp.isfile(args.pred) and osp.getsize(args.pred) > 20e6:
-            print(f'reading {args.pred} ({osp.getsize(args.pred) / 1e6:.0f} MB)',
-                  file=sys.stderr, flush=True)
-        preds = load_predictions(args.pred, len(classes))
-        check_cases(preds, cases, args.allow_missing, gt_name=args.gt)
-        if not cases:
-            fail(f'{args.gt} has no cases')
-        if args.class_agnostic:
-            cases, preds = class_agnostic_cases(cases), class_agnostic_preds(preds)
-            classes = CLASS_AGNOSTIC
         result = evaluate_detections(cases, preds, classes, dist_thrs_mm=args.dist_thrs,
                                      iou_thrs=args.iou_thrs, size_bands=bands,
                                      progress=_progress(preds, len(cases)))
-    except (FileNotFoundError, PredictionFormatError, ValueError) as exc:
+    except ValueError as exc:
         fail(str(exc))
     except KeyError as exc:
         fail(exc.args[0] if exc.args else str(exc))

@@ -45,6 +45,7 @@ def test_evaluate_prints_table_and_writes_json(dataset, tmp_path, capsys):
     assert run_tool('evaluate', '--gt', dataset['infos'], '--pred', pred) == 2
     err = capsys.readouterr().err
     assert "'evalfake-0002'" in err and 'has no entry in the predictions' in err
+    assert err.startswith(f'error: {pred}: ')   # names the prediction file (tools/_common.py)
     out2 = str(tmp_path / 'partial_metrics.json')
     assert run_tool('evaluate', '--gt', dataset['infos'], '--pred', pred, '--allow-missing',
                     '--out', out2) == 0
