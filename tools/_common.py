@@ -57,15 +57,18 @@ def load_scored_split(gt_path: str, pred_paths, allow_missing: bool = False):
             detections instead of an error. Defaults to False.
 
     Returns:
-        tuple: ``(infos, cases, classes, preds)``, ``preds[i]`` the cases of
-        ``pred_paths[i]`` (``core.data_format.CasePred`` per case name).
+        tuple: ``(cases, classes, size_bands, preds)``: the split's size bands are its
+        infos' (``size_bands_mm``) or the core's default (LUNA16's), ``preds[i]`` the
+        cases of ``pred_paths[i]`` (``core.data_format.CasePred`` per case name).
     """
     from projects.mv2d_xray.core.data_format import (PredictionFormatError, check_cases,
-                                                     load_gt_cases, load_infos,
-                                                     load_predictions)
+                                                     infos_size_bands, load_gt_cases,
+                                                     load_infos, load_predictions)
+    from projects.mv2d_xray.core.metric import DEFAULT_SIZE_BANDS
     try:
         infos = load_infos(gt_path)
         cases, classes = load_gt_cases(infos, gt_path)
+        bands = tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
         preds = []
         for path in pred_paths:
             if osp.isfile(path) and osp.getsize(path) > 20e6:
@@ -82,7 +85,7 @@ def load_scored_split(gt_path: str, pred_paths, allow_missing: bool = False):
         fail(exc.args[0] if exc.args else str(exc))
     if not cases:
         fail(f'{gt_path} has no cases')
-    return infos, cases, classes, preds
+    return cases, classes, bands, preds
 
 
 def load_config(path: str, cfg_options=None, import_custom_modules: bool = True):

@@ -111,14 +111,12 @@ def main():
         fail('--resamples must be at least 1')
     added_bands = extra_bands(args.band)
     from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
-    from projects.mv2d_xray.core.data_format import infos_size_bands
-    from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, DEFAULT_SIZE_BANDS,
-                                                class_agnostic_cases, class_agnostic_preds)
+    from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, class_agnostic_cases,
+                                                class_agnostic_preds)
     names = [name for i in range(len(args.pair)) for name in (f'A{i}', f'B{i}')]
-    infos, cases, classes, loaded = load_scored_split(
+    cases, classes, bands, loaded = load_scored_split(
         args.gt, [path for pair in args.pair for path in pair], args.allow_missing)
     preds = dict(zip(names, loaded))
-    bands = tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
     taken = [band[0] for band in bands]
     for name, _, _ in added_bands:
         if name in taken:

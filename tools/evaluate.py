@@ -69,13 +69,11 @@ def main():
     args = parse_args()
     if any(t <= 0 for t in args.dist_thrs) or any(not 0 < t <= 1 for t in args.iou_thrs):
         fail('--dist-thrs must be > 0 and --iou-thrs in (0, 1]')
-    from projects.mv2d_xray.core.data_format import infos_size_bands
-    from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, DEFAULT_SIZE_BANDS,
-                                                class_agnostic_cases, class_agnostic_preds,
-                                                evaluate_detections, format_table)
-    infos, cases, classes, (preds, ) = load_scored_split(args.gt, [args.pred],
+    from projects.mv2d_xray.core.metric import (CLASS_AGNOSTIC, class_agnostic_cases,
+                                                class_agnostic_preds, evaluate_detections,
+                                                format_table)
+    cases, classes, bands, (preds, ) = load_scored_split(args.gt, [args.pred],
                                                          args.allow_missing)
-    bands = infos_size_bands(infos) or DEFAULT_SIZE_BANDS
     if args.class_agnostic:
         cases, preds = class_agnostic_cases(cases), class_agnostic_preds(preds)
         classes = CLASS_AGNOSTIC

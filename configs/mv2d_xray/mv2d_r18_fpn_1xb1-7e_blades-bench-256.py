@@ -77,11 +77,11 @@ model = dict(
     # paired differences +0.015 [-0.002, 0.027]); without the search, 0.563 / 0.565 / 0.584.
     # An inclusion box is also supported by the views' pore detections, at a quarter of
     # their score (class_support, rows the box's class, columns the detection's;
-    # thirty-eighth session): half the
-    # inclusions are alumina, which lowers the attenuation as a pore does, and on val the
-    # 2D stage names 214 of the 425 inclusion views it detects `pore` (17 of 811 pore
-    # views `inclusion`; tools/evaluate_2d.py); 0.25 rounds up p(inclusion | pore
-    # detection) / p(inclusion | inclusion detection) there, (214 / 1061) / (203 / 224) = 0.22.
+    # thirty-eighth session): half the inclusions are alumina, which lowers the
+    # attenuation as a pore does, and on val the 2D stage names 214 of the 425 inclusion
+    # views it detects `pore` (17 of 811 pore views `inclusion`; tools/evaluate_2d.py);
+    # 0.25 rounds up p(inclusion | pore detection) / p(inclusion | inclusion detection)
+    # there, (214 / 1061) / (203 / 224) = 0.22.
     # Val: inclusions 0.562 -> 0.632, pores and cracks unchanged, MV2D 0.552 -> 0.575
     # (paired +0.023 [-0.004, 0.051]; +0.042 and +0.037 on two other trainings); that
     # ratio for every pair of classes: 0.535.

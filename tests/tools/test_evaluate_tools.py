@@ -193,6 +193,25 @@ def test_evaluate_bad_input_one_clear_line(dataset, tmp_path, capsys, name, cont
     assert not out.exists()
 
 
+@pytest.mark.parametrize('rows', [[['a', 'one', 2.0]], [['a', 1.0]], [5]],
+                         ids=['not a number', 'two columns', 'not a row'])
+def test_scoring_tools_refuse_malformed_size_bands(dataset, tmp_path, capsys, rows):
+    """An info pickle whose ``size_bands_mm`` rows are not ``[name, low, high]``: one
+    line naming the setting from both scoring tools (``tools/_common.load_scored_split``)."""
+    import mmengine
+    infos = mmengine.load(dataset['infos'])
+    infos['metainfo'].setdefault('converter', {})['size_bands_mm'] = rows
+    gt = str(tmp_path / 'bad_bands.pkl')
+    mmengine.dump(infos, gt)
+    pred = write(tmp_path, 'pred.json', perfect_predictions(dataset['infos']))
+    for argv in (['evaluate', '--gt', gt, '--pred', pred],
+                 ['compare_predictions', '--gt', gt, '--pair', pred, pred]):
+        assert run_tool(*argv) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and 'size_bands_mm' in lines[0], err
+
+
 def test_evaluate_missing_files(dataset, tmp_path, capsys):
     assert run_tool('evaluate', '--gt', str(tmp_path / 'nope.pkl'), '--pred', 'x.json') == 2
     assert 'info pickle not found' in capsys.readouterr().err

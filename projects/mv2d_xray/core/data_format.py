@@ -347,12 +347,16 @@ def infos_size_bands(infos: dict) -> Optional[Tuple[Tuple[str, float, float], ..
     """The size bands a dataset declares (``metainfo['converter']['size_bands_mm']``:
     ``[name, low_mm, high_mm or None]`` rows, e.g. the blades' 0.3-1, 1-2, > 2 mm), as
     ``(name, low, high)`` with ``inf`` for an open end; None when it declares none (the
-    metric's LUNA16 nodule bands then apply)."""
+    metric's LUNA16 nodule bands then apply). ``ValueError`` for rows of another shape."""
     rows = (infos['metainfo'].get('converter') or {}).get('size_bands_mm')
     if rows is None:
         return None
-    return tuple((str(name), float(low), math.inf if high is None else float(high))
-                 for name, low, high in rows)
+    try:
+        return tuple((str(name), float(low), math.inf if high is None else float(high))
+                     for name, low, high in rows)
+    except (TypeError, ValueError):
+        raise ValueError("metainfo['converter']['size_bands_mm'] must hold [name, low_mm, "
+                         f'high_mm or None] rows, got {rows!r}') from None
 
 
 def case_gt_from_info(info: dict) -> CaseGT:
