@@ -156,23 +156,20 @@ def bootstrap_metrics(cases: Mapping[str, CaseGT],
         intervals = {key: dict(value=value, **_interval(column(name, key), confidence))
                      for key, value in flat_point[name].items()}
         methods[name] = dict(result=point[name], intervals=intervals)
-    differences = {}
-    for a, b in pairs:
-        shared = [k for k in flat_point[a] if k in flat_point[b]]
-        differences[f'{a} - {b}'] = {
-            key: dict(value=flat_point[a][key] - flat_point[b][key],
-                      **_interval(column(a, key) - column(b, key), confidence))
-            for key in shared}
-    pooled_out = {}
-    for name, members in pooled.items():
+
+    def mean_difference(members: Sequence[Sequence[str]]) -> Dict[str, dict]:
+        """The mean of the pairs' differences ``a - b``, resample by resample, for the
+        figures every member has (one pair: its own difference)."""
         shared = [k for k in flat_point[members[0][0]]
                   if all(k in flat_point[m] for pair in members for m in pair)]
-        pooled_out[name] = {
-            key: dict(value=float(np.mean([flat_point[a][key] - flat_point[b][key]
-                                           for a, b in members])),
-                      **_interval(np.mean([column(a, key) - column(b, key)
-                                           for a, b in members], axis=0), confidence))
-            for key in shared}
+        return {key: dict(value=float(np.mean([flat_point[a][key] - flat_point[b][key]
+                                               for a, b in members])),
+                          **_interval(np.mean([column(a, key) - column(b, key)
+                                               for a, b in members], axis=0), confidence))
+                for key in shared}
+
+    differences = {f'{a} - {b}': mean_difference([(a, b)]) for a, b in pairs}
+    pooled_out = {name: mean_difference(members) for name, members in pooled.items()}
     return dict(methods=methods, differences=differences, pooled=pooled_out,
                 settings=dict(num_resamples=int(num_resamples), confidence=float(confidence),
                               seed=int(seed), num_cases=len(tokens),
