@@ -437,6 +437,38 @@ def test_targets_drop_hungarian_pairs_further_than_max_match_dist(max_match_dist
         _targets_head(max_match_dist_mm=0.0)
 
 
+@pytest.mark.parametrize('match_dist_from,priors,positives', [
+    ('prediction', 'both', [0]),      # q0 predicted 2 mm off finding 0, q1 22 mm off 1
+    ('prior', 'both', [1]),           # q0's prior 30 mm off finding 0, q1's 1 mm off 1
+    ('prior', 'q0 only', []),         # q1 without a prior: its predicted centre, 22 mm
+    ('prior', None, [0]),             # no priors given: the predicted centres
+])
+def test_targets_gate_pairs_on_the_queries_priors(match_dist_from, priors, positives):
+    """``max_match_dist_mm=10`` measured from the predicted centres or, with
+    ``match_dist_from='prior'``, from the queries' priors (NaN: no prior, the predicted
+    centre instead): the same two Hungarian pairs are kept or dropped by where each
+    query's prior lies, not by where its prediction went."""
+    head = _targets_head(max_match_dist_mm=10.0, match_dist_from=match_dist_from)
+    coder = head.bbox_coder
+    gt = coder.encode(torch.tensor([[10., 0., 0., 6., 6., 6.],
+                                    [-80., 40., 0., 6., 6., 6.]]))
+    preds = coder.encode(torch.tensor([[12., 0., 0., 6., 6., 6.],
+                                       [-80., 62., 0., 6., 6., 6.]]))
+    query_priors = {'both': torch.tensor([[40., 0., 0.], [-80., 41., 0.]]),
+                    'q0 only': torch.tensor([[40., 0., 0.], [math.nan] * 3]),
+                    None: None}[priors]
+    labels, targets, weights, num_pos = head.get_targets_single(
+        torch.zeros(2, 1), preds, gt, torch.zeros(2, dtype=torch.long), query_priors)
+    assert labels.tolist() == [0 if q in positives else 1 for q in range(2)]
+    assert num_pos == len(positives)
+    for q in range(2):
+        assert bool((weights[q] > 0).all()) == (q in positives)
+        if q in positives:
+            assert torch.equal(targets[q], gt[q])
+    with pytest.raises(ValueError, match='match_dist_from'):
+        _targets_head(max_match_dist_mm=10.0, match_dist_from='decoded')
+
+
 def test_assigner_survives_non_finite_predictions():
     preds = torch.zeros(3, 6)
     preds[1] = float('nan')

@@ -75,6 +75,38 @@ def test_loss_forward_backward(num_views, view_probes):
                    for name, g in grads.items()), prefix
 
 
+def test_loss_gates_pairs_on_the_queries_valid_priors():
+    """``train_cfg.rcnn.match_dist_from='prior'``: the RoI head hands the 3D head the
+    queries' priors from its forward pass, NaN where a prior is not valid, and the
+    gate then measures from them (a gate of 1e-3 mm on the priors keeps no pair)."""
+    torch.set_num_threads(1)
+    cfg = tiny_mv2d_config()
+    cfg['train_cfg']['rcnn'].update(max_match_dist_mm=1e-3, match_dist_from='prior')
+    model = _build(cfg)
+    model.train()
+    head, seen = model.roi_head.bbox_head, {}
+    forward, loss_by_feat = model.roi_head.forward, head.loss_by_feat
+
+    def record_forward(*args, **kwargs):
+        seen['out'] = forward(*args, **kwargs)
+        return seen['out']
+
+    def record_loss_by_feat(*args):
+        seen['priors'] = args[5]
+        return loss_by_feat(*args)
+
+    model.roi_head.forward, head.loss_by_feat = record_forward, record_loss_by_feat
+    data = model.data_preprocessor(make_batch(4, [2, 1], seed=5), True)
+    losses = model(**data, mode='loss')
+    out, priors = seen['out'], seen['priors']
+    ok = out['query_prior_ok']
+    assert priors.shape == out['query_priors'].shape and ok.any()
+    assert torch.equal(priors[ok], out['query_priors'][ok])
+    assert priors[~ok].isnan().all()
+    # no query lies within 1e-3 mm of a finding: no positive, no box loss in any layer
+    assert all(float(losses[f'l{layer}.loss_bbox']) == 0 for layer in range(6))
+
+
 def test_frozen_2d_detector_trains_the_3d_stage_only():
     """``freeze_base_detector``: no 2D losses, no gradients and unchanged BN
     statistics in the 2D detector, gradients in the 3D stage; a 2D-only model

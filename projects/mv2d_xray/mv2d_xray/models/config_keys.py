@@ -16,9 +16,10 @@ MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn')
 #: ``model.test_cfg`` of :class:`MV2DXray`.
 MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 #: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights`` and ``ray_denoising``, the
-#: cross-attention head's ``assigner``, ``extra_pos_radius`` and ``max_match_dist_mm``.
+#: cross-attention head's ``assigner``, ``extra_pos_radius``, ``max_match_dist_mm`` and
+#: ``match_dist_from``.
 RCNN_TRAIN_CFG_KEYS = ('assigner', 'stage_loss_weights', 'extra_pos_radius',
-                       'max_match_dist_mm', 'ray_denoising')
+                       'max_match_dist_mm', 'match_dist_from', 'ray_denoising')
 #: ``train_cfg.rcnn.ray_denoising``: :func:`.ray_denoising.sample_ray_points` and the weight
 #: of :meth:`MV2DXrayCrossAttentionHead.denoising_loss`.
 RAY_DENOISING_KEYS = ('num_rays', 'num_negatives', 'offset_mm', 'pos_noise_mm',

@@ -28,6 +28,9 @@ from torch import Tensor, nn
 
 from projects.mv2d_xray.mv2d_xray.models.positional_encoding import pos2posemb3d
 
+#: Where ``max_match_dist_mm`` measures a query from (:class:`MV2DXrayCrossAttentionHead`).
+MATCH_DIST_FROM = ('prediction', 'prior')
+
 
 @MODELS.register_module()
 class MV2DXrayCrossAttentionHead(BaseModule):
@@ -55,9 +58,12 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             extent) of the finding's centre is a positive of that finding too (see
             :meth:`get_targets_single`). Defaults to None (one-to-one only, as
             MV2D). And ``max_match_dist_mm`` (float, optional): a Hungarian pair whose
-            predicted centre lies further than this from its finding's centre is
-            not a positive (the query is background); None (the default) keeps every
-            pair, as DETR.
+            query lies further than this from its finding's centre is not a positive
+            (the query is background); None (the default) keeps every pair, as DETR.
+            Where the query lies is ``match_dist_from``: ``'prediction'`` (the
+            default) its predicted centre, ``'prior'`` its triangulated prior (the
+            ``query_priors`` given to :meth:`loss_by_feat`; its predicted centre where
+            it has no valid prior).
         init_cfg (dict, optional): Defaults to None.
     """
 
@@ -103,6 +109,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         if self.max_match_dist_mm is not None and not self.max_match_dist_mm > 0:
             raise ValueError('model.train_cfg.rcnn.max_match_dist_mm must be None or > 0, '
                              f'got {self.max_match_dist_mm}')
+        self.match_dist_from = (train_cfg or dict()).get('match_dist_from', 'prediction')
+        if self.match_dist_from not in MATCH_DIST_FROM:
+            raise ValueError('model.train_cfg.rcnn.match_dist_from must be one of '
+                             f'{MATCH_DIST_FROM}, got {self.match_dist_from!r}')
 
         self.transformer = MODELS.build(transformer)
         if self.transformer.embed_dims != embed_dims:
@@ -190,7 +200,8 @@ class MV2DXrayCrossAttentionHead(BaseModule):
 
     # -- loss ----------------------------------------------------------------------------
     def get_targets_single(self, cls_scores: Tensor, codes: Tensor,
-                           gt_codes: Tensor, gt_labels: Tensor) -> Tuple:
+                           gt_codes: Tensor, gt_labels: Tensor,
+                           query_priors: Optional[Tensor] = None) -> Tuple:
         """Targets of one scene and one layer.
 
         Args:
@@ -198,6 +209,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             codes (Tensor): ``(Q, 6)`` predicted codes.
             gt_codes (Tensor): ``(M, 6)`` GT codes.
             gt_labels (Tensor): ``(M,)``.
+            query_priors (Tensor, optional): ``(Q, 3)`` the queries' triangulated
+                priors, ct mm, NaN where a query has none; read only with
+                ``max_match_dist_mm`` and ``match_dist_from='prior'``. Defaults to None
+                (the predicted centres).
 
         Returns:
             tuple: ``labels`` ``(Q,)`` (``num_classes`` = background),
@@ -219,7 +234,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         queries can move anywhere, but ours sit on the 2D stage's detections, and where
         the 2D stage missed a finding in every view its pair is a false positive tens of
         mm away that the classifier would be taught to score as the finding and the
-        regression to move there.
+        regression to move there. Measured from the predicted centres, the gate can
+        close on every pair once the centres drift (then nothing trains them back: the
+        blades' ``cls2-far5`` ablation); from the queries' priors (``match_dist_from=
+        'prior'``) it depends on the 2D detections alone, not on the training's state.
         """
         weights = self.code_weights.to(codes)
         assign_result = self.assigner.assign(
@@ -235,8 +253,13 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             gt_centres = self.bbox_coder.denormalize_points(gt_codes[:, :3].to(codes))
             dist = (centres[:, None] - gt_centres[None]).norm(dim=-1)  # (Q, M) mm
         if self.max_match_dist_mm is not None and len(gt_codes):
+            gate_dist = dist
+            if self.match_dist_from == 'prior' and query_priors is not None:
+                prior_dist = (query_priors.to(gt_centres)[:, None] -
+                              gt_centres[None]).norm(dim=-1)           # (Q, M) mm
+                gate_dist = torch.where(prior_dist.isnan(), dist, prior_dist)
             paired = (gt_inds > 0).nonzero(as_tuple=True)[0]
-            far = dist[paired, gt_inds[paired] - 1] > self.max_match_dist_mm
+            far = gate_dist[paired, gt_inds[paired] - 1] > self.max_match_dist_mm
             gt_inds[paired[far]] = 0
         if self.extra_pos_radius is not None and len(gt_codes):
             radius = gt_codes[:, 3:6].to(codes).exp().amax(dim=1) / 2
@@ -255,8 +278,8 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         return labels, bbox_targets, bbox_weights, len(pos)
 
     def loss_single(self, cls_scores: Tensor, codes: Tensor, scene_ids: Tensor,
-                    gt_codes: List[Tensor],
-                    gt_labels: List[Tensor]) -> Tuple[Tensor, Tensor]:
+                    gt_codes: List[Tensor], gt_labels: List[Tensor],
+                    query_priors: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Focal and L1 losses of one decoder layer over the batch.
 
         Args:
@@ -265,6 +288,8 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             scene_ids (Tensor): ``(Q,)``.
             gt_codes (list[Tensor]): per scene ``(M_b, 6)``.
             gt_labels (list[Tensor]): per scene ``(M_b,)``.
+            query_priors (Tensor, optional): ``(Q, 3)`` ct mm, NaN where none
+                (:meth:`get_targets_single`). Defaults to None.
         """
         labels = scene_ids.new_full((len(codes), ), self.num_classes)
         bbox_targets = torch.zeros_like(codes)
@@ -275,8 +300,9 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             index = (scene_ids == scene).nonzero(as_tuple=True)[0]
             if len(index) == 0:
                 continue
-            targets = self.get_targets_single(cls_scores[index], codes[index],
-                                              scene_codes, scene_labels)
+            targets = self.get_targets_single(
+                cls_scores[index], codes[index], scene_codes, scene_labels,
+                None if query_priors is None else query_priors[index])
             labels[index] = targets[0]
             bbox_targets[index] = targets[1]
             bbox_weights[index] = targets[2]
@@ -293,7 +319,8 @@ class MV2DXrayCrossAttentionHead(BaseModule):
     def loss_by_feat(self, all_cls_scores: Tensor, all_codes: Tensor,
                      scene_ids: Tensor,
                      batch_gt_instances_3d: List[InstanceData],
-                     stage_loss_weights: Sequence[float]) -> Dict[str, Tensor]:
+                     stage_loss_weights: Sequence[float],
+                     query_priors: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Losses of every decoder layer, each with its own Hungarian matching.
 
         Args:
@@ -303,6 +330,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
             batch_gt_instances_3d (list[InstanceData]): per scene ``bboxes_3d``
                 (mmdet3d boxes) and ``labels_3d``.
             stage_loss_weights (Sequence[float]): One weight per layer.
+            query_priors (Tensor, optional): ``(Q, 3)`` the queries' triangulated
+                priors, ct mm, NaN where a query has none: where ``max_match_dist_mm``
+                measures from with ``match_dist_from='prior'``. Defaults to None (the
+                predicted centres).
 
         Returns:
             dict[str, Tensor]: ``l{i}.loss_cls`` and ``l{i}.loss_bbox``.
@@ -324,7 +355,7 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         for layer, weight in enumerate(stage_loss_weights):
             loss_cls, loss_bbox = self.loss_single(all_cls_scores[layer],
                                                    all_codes[layer], scene_ids,
-                                                   gt_codes, gt_labels)
+                                                   gt_codes, gt_labels, query_priors)
             losses[f'l{layer}.loss_cls'] = loss_cls * weight
             losses[f'l{layer}.loss_bbox'] = loss_bbox * weight
         return losses

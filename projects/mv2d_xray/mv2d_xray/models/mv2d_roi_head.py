@@ -793,10 +793,12 @@ class MV2DXrayRoIHead(BaseModule):
         out = self.forward(feats, rois, batch_img_metas, num_views, roi_scores)
         # the matching and the losses in fp32 too (the outputs are fp32 already)
         with torch.autocast(device_type=rois.device.type, enabled=not self.force_fp32):
+            priors = torch.where(out['query_prior_ok'][:, None], out['query_priors'],
+                                 float('nan'))                    # (Q, 3) ct mm
             losses = self.bbox_head.loss_by_feat(out['all_cls_scores'],
                                                  out['all_codes'], out['scene_ids'],
                                                  batch_gt_instances_3d,
-                                                 self.stage_loss_weights)
+                                                 self.stage_loss_weights, priors)
             if self.ray_denoising_cfg is not None:
                 losses.update(self.ray_denoising_loss(feats, rois, batch_img_metas,
                                                       batch_gt_instances_3d, num_views,
