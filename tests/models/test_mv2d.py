@@ -77,15 +77,21 @@ def test_loss_forward_backward(num_views, view_probes):
 
 def test_loss_gates_pairs_on_the_queries_valid_priors():
     """``train_cfg.rcnn.match_dist_from='prior'``: the RoI head hands the 3D head the
-    queries' priors from its forward pass, NaN where a prior is not valid, and the
-    gate then measures from them (a gate of 1e-3 mm on the priors keeps no pair)."""
+    queries' priors from its forward pass, NaN where a prior is not valid (every other
+    detection's prior is marked not valid here), each scene's matching gets its own
+    queries' rows, and a gate of 1e-3 mm then keeps no pair (no box loss)."""
     torch.set_num_threads(1)
     cfg = tiny_mv2d_config()
     cfg['train_cfg']['rcnn'].update(max_match_dist_mm=1e-3, match_dist_from='prior')
     model = _build(cfg)
     model.train()
-    head, seen = model.roi_head.bbox_head, {}
-    forward, loss_by_feat = model.roi_head.forward, head.loss_by_feat
+    roi_head, head, seen = model.roi_head, model.roi_head.bbox_head, {'targets': []}
+    forward, triangulate = roi_head.forward, roi_head.triangulate_priors
+    loss_by_feat, targets = head.loss_by_feat, head.get_targets_single
+
+    def half_valid(*args):
+        points, ok = triangulate(*args)
+        return points, ok & (torch.arange(len(ok)) % 2 == 0)
 
     def record_forward(*args, **kwargs):
         seen['out'] = forward(*args, **kwargs)
@@ -95,14 +101,25 @@ def test_loss_gates_pairs_on_the_queries_valid_priors():
         seen['priors'] = args[5]
         return loss_by_feat(*args)
 
-    model.roi_head.forward, head.loss_by_feat = record_forward, record_loss_by_feat
+    def record_targets(*args):
+        seen['targets'].append(args[4])
+        return targets(*args)
+
+    roi_head.triangulate_priors, roi_head.forward = half_valid, record_forward
+    head.loss_by_feat, head.get_targets_single = record_loss_by_feat, record_targets
     data = model.data_preprocessor(make_batch(4, [2, 1], seed=5), True)
     losses = model(**data, mode='loss')
     out, priors = seen['out'], seen['priors']
     ok = out['query_prior_ok']
-    assert priors.shape == out['query_priors'].shape and ok.any()
+    assert priors.shape == out['query_priors'].shape and ok.any() and (~ok).any()
     assert torch.equal(priors[ok], out['query_priors'][ok])
     assert priors[~ok].isnan().all()
+    # per decoder layer, one matching per scene with that scene's queries' priors
+    scenes = out['scene_ids'].unique().tolist()
+    assert len(seen['targets']) == 6 * len(scenes)
+    for call, scene_priors in enumerate(seen['targets']):
+        mine = out['scene_ids'] == scenes[call % len(scenes)]
+        torch.testing.assert_close(scene_priors, priors[mine], equal_nan=True)
     # no query lies within 1e-3 mm of a finding: no positive, no box loss in any layer
     assert all(float(losses[f'l{layer}.loss_bbox']) == 0 for layer in range(6))
 

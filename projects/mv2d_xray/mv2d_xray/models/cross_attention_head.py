@@ -237,7 +237,10 @@ class MV2DXrayCrossAttentionHead(BaseModule):
         regression to move there. Measured from the predicted centres, the gate can
         close on every pair once the centres drift (then nothing trains them back: the
         blades' ``cls2-far5`` ablation); from the queries' priors (``match_dist_from=
-        'prior'``) it depends on the 2D detections alone, not on the training's state.
+        'prior'``) it does not depend on the 3D head's predictions, except for queries
+        without a valid prior (their predicted centres). The ``extra_pos_radius`` step
+        comes after the gate and measures from the predicted centres, so a dropped
+        pair's query whose predicted centre lies on its finding is a positive again.
         """
         weights = self.code_weights.to(codes)
         assign_result = self.assigner.assign(
