@@ -300,6 +300,11 @@ def training_digest(config: str, cfg_options: Sequence[str] = ()) -> str:
     from mmengine.config import Config
     settings = Config.fromfile(config, import_custom_modules=False).to_dict()
     settings = {k: v for k, v in settings.items() if is_training_key(k)}
+    # mmengine's Runner registers no hook for an empty `custom_hooks`, as for none: a
+    # config that clears its base's hooks (the chest 2D stage, of MV2D's EMAHook) trains
+    # as before, and keeps the digest its trainings were recorded with
+    if settings.get('custom_hooks') == []:
+        del settings['custom_hooks']
     if isinstance(settings.get('model'), dict):
         settings['model'] = {k: v for k, v in settings['model'].items()
                              if is_training_key(f'model.{k}')}

@@ -404,6 +404,23 @@ def test_a_training_is_reused_only_with_the_same_training_settings(tmp_path, cap
     assert 'its settings were not recorded' in capsys.readouterr().out
 
 
+def test_an_empty_hook_list_trains_as_none(tmp_path):
+    """A config that clears its base's ``custom_hooks`` (the chest 2D stage, of MV2D's
+    EMAHook) has the digest of one that never had any: mmengine registers no hook for
+    either, so its recorded trainings stay reusable; a hook itself changes the digest."""
+    bench = _benchmark_module()
+    plain = tmp_path / 'plain.py'
+    plain.write_text("model = dict(type='M')\ntrain_cfg = dict(max_epochs=12)\n")
+    base = tmp_path / 'base.py'
+    base.write_text(plain.read_text() + "custom_hooks = [dict(type='EMAHook', momentum=0.002)]\n")
+    cleared = tmp_path / 'cleared.py'
+    cleared.write_text("_base_ = ['./base.py']\ncustom_hooks = []\n")
+    assert bench.training_digest(str(cleared)) == bench.training_digest(str(plain))
+    assert bench.training_digest(str(base)) != bench.training_digest(str(plain))
+    assert bench.training_digest(str(base), ['custom_hooks.0.momentum=0.001']) != \
+        bench.training_digest(str(base))
+
+
 def _exact_predictions(infos: str) -> dict:
     """``{token: CasePred}``: every finding of ``infos`` at its own box and class, 0.9."""
     from projects.mv2d_xray.core.data_format import CasePred, load_gt_cases
