@@ -314,3 +314,26 @@ def test_backbone_memory_switches_do_what_the_config_says():
     assert frozen == {'conv1', 'bn1', 'layer1'}
     assert not model.bn1.training and not model.layer1[0].bn1.training
     assert model.layer2[0].bn1.training
+
+
+def test_chest_mv2d_averages_its_weights_and_its_2d_stage_does_not(tmp_path):
+    """The chest MV2D config trains with mmengine's EMAHook; its 2D-stage config, which
+    inherits from it, clears the hook, so the 2D stage trains (and is recorded by the
+    benchmark, ``training_digest``) as a config with no hook at all."""
+    from conftest import import_from
+    training_digest = import_from('tools', 'benchmark_detection').training_digest
+    mv2d, stage_2d = load(BENCH), load(BENCH_2D)
+    assert [(h['type'], h['momentum']) for h in mv2d.custom_hooks] == [('EMAHook', 0.002)]
+    assert stage_2d.custom_hooks == []
+
+    def digest(custom_hooks):
+        settings = load(BENCH_2D).to_dict()
+        settings.pop('custom_hooks')
+        if custom_hooks is not None:
+            settings['custom_hooks'] = custom_hooks
+        path = str(tmp_path / f'stage_2d_{len(list(tmp_path.iterdir()))}.py')
+        Config(settings).dump(path)
+        return training_digest(path)
+    as_dumped = digest([])
+    assert digest(None) == as_dumped
+    assert digest(mv2d.custom_hooks) != as_dumped
