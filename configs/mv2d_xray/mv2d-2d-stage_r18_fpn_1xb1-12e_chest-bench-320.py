@@ -15,7 +15,7 @@ model = dict(
         _delete_=True,
         detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
-# the 2D stage's own weights, not averaged (the MV2D config's EMAHook is for its 3D head)
+# the 2D stage's own weights, not averaged (the MV2D config's EMAHook is for MV2D's training)
 custom_hooks = []
 
 # 12 epochs (3126 s in all on 2 CPU cores kept to AVX2: 2420 training views of 15 nodules
