@@ -18,6 +18,8 @@ model = dict(
         _delete_=True,
         detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
+# the 2D stage's own weights, not averaged (the MV2D config's EMAHook is for MV2D's training)
+custom_hooks = []
 
 # 12 epochs of the 216 training parts' 2592 views (~3 min each on 2 CPU cores: 2238 s measured
 # with the val pass, ~0.85 s per step)

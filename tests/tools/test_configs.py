@@ -316,18 +316,25 @@ def test_backbone_memory_switches_do_what_the_config_says():
     assert model.layer2[0].bn1.training
 
 
-def test_chest_mv2d_averages_its_weights_and_its_2d_stage_does_not(tmp_path):
-    """The chest MV2D config trains with mmengine's EMAHook; its 2D-stage config, which
-    inherits from it, clears the hook, so the 2D stage trains (and is recorded by the
-    benchmark, ``training_digest``) as a config with no hook at all."""
+@pytest.mark.parametrize('config, config_2d, hooks', [
+    (BENCH, BENCH_2D, [dict(type='EMAHook', momentum=0.002)]),
+    # the blades' 2D stage trains on with MV2D: only the 3D head is averaged
+    (BLADES_BENCH, BLADES_BENCH_2D,
+     [dict(type='EMAHook', ema_type='XrayPartialEMA', momentum=0.002)]),
+])
+def test_benchmark_mv2d_averages_its_weights_and_its_2d_stage_does_not(
+        tmp_path, config, config_2d, hooks):
+    """The benchmarks' MV2D configs train with mmengine's EMAHook; their 2D-stage configs,
+    which inherit from them, clear the hook, so the 2D stage trains (and is recorded by
+    the benchmark, ``training_digest``) as a config with no hook at all."""
     from conftest import import_from
     training_digest = import_from('tools', 'benchmark_detection').training_digest
-    mv2d, stage_2d = load(BENCH), load(BENCH_2D)
-    assert [(h['type'], h['momentum']) for h in mv2d.custom_hooks] == [('EMAHook', 0.002)]
+    mv2d, stage_2d = load(config), load(config_2d)
+    assert mv2d.custom_hooks == hooks
     assert stage_2d.custom_hooks == []
 
     def digest(custom_hooks):
-        settings = load(BENCH_2D).to_dict()
+        settings = load(config_2d).to_dict()
         settings.pop('custom_hooks')
         if custom_hooks is not None:
             settings['custom_hooks'] = custom_hooks
