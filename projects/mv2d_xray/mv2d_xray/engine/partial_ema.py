@@ -19,8 +19,9 @@ class XrayPartialEMA(ExponentialMovingAverage):
     learning their statistics, the averaged convolutions then meet statistics measured
     on other weights (on the blades' val, over two trainings, its detections triangulated
     0.029 CPM lower than the same trainings' own last weights', and MV2D scored 0.010
-    lower; README, blades ablations ``ema002``). With ``follow_prefixes=('base_detector.',)`` the 2D stage is kept as
-    trained and only the 3D head (query generator, decoder, heads) is averaged.
+    lower; README, blades ablations ``ema002``). With
+    ``follow_prefixes=('base_detector.',)`` the 2D stage is kept as trained and only the
+    3D head (query generator, decoder, heads) is averaged.
 
     Use it through the hook::
 
