@@ -56,7 +56,6 @@ class XrayPartialEMA(ExponentialMovingAverage):
         if not any(name.startswith(prefixes) for name in self.avg_parameters):
             raise ValueError(f'XrayPartialEMA: no parameter of {type(model).__name__} '
                              f'starts with follow_prefixes {prefixes}')
-        self.follow_prefixes = prefixes
         self.followed: Dict[str, torch.Tensor] = {
             name: p for name, p in self.avg_parameters.items() if name.startswith(prefixes)
         }
