@@ -18,7 +18,7 @@ from projects.mv2d_xray.mv2d_xray.models import (MV2DXrayBoxCorrelation, MV2DXra
                                                  objectness_support,
                                                  objectness_support_by_size, view_support,
                                                  view_support_scores)
-from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import roi_cell_centres
+from projects.mv2d_xray.mv2d_xray.models.mv2d_roi_head import gather_rows, roi_cell_centres
 from projects.mv2d_xray.mv2d_xray.models.query_generator import lift_roi_points
 
 init_default_scope('mmdet3d')
@@ -1133,6 +1133,39 @@ def test_depth_bins_uniform_and_linear_increasing():
     gaps = lid.diff()
     assert lid[0] == 100.0 and lid[-1] < 500.0 and lid.dtype == torch.float32
     assert torch.allclose(gaps.diff(), gaps.diff()[:1].expand(6)) and gaps[0] > 0
+
+
+def test_gather_rows_is_indexing_with_a_backward_that_repeats_bit_for_bit():
+    # MV2D's queries read the tokens of shared RoIs: many repeated indices. Advanced
+    # indexing's CPU backward adds their rows with parallel atomics (on 2 threads, 30 of
+    # 30 repeats of this case differed from the first), so seeded trainings drifted apart.
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(100, 49, 64, generator=generator)
+    index = torch.randint(0, 100, (60, 8), generator=generator)
+    upstream = torch.randn(60, 8, 49, 64, generator=generator)
+
+    def gradient(gather):
+        leaf = features.clone().requires_grad_(True)
+        (gather(leaf, index) * upstream).sum().backward()
+        return leaf.grad
+
+    assert torch.equal(gather_rows(features, index), features[index])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = gradient(gather_rows)
+        repeats = [gradient(gather_rows) for _ in range(20)]
+        reference = gradient(lambda leaf, rows: leaf[rows])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(first, again) for again in repeats)
+    # the same sums as the indexing's, up to the order of the additions
+    assert torch.allclose(first, reference, atol=1e-5)
+    counts = torch.bincount(index.flatten(), minlength=100)
+    manual = torch.zeros_like(features)
+    for flat, row in enumerate(index.flatten().tolist()):
+        manual[row] += upstream.flatten(0, 1)[flat]
+    assert torch.allclose(first, manual, atol=1e-5) and (counts > 1).any()
 
 
 def test_positional_encoding_samples_the_viewing_rays():

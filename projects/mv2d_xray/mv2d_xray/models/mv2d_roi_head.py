@@ -104,6 +104,27 @@ def roi_cell_centres(bboxes: Tensor, roi_size: Tuple[int, int]) -> Tensor:
                        dim=-1).flatten(1, 2)
 
 
+def gather_rows(features: Tensor, index: Tensor) -> Tensor:
+    """``features[index]`` along dim 0 for any shape of ``index``, with a backward that
+    sums the same way in every run.
+
+    Why not ``features[index]``: advanced indexing's backward is ``index_put_`` with
+    ``accumulate=True``, which on a CPU adds the rows of repeated indices with parallel
+    atomic adds, in an order that differs between runs (every query that reads an RoI
+    repeats its index), so two trainings with the same seed drift apart (README, *The
+    chest benchmark from nothing with the averaged weights*). ``index_select``'s backward
+    (``index_add_``) adds them in index order; the forward is the same gather.
+
+    Args:
+        features (Tensor): ``(N, ...)``, e.g. ``(R, P, C)`` RoI tokens.
+        index (Tensor): integer indices into dim 0, any shape ``S``.
+
+    Returns:
+        Tensor: ``(*S, ...)``.
+    """
+    return features.index_select(0, index.reshape(-1)).unflatten(0, index.shape)
+
+
 class RoIGeometry(NamedTuple):
     """Where the ``R`` RoIs of a batch of ``B`` scenes of ``V`` views come from
     (:meth:`MV2DXrayRoIHead.gather_rois`)."""
@@ -452,8 +473,9 @@ class MV2DXrayRoIHead(BaseModule):
         if self.triangulate_prior:
             _, depth = project_points(lidar2img, prior_points[query_rois].double()[:, None])
             depth_prior = depth[:, 0]                            # (Q,) cam mm
-        return self.query_generator(roi_feats[query_rois], geo.bboxes[query_rois],
-                                    lidar2img, geo.cam2img[query_rois], depth_prior)
+        return self.query_generator(gather_rows(roi_feats, query_rois),
+                                    geo.bboxes[query_rois], lidar2img,
+                                    geo.cam2img[query_rois], depth_prior)
 
     @torch.no_grad()
     def probe_rois(self, points: Tensor, points_ok: Tensor, query_rois: Tensor,
@@ -558,8 +580,8 @@ class MV2DXrayRoIHead(BaseModule):
             ``all_codes`` ``(L, Q, 6)``.
         """
         ref_norm = self.bbox_coder.normalize_points(ref_points).clamp(0, 1)
-        key = tokens[corr].flatten(1, 2)                         # (Q, M * P, C)
-        key_pos = pos[corr].flatten(1, 2)
+        key = gather_rows(tokens, corr).flatten(1, 2)            # (Q, M * P, C)
+        key_pos = gather_rows(pos, corr).flatten(1, 2)
         padding = (~corr_mask)[:, :, None].expand(-1, -1, tokens.shape[1]).flatten(1)
         return self.bbox_head(ref_norm, scene_ids, key, key_pos, padding, content)
 
