@@ -1137,8 +1137,9 @@ def test_depth_bins_uniform_and_linear_increasing():
 
 def test_gather_rows_is_indexing_with_a_backward_that_repeats_bit_for_bit():
     # MV2D's queries read the tokens of shared RoIs: many repeated indices. Advanced
-    # indexing's CPU backward adds their rows with parallel atomics (on 2 threads, 30 of
-    # 30 repeats of this case differed from the first), so seeded trainings drifted apart.
+    # indexing's CPU backward adds their rows in an order that varies between runs (on 2
+    # threads 30 of 30 repeats of this case differed from the first), so seeded trainings
+    # drifted apart.
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(100, 49, 64, generator=generator)
     index = torch.randint(0, 100, (60, 8), generator=generator)

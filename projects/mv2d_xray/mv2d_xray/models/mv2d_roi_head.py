@@ -109,9 +109,9 @@ def gather_rows(features: Tensor, index: Tensor) -> Tensor:
     sums the same way in every run.
 
     Why not ``features[index]``: advanced indexing's backward is ``index_put_`` with
-    ``accumulate=True``, which on a CPU adds the rows of repeated indices with parallel
-    atomic adds, in an order that differs between runs (every query that reads an RoI
-    repeats its index), so two trainings with the same seed drift apart (README, *The
+    ``accumulate=True``, which on a CPU with several threads adds the rows of repeated
+    indices in an order that differs between runs (every query that reads an RoI repeats
+    its index), so two trainings with the same seed drift apart (README, *The
     chest benchmark from nothing with the averaged weights*). ``index_select``'s backward
     (``index_add_``) adds them in index order; the forward is the same gather.
 
