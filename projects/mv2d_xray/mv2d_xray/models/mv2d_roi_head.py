@@ -113,7 +113,11 @@ def gather_rows(features: Tensor, index: Tensor) -> Tensor:
     indices in an order that differs between runs (every query that reads an RoI repeats
     its index), so two trainings with the same seed drift apart (README, *The
     chest benchmark from nothing with the averaged weights*). ``index_select``'s backward
-    (``index_add_``) adds them in index order; the forward is the same gather.
+    (``index_add_``) adds them in index order on a CPU; the forward is the same gather.
+    PyTorch's ``use_deterministic_algorithms`` list names it the other way round on CUDA
+    (``index_select``'s backward nondeterministic there, indexing's only on the CPU), but a
+    CUDA training is not repeatable by default anyway (cuDNN); mmengine's
+    ``randomness=dict(deterministic=True)`` makes both paths deterministic on both devices.
 
     Args:
         features (Tensor): ``(N, ...)``, e.g. ``(R, P, C)`` RoI tokens.
