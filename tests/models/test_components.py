@@ -718,6 +718,39 @@ def test_refine_on_detections_uses_the_scenes_detections_of_the_class():
                 refine_to_detections={key: value})))
 
 
+
+def test_refine_on_detections_keeps_a_centre_the_re_triangulation_moves_too_far():
+    """``refine_to_detections.max_move_mm``: the re-triangulated centre replaces the
+    decoded one only within that distance of it; farther, the box stays where it was and
+    is not confirmed (``confirmed`` False, so the ray search may move it). A negative
+    limit is refused."""
+    num_views, lidar2img, point, uv = _four_view_point()
+    rois = torch.tensor([[view, u - 3, v - 3, u + 3, v + 3]
+                         for view, (u, v) in enumerate(uv.tolist())], dtype=torch.float64)
+    roi_scores, roi_labels = torch.full((4, ), 0.5), torch.zeros(4, dtype=torch.long)
+    start = point[0].double() + torch.tensor([0.6, -0.3, 0.2], dtype=torch.float64)
+    move = float(torch.linalg.norm(start - point[0].double()))       # 0.7 mm
+    pred = dict(bboxes=torch.cat([start, torch.tensor([1., 1., 1., 0.],
+                                                      dtype=torch.float64)])[None],
+                scores=torch.tensor([0.6]), labels=torch.tensor([0]),
+                query_ids=torch.tensor([0]))
+
+    def refined(max_move_mm):
+        head = MODELS.build(dict(tiny_mv2d_config()['roi_head'], test_cfg=dict(
+            refine_to_detections=dict(gate_px=3.0, max_move_mm=max_move_mm))))
+        return head.refine_on_detections(pred, dict(lidar2img=lidar2img), rois, roi_scores,
+                                         0, num_views, roi_labels)
+
+    for limit in (None, move + 0.05):
+        out = refined(limit)
+        assert torch.allclose(out['bboxes'][0, :3], point[0].double(), atol=1e-6)
+        assert out['confirmed'].tolist() == [True]
+    out = refined(move - 0.05)
+    assert torch.equal(out['bboxes'], pred['bboxes'])
+    assert out['confirmed'].tolist() == [False]
+    with pytest.raises(ValueError, match='refine_to_detections.max_move_mm must be >= 0'):
+        refined(-1.0)
+
 def test_view_support_hand_computed():
     """Support = mean over views of the best 2D score whose (grown) box holds the
     centre's projection, computed by hand on a 4-view ring."""

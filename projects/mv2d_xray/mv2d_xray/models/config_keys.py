@@ -31,7 +31,7 @@ RAY_DENOISING_KEYS = ('num_rays', 'num_negatives', 'offset_mm', 'pos_noise_mm',
 RCNN_TEST_CFG_KEYS = ('refine_radius_mm', 'refine_to_detections', 'view_support',
                       'objectness_support', 'score_thr', 'nms', 'max_per_scene')
 #: ``test_cfg.rcnn.refine_to_detections``: :meth:`MV2DXrayRoIHead.refine_on_detections`.
-REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views')
+REFINE_TO_DETECTIONS_KEYS = ('gate_px', 'gate_frac', 'min_views', 'max_move_mm')
 #: ``test_cfg.rcnn.view_support``: :meth:`MV2DXrayRoIHead.rescore`.
 VIEW_SUPPORT_KEYS = ('weight', 'margin_px', 'gate_px', 'gate_frac', 'per_class', 'class_support')
 #: ``test_cfg.rcnn.objectness_support``: :meth:`MV2DXrayRoIHead.rescore_by_objectness` and

@@ -211,7 +211,7 @@ class MV2DXrayRoIHead(BaseModule):
             order: ``refine_radius_mm`` (None, or keep each decoded centre within this
             distance of its query's valid triangulated prior, :meth:`limit_refinement`;
             0 puts it at the prior), ``refine_to_detections`` (None, or
-            ``dict(gate_px=3, gate_frac=0.5, min_views=2)``:
+            ``dict(gate_px=3, gate_frac=0.5, min_views=2)``, optionally ``max_move_mm``:
             :meth:`refine_on_detections`), ``objectness_support.search_depths`` (None,
             or an int: :meth:`search_rays`), ``view_support`` (:meth:`rescore`: ``dict(
             weight=w)`` with one rule, ``margin_px`` or ``gate_px`` / ``gate_frac``, and
@@ -295,6 +295,8 @@ class MV2DXrayRoIHead(BaseModule):
                              "of the boxes refine_to_detections cannot re-triangulate: it "
                              'needs test_cfg.refine_to_detections')
         self.refine_cfg = self.refine_settings(self.test_cfg.get('refine_to_detections', None))
+        self.refine_max_move_mm = self.refine_max_move(
+            self.test_cfg.get('refine_to_detections', None))
         output_size = bbox_roi_extractor['roi_layer']['output_size']
         self.roi_size = ((output_size, output_size)
                          if isinstance(output_size, int) else tuple(output_size))
@@ -1164,8 +1166,19 @@ class MV2DXrayRoIHead(BaseModule):
         MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0, min_views=2),
                                            'test_cfg.rcnn.refine_to_detections')
         settings = {key: type(getattr(TriangulationConfig, key))(value)
-                    for key, value in cfg.items()}
+                    for key, value in cfg.items() if key != 'max_move_mm'}
         return TriangulationConfig(score_thr=-math.inf, max_per_view=sys.maxsize, **settings)
+
+    @staticmethod
+    def refine_max_move(cfg: Optional[dict]) -> Optional[float]:
+        """``test_cfg.refine_to_detections.max_move_mm`` (>= 0, mm): how far the
+        re-triangulation may move a centre; None (unset) for no limit."""
+        value = (cfg or dict()).get('max_move_mm', None)
+        if value is None:
+            return None
+        MV2DXrayRoIHead.check_lower_bounds(dict(max_move_mm=value), dict(max_move_mm=0),
+                                           'test_cfg.rcnn.refine_to_detections')
+        return float(value)
 
     @staticmethod
     def roi_scores_or_ones(rois: Tensor, roi_scores: Optional[Tensor]) -> Tensor:
@@ -1190,8 +1203,15 @@ class MV2DXrayRoIHead(BaseModule):
         holds the centre's projection; at least ``min_views`` views), as the
         triangulation baseline refines its findings (:func:`refine_to_detections`).
         Boxes with too little support stay; extents, scores and labels are not changed
-        here (``view_support`` then scores the moved centres). Without it, ``pred``
-        unchanged. Settings: :meth:`refine_settings`.
+        here (``view_support`` then scores the moved centres). With ``max_move_mm``, a
+        box whose re-triangulated centre lies farther than that from its centre stays
+        too, unconfirmed (so ``objectness_support.search_depths`` searches its ray):
+        on the blades val, for the defects 3+ views detect, the re-triangulation of the
+        box of the right class could land 1.2-2.9 mm off while the query's prior lay
+        within the hit radius, probably by taking in some view the nearest detection of
+        a neighbouring defect (README blades *Results*, ablation `maxmove`). Without
+        it, ``pred`` unchanged. Settings: :meth:`refine_settings`,
+        :meth:`refine_max_move`.
 
         A query's prior is triangulated from its own relevant detections only, with the
         robust weights of ``prior_outlier_mm``; the box centres of every supporting view
@@ -1229,10 +1249,15 @@ class MV2DXrayRoIHead(BaseModule):
             (rois[mine, 0].long() % num_views).cpu().numpy(),
             bboxes[:, :3].detach().double().cpu().numpy(), pred['labels'].cpu().numpy(),
             self.refine_cfg)
+        points, num_views = refined['points'], refined['num_views']
+        if self.refine_max_move_mm is not None:
+            start = bboxes[:, :3].detach().double().cpu().numpy()
+            too_far = np.linalg.norm(points - start, axis=1) > self.refine_max_move_mm
+            points = np.where(too_far[:, None], start, points)
+            num_views = np.where(too_far, 0, num_views)
         out = dict(pred)
-        out['bboxes'] = torch.cat([torch.as_tensor(refined['points']).to(bboxes),
-                                   bboxes[:, 3:]], dim=1)
-        out['confirmed'] = torch.as_tensor(refined['num_views'] > 0, device=bboxes.device)
+        out['bboxes'] = torch.cat([torch.as_tensor(points).to(bboxes), bboxes[:, 3:]], dim=1)
+        out['confirmed'] = torch.as_tensor(num_views > 0, device=bboxes.device)
         return out
 
     def rescore(self, pred: Dict[str, Tensor], meta: dict, rois: Tensor,
