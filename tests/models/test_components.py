@@ -718,7 +718,6 @@ def test_refine_on_detections_uses_the_scenes_detections_of_the_class():
                 refine_to_detections={key: value})))
 
 
-
 def test_refine_on_detections_keeps_a_centre_the_re_triangulation_moves_too_far():
     """``refine_to_detections.max_move_mm``: the re-triangulated centre replaces the
     decoded one only within that distance of it; farther, the box stays where it was and
