@@ -750,6 +750,7 @@ def test_refine_on_detections_keeps_a_centre_the_re_triangulation_moves_too_far(
     with pytest.raises(ValueError, match='refine_to_detections.max_move_mm must be >= 0'):
         refined(-1.0)
 
+
 def test_view_support_hand_computed():
     """Support = mean over views of the best 2D score whose (grown) box holds the
     centre's projection, computed by hand on a 4-view ring."""

@@ -1158,27 +1158,26 @@ class MV2DXrayRoIHead(BaseModule):
     def refine_settings(cfg: Optional[dict]) -> Optional[TriangulationConfig]:
         """``test_cfg.refine_to_detections`` (``gate_px`` >= 0, ``gate_frac`` >= 0,
         ``min_views`` >= 2; defaults those of :class:`TriangulationConfig`) as the
-        baseline's settings, or None. Every RoI may support a box: the RoIs are already
+        baseline's settings, or None; ``max_move_mm`` (>= 0) is checked here and read
+        by :meth:`refine_max_move`, the baseline has no such setting. Every RoI may support a box: the RoIs are already
         ``detection_proposal``'s (thresholded and capped), so the baseline's own
         ``score_thr`` and ``max_per_view`` are switched off."""
         if cfg is None:
             return None
-        MV2DXrayRoIHead.check_lower_bounds(cfg, dict(gate_px=0, gate_frac=0, min_views=2),
-                                           'test_cfg.rcnn.refine_to_detections')
+        MV2DXrayRoIHead.check_lower_bounds(
+            cfg, dict(gate_px=0, gate_frac=0, min_views=2, max_move_mm=0),
+            'test_cfg.rcnn.refine_to_detections')
         settings = {key: type(getattr(TriangulationConfig, key))(value)
                     for key, value in cfg.items() if key != 'max_move_mm'}
         return TriangulationConfig(score_thr=-math.inf, max_per_view=sys.maxsize, **settings)
 
     @staticmethod
     def refine_max_move(cfg: Optional[dict]) -> Optional[float]:
-        """``test_cfg.refine_to_detections.max_move_mm`` (>= 0, mm): how far the
-        re-triangulation may move a centre; None (unset) for no limit."""
+        """``test_cfg.refine_to_detections.max_move_mm`` (mm; its bound is checked with
+        the other settings in :meth:`refine_settings`): how far the re-triangulation may
+        move a centre; None (unset) for no limit."""
         value = (cfg or dict()).get('max_move_mm', None)
-        if value is None:
-            return None
-        MV2DXrayRoIHead.check_lower_bounds(dict(max_move_mm=value), dict(max_move_mm=0),
-                                           'test_cfg.rcnn.refine_to_detections')
-        return float(value)
+        return None if value is None else float(value)
 
     @staticmethod
     def roi_scores_or_ones(rois: Tensor, roi_scores: Optional[Tensor]) -> Tensor:
@@ -1242,18 +1241,17 @@ class MV2DXrayRoIHead(BaseModule):
                              '(roi_labels)')
         mine, scores = self.scene_rois(rois, roi_scores, scene, num_views)
         bboxes = pred['bboxes']
+        centres = bboxes[:, :3].detach().double().cpu().numpy()
         refined = refine_to_detections(
             np.asarray(meta['lidar2img'], np.float64),
             rois[mine, 1:].detach().double().cpu().numpy(),
             scores[mine].detach().double().cpu().numpy(), roi_labels[mine].cpu().numpy(),
             (rois[mine, 0].long() % num_views).cpu().numpy(),
-            bboxes[:, :3].detach().double().cpu().numpy(), pred['labels'].cpu().numpy(),
-            self.refine_cfg)
+            centres, pred['labels'].cpu().numpy(), self.refine_cfg)
         points, num_views = refined['points'], refined['num_views']
         if self.refine_max_move_mm is not None:
-            start = bboxes[:, :3].detach().double().cpu().numpy()
-            too_far = np.linalg.norm(points - start, axis=1) > self.refine_max_move_mm
-            points = np.where(too_far[:, None], start, points)
+            too_far = np.linalg.norm(points - centres, axis=1) > self.refine_max_move_mm
+            points = np.where(too_far[:, None], centres, points)
             num_views = np.where(too_far, 0, num_views)
         out = dict(pred)
         out['bboxes'] = torch.cat([torch.as_tensor(points).to(bboxes), bboxes[:, 3:]], dim=1)
