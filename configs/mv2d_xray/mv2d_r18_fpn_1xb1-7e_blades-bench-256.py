@@ -90,8 +90,10 @@ model = dict(
     # search may move it. For the defects 3+ views detect, the box of the right class
     # could land 1.2-2.9 mm off while the prior lay within the hit radius (probably a
     # neighbouring defect's detection taken in some view). Val, one training: 0.572 ->
-    # 0.599, paired +0.027 [0.003, 0.050] (1 mm +0.026; 1.5 and 2 mm +0.005); README
-    # blades ablations `maxmove`.
+    # 0.599, paired +0.027 [0.003, 0.050] (1 mm +0.026; 1.5 and 2 mm +0.005); a second
+    # training (seed 1, fiftieth session) 0.593 -> 0.593; the mean gain of the two on val
+    # +0.014 [0.002, 0.033], on test +0.009 [-0.009, 0.030]; README blades ablations
+    # `maxmove`.
     test_cfg=dict(
         detection_proposal=dict(max_per_img=20),
         rcnn=dict(
