@@ -1159,9 +1159,10 @@ class MV2DXrayRoIHead(BaseModule):
         """``test_cfg.refine_to_detections`` (``gate_px`` >= 0, ``gate_frac`` >= 0,
         ``min_views`` >= 2; defaults those of :class:`TriangulationConfig`) as the
         baseline's settings, or None; ``max_move_mm`` (>= 0) is checked here and read
-        by :meth:`refine_max_move`, the baseline has no such setting. Every RoI may support a box: the RoIs are already
-        ``detection_proposal``'s (thresholded and capped), so the baseline's own
-        ``score_thr`` and ``max_per_view`` are switched off."""
+        by :meth:`refine_max_move`, the baseline has no such setting. Every RoI may
+        support a box: the RoIs are already ``detection_proposal``'s (thresholded and
+        capped), so the baseline's own ``score_thr`` and ``max_per_view`` are switched
+        off."""
         if cfg is None:
             return None
         MV2DXrayRoIHead.check_lower_bounds(
