@@ -91,9 +91,9 @@ model = dict(
     # could land 1.2-2.9 mm off while the prior lay within the hit radius (probably a
     # neighbouring defect's detection taken in some view). Val, one training: 0.572 ->
     # 0.599, paired +0.027 [0.003, 0.050] (1 mm +0.026; 1.5 and 2 mm +0.005); a second
-    # training (seed 1, fiftieth session) 0.593 -> 0.593; the mean gain of the two on val
-    # +0.014 [0.002, 0.033], on test +0.009 [-0.009, 0.030]; README blades ablations
-    # `maxmove`.
+    # training (seed 1, fiftieth session) 0.593 -> 0.593, a third (seed 2, fifty-first)
+    # 0.582 -> 0.596; the mean gain of the three on val +0.014 [0.003, 0.028], on test
+    # +0.018 [0.001, 0.036]; README blades ablations `maxmove`.
     test_cfg=dict(
         detection_proposal=dict(max_per_img=20),
         rcnn=dict(
