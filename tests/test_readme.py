@@ -28,10 +28,11 @@ def table_rows_off_header(lines):
         if fenced or not line.startswith('|'):
             header = None
             continue
+        cells = count_cells(line)
         if header is None:
-            header = count_cells(line)
-        elif count_cells(line) != header:
-            off.append((number, count_cells(line), header))
+            header = cells
+        elif cells != header:
+            off.append((number, cells, header))
     return off
 
 
