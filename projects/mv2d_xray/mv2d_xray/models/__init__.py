@@ -1,6 +1,7 @@
 """mv2d-xray plugin: models (imported by the plugin package; each module registers
 itself in mmdet3d's registries)."""
 from projects.mv2d_xray.mv2d_xray.models.box_correlation import MV2DXrayBoxCorrelation
+from projects.mv2d_xray.mv2d_xray.models.context_roi_extractor import XrayContextRoIExtractor
 from projects.mv2d_xray.mv2d_xray.models.cross_attention_head import MV2DXrayCrossAttentionHead
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 from projects.mv2d_xray.mv2d_xray.models.hungarian_assigner_3d import MV2DXrayHungarianAssigner3D
@@ -24,6 +25,7 @@ __all__ = [
     'MV2DXrayBoxCorrelation', 'MV2DXrayPositionalEncoding',
     'MV2DXrayCrossAttentionHead', 'MV2DXrayTransformer',
     'MV2DXrayHungarianAssigner3D', 'MV2DXrayBBox3DL1Cost', 'MV2DXrayNMSFreeCoder',
-    'XrayGridMask', 'ObjectnessMaps', 'centre_distance_nms', 'objectness_at_projections',
+    'XrayGridMask', 'XrayContextRoIExtractor', 'ObjectnessMaps', 'centre_distance_nms',
+    'objectness_at_projections',
     'objectness_support', 'objectness_support_by_size', 'view_support', 'view_support_scores'
 ]
