@@ -10,11 +10,11 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
 init_default_scope('mmdet3d')
 
 
-def _extractor(context_scale):
+def _extractor(context_scale, featmap_strides=(4, 8)):
     return MODELS.build(
         dict(type='XrayContextRoIExtractor', context_scale=context_scale,
              roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
-             out_channels=1, featmap_strides=[4, 8]))
+             out_channels=1, featmap_strides=list(featmap_strides)))
 
 
 def _feats():
@@ -55,12 +55,8 @@ def test_level_chosen_from_the_box_as_detected():
 
 def test_one_level_grows_the_window_too():
     # mmdet's one-level path returns before its own rescaling; the window still grows
-    extractor = MODELS.build(
-        dict(type='XrayContextRoIExtractor', context_scale=2.0,
-             roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
-             out_channels=1, featmap_strides=[4]))
     rois = torch.tensor([[0.0, 20.0, 20.0, 44.0, 44.0]])
-    out = extractor(_feats()[:1], rois)[0, 0]
+    out = _extractor(2.0, featmap_strides=(4, ))(_feats()[:1], rois)[0, 0]
     assert out[0, 0] == pytest.approx(0.0, abs=1e-6)
     assert out[3, 3] == pytest.approx(1.0)
 
