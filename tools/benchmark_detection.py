@@ -42,14 +42,20 @@ checkpoint (``load_from``; each run in the folder one command with that ``load_f
 ``--cfg-options-2d`` trains into). ``--train-nodules-2d N`` (chest) trains the 2D stage on
 another build whose every training case holds N findings (``<data>-tn<N>``, the converter's
 ``--train-nodules N``; val and test as in the benchmark's build), while MV2D trains on the
-domain's training build. A finished training is reused only while its config's training
-settings and its training overrides (data folders, seed, schedule) are unchanged (their
-SHA-1 is recorded beside it; an edit of the test step keeps the training); otherwise the
-run stops and says which folder to delete. ``--quick`` works in ``<domain>-quick`` and
-reports as ``quick-<split>``, apart from the full run's trainings and entries. Each run adds
-its entries to an existing ``benchmark.json`` / ``benchmark.md`` in ``--work-dir`` when it
-ends (an entry of the same domain and split is replaced; the file is read again then, so
-runs side by side in one ``--work-dir`` keep each other's entries).
+domain's training build. ``--cross-fit-2d K`` (cross-fitting) trains MV2D's 3D stage on 2D
+detections made on unseen images, as val's and test's are: the training cases are cut into
+K folds by position (case ``i`` in fold ``i % K``), a 2D stage trained on the other folds
+(``2d-stage-fold<k>of<K>``, the 2D stage's config and overrides) detects on each fold with
+its test step (``crossfit-dets-fold<k>of<K>-<hash>/dets2d.json``), and MV2D, from the full
+2D stage whose features and test-time detections it keeps, takes its training queries
+from those files (``model.train_cfg.detections_file``). A finished training is reused only
+while its config's training settings and its training overrides (data folders, seed,
+schedule) are unchanged (their SHA-1 is recorded beside it; an edit of the test step keeps
+the training); otherwise the run stops and says which folder to delete. ``--quick`` works
+in ``<domain>-quick`` and reports as ``quick-<split>``, apart from the full run's trainings
+and entries. Each run adds its entries to an existing ``benchmark.json`` / ``benchmark.md``
+in ``--work-dir`` when it ends (an entry of the same domain and split is replaced; the file
+is read again then, so runs side by side in one ``--work-dir`` keep each other's entries).
 
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation``; ``2d_stage``;
@@ -203,6 +209,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "converter's --train-nodules N; its val and test splits are the "
                         "benchmark's); MV2D still trains on the domain's training build "
                         '(chest: <data>-tn15). Chest only; with --variant')
+    parser.add_argument('--cross-fit-2d', type=int, default=None, metavar='K',
+                        help="train MV2D's 3D stage on cross-fitted 2D detections: the "
+                        'training cases are cut into K folds (by position: case i in fold '
+                        'i %% K); a 2D stage trained on the other folds detects on each '
+                        '(<domain>/2d-stage-fold<k>of<K>, <domain>/crossfit-dets-fold<k>of'
+                        '<K>), and MV2D takes its training queries from those detections '
+                        '(model.train_cfg.detections_file); its features and its test '
+                        'step use the full 2D stage. With --variant; K >= 2')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.resamples < 10:
@@ -212,9 +226,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if bool(args.variant) != bool(args.test_cfg_options or args.cfg_options
                                   or args.cfg_options_2d or args.amp_2d
                                   or args.cycles_2d > 1
-                                  or args.train_nodules_2d is not None):
+                                  or args.train_nodules_2d is not None
+                                  or args.cross_fit_2d is not None):
         parser.error('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d '
-                     '/ --amp-2d / --cycles-2d / --train-nodules-2d go together')
+                     '/ --amp-2d / --cycles-2d / --train-nodules-2d / --cross-fit-2d go '
+                     'together')
+    if args.cross_fit_2d is not None:
+        if args.cross_fit_2d < 2:
+            parser.error(f'--cross-fit-2d must be at least 2, got {args.cross_fit_2d}')
+        if args.cycles_2d > 1 or args.train_nodules_2d is not None:
+            parser.error('--cross-fit-2d trains its fold stages as the 2D stage of the '
+                         "domain's training build in one run: not with --cycles-2d or "
+                         '--train-nodules-2d')
     if args.train_nodules_2d is not None and args.train_nodules_2d < 1:
         parser.error(f'--train-nodules-2d must be at least 1, got {args.train_nodules_2d}')
     for name in args.domains:
@@ -449,6 +472,72 @@ def train_2d_stage(name: str, domain: Domain, out: str, options: Sequence[str],
     return checkpoint, options_2d
 
 
+def count_cases(pkl: str) -> int:
+    """The number of cases of an info pickle (one line if it is not one)."""
+    from projects.mv2d_xray.core.data_format import load_infos
+    try:
+        return len(load_infos(pkl)['data_list'])
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+
+
+def fold_indices(num_cases: int, num_folds: int, fold: int) -> Tuple[List[int], List[int]]:
+    """``--cross-fit-2d``: the training-pickle positions a fold's 2D stage trains on (every
+    case not in ``fold``) and those it detects on (case ``i`` is in fold ``i % num_folds``)."""
+    held_out = [i for i in range(num_cases) if i % num_folds == fold]
+    return [i for i in range(num_cases) if i % num_folds != fold], held_out
+
+
+def indices_option(loader: str, indices: Sequence[int]) -> str:
+    """The ``--cfg-options`` override restricting a loader's dataset to ``indices``
+    (mmengine ``BaseDataset(indices=...)``)."""
+    return f"{loader}.dataset.indices=[{','.join(str(i) for i in indices)}]"
+
+
+def cross_fit_detections(name: str, domain: Domain, out: str, options: Sequence[str],
+                         args: argparse.Namespace, train_data: str,
+                         log: List[dict]) -> List[str]:
+    """``--cross-fit-2d K``: per fold, train the 2D stage on the other folds of
+    ``train_data``'s training cases (``2d-stage-fold<k>of<K>``, the 2D stage's overrides as
+    :func:`train_2d_stage`'s first run) and detect on the fold with its test step
+    (``tools/test.py``: ``dets2d.json`` in ``crossfit-dets-fold<k>of<K>-<hash>``, reused
+    while made by that checkpoint). Returns the detection files, one per fold."""
+    folds = args.cross_fit_2d
+    pkl, _ = split_files(train_data, domain.prefix, 'train')
+    num_cases = count_cases(pkl)
+    if num_cases < folds:
+        fail(f'--cross-fit-2d {folds}: {pkl} holds only {num_cases} training cases')
+    options_2d = stage_2d_options(args.cfg_options_2d, None, args.amp_2d)
+    files = []
+    for fold in range(folds):
+        train_idx, held_out = fold_indices(num_cases, folds, fold)
+        tag = f'fold{fold + 1}of{folds}'
+        checkpoint = train(f'{name}: training the 2D stage of {tag} (cross-fitting)',
+                           domain.config_2d,
+                           osp.join(out, training_folder(f'2d-stage-{tag}', options_2d)),
+                           list(options) + options_2d +
+                           [indices_option('train_dataloader', train_idx)], log)
+        digest = hashlib.sha1(checkpoint.encode()).hexdigest()[:8]
+        dets_dir = osp.join(out, f'crossfit-dets-{tag}-{digest}')
+        dets, marker = osp.join(dets_dir, 'dets2d.json'), osp.join(dets_dir, 'benchmark_done')
+        if osp.isfile(marker) and osp.isfile(dets):
+            print(f'\n== {name}: the 2D detections of {tag}: already made ({dets})')
+        else:
+            run_step(f'{name}: the 2D detections of {tag} (cross-fitting)',
+                     [sys.executable, 'tools/test.py', domain.config_2d, checkpoint,
+                      '--work-dir', dets_dir, '--cfg-options',
+                      f"test_dataloader.dataset.data_root={train_data.rstrip('/')}/",
+                      f'test_dataloader.dataset.ann_file={osp.basename(pkl)}',
+                      indices_option('test_dataloader', held_out),
+                      f'test_evaluator.ann_file={pkl}'], log)
+            if not osp.isfile(dets):
+                fail(f'{name}: tools/test.py wrote no 2D detections ({dets})')
+            with open(marker, 'w') as f:
+                f.write(checkpoint + '\n')
+        files.append(dets)
+    return files
+
+
 def report_key(args: argparse.Namespace) -> str:
     """The split's key in the report: ``test``, or ``val+<variant>`` for a variant;
     ``quick-`` before it for ``--quick``, so a smoke run never replaces a real entry."""
@@ -484,9 +573,14 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     ckpt_2d, options_2d = train_2d_stage(name, domain, out, options + quick, args, data_2d,
                                          log)
     key = report_key(args)
-    mv2d_dir = osp.join(out, mv2d_folder(args.cfg_options, options_2d))
+    mv2d_options = list(args.cfg_options)
+    if args.cross_fit_2d:
+        dets = cross_fit_detections(name, domain, out, options + quick, args, train_data,
+                                    log)
+        mv2d_options.append(f"model.train_cfg.detections_file=[{','.join(dets)}]")
+    mv2d_dir = osp.join(out, mv2d_folder(mv2d_options, options_2d))
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
-                 options + quick + args.cfg_options + [f'load_from={ckpt_2d}'], log)
+                 options + quick + mv2d_options + [f'load_from={ckpt_2d}'], log)
     test_dir = osp.join(out, f'test-{key}')
     run_step(f'{name}: MV2D on the {key} split',
              [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', test_dir,
@@ -614,7 +708,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    seed=args.seed, test_cfg_options=args.test_cfg_options,
                    cfg_options=args.cfg_options, cfg_options_2d=args.cfg_options_2d,
                    amp_2d=args.amp_2d, cycles_2d=args.cycles_2d,
-                   train_nodules_2d=args.train_nodules_2d, steps=log)
+                   train_nodules_2d=args.train_nodules_2d,
+                   cross_fit_2d=args.cross_fit_2d, steps=log)
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)
         entry['run'] = dict(run, seconds=round(time.time() - start, 1))

@@ -2,6 +2,7 @@
 report's grouping of the findings by the views that detect them (the full run is `make
 benchmark`; its scoring is tested in tests/evaluation/test_benchmark_report.py)."""
 import json
+import os
 import os.path as osp
 
 from test_train_test import run_tool
@@ -24,7 +25,8 @@ def test_variant_needs_test_cfg_options(tmp_path):
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2
     assert ('--variant and --test-cfg-options / --cfg-options / --cfg-options-2d / '
-            '--amp-2d / --cycles-2d / --train-nodules-2d go together') in out.stderr
+            '--amp-2d / --cycles-2d / --train-nodules-2d / --cross-fit-2d go together') \
+        in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'a/b', '--test-cfg-options', 'x=1',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--variant must be letters' in out.stderr
@@ -176,14 +178,20 @@ def test_both_stages_train_on_the_domains_training_build():
             == bench.training_digest(config, bench.data_options(chest, 'x', 'test', 'x-tn15'))
 
 
-def _run_domain(tmp_path, monkeypatch, *argv):
+def _run_domain(tmp_path, monkeypatch, *argv, on_step=None):
     """``run_domain`` on the chest domain with its steps recorded instead of run: the
     converter commands, and per training its folder and its overrides as mmengine's
-    ``DictAction`` reads them (a later ``KEY=VALUE`` wins)."""
+    ``DictAction`` reads them (a later ``KEY=VALUE`` wins); ``on_step(command)`` is called
+    for each step besides."""
     import dataclasses
     bench = _benchmark_module()
     commands, trainings = [], []
-    monkeypatch.setattr(bench, 'run_step', lambda name, command, log: commands.append(command))
+
+    def run_step(name, command, log):
+        commands.append(command)
+        if on_step is not None:
+            on_step(command)
+    monkeypatch.setattr(bench, 'run_step', run_step)
 
     def train(name, config, work_dir, cfg_options, log):
         trainings.append((work_dir, dict(o.split('=', 1) for o in cfg_options)))
@@ -301,7 +309,7 @@ def test_more_2d_runs_or_amp_need_a_variant(tmp_path):
     for argv in (['--amp-2d'], ['--cycles-2d', '2']):
         out = run_tool('benchmark_detection.py', *argv, '--work-dir', str(tmp_path))
         assert out.returncode == 2
-        assert '/ --amp-2d / --cycles-2d / --train-nodules-2d go together' in out.stderr
+        assert '/ --amp-2d / --cycles-2d / --train-nodules-2d / --cross-fit-2d go' in out.stderr
     out = run_tool('benchmark_detection.py', '--variant', 'r0', '--cycles-2d', '0',
                    '--work-dir', str(tmp_path))
     assert out.returncode == 2 and '--cycles-2d must be at least 1, got 0' in out.stderr
@@ -512,3 +520,61 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
     assert 'class_agnostic' not in entry
     text = markdown_report(entry, list(entry['mv2d']['by_size']), 'chest, val split', 'val')
     assert 'Without classes' not in text and '| mv2d ' in text
+
+
+def test_cross_fitting_trains_a_2d_stage_per_fold_and_mv2d_on_their_detections(
+        tmp_path, monkeypatch):
+    """``--cross-fit-2d 2``: two 2D stages, each on one half of the training build's cases
+    (complementary positions), each detecting on the half it did not train on, from its
+    own checkpoint; MV2D loads the full 2D stage and takes its training queries from the
+    two detection files, in a folder of its own; a second run reuses the detections."""
+    bench = _benchmark_module()
+    monkeypatch.setattr(bench, 'count_cases', lambda pkl: 7)
+    tests = []
+
+    def on_step(command):
+        if 'tools/test.py' in command:
+            tests.append(command)
+            work_dir = command[command.index('--work-dir') + 1]
+            os.makedirs(work_dir, exist_ok=True)
+            with open(osp.join(work_dir, 'dets2d.json'), 'w') as f:
+                f.write('[]')
+    data, _, trainings = _run_domain(tmp_path, monkeypatch, '--variant', 'cf',
+                                     '--cross-fit-2d', '2', on_step=on_step)
+    (dir_2d, _), (dir_a, fold_a), (dir_b, fold_b), (dir_mv2d, mv2d) = trainings
+    assert osp.basename(dir_2d) == '2d-stage'
+    assert (osp.basename(dir_a), osp.basename(dir_b)) == ('2d-stage-fold1of2',
+                                                          '2d-stage-fold2of2')
+    assert fold_a['train_dataloader.dataset.indices'] == '[1,3,5]'
+    assert fold_b['train_dataloader.dataset.indices'] == '[0,2,4,6]'
+    assert fold_a['train_dataloader.dataset.data_root'] == data + '-tn15/'
+    detect_a, detect_b = tests[:2]
+    assert detect_a[3] == osp.join(dir_a, 'epoch_1.pth')
+    assert detect_b[3] == osp.join(dir_b, 'epoch_1.pth')
+    held_out = [dict(o.split('=', 1) for o in c[c.index('--cfg-options') + 1:])
+                for c in (detect_a, detect_b)]
+    assert [h['test_dataloader.dataset.indices'] for h in held_out] == ['[0,2,4,6]', '[1,3,5]']
+    assert held_out[0]['test_dataloader.dataset.data_root'] == data + '-tn15/'
+    assert held_out[0]['test_evaluator.ann_file'] == \
+        data + '-tn15/chest_bench_infos_train.pkl'
+    files = [osp.join(c[c.index('--work-dir') + 1], 'dets2d.json') for c in (detect_a,
+                                                                            detect_b)]
+    assert mv2d['model.train_cfg.detections_file'] == f'[{files[0]},{files[1]}]'
+    assert mv2d['load_from'] == osp.join(dir_2d, 'epoch_1.pth')
+    assert osp.basename(dir_mv2d) != 'mv2d'
+    # the detections are made once per fold checkpoint
+    _run_domain(tmp_path, monkeypatch, '--variant', 'cf', '--cross-fit-2d', '2',
+                on_step=on_step)
+    assert len(tests) == 3 + 1      # only MV2D's own test run again
+    assert bench.fold_indices(5, 3, 1) == ([0, 2, 3], [1, 4])
+
+
+def test_cross_fitting_is_refused_where_it_cannot_work(tmp_path):
+    for argv, message in ((['--cross-fit-2d', '1'], '--cross-fit-2d must be at least 2'),
+                          (['--cross-fit-2d', '2', '--cycles-2d', '2'], 'not with --cycles-2d'),
+                          (['--cross-fit-2d', '2'], None)):
+        out = run_tool('benchmark_detection.py', '--split', 'val', '--work-dir', str(tmp_path),
+                       *([] if message is None else ['--variant', 'cf']), *argv)
+        assert out.returncode == 2
+        assert (message or '--cross-fit-2d go together') in out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -11,8 +11,8 @@ DETECTION_PROPOSAL_KEYS = ('score_thr', 'nms', 'max_per_img', 'min_bbox_size')
 TEST_DETECTION_PROPOSAL_KEYS = DETECTION_PROPOSAL_KEYS + ('flip_directions', )
 #: the values of ``flip_directions``: mmdet's flip directions (``bbox_flip``).
 FLIP_DIRECTIONS = ('horizontal', 'vertical', 'diagonal')
-#: ``model.train_cfg`` of :class:`MV2DXray`.
-MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn')
+#: ``model.train_cfg`` of :class:`MV2DXray` (``detections_file``: :class:`StoredDetections`).
+MV2D_TRAIN_CFG_KEYS = ('detection_proposal', 'complement_2d_gt', 'rcnn', 'detections_file')
 #: ``model.test_cfg`` of :class:`MV2DXray`.
 MV2D_TEST_CFG_KEYS = ('detection_proposal', 'rcnn')
 #: ``train_cfg.rcnn``: the RoI head's ``stage_loss_weights`` and ``ray_denoising``, the

@@ -71,6 +71,7 @@ from projects.mv2d_xray.mv2d_xray.models.config_keys import (CENTRE_NMS_KEYS,
                                                              XrayConfigError, check_keys)
 from projects.mv2d_xray.mv2d_xray.models.grid_mask import XrayGridMask
 from projects.mv2d_xray.mv2d_xray.models.post_processing import ObjectnessMaps
+from projects.mv2d_xray.mv2d_xray.models.stored_detections import StoredDetections
 
 
 @MODELS.register_module()
@@ -103,7 +104,11 @@ class MV2DXray(Base3DDetector):
             detections that become queries: ``score_thr``, ``nms``, ``max_per_img``,
             plus ``min_bbox_size`` in px), ``complement_2d_gt`` (IoU below which a
             GT box is added as a detection; <= 0 disables) and ``rcnn`` (the 3D
-            head's ``assigner`` and ``stage_loss_weights``).
+            head's ``assigner`` and ``stage_loss_weights``), and ``detections_file``
+            (a path or a list of paths, optional): the training queries come from these
+            2D detections (:class:`StoredDetections`, ``dets2d.json`` of 2D stages that
+            did not train on the cases: cross-fitting) rather than from the 2D stage's
+            own; its features are used as before.
         test_cfg (dict): ``detection_proposal`` (as above, plus ``flip_directions``:
             mmdet's ``'horizontal'`` / ``'vertical'`` / ``'diagonal'``, each an extra
             pass of the 2D stage over the flipped views, pooled with the plain pass by
@@ -142,6 +147,7 @@ class MV2DXray(Base3DDetector):
         self.grid_mask = (XrayGridMask(**use_grid_mask)
                           if use_grid_mask is not None else None)
         self.freeze_base_detector = freeze_base_detector
+        self._stored_detections: Optional[StoredDetections] = None
         if freeze_base_detector:
             if self.roi_head is None:
                 raise ValueError('freeze_base_detector needs a 3D stage (roi_head)')
@@ -365,6 +371,13 @@ class MV2DXray(Base3DDetector):
                 raise ValueError(f'test_cfg.rcnn.objectness_support: level {level}: the 2D '
                                  f'stage\'s RPN has {num_levels} levels (0 .. {num_levels - 1})')
 
+    def stored_detections(self) -> StoredDetections:
+        """The detections of ``train_cfg.detections_file``, read on first use (a test
+        run, which never reads them, does not need the files)."""
+        if self._stored_detections is None:
+            self._stored_detections = StoredDetections(self.train_cfg['detections_file'])
+        return self._stored_detections
+
     @staticmethod
     def complement_2d_gt(dets: List[InstanceData],
                          view_samples: List[DetDataSample], iou_thr: float,
@@ -447,7 +460,11 @@ class MV2DXray(Base3DDetector):
         if self.roi_head is None:  # 2D stage only
             return losses
         cfg = self.train_cfg['detection_proposal']
-        dets = self.detect_2d(feats, view_samples, cfg)
+        if self.train_cfg.get('detections_file'):     # cross-fitted detections
+            dets = [det for meta in metas
+                    for det in self.stored_detections().for_case(meta, imgs.device)]
+        else:
+            dets = self.detect_2d(feats, view_samples, cfg)
         if self.train_cfg.get('complement_2d_gt', -1) > 0:
             dets = self.complement_2d_gt(dets, view_samples,
                                          self.train_cfg['complement_2d_gt'],
