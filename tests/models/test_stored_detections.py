@@ -68,7 +68,7 @@ def test_bad_files_and_missing_cases_are_one_line(tmp_path):
     with pytest.raises(ValueError, match='bad.json: entry 0 is not a 2D detection'):
         StoredDetections(bad)
     nan = _write(tmp_path / 'nan.json', [_det('case-a', 'v0', (0, 0, 4, 4), float('nan'))])
-    with pytest.raises(ValueError, match='non-finite'):
+    with pytest.raises(ValueError, match='nan.json: entry 0: score must be a finite number'):
         StoredDetections(nan)
     with pytest.raises(ValueError, match='expected a list'):
         StoredDetections(_write(tmp_path / 'dict.json', {'token': 'case-a'}))

@@ -278,19 +278,29 @@ def resolve_detections(coco: dict, dets: Sequence[dict]) -> List[dict]:
         if det.get('category_id') not in cat_ids:
             raise ValueError(f'{where}: category_id {det.get("category_id")!r} is not a '
                              f'category of the COCO file {sorted(cat_ids)}')
-        bbox = det.get('bbox')
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f'{where}: bbox must be 4 finite numbers [x, y, w, h] with '
-                             f'w, h >= 0, got {bbox!r}')
-        score = det.get('score')
-        if not isinstance(score, (int, float)) or isinstance(score, bool) or \
-                not np.isfinite(score):
-            raise ValueError(f'{where}: score must be a finite number, got {score!r}')
-        det['bbox'] = [float(v) for v in bbox]
+        det['bbox'], _ = check_detection_values(det, where)
         out.append(det)
     return out
+
+
+def check_detection_values(det: dict, where: str) -> Tuple[List[float], float]:
+    """The ``bbox`` (``[x, y, w, h]`` as floats) and ``score`` of one COCO-results
+    detection, checked: 4 finite numbers with ``w, h >= 0``, and a finite number.
+
+    Raises:
+        ValueError: ``'<where>: ...'`` naming the bad value.
+    """
+    bbox = det.get('bbox')
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+            for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(f'{where}: bbox must be 4 finite numbers [x, y, w, h] with '
+                         f'w, h >= 0, got {bbox!r}')
+    score = det.get('score')
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or \
+            not np.isfinite(score):
+        raise ValueError(f'{where}: score must be a finite number, got {score!r}')
+    return [float(v) for v in bbox], float(score)
 
 
 # -- ground truth --------------------------------------------------------------------------

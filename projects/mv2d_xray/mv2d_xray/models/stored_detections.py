@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from mmengine.structures import InstanceData
 
+from projects.mv2d_xray.core.data_format import check_detection_values
 from projects.mv2d_xray.core.geometry import transform_boxes2d
 from projects.mv2d_xray.core.io import read_json
 
@@ -54,16 +55,16 @@ class StoredDetections:
                              f'{type(records).__name__}')
         grouped: Dict[str, Dict[str, List[tuple]]] = {}
         for i, rec in enumerate(records):
+            where = f'{path}: entry {i}'
             try:
                 token, view = str(rec['token']), str(rec['view'])
-                x, y, w, h = (float(v) for v in rec['bbox'])
-                score, label = float(rec['score']), int(rec['category_id']) - 1
+                label = int(rec['category_id']) - 1
             except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f'{path}: entry {i} is not a 2D detection with token, '
-                                 f'view, bbox, score and category_id ({exc!r})') from exc
-            if label < 0 or not np.isfinite([x, y, w, h, score]).all():
-                raise ValueError(f'{path}: entry {i} has a category_id below 1 or a '
-                                 'non-finite box or score')
+                raise ValueError(f'{where} is not a 2D detection with token, view and '
+                                 f'category_id ({exc!r})') from exc
+            if label < 0:
+                raise ValueError(f'{where} has a category_id below 1')
+            (x, y, w, h), score = check_detection_values(rec, where)
             grouped.setdefault(token, {}).setdefault(view, []).append(
                 (x, y, x + w, y + h, score, label))
         for token, views in grouped.items():
