@@ -53,3 +53,14 @@ def test_verdict_is_undecided_when_the_interval_spans_zero():
     assert verdict(entry)['winner'] == 'undecided'
     entry = {'mv2d_minus_triangulation': {'CPM': -0.2, 'CPM_ci': [-0.3, -0.1]}}
     assert verdict(entry)['winner'] == 'triangulation'
+
+
+def test_verdict_against_the_per_class_nms_baseline_where_it_was_run():
+    entry = {'mv2d_minus_triangulation': {'CPM': 0.09, 'CPM_ci': [0.04, 0.14]},
+             'mv2d_minus_triangulation_nms_per_class': {'CPM': -0.2, 'CPM_ci': [-0.3, -0.1]}}
+    v = verdict(entry)
+    assert (v['winner'], v['CPM_difference']) == ('mv2d', 0.09)
+    assert v['nms_per_class'] == dict(winner='triangulation_nms_per_class', CPM_difference=-0.2,
+                                      CPM_difference_ci=[-0.3, -0.1])
+    del entry['mv2d_minus_triangulation_nms_per_class']
+    assert 'nms_per_class' not in verdict(entry)

@@ -178,11 +178,11 @@ def test_both_stages_train_on_the_domains_training_build():
             == bench.training_digest(config, bench.data_options(chest, 'x', 'test', 'x-tn15'))
 
 
-def _run_domain(tmp_path, monkeypatch, *argv, on_step=None):
-    """``run_domain`` on the chest domain with its steps recorded instead of run: the
-    converter commands, and per training its folder and its overrides as mmengine's
-    ``DictAction`` reads them (a later ``KEY=VALUE`` wins); ``on_step(command)`` is called
-    for each step besides."""
+def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest'):
+    """``run_domain`` on ``domain_name`` (default chest) with its steps recorded instead of
+    run: the converter commands, and per training its folder and its overrides as
+    mmengine's ``DictAction`` reads them (a later ``KEY=VALUE`` wins); ``on_step(command)``
+    is called for each step besides."""
     import dataclasses
     bench = _benchmark_module()
     commands, trainings = [], []
@@ -199,11 +199,11 @@ def _run_domain(tmp_path, monkeypatch, *argv, on_step=None):
     monkeypatch.setattr(bench, 'train', train)
     data = tmp_path / 'bench'
     data.mkdir(exist_ok=True)
-    (data / 'chest_bench_infos_val.pkl').write_bytes(b'')
-    domain = dataclasses.replace(bench.DOMAINS['chest'], data=str(data))
-    args = bench.parse_args(['--domains', 'chest', '--split', 'val', '--work-dir',
+    domain = dataclasses.replace(bench.DOMAINS[domain_name], data=str(data))
+    (data / f'{domain.prefix}_infos_val.pkl').write_bytes(b'')
+    args = bench.parse_args(['--domains', domain_name, '--split', 'val', '--work-dir',
                              str(tmp_path / 'work'), *argv])
-    bench.run_domain('chest', domain, args, [])
+    bench.run_domain(domain_name, domain, args, [])
     builds = [c[c.index('--out') + 1:] for c in commands if 'data_converters' in c]
     return str(data), builds, trainings
 
@@ -240,6 +240,36 @@ def test_each_stage_trains_on_its_build(tmp_path, monkeypatch):
                                   f'{root}={data}/')
     (_, stage_2d), (_, mv2d) = trainings
     assert (stage_2d[root], mv2d[root]) == (data + '-tn15/', data + '/')
+
+
+def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, monkeypatch):
+    """Several classes (blades): a second run of MV2D's test step, with the variant's
+    overrides and then the per-class NMS (the last ``KEY=VALUE``, so it wins), whose 2D
+    detections are triangulated as ``triangulation_nms_per_class``; one class (chest): no
+    such run."""
+    bench = _benchmark_module()
+    commands = []
+    _run_domain(tmp_path, monkeypatch, '--variant', 'k30', '--test-cfg-options',
+                'model.test_cfg.detection_proposal.max_per_img=30',
+                on_step=commands.append, domain_name='blades')
+    tests = [c for c in commands if 'tools/test.py' in c]
+    assert len(tests) == 2
+    config, nms = tests
+    assert nms[-1] == bench.NMS_PER_CLASS_OPTION
+    assert nms[:-1][nms.index('--work-dir') + 2:] == config[config.index('--work-dir') + 2:]
+    assert 'model.test_cfg.detection_proposal.max_per_img=30' in nms
+    nms_dets = osp.join(nms[nms.index('--work-dir') + 1], 'dets2d.json')
+    triangulations = [c for c in commands if 'tools/triangulate.py' in c]
+    outs = {c[c.index('--out') + 1]: c for c in triangulations}
+    per_class = osp.join(str(tmp_path / 'work'), 'blades',
+                         'triangulation_nms_per_class-val+k30', 'predictions.json')
+    assert outs[per_class][outs[per_class].index('--dets2d') + 1] == nms_dets
+    assert len(triangulations) == 3         # the config's detections, these, the exact boxes
+
+    commands.clear()
+    _run_domain(tmp_path, monkeypatch, on_step=commands.append)
+    assert len([c for c in commands if 'tools/test.py' in c]) == 1
+    assert len([c for c in commands if 'tools/triangulate.py' in c]) == 2
 
 
 def test_a_2d_stage_of_several_runs_chains_its_checkpoints(tmp_path, monkeypatch):
@@ -520,6 +550,39 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
     assert 'class_agnostic' not in entry
     text = markdown_report(entry, list(entry['mv2d']['by_size']), 'chest, val split', 'val')
     assert 'Without classes' not in text and '| mv2d ' in text
+
+
+def test_the_report_pairs_mv2d_with_the_per_class_nms_baseline_too(tmp_path):
+    """Step 5 with the per-class-NMS baseline's predictions: MV2D and that baseline find
+    every finding, the config's triangulation none. Each paired difference, its table row
+    and its verdict; the FROC plot has a curve per method."""
+    from eval_fake_data import write_eval_dataset
+
+    from projects.mv2d_xray.core.io import read_json
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import \
+        coco_annotations_as_detections
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
+    data = write_eval_dataset(str(tmp_path / 'data'), classes=('pore', 'crack'))
+    dets = coco_annotations_as_detections(read_json(data['coco']), include_crowd=False)
+    right = _exact_predictions(data['infos'])
+    entry = _scored(tmp_path, 'blades', data, dets,
+                    dict(mv2d=right, triangulation={}, triangulation_nms_per_class=right,
+                         triangulation_gt2d=right))
+    assert entry['triangulation']['CPM'] == 0.0
+    assert entry['triangulation_nms_per_class']['CPM'] == 1.0
+    assert entry['mv2d_minus_triangulation']['CPM'] == 1.0
+    assert entry['mv2d_minus_triangulation_nms_per_class']['CPM'] == 0.0
+    assert entry['mv2d_minus_triangulation_nms_per_class']['CPM_ci'] == [0.0, 0.0]
+    assert entry['verdict']['winner'] == 'mv2d'
+    assert entry['verdict']['nms_per_class']['winner'] == 'undecided'
+    agnostic = entry['class_agnostic']
+    assert agnostic['mv2d_minus_triangulation_nms_per_class']['CPM'] == 0.0
+    groups = entry['by_views_detected']['groups']
+    assert groups['3+']['triangulation_nms_per_class']['CPM'] == 1.0
+    text = markdown_report(entry, list(entry['mv2d']['by_size']), 'blades, val split', 'val')
+    assert '| MV2D - triangulation, NMS per class (paired) |    all | 0.000 [0.000, 0.000] |' \
+        in text
+    assert '| triangulation_nms_per_class ' in text
 
 
 def test_cross_fitting_trains_a_2d_stage_per_fold_and_mv2d_on_their_detections(

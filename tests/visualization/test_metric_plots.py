@@ -29,7 +29,11 @@ def test_metrics_plots(dataset, tmp_path, capsys):
     assert run_tool('visualize', 'metrics', files[0], '--out', one) == 0
     assert run_tool('visualize', 'metrics', *files, '--labels', 'good', 'worse',
                     '--out', two) == 0
-    for path in (one, two):
+    # the benchmark's four methods: every result keeps a visible shade
+    four = str(tmp_path / 'four.png')
+    assert run_tool('visualize', 'metrics', *files, *files, '--labels', 'a', 'b', 'c', 'd',
+                    '--out', four) == 0
+    for path in (one, two, four):
         assert cv2.imread(path) is not None
     capsys.readouterr()
     assert run_tool('visualize', 'metrics', dataset['coco'], '--out', one) == 2

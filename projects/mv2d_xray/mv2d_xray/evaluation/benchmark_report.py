@@ -1,7 +1,7 @@
 """The held-out benchmark's report: several methods on the same test cases, each figure
-with its 95 % case-bootstrap interval, and the paired interval of MV2D minus
-triangulation (``tools/benchmark_detection.py`` writes it as ``benchmark.json`` and a
-markdown table).
+with its 95 % case-bootstrap interval, and the paired intervals of MV2D minus each
+triangulation of its 2D detections (``tools/benchmark_detection.py`` writes it as
+``benchmark.json`` and a markdown table).
 
 Methods (their names in ``benchmark.json``):
 
@@ -21,11 +21,24 @@ from projects.mv2d_xray.core.bootstrap import format_interval
 from projects.mv2d_xray.core.metric import markdown_table
 
 #: The methods in report order.
-METHODS = ('mv2d', 'triangulation', 'triangulation_gt2d')
+METHODS = ('mv2d', 'triangulation', 'triangulation_nms_per_class', 'triangulation_gt2d')
 #: The paired comparison the benchmark exists for.
 PAIR = ('mv2d', 'triangulation')
-#: Its key in ``benchmark.json`` (``mv2d_minus_triangulation``).
-DIFF_KEY = f'{PAIR[0]}_minus_{PAIR[1]}'
+#: The same against the baseline of the 2D detections NMSed per class (several classes).
+PAIR_NMS_PER_CLASS = ('mv2d', 'triangulation_nms_per_class')
+#: The paired comparisons in report order.
+PAIRS = (PAIR, PAIR_NMS_PER_CLASS)
+
+
+def diff_key(pair: Sequence[str]) -> str:
+    """A paired difference's key in ``benchmark.json`` (``mv2d_minus_triangulation``)."""
+    return f'{pair[0]}_minus_{pair[1]}'
+
+
+#: The key of :data:`PAIR`'s difference.
+DIFF_KEY = diff_key(PAIR)
+#: The key of :data:`PAIR_NMS_PER_CLASS`'s difference.
+DIFF_KEY_NMS_PER_CLASS = diff_key(PAIR_NMS_PER_CLASS)
 #: Columns of the markdown tables: ``(figure, heading)``.
 TABLE_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'),
                  ('FROC@8', 'sens@8'), ('AP_dist@2mm', 'AP@2mm'), ('AP_dist@4mm', 'AP@4mm'),
@@ -33,8 +46,9 @@ TABLE_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'
 #: Columns of the class-agnostic table.
 CLASS_AGNOSTIC_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1', 'sens@1'),
                           ('FROC@8', 'sens@8'))
-#: The row name of the paired difference in the tables.
-PAIRED_LABEL = 'MV2D - triangulation (paired)'
+#: The row names of the paired differences in the tables.
+PAIRED_LABELS = {DIFF_KEY: 'MV2D - triangulation (paired)',
+                 DIFF_KEY_NMS_PER_CLASS: 'MV2D - triangulation, NMS per class (paired)'}
 
 
 def _figures(intervals: Mapping[str, dict], suffix: str, bands: Sequence[str]) -> dict:
@@ -67,8 +81,8 @@ def summarise(boot: dict, bands: Sequence[str],
     :func:`~projects.mv2d_xray.core.bootstrap.bootstrap_metrics`.
 
     Args:
-        boot: the bootstrap result (methods named as :data:`METHODS`; the pair
-            :data:`PAIR` bootstrapped).
+        boot: the bootstrap result (methods named as :data:`METHODS`; the pairs of
+            :data:`PAIRS` whose methods it holds bootstrapped).
         bands: size band names, in report order.
         metrics_2d: the 2D stage's per-view COCO AP / AR (``tools/evaluate_2d.py``'s
             result; its ``overall`` figures are kept), if measured.
@@ -76,14 +90,16 @@ def summarise(boot: dict, bands: Sequence[str],
     Returns:
         dict: ``{method: {CPM, CPM_ci, FROC@r, AP_dist@dmm, centre_error_mm, ... (each
         with ``_ci``), by_size: {band: ...}}}``, ``mv2d_minus_triangulation`` (the paired
-        differences, same layout), ``2d_stage`` and ``bootstrap`` (its settings). The
+        differences, same layout; ``mv2d_minus_triangulation_nms_per_class`` too where that
+        baseline was run), ``2d_stage`` and ``bootstrap`` (its settings). The
         benchmark adds ``by_views_detected`` (:mod:`.views_detected`) and ``verdict``.
     """
     entry = {name: _grouped(method['intervals'], bands)
              for name, method in boot['methods'].items()}
-    diff = boot['differences'].get(f'{PAIR[0]} - {PAIR[1]}')
-    if diff is not None:
-        entry[DIFF_KEY] = _grouped(diff, bands)
+    for pair in PAIRS:
+        diff = boot['differences'].get(f'{pair[0]} - {pair[1]}')
+        if diff is not None:
+            entry[diff_key(pair)] = _grouped(diff, bands)
     if metrics_2d is not None:
         entry['2d_stage'] = dict(metrics_2d.get('overall', metrics_2d))
     entry['bootstrap'] = dict(boot['settings'])
@@ -91,12 +107,12 @@ def summarise(boot: dict, bands: Sequence[str],
 
 
 def _row_names(entry: Mapping) -> List[str]:
-    """The methods of :data:`METHODS` in ``entry``, then the paired difference if there."""
-    return [m for m in METHODS if m in entry] + ([DIFF_KEY] if DIFF_KEY in entry else [])
+    """The methods of :data:`METHODS` in ``entry``, then the paired differences there."""
+    return [m for m in METHODS if m in entry] + [k for k in PAIRED_LABELS if k in entry]
 
 
 def _row_label(name: str) -> str:
-    return PAIRED_LABEL if name == DIFF_KEY else name
+    return PAIRED_LABELS.get(name, name)
 
 
 def _cell(block: Mapping, figure: str) -> str:
@@ -189,12 +205,21 @@ def band_names(result: Mapping) -> List[str]:
     return [str(band[0]) for band in result['settings']['size_bands_mm']]
 
 
-def verdict(entry: Mapping) -> Dict[str, object]:
-    """Whether MV2D beats triangulation on CPM: the paired difference and whether its
-    interval excludes 0 (``'mv2d'``, ``'triangulation'`` or ``'undecided'``)."""
-    diff = entry.get(DIFF_KEY, {})
+def pair_verdict(entry: Mapping, pair: Sequence[str]) -> Dict[str, object]:
+    """Whether ``pair[0]`` beats ``pair[1]`` on CPM: their paired difference and whether its
+    interval excludes 0 (``winner``: ``pair[0]``, ``pair[1]`` or ``'undecided'``)."""
+    diff = entry.get(diff_key(pair), {})
     value, ci = diff.get('CPM'), diff.get('CPM_ci')
     if value is None or ci is None:
         return dict(winner='undecided', CPM_difference=value, CPM_difference_ci=ci)
-    winner = PAIR[0] if ci[0] > 0 else PAIR[1] if ci[1] < 0 else 'undecided'
+    winner = pair[0] if ci[0] > 0 else pair[1] if ci[1] < 0 else 'undecided'
     return dict(winner=winner, CPM_difference=value, CPM_difference_ci=ci)
+
+
+def verdict(entry: Mapping) -> Dict[str, object]:
+    """Whether MV2D beats triangulation on CPM (:func:`pair_verdict` of :data:`PAIR`); where
+    the per-class-NMS baseline was run, its verdict too, under ``nms_per_class``."""
+    out = pair_verdict(entry, PAIR)
+    if DIFF_KEY_NMS_PER_CLASS in entry:
+        out['nms_per_class'] = pair_verdict(entry, PAIR_NMS_PER_CLASS)
+    return out

@@ -97,12 +97,15 @@ def _band_block(result: dict, band: str) -> Optional[dict]:
 
 def _draw_band_bars(ax, metrics: Sequence[LabelledResult]) -> None:
     """Bars of CPM, mAP_dist and AP_iou at the smallest IoU threshold per size band, one
-    group per band and one shade per result, each bar labelled with its value ('n/a'
-    where the band has no ground truth); the x labels give the first result's ``n_gt``."""
+    group per band and one shade per result (opaque to 0.3), each bar labelled with its
+    value ('n/a' where the band has no ground truth); the x labels give the first result's
+    ``n_gt``."""
     first = metrics[0][1]
     keys = ['CPM', 'mAP_dist', f'AP_iou@{first["settings"]["iou_thrs"][0]:g}']
     bands = ['all'] + list(first.get('by_size') or {})
     width = 0.8 / (len(keys) * len(metrics))
+    # one shade per result, from opaque to 0.3 whatever their number
+    fade = 0.7 / max(len(metrics) - 1, 1)
     x = np.arange(len(bands))
     for m, (label, result) in enumerate(metrics):
         for k, key in enumerate(keys):
@@ -114,7 +117,7 @@ def _draw_band_bars(ax, metrics: Sequence[LabelledResult]) -> None:
             heights = [v if v is not None else 0.0 for v in values]
             name = key if len(metrics) == 1 else f'{label}: {key}'
             bars = ax.bar(x + offset, heights, width, label=name, color=f'C{k}',
-                          alpha=1.0 - 0.35 * m)
+                          alpha=1.0 - fade * m)
             for bar, v in zip(bars, values):
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01,
                         'n/a' if v is None else f'{v:.2f}', ha='center', va='bottom',
@@ -125,7 +128,8 @@ def _draw_band_bars(ax, metrics: Sequence[LabelledResult]) -> None:
         counts.append(0 if block is None else block.get('num_gt', 0))
     ax.set_xticks(x)
     ax.set_xticklabels([f'{b}\n(n={c})' for b, c in zip(bands, counts)])
-    ax.set_ylim(0, 1.3)
+    # headroom for the value labels and the legend, one row of it per result
+    ax.set_ylim(0, 1.3 + 0.1 * max(len(metrics) - 3, 0))
     ax.set_title('by size band')
     ax.legend(fontsize=8, loc='upper center', ncol=len(keys))
     ax.grid(axis='y', alpha=0.3)
