@@ -128,10 +128,10 @@ def _draw_band_bars(ax, metrics: Sequence[LabelledResult]) -> None:
         counts.append(0 if block is None else block.get('num_gt', 0))
     ax.set_xticks(x)
     ax.set_xticklabels([f'{b}\n(n={c})' for b, c in zip(bands, counts)])
-    # headroom for the value labels and the legend, one row of it per result
-    ax.set_ylim(0, 1.3 + 0.1 * max(len(metrics) - 3, 0))
+    ax.set_ylim(0, 1.15)        # headroom for the value labels
     ax.set_title('by size band')
-    ax.legend(fontsize=8, loc='upper center', ncol=len(keys))
+    # below the bars, one row per result: above them it hid the bars of 1.0
+    ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=len(keys))
     ax.grid(axis='y', alpha=0.3)
 
 
