@@ -597,9 +597,12 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     ckpt = train(f'{name}: training MV2D', domain.config, mv2d_dir,
                  options + quick + mv2d_options + [f'load_from={ckpt_2d}'], log)
     test_dir = osp.join(out, f'test-{key}')
-    run_step(f'{name}: MV2D on the {key} split',
-             [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', test_dir,
-              '--cfg-options', *options, *args.cfg_options, *args.test_cfg_options], log)
+
+    def test_command(work_dir: str, *more: str) -> List[str]:
+        """MV2D's test step into ``work_dir``, the overrides of this run, then ``more``."""
+        return [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', work_dir,
+                '--cfg-options', *options, *args.cfg_options, *args.test_cfg_options, *more]
+    run_step(f'{name}: MV2D on the {key} split', test_command(test_dir), log)
     files = dict(infos=pkl, coco=coco, mv2d=osp.join(test_dir, 'predictions.json'),
                  dets2d=osp.join(test_dir, 'dets2d.json'),
                  triangulation=osp.join(out, f'triangulation-{key}', 'predictions.json'),
@@ -610,11 +613,9 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
              [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--dets2d',
               files['dets2d'], '--out', files['triangulation']], log)
     if domain.nms_per_class_baseline:
-        nms_dir = osp.join(out, f'test-{key}-nms-per-class')
+        nms_dir = osp.join(out, f'test_nms_per_class-{key}')
         run_step(f'{name}: MV2D\'s 2D detections NMSed per class on the {key} split',
-                 [sys.executable, 'tools/test.py', domain.config, ckpt, '--work-dir', nms_dir,
-                  '--cfg-options', *options, *args.cfg_options, *args.test_cfg_options,
-                  NMS_PER_CLASS_OPTION], log)
+                 test_command(nms_dir, NMS_PER_CLASS_OPTION), log)
         files['triangulation_nms_per_class'] = osp.join(
             out, f'triangulation_nms_per_class-{key}', 'predictions.json')
         run_step(f'{name}: triangulating them',
@@ -656,7 +657,8 @@ def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> 
     print(f'\n== {name}: bootstrap over {len(cases)} {args.split} cases '
           f'({args.resamples} resamples)', flush=True)
     bootstrap_kwargs = dict(
-        pairs=[pair for pair in PAIRS if set(pair) <= set(preds)], num_resamples=args.resamples, seed=args.seed,
+        pairs=[pair for pair in PAIRS if set(pair) <= set(preds)],
+        num_resamples=args.resamples, seed=args.seed,
         size_bands=tuple(infos_size_bands(infos) or DEFAULT_SIZE_BANDS)
         + DOMAINS[name].target_bands,
         progress=lambda r: tqdm(r, unit='resample', file=sys.stderr))
@@ -758,12 +760,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print('\n' + '\n'.join(markdown))
     for name in args.domains:
         v = domains[name][key]['verdict']
-        print(f"{name}, {key}: MV2D - triangulation CPM {v['CPM_difference']} "
-              f"{v['CPM_difference_ci']}: {v['winner']}")
-        if 'nms_per_class' in v:
-            v = v['nms_per_class']
-            print(f"{name}, {key}: MV2D - triangulation, NMS per class, CPM "
-                  f"{v['CPM_difference']} {v['CPM_difference_ci']}: {v['winner']}")
+        for what, pair in (('triangulation', v), ('triangulation, NMS per class',
+                                                  v.get('nms_per_class'))):
+            if pair is not None:
+                print(f"{name}, {key}: MV2D - {what}, CPM {pair['CPM_difference']} "
+                      f"{pair['CPM_difference_ci']}: {pair['winner']}")
     print(f'\nwritten: {json_path}, {md_path}, ' + ', '.join(
         osp.join(args.work_dir, f'froc_{n}_{key}.png') for n in args.domains))
 

@@ -178,11 +178,12 @@ def test_both_stages_train_on_the_domains_training_build():
             == bench.training_digest(config, bench.data_options(chest, 'x', 'test', 'x-tn15'))
 
 
-def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest'):
+def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest',
+                files=None):
     """``run_domain`` on ``domain_name`` (default chest) with its steps recorded instead of
     run: the converter commands, and per training its folder and its overrides as
     mmengine's ``DictAction`` reads them (a later ``KEY=VALUE`` wins); ``on_step(command)``
-    is called for each step besides."""
+    is called for each step besides, and the files it returns go into the dict ``files``."""
     import dataclasses
     bench = _benchmark_module()
     commands, trainings = [], []
@@ -203,7 +204,9 @@ def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest')
     (data / f'{domain.prefix}_infos_val.pkl').write_bytes(b'')
     args = bench.parse_args(['--domains', domain_name, '--split', 'val', '--work-dir',
                              str(tmp_path / 'work'), *argv])
-    bench.run_domain(domain_name, domain, args, [])
+    returned = bench.run_domain(domain_name, domain, args, [])
+    if files is not None:
+        files.update(returned)
     builds = [c[c.index('--out') + 1:] for c in commands if 'data_converters' in c]
     return str(data), builds, trainings
 
@@ -247,11 +250,13 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     overrides and then the per-class NMS (the last ``KEY=VALUE``, so it wins), whose 2D
     detections are triangulated as ``triangulation_nms_per_class``; one class (chest): no
     such run."""
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import METHODS
     bench = _benchmark_module()
-    commands = []
+    commands, files = [], {}
     _run_domain(tmp_path, monkeypatch, '--variant', 'k30', '--test-cfg-options',
                 'model.test_cfg.detection_proposal.max_per_img=30',
-                on_step=commands.append, domain_name='blades')
+                on_step=commands.append, domain_name='blades', files=files)
+    assert set(METHODS) <= set(files)       # step 5 scores every method
     tests = [c for c in commands if 'tools/test.py' in c]
     assert len(tests) == 2
     config, nms = tests
@@ -267,7 +272,9 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     assert len(triangulations) == 3         # the config's detections, these, the exact boxes
 
     commands.clear()
-    _run_domain(tmp_path, monkeypatch, on_step=commands.append)
+    files.clear()
+    _run_domain(tmp_path, monkeypatch, on_step=commands.append, files=files)
+    assert set(METHODS) - set(files) == {'triangulation_nms_per_class'}
     assert len([c for c in commands if 'tools/test.py' in c]) == 1
     assert len([c for c in commands if 'tools/triangulate.py' in c]) == 2
 
@@ -555,7 +562,7 @@ def test_the_report_scores_the_methods_without_classes_too(tmp_path):
 def test_the_report_pairs_mv2d_with_the_per_class_nms_baseline_too(tmp_path):
     """Step 5 with the per-class-NMS baseline's predictions: MV2D and that baseline find
     every finding, the config's triangulation none. Each paired difference, its table row
-    and its verdict; the FROC plot has a curve per method."""
+    and its verdict, and the method's column in the groups by detecting views."""
     from eval_fake_data import write_eval_dataset
 
     from projects.mv2d_xray.core.io import read_json

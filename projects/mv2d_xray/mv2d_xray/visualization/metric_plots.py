@@ -130,8 +130,10 @@ def _draw_band_bars(ax, metrics: Sequence[LabelledResult]) -> None:
     ax.set_xticklabels([f'{b}\n(n={c})' for b, c in zip(bands, counts)])
     ax.set_ylim(0, 1.15)        # headroom for the value labels
     ax.set_title('by size band')
-    # below the bars, one row per result: above them it hid the bars of 1.0
-    ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.14), ncol=len(keys))
+    # below the bars (above them it hid the bars of 1.0); with several results one column
+    # each (matplotlib fills the columns first, in the order the bars were drawn)
+    ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.14),
+              ncol=len(keys) if len(metrics) == 1 else len(metrics))
     ax.grid(axis='y', alpha=0.3)
 
 
