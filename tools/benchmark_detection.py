@@ -609,9 +609,14 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                  triangulation_gt2d=osp.join(out, f'triangulation_gt2d-{key}',
                                              'predictions.json'),
                  metrics_2d=osp.join(out, f'metrics_2d-{key}.json'))
+
+    def triangulate_command(out_file: str, *source: str) -> List[str]:
+        """``tools/triangulate.py`` on the split's cases from ``source`` (``--dets2d FILE``
+        or ``--gt-2d``) into ``out_file``."""
+        return [sys.executable, 'tools/triangulate.py', '--infos', pkl, *source, '--out',
+                out_file]
     run_step(f'{name}: triangulating MV2D\'s 2D detections',
-             [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--dets2d',
-              files['dets2d'], '--out', files['triangulation']], log)
+             triangulate_command(files['triangulation'], '--dets2d', files['dets2d']), log)
     if domain.nms_per_class_baseline:
         nms_dir = osp.join(out, f'test_nms_per_class-{key}')
         run_step(f'{name}: MV2D\'s 2D detections NMSed per class on the {key} split',
@@ -619,12 +624,10 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
         files['triangulation_nms_per_class'] = osp.join(
             out, f'triangulation_nms_per_class-{key}', 'predictions.json')
         run_step(f'{name}: triangulating them',
-                 [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--dets2d',
-                  osp.join(nms_dir, 'dets2d.json'), '--out',
-                  files['triangulation_nms_per_class']], log)
+                 triangulate_command(files['triangulation_nms_per_class'], '--dets2d',
+                                     osp.join(nms_dir, 'dets2d.json')), log)
     run_step(f'{name}: triangulating the exact 2D boxes',
-             [sys.executable, 'tools/triangulate.py', '--infos', pkl, '--gt-2d', '--out',
-              files['triangulation_gt2d']], log)
+             triangulate_command(files['triangulation_gt2d'], '--gt-2d'), log)
     run_step(f'{name}: the 2D stage per view (COCO)',
              [sys.executable, 'tools/evaluate_2d.py', '--coco', coco, '--dets',
               files['dets2d'], '--out', files['metrics_2d']], log)
