@@ -95,6 +95,25 @@ def test_ground_truth_split_and_2d_links(fake_root):
     assert empty['gt_bboxes_instance_ids_3d'].dtype == np.int64
 
 
+def test_a_box_flagged_in_one_view_is_ignored_there_only(tmp_path):
+    ann_file = write_fake_dataset(str(tmp_path), split='train')
+    path = osp.join(tmp_path, ann_file)
+    raw = mmengine.load(path)
+    case = raw['data_list'][0]
+    (box,) = [b for b in case['cam_instances']['VIEW_01'] if b['instance_id'] == 0]
+    box['ignore_flag'] = 1                       # finding 0 does not show in view 1
+    mmengine.dump(raw, path)
+    ann = build(tmp_path, ann_file).get_data_info(0)['ann_info']
+    # finding 0 stays a finding in 3D and in views 0 and 2; view 1's box joins the ignore
+    # region's three boxes
+    assert len(ann['gt_bboxes_3d']) == 2
+    assert sorted(zip(ann['gt_bboxes_view_ids'], ann['gt_bboxes_instance_ids_3d'])) == \
+        [(0, 0), (0, 1), (1, 1), (2, 0), (2, 1)]
+    assert sorted(ann['ignore_bboxes_view_ids'].tolist()) == [0, 1, 1, 2]
+    flagged = ann['ignore_bboxes'][ann['ignore_bboxes_view_ids'] == 1]
+    assert any(np.allclose(b, box['bbox'], atol=1e-4) for b in flagged)
+
+
 def test_classes_come_from_metainfo_and_can_be_selected(tmp_path):
     cases = [[dict(centre=(0, 0, 0), size=(8, 8, 8), label=1, ignore=0),
               dict(centre=(10, 0, 0), size=(8, 8, 8), label=0, ignore=0)]]

@@ -331,7 +331,8 @@ class MV2DXrayDataset(Det3DDataset):
                   new_index: Dict[int, tuple]) -> dict:
         """Every view's 2D boxes (px, ``img``) of the kept instances, flattened over the
         views in ``view_names`` order: ``gt_bboxes*`` for findings, ``ignore_bboxes*``
-        for ignore regions (see :meth:`parse_ann_info`)."""
+        for ignore regions and for the boxes a view flags ``ignore_flag`` itself (a
+        finding that view does not show; see :meth:`parse_ann_info`)."""
         boxes = {0: [], 1: []}          # rows: x1, y1, x2, y2, label, view, id_3d
         for view_id, name in enumerate(self.view_names):
             for box in cam_instances.get(name, []):
@@ -343,6 +344,8 @@ class MV2DXrayDataset(Det3DDataset):
                 if inst_id not in new_index:
                     continue
                 flag, index = new_index[inst_id]
+                # a finding's box in a view that does not show it may be flagged on its own
+                flag = max(flag, int(box.get('ignore_flag', 0)))
                 label = self.label_mapping[int(box.get('bbox_label',
                                                        instances[inst_id]['bbox_label_3d']))]
                 boxes[flag].append([*box['bbox'], label, view_id, index])
