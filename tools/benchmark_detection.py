@@ -110,9 +110,6 @@ class Domain:
             (``<data>-tn<N>``, built with ``train_nodules_flag``; the configs'
             ``train_data_root``; its val and test splits are the benchmark's); None: they
             train on ``data``.
-        nms_per_class_baseline: whether the findings have several classes, so that the
-            triangulation of 2D detections NMSed per class (``triangulation_nms_per_class``)
-            differs from the config's and is run besides it.
     """
     source: str
     data: str
@@ -125,7 +122,6 @@ class Domain:
     target_bands: Tuple[Tuple[str, float, float], ...] = ()
     train_nodules_flag: Optional[str] = None
     train_nodules: Optional[int] = None
-    nms_per_class_baseline: bool = False
 
 
 DOMAINS: Dict[str, Domain] = {
@@ -155,7 +151,7 @@ DOMAINS: Dict[str, Domain] = {
                           '0.703125', '--span-mm', '40', '60', '--defect-mm', '0.6', '2.5',
                           '--crack-mm', '1.5', '6', '--detectable-mm', '0.6',
                           '--test-fraction', '0.34', '--val-fraction', '0.34'),
-        target_bands=(('>=1mm', 1.0, math.inf), ), nms_per_class_baseline=True),
+        target_bands=(('>=1mm', 1.0, math.inf), )),
 }
 
 
@@ -487,13 +483,18 @@ def train_2d_stage(name: str, domain: Domain, out: str, options: Sequence[str],
     return checkpoint, options_2d
 
 
-def count_cases(pkl: str) -> int:
-    """The number of cases of an info pickle (one line if it is not one)."""
+def load_split(pkl: str) -> dict:
+    """A split's info pickle (one line if it is not one)."""
     from projects.mv2d_xray.core.data_format import load_infos
     try:
-        return len(load_infos(pkl)['data_list'])
+        return load_infos(pkl)
     except (OSError, ValueError) as exc:
         fail(str(exc))
+
+
+def count_cases(pkl: str) -> int:
+    """The number of cases of an info pickle (one line if it is not one)."""
+    return len(load_split(pkl)['data_list'])
 
 
 def fold_indices(num_cases: int, num_folds: int, fold: int) -> Tuple[List[int], List[int]]:
@@ -617,7 +618,11 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                 out_file]
     run_step(f'{name}: triangulating MV2D\'s 2D detections',
              triangulate_command(files['triangulation'], '--dets2d', files['dets2d']), log)
-    if domain.nms_per_class_baseline:
+    from projects.mv2d_xray.core.data_format import infos_classes
+
+    # several classes (blades): the triangulation of 2D detections NMSed per class differs
+    # from that of the config's, NMSed across classes, and is run besides it
+    if len(infos_classes(load_split(pkl))) > 1:
         nms_dir = osp.join(out, f'test_nms_per_class-{key}')
         run_step(f'{name}: MV2D\'s 2D detections NMSed per class on the {key} split',
                  test_command(nms_dir, NMS_PER_CLASS_OPTION), log)

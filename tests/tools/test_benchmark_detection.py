@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 
+import mmengine
 from test_train_test import run_tool
 
 
@@ -178,9 +179,21 @@ def test_both_stages_train_on_the_domains_training_build():
             == bench.training_digest(config, bench.data_options(chest, 'x', 'test', 'x-tn15'))
 
 
+#: The classes each benchmark's splits hold (the converters' metainfo).
+DOMAIN_CLASSES = {'chest': ('nodule', ), 'blades': ('pore', 'inclusion', 'crack')}
+
+
+def _write_split(path, classes):
+    """An info pickle of these classes without cases."""
+    from projects.mv2d_xray.core.data_format import FORMAT_VERSION
+    mmengine.dump(dict(metainfo=dict(format_version=FORMAT_VERSION, classes=classes,
+                                     geometry={}), data_list=[]), str(path))
+
+
 def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest',
-                files=None):
-    """``run_domain`` on ``domain_name`` (default chest) with its steps recorded instead of
+                files=None, classes=None):
+    """``run_domain`` on ``domain_name`` (default chest), its val split holding ``classes``
+    (default the domain's: :data:`DOMAIN_CLASSES`), with its steps recorded instead of
     run: the converter commands, and per training its folder and its overrides as
     mmengine's ``DictAction`` reads them (a later ``KEY=VALUE`` wins); ``on_step(command)``
     is called for each step besides, and the files it returns go into the dict ``files``."""
@@ -201,7 +214,8 @@ def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest',
     data = tmp_path / 'bench'
     data.mkdir(exist_ok=True)
     domain = dataclasses.replace(bench.DOMAINS[domain_name], data=str(data))
-    (data / f'{domain.prefix}_infos_val.pkl').write_bytes(b'')
+    _write_split(data / f'{domain.prefix}_infos_val.pkl',
+                 classes or DOMAIN_CLASSES[domain_name])
     args = bench.parse_args(['--domains', domain_name, '--split', 'val', '--work-dir',
                              str(tmp_path / 'work'), *argv])
     returned = bench.run_domain(domain_name, domain, args, [])
@@ -249,7 +263,7 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     """Several classes (blades): a second run of MV2D's test step, with the variant's
     overrides and then the per-class NMS (the last ``KEY=VALUE``, so it wins), whose 2D
     detections are triangulated as ``triangulation_nms_per_class``; one class (chest): no
-    such run."""
+    such run. The split's classes decide, not the domain's name."""
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import METHODS
     bench = _benchmark_module()
     commands, files = [], {}
@@ -277,6 +291,10 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     assert set(METHODS) - set(files) == {'triangulation_nms_per_class'}
     assert len([c for c in commands if 'tools/test.py' in c]) == 1
     assert len([c for c in commands if 'tools/triangulate.py' in c]) == 2
+
+    commands.clear()
+    _run_domain(tmp_path, monkeypatch, on_step=commands.append, classes=('solid', 'ggo'))
+    assert len([c for c in commands if 'tools/test.py' in c]) == 2
 
 
 def test_a_2d_stage_of_several_runs_chains_its_checkpoints(tmp_path, monkeypatch):
@@ -388,7 +406,8 @@ def test_a_quick_run_keeps_apart_from_the_full_one(tmp_path, monkeypatch):
     assert bench.report_key(bench.parse_args([])) == 'test'
     quick = str(tmp_path / 'work' / 'chest-quick')
     (tmp_path / 'work' / 'chest-quick' / 'data').mkdir(parents=True)
-    (tmp_path / 'work' / 'chest-quick' / 'data' / 'chest_bench_infos_val.pkl').write_bytes(b'')
+    _write_split(tmp_path / 'work' / 'chest-quick' / 'data' / 'chest_bench_infos_val.pkl',
+                 DOMAIN_CLASSES['chest'])
     _, builds, trainings = _run_domain(tmp_path, monkeypatch, '--quick')
     assert [b[0] for b in builds] == [osp.join(quick, 'data'), osp.join(quick, 'data-tn15')]
     assert all(t[0].startswith(quick + osp.sep) for t in trainings)
