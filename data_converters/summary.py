@@ -45,11 +45,12 @@ def store_infos(out_dir: str) -> List[dict]:
 
 def invisible_findings(data_list: List[dict]) -> List[str]:
     """The ``nodule_id`` of every finding that has no 2D box in any view (outside every
-    view's detector, or not in front of the source)."""
+    view's detector, or not in front of the source), or only boxes its views flag
+    ``ignore_flag`` (views that do not show it)."""
     hidden = []
     for info in data_list:
         seen = {inst['instance_id'] for boxes in info.get('cam_instances', {}).values()
-                for inst in boxes}
+                for inst in boxes if not inst.get('ignore_flag', 0)}
         hidden += [inst.get('nodule_id', f'{info["token"]}/{idx}')
                    for idx, inst in enumerate(info['instances']) if idx not in seen]
     return hidden

@@ -177,6 +177,11 @@ def test_invisible_findings():
     info = dict(token='t', instances=[dict(nodule_id='t/0'), dict(nodule_id='t/1')],
                 cam_instances={'VIEW_00': [dict(instance_id=1)], 'VIEW_01': []})
     assert invisible_findings([info]) == ['t/0']
+    # a finding whose only box its view flags (it does not show there) is not seen either
+    info['cam_instances']['VIEW_01'] = [dict(instance_id=0, ignore_flag=1)]
+    assert invisible_findings([info]) == ['t/0']
+    info['cam_instances']['VIEW_01'][0]['ignore_flag'] = 0
+    assert invisible_findings([info]) == []
 
 
 # -- processes -----------------------------------------------------------------------------

@@ -72,6 +72,23 @@ def test_predictions_round_trip_and_item_errors():
         parse_predictions([], num_classes=1)
 
 
+def test_coco_boxes_of_ignore_regions_and_of_views_that_do_not_show_a_finding_are_crowds():
+    """``iscrowd`` is 1 for an ignore region's box and for a finding's box its view flags,
+    0 for the rest (as the dataset splits them in training)."""
+    from projects.mv2d_xray.core.data_format import build_coco
+    eye = np.eye(4).tolist()
+    img = dict(img_path='a.png', width=8, height=8, theta_rad=0.0, cam2img=eye,
+               lidar2cam=eye, lidar2img=eye)
+    instances = [dict(nodule_id=f't/{i}', bbox_3d=[0.0] * 7, diameter_mm=1.0, num_readers=1,
+                      characteristics={}, ignore_flag=flag) for i, flag in enumerate((0, 1))]
+    boxes = [dict(bbox=[1.0, 1.0, 3.0, 3.0], bbox_label=0, instance_id=i, ignore_flag=flag)
+             for i, flag in ((0, 0), (0, 1), (1, 0))]
+    info = dict(token='t', images={'VIEW_00': img}, instances=instances,
+                cam_instances={'VIEW_00': boxes})
+    coco = build_coco([info], dict(classes=('pore', ), dataset='x', format_version=1))
+    assert [a['iscrowd'] for a in coco['annotations']] == [0, 1, 1]
+
+
 def test_coco_reader_and_detections(tmp_path):
     coco = dict(images=[dict(id=1, token='a', view='VIEW_00')], annotations=[],
                 categories=[dict(id=1, name='nodule')])

@@ -178,7 +178,9 @@ def build_coco(data_list: List[dict], metainfo: dict) -> dict:
                     id=len(annotations) + 1, image_id=image_id,
                     category_id=int(cam_inst['bbox_label']) + 1,
                     bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1),
-                    iscrowd=int(cam_inst['ignore_flag']),
+                    # a box is an ignore box of its view when its finding is an ignore
+                    # region or the view does not show it (its own flag), as in training
+                    iscrowd=int(cam_inst['ignore_flag'] or inst['ignore_flag']),
                     instance_id=int(cam_inst['instance_id']), nodule_id=inst['nodule_id'],
                     bbox_3d=list(inst['bbox_3d']), diameter_mm=inst['diameter_mm'],
                     num_readers=inst['num_readers'],

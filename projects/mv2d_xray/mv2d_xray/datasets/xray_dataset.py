@@ -279,7 +279,8 @@ class MV2DXrayDataset(Det3DDataset):
               ``gt_bboxes_view_ids``, ``gt_bboxes_instance_ids_3d`` (int64 ``(K,)``): every
               view's 2D boxes of the findings;
             * ``ignore_bboxes`` float32 ``(J, 4)``, ``ignore_bboxes_labels``,
-              ``ignore_bboxes_view_ids`` (int64 ``(J,)``): 2D boxes of ignore regions;
+              ``ignore_bboxes_view_ids`` (int64 ``(J,)``): 2D boxes of ignore regions,
+              and the findings' boxes a view flags ``ignore_flag`` itself;
             * ``token`` and ``instances`` (the pickle's list, unchanged).
         """
         token = info.get('token', info.get('sample_idx'))

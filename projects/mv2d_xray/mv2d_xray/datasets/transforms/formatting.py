@@ -33,7 +33,7 @@ class PackMV2DXrayInputs(BaseTransform):
       view), ``labels``, ``view_ids``, ``instance_ids_3d`` (int64 ``(K,)``; indexes
       ``gt_instances_3d``): the 2D boxes of all views, flattened;
     * ``ignored_instances``: ``bboxes`` (float32 ``(J, 4)``), ``labels``, ``view_ids``: 2D
-      boxes of ignore regions;
+      boxes of ignore regions and the findings' boxes a view flags ignore;
     * ``eval_ann_info``: the dataset's annotations for the metric in test mode, else None.
 
     Without the annotation fields (a test pipeline without

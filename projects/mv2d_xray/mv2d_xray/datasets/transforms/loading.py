@@ -164,8 +164,9 @@ class LoadXrayAnnotations3D(BaseTransform):
     Added keys (see ``MV2DXrayDataset.parse_ann_info``): ``gt_bboxes_3d``
     (``LiDARInstance3DBoxes`` ``(M, 7)``), ``gt_labels_3d`` ``(M,)``; the findings' 2D boxes
     ``gt_bboxes`` ``(K, 4)`` with ``gt_bboxes_labels``, ``gt_bboxes_view_ids``,
-    ``gt_bboxes_instance_ids_3d`` ``(K,)``; ignore-region 2D boxes ``ignore_bboxes``
-    ``(J, 4)`` with ``ignore_bboxes_labels``, ``ignore_bboxes_view_ids`` ``(J,)``.
+    ``gt_bboxes_instance_ids_3d`` ``(K,)``; ignore 2D boxes ``ignore_bboxes`` ``(J, 4)``
+    (ignore regions', and the findings' boxes a view flags ignore) with
+    ``ignore_bboxes_labels``, ``ignore_bboxes_view_ids`` ``(J,)``.
     """
 
     def transform(self, results: dict) -> dict:
