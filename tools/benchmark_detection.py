@@ -17,8 +17,9 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
 4. triangulates those 2D detections (``triangulation``) and the exact 2D boxes
    (``triangulation_gt2d``, the association ceiling) with ``tools/triangulate.py``, and
    scores the 2D stage alone per view (COCO AP / AR, ``tools/evaluate_2d.py``); where the
-   findings have several classes (blades), MV2D's test step is run a second time with its
-   2D detections NMSed per class (:data:`NMS_PER_CLASS_OPTION`; the config's NMS across
+   findings have several classes (blades), MV2D's 2D stage is run a second time alone
+   (:data:`DETECTIONS_ONLY_OPTIONS`) with its detections NMSed per class
+   (:data:`NMS_PER_CLASS_OPTION`; the config's NMS across
    classes suppresses a box of one class beside another's) and those are triangulated too
    (``triangulation_nms_per_class``, the stronger baseline there);
 5. scores the 3D methods on the same cases with 95 % case-bootstrap intervals and
@@ -160,6 +161,14 @@ DOMAINS: Dict[str, Domain] = {
 #: stronger baseline"): the triangulation of those scored +0.084 CPM on val and +0.119 on
 #: test over the config's NMS across classes; MV2D's own test step with it, +0.004 on val.
 NMS_PER_CLASS_OPTION = 'model.test_cfg.detection_proposal.nms.class_agnostic=False'
+#: The test-step overrides that run MV2D's 2D stage alone (no 3D head, so the run's 3D
+#: metrics are empty; not frozen, which needs a 3D head and means nothing at test time),
+#: for the per-class-NMS baseline's detections: the same 2D detections as the full test
+#: step's with the same options (checked on the blades val split with the fifty-eighth
+#: session's training: the same 8794 detections, byte for byte), without the 3D step.
+#: After the variant's overrides: mmengine applies ``model.roi_head=None`` after a
+#: ``model.roi_head.KEY`` given before it, and fails on one given after it.
+DETECTIONS_ONLY_OPTIONS = ('model.roi_head=None', 'model.freeze_base_detector=False')
 
 #: ``--amp-2d``: the wrapper override of ``tools/train.py --amp`` (mixed precision: bf16 on
 #: the CPU, the wrapper's fp16 with a loss scale on a GPU).
@@ -572,6 +581,11 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     pkl, coco = split_files(data, domain.prefix, args.split)
     if not osp.isfile(pkl):
         fail(f'{data} has no {args.split} split ({pkl})')
+    from projects.mv2d_xray.core.data_format import infos_classes
+
+    # several classes (blades): the triangulation of 2D detections NMSed per class differs
+    # from that of the config's, NMSed across classes, and is run besides it (step 4)
+    several_classes = len(infos_classes(load_split(pkl))) > 1
     train_data = train_build(data, domain.train_nodules) or data
     data_2d = train_build(data, args.train_nodules_2d)
     if data_2d == train_data:
@@ -618,14 +632,10 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                 out_file]
     run_step(f'{name}: triangulating MV2D\'s 2D detections',
              triangulate_command(files['triangulation'], '--dets2d', files['dets2d']), log)
-    from projects.mv2d_xray.core.data_format import infos_classes
-
-    # several classes (blades): the triangulation of 2D detections NMSed per class differs
-    # from that of the config's, NMSed across classes, and is run besides it
-    if len(infos_classes(load_split(pkl))) > 1:
+    if several_classes:
         nms_dir = osp.join(out, f'test_nms_per_class-{key}')
         run_step(f'{name}: MV2D\'s 2D detections NMSed per class on the {key} split',
-                 test_command(nms_dir, NMS_PER_CLASS_OPTION), log)
+                 test_command(nms_dir, *DETECTIONS_ONLY_OPTIONS, NMS_PER_CLASS_OPTION), log)
         files['triangulation_nms_per_class'] = osp.join(
             out, f'triangulation_nms_per_class-{key}', 'predictions.json')
         run_step(f'{name}: triangulating them',

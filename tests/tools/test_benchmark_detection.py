@@ -260,10 +260,11 @@ def test_each_stage_trains_on_its_build(tmp_path, monkeypatch):
 
 
 def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, monkeypatch):
-    """Several classes (blades): a second run of MV2D's test step, with the variant's
-    overrides and then the per-class NMS (the last ``KEY=VALUE``, so it wins), whose 2D
-    detections are triangulated as ``triangulation_nms_per_class``; one class (chest): no
-    such run. The split's classes decide, not the domain's name."""
+    """Several classes (blades): a second test run, of MV2D's 2D stage alone, with the
+    variant's overrides and then the 2D-stage-only overrides and the per-class NMS (the
+    last ``KEY=VALUE``s, so they win), whose 2D detections are triangulated as
+    ``triangulation_nms_per_class``; one class (chest): no such run. The split's classes
+    decide, not the domain's name."""
     from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import METHODS
     bench = _benchmark_module()
     commands, files = [], {}
@@ -274,8 +275,8 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     tests = [c for c in commands if 'tools/test.py' in c]
     assert len(tests) == 2
     config, nms = tests
-    assert nms[-1] == bench.NMS_PER_CLASS_OPTION
-    assert nms[:-1][nms.index('--work-dir') + 2:] == config[config.index('--work-dir') + 2:]
+    assert nms[-3:] == [*bench.DETECTIONS_ONLY_OPTIONS, bench.NMS_PER_CLASS_OPTION]
+    assert nms[:-3][nms.index('--work-dir') + 2:] == config[config.index('--work-dir') + 2:]
     assert 'model.test_cfg.detection_proposal.max_per_img=30' in nms
     nms_dets = osp.join(nms[nms.index('--work-dir') + 1], 'dets2d.json')
     triangulations = [c for c in commands if 'tools/triangulate.py' in c]

@@ -11,9 +11,10 @@ Methods (their names in ``benchmark.json``):
   test step NMSes them (the blades config: across classes, so a box of one class beside a
   higher box of another at one place is suppressed);
 * ``triangulation_nms_per_class`` -- the same, from the 2D detections NMSed per class (a
-  second run of MV2D's test step, ``detection_proposal.nms.class_agnostic=False``): with
-  several classes the stronger baseline (blades test +0.119 CPM over ``triangulation``,
-  README "A stronger baseline"); with one class the same as ``triangulation``, so not run;
+  second test run, of MV2D's 2D stage alone, with
+  ``detection_proposal.nms.class_agnostic=False``): with several classes the stronger
+  baseline (blades test +0.119 CPM over ``triangulation``, README "A stronger
+  baseline"); with one class the same as ``triangulation``, so not run;
 * ``triangulation_gt2d`` -- the exact 2D boxes triangulated: the ceiling of associating
   and triangulating per-view boxes.
 
