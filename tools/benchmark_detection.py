@@ -19,8 +19,8 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
    scores the 2D stage alone per view (COCO AP / AR, ``tools/evaluate_2d.py``); where the
    findings have several classes (blades), MV2D's 2D stage is run a second time alone
    (:data:`DETECTIONS_ONLY_OPTIONS`) with its detections NMSed per class
-   (:data:`NMS_PER_CLASS_OPTION`; the config's NMS across
-   classes suppresses a box of one class beside another's) and those are triangulated too
+   (:data:`NMS_PER_CLASS_OPTION`; the config's NMS across classes suppresses a box of
+   one class beside another's) and those are triangulated too
    (``triangulation_nms_per_class``, the stronger baseline there);
 5. scores the 3D methods on the same cases with 95 % case-bootstrap intervals and
    the paired bootstrap of MV2D - each triangulation of its 2D detections
