@@ -5,8 +5,8 @@ import json
 import os
 import os.path as osp
 
-import mmengine
 from test_train_test import run_tool
+from xray_fake_data import write_fake_dataset
 
 
 def test_too_few_resamples_is_refused(tmp_path):
@@ -183,13 +183,6 @@ def test_both_stages_train_on_the_domains_training_build():
 DOMAIN_CLASSES = {'chest': ('nodule', ), 'blades': ('pore', 'inclusion', 'crack')}
 
 
-def _write_split(path, classes):
-    """An info pickle of these classes without cases."""
-    from projects.mv2d_xray.core.data_format import FORMAT_VERSION
-    mmengine.dump(dict(metainfo=dict(format_version=FORMAT_VERSION, classes=classes,
-                                     geometry={}), data_list=[]), str(path))
-
-
 def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest',
                 files=None, classes=None):
     """``run_domain`` on ``domain_name`` (default chest), its val split holding ``classes``
@@ -214,8 +207,8 @@ def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest',
     data = tmp_path / 'bench'
     data.mkdir(exist_ok=True)
     domain = dataclasses.replace(bench.DOMAINS[domain_name], data=str(data))
-    _write_split(data / f'{domain.prefix}_infos_val.pkl',
-                 classes or DOMAIN_CLASSES[domain_name])
+    write_fake_dataset(str(data), cases=[], classes=classes or DOMAIN_CLASSES[domain_name],
+                       split='val', prefix=domain.prefix)
     args = bench.parse_args(['--domains', domain_name, '--split', 'val', '--work-dir',
                              str(tmp_path / 'work'), *argv])
     returned = bench.run_domain(domain_name, domain, args, [])
@@ -407,8 +400,8 @@ def test_a_quick_run_keeps_apart_from_the_full_one(tmp_path, monkeypatch):
     assert bench.report_key(bench.parse_args([])) == 'test'
     quick = str(tmp_path / 'work' / 'chest-quick')
     (tmp_path / 'work' / 'chest-quick' / 'data').mkdir(parents=True)
-    _write_split(tmp_path / 'work' / 'chest-quick' / 'data' / 'chest_bench_infos_val.pkl',
-                 DOMAIN_CLASSES['chest'])
+    write_fake_dataset(str(tmp_path / 'work' / 'chest-quick' / 'data'), cases=[],
+                       classes=DOMAIN_CLASSES['chest'], split='val', prefix='chest_bench')
     _, builds, trainings = _run_domain(tmp_path, monkeypatch, '--quick')
     assert [b[0] for b in builds] == [osp.join(quick, 'data'), osp.join(quick, 'data-tn15')]
     assert all(t[0].startswith(quick + osp.sep) for t in trainings)
