@@ -10,7 +10,7 @@ from projects.mv2d_xray.core.data_format import (FORMAT_VERSION, CasePred, InfoF
                                                  PredictionFormatError, coco_path, load_coco,
                                                  load_infos, parse_predictions,
                                                  predictions_to_json, resolve_detections,
-                                                 split_patients)
+                                                 split_patients, view_box_ignored)
 
 
 def write_infos(path, metainfo, data_list=()):
@@ -87,6 +87,16 @@ def test_coco_boxes_of_ignore_regions_and_of_views_that_do_not_show_a_finding_ar
                 cam_instances={'VIEW_00': boxes})
     coco = build_coco([info], dict(classes=('pore', ), dataset='x', format_version=1))
     assert [a['iscrowd'] for a in coco['annotations']] == [0, 1, 1]
+
+
+def test_a_view_box_is_ignored_by_its_own_flag_or_its_findings():
+    """Either flag makes the box an ignore box; a missing flag (an older pickle) is 0."""
+    cases = {(0, 0): False, (0, 1): True, (1, 0): True, (1, 1): True}
+    for (box_flag, finding_flag), ignored in cases.items():
+        assert view_box_ignored(dict(ignore_flag=box_flag),
+                                dict(ignore_flag=finding_flag)) is ignored
+    assert view_box_ignored({}, dict(ignore_flag=0)) is False
+    assert view_box_ignored({}, dict(ignore_flag=1)) is True
 
 
 def test_coco_reader_and_detections(tmp_path):

@@ -102,6 +102,14 @@ class CasePred:
         return cls(np.zeros((0, 7)), np.zeros(0), np.zeros(0, np.int64))
 
 
+def view_box_ignored(cam_instance: Mapping, instance: Mapping) -> bool:
+    """Whether one view's 2D box (an item of ``cam_instances``) is an ignore box of that
+    view: its finding is an ignore region (``instance['ignore_flag']``), or the view does
+    not show the finding (the box's own ``cam_instance['ignore_flag']``). The finding
+    itself stays a finding in 3D and in its other views (README "Data format")."""
+    return bool(cam_instance.get('ignore_flag', 0) or instance.get('ignore_flag', 0))
+
+
 # -- writing: info items, metainfo, COCO, the split ------------------------------------
 def _matrix(mat: np.ndarray) -> List[List[float]]:
     return [[float(v) for v in row] for row in np.asarray(mat)]
@@ -178,9 +186,7 @@ def build_coco(data_list: List[dict], metainfo: dict) -> dict:
                     id=len(annotations) + 1, image_id=image_id,
                     category_id=int(cam_inst['bbox_label']) + 1,
                     bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1),
-                    # a box is an ignore box of its view when its finding is an ignore
-                    # region or the view does not show it (its own flag), as in training
-                    iscrowd=int(cam_inst['ignore_flag'] or inst['ignore_flag']),
+                    iscrowd=int(view_box_ignored(cam_inst, inst)),    # as in training
                     instance_id=int(cam_inst['instance_id']), nodule_id=inst['nodule_id'],
                     bbox_3d=list(inst['bbox_3d']), diameter_mm=inst['diameter_mm'],
                     num_readers=inst['num_readers'],

@@ -15,7 +15,7 @@ from mmdet3d.datasets import Det3DDataset
 from mmdet3d.registry import DATASETS
 from mmdet3d.structures import LiDARInstance3DBoxes
 
-from projects.mv2d_xray.core.data_format import InfoFormatError, load_infos
+from projects.mv2d_xray.core.data_format import InfoFormatError, load_infos, view_box_ignored
 
 #: The matrices every view carries (4x4, column convention; ``lidar2img`` is ``ct2img``).
 VIEW_MATRIX_KEYS = ('cam2img', 'lidar2cam', 'lidar2img')
@@ -344,9 +344,8 @@ class MV2DXrayDataset(Det3DDataset):
                                         f'{len(instances)}')
                 if inst_id not in new_index:
                     continue
-                flag, index = new_index[inst_id]
-                # a finding's box in a view that does not show it may be flagged on its own
-                flag = max(flag, int(box.get('ignore_flag', 0)))
+                index = new_index[inst_id][1]
+                flag = int(view_box_ignored(box, instances[inst_id]))
                 label = self.label_mapping[int(box.get('bbox_label',
                                                        instances[inst_id]['bbox_label_3d']))]
                 boxes[flag].append([*box['bbox'], label, view_id, index])
