@@ -742,7 +742,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         wrapper = AMP_2D_OPTION.split('=', 1)[1]
         check_amp_device(ConfigDict(optim_wrapper=dict(type=wrapper)), '--amp-2d')
     from projects.mv2d_xray.core.io import atomic_write, write_json
-    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (markdown_report,
+                                                                          verdict_lines)
     os.makedirs(args.work_dir, exist_ok=True)
     json_path = osp.join(args.work_dir, 'benchmark.json')
     md_path = osp.join(args.work_dir, 'benchmark.md')
@@ -777,12 +778,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     atomic_write(md_path, '\n'.join(markdown).encode())
     print('\n' + '\n'.join(markdown))
     for name in args.domains:
-        v = domains[name][key]['verdict']
-        for what, pair in (('triangulation', v), ('triangulation, NMS per class',
-                                                  v.get('nms_per_class'))):
-            if pair is not None:
-                print(f"{name}, {key}: MV2D - {what}, CPM {pair['CPM_difference']} "
-                      f"{pair['CPM_difference_ci']}: {pair['winner']}")
+        print('\n'.join(verdict_lines(f'{name}, {key}', domains[name][key]['verdict'])))
     print(f'\nwritten: {json_path}, {md_path}, ' + ', '.join(
         osp.join(args.work_dir, f'froc_{n}_{key}.png') for n in args.domains))
 

@@ -6,7 +6,7 @@ from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
 from projects.mv2d_xray.core.data_format import CaseGT, CasePred
 from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import (PAIR, band_names,
                                                                       markdown_report, summarise,
-                                                                      verdict)
+                                                                      verdict, verdict_lines)
 
 
 def box(diameter):
@@ -62,5 +62,10 @@ def test_verdict_against_the_per_class_nms_baseline_where_it_was_run():
     assert (v['winner'], v['CPM_difference']) == ('mv2d', 0.09)
     assert v['nms_per_class'] == dict(winner='triangulation_nms_per_class', CPM_difference=-0.2,
                                       CPM_difference_ci=[-0.3, -0.1])
+    assert verdict_lines('blades, test', v) == [
+        'blades, test: MV2D - triangulation (paired), CPM 0.090 [0.040, 0.140]: mv2d',
+        'blades, test: MV2D - triangulation, NMS per class (paired), CPM -0.200 '
+        '[-0.300, -0.100]: triangulation_nms_per_class']
     del entry['mv2d_minus_triangulation_nms_per_class']
     assert 'nms_per_class' not in verdict(entry)
+    assert len(verdict_lines('chest, test', verdict(entry))) == 1

@@ -230,3 +230,13 @@ def verdict(entry: Mapping) -> Dict[str, object]:
     if DIFF_KEY_NMS_PER_CLASS in entry:
         out['nms_per_class'] = pair_verdict(entry, PAIR_NMS_PER_CLASS)
     return out
+
+
+def verdict_lines(title: str, result: Mapping) -> List[str]:
+    """The lines printed for a :func:`verdict`, one per paired comparison it holds, each
+    named by its row in the tables (:data:`PAIRED_LABELS`): ``<title>: MV2D -
+    triangulation (paired), CPM 0.090 [0.040, 0.140]: mv2d``."""
+    pairs = ((PAIR, result), (PAIR_NMS_PER_CLASS, result.get('nms_per_class')))
+    return [f"{title}: {PAIRED_LABELS[diff_key(pair)]}, CPM "
+            f"{format_interval(dict(value=v['CPM_difference'], ci=v['CPM_difference_ci']))}"
+            f": {v['winner']}" for pair, v in pairs if v is not None]
