@@ -8,7 +8,8 @@ import pytest
 from eval_fake_data import eval_geometry, run_tool, write_eval_dataset
 
 from projects.mv2d_xray.core.geometry import box3d_corners, project_points
-from projects.mv2d_xray.mv2d_xray.visualization.case_views import (BOX_EDGES, PRED3D_COLOR,
+from projects.mv2d_xray.mv2d_xray.visualization.case_views import (BOX_EDGES, IGNORE_COLOR,
+                                                                   PRED3D_COLOR, draw_case,
                                                                    project_box_edges)
 
 
@@ -73,6 +74,26 @@ def test_case_grid_with_and_without_predictions(dataset, tmp_path, capsys):
     # magenta is only the legend's line
     drawn, legend = _count_colour(with_pred, PRED3D_COLOR), _count_colour(without, PRED3D_COLOR)
     assert legend < 100 and drawn > legend + 1000, (drawn, legend)
+
+
+def test_a_2d_box_is_drawn_as_ignored_by_its_findings_flag_or_its_own(dataset, tmp_path):
+    """The same figure whether the ignore region's 2D boxes carry the flag themselves or
+    only its instance does (``core.data_format.view_box_ignored``, the training's rule).
+    Zoomed on the ignore region, where its 2D box lies inside its 3D box's wireframe."""
+    import copy
+
+    import mmengine
+    info = mmengine.load(dataset['infos'])['data_list'][2]
+    region = next(i for i, inst in enumerate(info['instances']) if inst['ignore_flag'])
+    only_instance = copy.deepcopy(info)
+    for boxes in only_instance['cam_instances'].values():
+        for box in boxes:
+            box['ignore_flag'] = 0
+    paths = [str(tmp_path / f'{name}.png') for name in ('both', 'instance')]
+    for item, path in zip((info, only_instance), paths):
+        draw_case(item, dataset['root'], path, zoom_finding=region)
+    both, instance = (_count_colour(path, IGNORE_COLOR) for path in paths)
+    assert both > 0 and instance == both
 
 
 def test_case_bad_input(dataset, tmp_path, capsys):

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from projects.mv2d_xray.core.data_format import view_box_ignored
 from projects.mv2d_xray.core.geometry import box3d_corners, project_points
 from projects.mv2d_xray.mv2d_xray.visualization.figures import pyplot, save_png
 
@@ -120,11 +121,15 @@ def _draw_boxes(ax, name: str, lidar2img: np.ndarray, layers: _CaseLayers,
     ground-truth 3D boxes projected through ``lidar2img`` (``(4, 4)`` ct -> img), the 2D
     detections, the predicted 3D boxes. ``lw``: the line width, points."""
     from matplotlib.patches import Rectangle
+    instances = layers.instances
     for cam in (layers.info.get('cam_instances') or {}).get(name, []):
         x1, y1, x2, y2 = cam['bbox']
-        color = IGNORE_COLOR if cam.get('ignore_flag') else GT_COLOR
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color,
-                               lw=lw, ls=':' if cam.get('ignore_flag') else '--'))
+        inst_id = int(cam.get('instance_id', -1))
+        ignored = view_box_ignored(cam, instances[inst_id]
+                                   if 0 <= inst_id < len(instances) else {})
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
+                               ec=IGNORE_COLOR if ignored else GT_COLOR, lw=lw,
+                               ls=':' if ignored else '--'))
     for inst in layers.instances:
         edges = project_box_edges(lidar2img, inst['bbox_3d'])
         if edges is not None:
