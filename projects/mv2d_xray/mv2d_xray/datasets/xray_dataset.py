@@ -299,10 +299,10 @@ class MV2DXrayDataset(Det3DDataset):
 
         Returns:
             tuple: ``{flag: [(instance, training label), ...]}`` for flags 0 (findings)
-            and 1 (ignore regions), and ``{pickle index: (flag, index among its kind)}``.
+            and 1 (ignore regions), and ``{pickle index: index among its kind}``.
         """
         num_file_classes = len(self.file_classes)
-        new_index: Dict[int, tuple] = {}
+        new_index: Dict[int, int] = {}
         kept = {0: [], 1: []}
         for i, inst in enumerate(instances):
             label_3d = int(inst['bbox_label_3d'])
@@ -313,7 +313,7 @@ class MV2DXrayDataset(Det3DDataset):
             if label < 0:
                 continue
             flag = int(inst.get('ignore_flag', 0))
-            new_index[i] = (flag, len(kept[flag]))
+            new_index[i] = len(kept[flag])
             kept[flag].append((inst, label))
             if flag == 0:
                 self.num_ins_per_cat[label] += 1
@@ -329,7 +329,7 @@ class MV2DXrayDataset(Det3DDataset):
                          dtype=np.float32))
 
     def _boxes_2d(self, token, instances: List[dict], cam_instances: dict,
-                  new_index: Dict[int, tuple]) -> dict:
+                  new_index: Dict[int, int]) -> dict:
         """Every view's 2D boxes (px, ``img``) of the kept instances, flattened over the
         views in ``view_names`` order: ``gt_bboxes*`` for findings, ``ignore_bboxes*``
         for ignore regions and for the boxes a view flags ``ignore_flag`` itself (a
@@ -344,11 +344,10 @@ class MV2DXrayDataset(Det3DDataset):
                                         f'{len(instances)}')
                 if inst_id not in new_index:
                     continue
-                index = new_index[inst_id][1]
                 flag = int(view_box_ignored(box, instances[inst_id]))
                 label = self.label_mapping[int(box.get('bbox_label',
                                                        instances[inst_id]['bbox_label_3d']))]
-                boxes[flag].append([*box['bbox'], label, view_id, index])
+                boxes[flag].append([*box['bbox'], label, view_id, new_index[inst_id]])
         out = {}
         for flag, prefix in ((0, 'gt_bboxes'), (1, 'ignore_bboxes')):
             rows = np.array(boxes[flag], dtype=np.float64).reshape(-1, 7)
