@@ -145,3 +145,30 @@ def test_metric_unknown_case(dataset):
     sample.set_metainfo(dict(token='not-a-case'))
     with pytest.raises(KeyError, match='not-a-case'):
         run_metric(metric, [sample])
+
+
+def test_metric_without_3d_stage_writes_the_2d_figures_only(dataset, tmp_path):
+    """``evaluate_3d=False`` (a model run without its 3D stage): the 2D detections and
+    their figures, no 3D figures of 0 and no empty predictions file."""
+    out_file = str(tmp_path / 'metrics.json')
+    metric = XrayDet3DMetric(ann_file=dataset['infos'], out_file=out_file,
+                             evaluate_3d=False)
+    samples = make_samples(dataset['infos'])
+    for sample in samples:       # what MV2D without roi_head returns: no 3D boxes
+        sample.pred_instances_3d = sample.pred_instances_3d[:0]
+    flat = run_metric(metric, samples)
+    assert flat['2d/AP@0.5'] == pytest.approx(1.0)
+    assert not any(key.startswith(('CPM', 'FROC', 'mAP')) for key in flat)
+    with open(out_file) as f:
+        assert set(json.load(f)) == {'eval_2d'}
+    assert osp.isfile(tmp_path / 'dets2d.json')
+    assert not osp.exists(tmp_path / 'predictions.json')
+    # the default scores the same run's empty 3D output as a model that finds nothing
+    flat_3d = run_metric(XrayDet3DMetric(ann_file=dataset['infos']), samples)
+    assert flat_3d['CPM'] == 0.0 and flat_3d['2d/AP@0.5'] == pytest.approx(1.0)
+
+
+def test_metric_without_3d_stage_needs_2d_detections(dataset):
+    metric = XrayDet3DMetric(ann_file=dataset['infos'], evaluate_3d=False)
+    with pytest.raises(ValueError, match='evaluate_3d=False.*no 2D detections'):
+        run_metric(metric, make_samples(dataset['infos'], with_2d=False))

@@ -268,8 +268,10 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     tests = [c for c in commands if 'tools/test.py' in c]
     assert len(tests) == 2
     config, nms = tests
-    assert nms[-3:] == [*bench.DETECTIONS_ONLY_OPTIONS, bench.NMS_PER_CLASS_OPTION]
-    assert nms[:-3][nms.index('--work-dir') + 2:] == config[config.index('--work-dir') + 2:]
+    own = [*bench.DETECTIONS_ONLY_OPTIONS, bench.NMS_PER_CLASS_OPTION]
+    assert nms[-len(own):] == own
+    assert nms[:-len(own)][nms.index('--work-dir') + 2:] == \
+        config[config.index('--work-dir') + 2:]
     assert 'model.test_cfg.detection_proposal.max_per_img=30' in nms
     nms_dets = osp.join(nms[nms.index('--work-dir') + 1], 'dets2d.json')
     triangulations = [c for c in commands if 'tools/triangulate.py' in c]

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, import_from
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
@@ -152,6 +152,18 @@ def test_train_resume_then_test(small_config_file, demo_dataset, tmp_path):
     for boxes in predictions['results'].values():
         for box in boxes:
             assert len(box['bbox_3d']) == 7 and np.isfinite(box['score'])
+
+    # the 2D stage alone, as the benchmark runs it for its per-class-NMS baseline: the
+    # same 2D detections, a metrics file with the 2D figures only, no 3D predictions
+    bench = import_from('tools', 'benchmark_detection')
+    only_2d = str(tmp_path / 'test_2d')
+    test = run_tool('test.py', small_config_file, osp.join(work_dir, 'epoch_2.pth'),
+                    '--work-dir', only_2d, '--cfg-options', *bench.DETECTIONS_ONLY_OPTIONS)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert set(json.load(open(osp.join(only_2d, 'metrics.json')))) == {'eval_2d'}
+    assert not osp.exists(osp.join(only_2d, 'predictions.json'))
+    assert json.load(open(osp.join(only_2d, 'dets2d.json'))) == \
+        json.load(open(osp.join(test_dir, 'dets2d.json')))
 
 
 @pytest.mark.parametrize('option, named', [

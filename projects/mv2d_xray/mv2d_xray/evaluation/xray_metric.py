@@ -92,6 +92,12 @@ class XrayDet3DMetric(BaseMetric):
         coco_ann_file (str, optional): the split's COCO file for the 2D evaluation.
             ``'auto'`` (default): ``ann_file`` with ``.pkl`` -> ``_2d.coco.json`` if that
             exists; ``None``: no 2D evaluation.
+        evaluate_3d (bool): False for a model without its 3D stage (``model.roi_head=None``,
+            the 2D detections only, e.g. ``tools/benchmark_detection.py``'s per-class-NMS
+            detections): no 3D figures and no ``pred_out_file``; ``out_file`` holds
+            ``{'eval_2d': ...}`` and the 2D detections are written as usual, instead of
+            3D figures of 0 for boxes the model never makes. A run that attaches no 2D
+            detections then raises ``ValueError``. Defaults to True.
         collect_device (str): 'cpu' or 'gpu'. Defaults to 'cpu'.
         prefix (str, optional): prefix of the logged names. Defaults to none.
     """
@@ -107,6 +113,7 @@ class XrayDet3DMetric(BaseMetric):
                  pred_out_file: Optional[str] = 'auto',
                  dets2d_out_file: Optional[str] = 'auto',
                  coco_ann_file: Optional[str] = 'auto',
+                 evaluate_3d: bool = True,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -116,10 +123,13 @@ class XrayDet3DMetric(BaseMetric):
         self.froc_fp_rates = tuple(float(r) for r in froc_fp_rates)
         self.size_bands = None if size_bands is None else tuple(
             (str(n), float(lo), float(hi)) for n, lo, hi in size_bands)
+        self.evaluate_3d = bool(evaluate_3d)
         self.out_file = out_file
         out_dir = osp.dirname(out_file) if out_file else None
-        self.pred_out_file = (osp.join(out_dir, 'predictions.json') if out_dir is not None
-                              else None) if pred_out_file == 'auto' else pred_out_file
+        if pred_out_file == 'auto':
+            pred_out_file = (osp.join(out_dir, 'predictions.json') if out_dir is not None
+                             else None)
+        self.pred_out_file = pred_out_file if self.evaluate_3d else None
         self.dets2d_out_file = (osp.join(out_dir, 'dets2d.json') if out_dir is not None
                                 else None) if dets2d_out_file == 'auto' else dets2d_out_file
         if coco_ann_file == 'auto':
@@ -225,6 +235,31 @@ class XrayDet3DMetric(BaseMetric):
         ``centre_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...)."""
         infos = self._load_infos()
         classes = self._classes()
+        preds, result, flat, tables = None, {}, {}, []
+        if self.evaluate_3d:
+            preds, result = self._evaluate_3d(results, infos, classes)
+            flat = flatten_metrics(result)
+            tables.append(format_table(result))
+        dets2d = self._coco_results(results, infos, classes)
+        if dets2d is None and not self.evaluate_3d:
+            raise ValueError(f'XrayDet3DMetric(evaluate_3d=False) on {self.ann_file}: the '
+                             'model attached no 2D detections (pred_instances with view_ids) '
+                             'to evaluate')
+        result2d = None if dets2d is None else self._evaluate_2d(
+            dets2d, {r['token'] for r in results if 'dets2d' in r})
+        if result2d is not None:
+            result['eval_2d'] = result2d
+            flat.update(flatten_2d(result2d))
+            tables.append('Per-view 2D detection (COCO):\n' + format_table_2d(result2d))
+        if tables:
+            print_log('\n' + '\n\n'.join(tables), logger='current')
+        self._write_files(result, preds, dets2d)
+        return flat
+
+    def _evaluate_3d(self, results: List[dict], infos: dict, classes: Tuple[str, ...]
+                     ) -> Tuple[Dict[str, CasePred], dict]:
+        """The valid 3D predictions of the processed cases and their figures (the format
+        of ``tools/evaluate.py``, plus ``num_invalid_pred``)."""
         preds, num_invalid = self._valid_predictions(results, infos, classes)
         # the scans evaluated: those processed, in the pickle's order
         cases = {d['token']: self._case_gt(d, classes) for d in infos['data']['data_list']
@@ -233,19 +268,7 @@ class XrayDet3DMetric(BaseMetric):
         result = evaluate_detections(cases, preds, classes, self.dist_thrs_mm, self.iou_thrs,
                                      self.froc_fp_rates, bands)
         result['num_invalid_pred'] = num_invalid
-        table = format_table(result)
-        flat = flatten_metrics(result)
-
-        dets2d = self._coco_results(results, infos, classes)
-        result2d = None if dets2d is None else self._evaluate_2d(
-            dets2d, {r['token'] for r in results if 'dets2d' in r})
-        if result2d is not None:
-            result['eval_2d'] = result2d
-            flat.update(flatten_2d(result2d))
-            table += '\n\nPer-view 2D detection (COCO):\n' + format_table_2d(result2d)
-        print_log(f'\n{table}', logger='current')
-        self._write_files(result, preds, dets2d)
-        return flat
+        return preds, result
 
     def _valid_predictions(self, results: List[dict], infos: dict,
                            classes: Tuple[str, ...]) -> Tuple[Dict[str, CasePred], int]:
@@ -268,14 +291,15 @@ class XrayDet3DMetric(BaseMetric):
                       'or unknown labels were dropped', logger='current', level=30)
         return preds, num_invalid
 
-    def _write_files(self, result: dict, preds: Dict[str, CasePred],
+    def _write_files(self, result: dict, preds: Optional[Dict[str, CasePred]],
                      dets2d: Optional[List[dict]]) -> None:
-        """Write the metrics JSON, the 3D predictions (README format) and the 2D detections
-        (COCO results) where configured (each atomically)."""
+        """Write the metrics JSON, the 3D predictions (README format; none without the 3D
+        evaluation) and the 2D detections (COCO results) where configured (each
+        atomically)."""
         if self.out_file:
             write_json(self.out_file, result)
             print_log(f'metrics written to {self.out_file}', logger='current')
-        if self.pred_out_file:
+        if self.pred_out_file and preds is not None:
             write_json(self.pred_out_file, predictions_to_json(preds))
             print_log(f'3D predictions written to {self.pred_out_file}', logger='current')
         if self.dets2d_out_file and dets2d is not None:
