@@ -7,7 +7,8 @@ Several processes: ``tools/dist_test.sh CONFIG CHECKPOINT NPROC`` (same metrics)
 CUDA the config's dataloaders do not pin memory (``_common.pin_memory_only_with_cuda``).
 
 The metrics are printed as a table and, for the project's metric, written to
-``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``).
+``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``; the 2D figures alone for
+a model run without its 3D stage, ``model.roi_head=None test_evaluator.evaluate_3d=False``).
 """
 import argparse
 import inspect
