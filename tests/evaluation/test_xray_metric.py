@@ -15,6 +15,7 @@ from mmengine.structures import InstanceData
 
 from projects.mv2d_xray.core.geometry import image_aug_matrix
 from projects.mv2d_xray.mv2d_xray.evaluation import XrayDet3DMetric  # noqa: F401
+from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
 
 SCALE = 0.5   # the model's input views are half the original size
 
@@ -168,7 +169,9 @@ def test_metric_without_3d_stage_writes_the_2d_figures_only(dataset, tmp_path):
     assert flat_3d['CPM'] == 0.0 and flat_3d['2d/AP@0.5'] == pytest.approx(1.0)
 
 
-def test_metric_without_3d_stage_needs_2d_detections(dataset):
+def test_metric_without_3d_stage_needs_2d_detections_and_a_bool(dataset):
     metric = XrayDet3DMetric(ann_file=dataset['infos'], evaluate_3d=False)
-    with pytest.raises(ValueError, match='evaluate_3d=False.*no 2D detections'):
+    with pytest.raises(XrayConfigError, match='evaluate_3d=False.*no 2D detections'):
         run_metric(metric, make_samples(dataset['infos'], with_2d=False))
+    with pytest.raises(XrayConfigError, match="evaluate_3d is True or False, not 'no'"):
+        XrayDet3DMetric(ann_file=dataset['infos'], evaluate_3d='no')

@@ -18,6 +18,7 @@ from projects.mv2d_xray.core.metric import (DEFAULT_DIST_THRS_MM, DEFAULT_FROC_F
                                             evaluate_detections, flatten_metrics, format_table)
 from projects.mv2d_xray.mv2d_xray.evaluation.coco2d import (evaluate_coco_2d, flatten_2d,
                                                             format_table_2d)
+from projects.mv2d_xray.mv2d_xray.models.config_keys import XrayConfigError
 
 
 def _get(sample, key, default=None):
@@ -97,7 +98,8 @@ class XrayDet3DMetric(BaseMetric):
             detections): no 3D figures and no ``pred_out_file``; ``out_file`` holds
             ``{'eval_2d': ...}`` and the 2D detections are written as usual, instead of
             3D figures of 0 for boxes the model never makes. A run that attaches no 2D
-            detections then raises ``ValueError``. Defaults to True.
+            detections then raises :class:`XrayConfigError` (as does a value other than
+            True or False). Defaults to True.
         collect_device (str): 'cpu' or 'gpu'. Defaults to 'cpu'.
         prefix (str, optional): prefix of the logged names. Defaults to none.
     """
@@ -123,6 +125,9 @@ class XrayDet3DMetric(BaseMetric):
         self.froc_fp_rates = tuple(float(r) for r in froc_fp_rates)
         self.size_bands = None if size_bands is None else tuple(
             (str(n), float(lo), float(hi)) for n, lo, hi in size_bands)
+        if not isinstance(evaluate_3d, (bool, np.bool_)):   # bool('no') would be True
+            raise XrayConfigError(f'XrayDet3DMetric: evaluate_3d is True or False, not '
+                                  f'{evaluate_3d!r}')
         self.evaluate_3d = bool(evaluate_3d)
         self.out_file = out_file
         out_dir = osp.dirname(out_file) if out_file else None
@@ -242,9 +247,9 @@ class XrayDet3DMetric(BaseMetric):
             tables.append(format_table(result))
         dets2d = self._coco_results(results, infos, classes)
         if dets2d is None and not self.evaluate_3d:
-            raise ValueError(f'XrayDet3DMetric(evaluate_3d=False) on {self.ann_file}: the '
-                             'model attached no 2D detections (pred_instances with view_ids) '
-                             'to evaluate')
+            raise XrayConfigError(f'XrayDet3DMetric(evaluate_3d=False) on {self.ann_file}: '
+                                  'the model attached no 2D detections (pred_instances with '
+                                  'view_ids) to evaluate')
         result2d = None if dets2d is None else self._evaluate_2d(
             dets2d, {r['token'] for r in results if 'dets2d' in r})
         if result2d is not None:
