@@ -171,7 +171,25 @@ def test_metric_without_3d_stage_writes_the_2d_figures_only(dataset, tmp_path):
 
 def test_metric_without_3d_stage_needs_2d_detections_and_a_bool(dataset):
     metric = XrayDet3DMetric(ann_file=dataset['infos'], evaluate_3d=False)
-    with pytest.raises(XrayConfigError, match='evaluate_3d=False.*no 2D detections'):
+    with pytest.raises(XrayConfigError, match="evaluate_3d=False.*case '.*' has no 2D"):
         run_metric(metric, make_samples(dataset['infos'], with_2d=False))
     with pytest.raises(XrayConfigError, match="evaluate_3d is True or False, not 'no'"):
         XrayDet3DMetric(ann_file=dataset['infos'], evaluate_3d='no')
+
+
+def test_metric_without_a_coco_file_writes_the_2d_detections_unevaluated(dataset, tmp_path):
+    """``coco_ann_file=None``: no 2D evaluation (not an error); with ``evaluate_3d=False``
+    the 2D detections are still written, and the metrics file holds no figures."""
+    flat = run_metric(XrayDet3DMetric(ann_file=dataset['infos'], coco_ann_file=None),
+                      make_samples(dataset['infos']))
+    assert flat['CPM'] == pytest.approx(1.0) and not any(k.startswith('2d/') for k in flat)
+    out_file = str(tmp_path / 'metrics.json')
+    metric = XrayDet3DMetric(ann_file=dataset['infos'], out_file=out_file,
+                             coco_ann_file=None, evaluate_3d=False)
+    assert run_metric(metric, make_samples(dataset['infos'])) == {}
+    with open(out_file) as f:
+        assert json.load(f) == {}
+    with open(tmp_path / 'dets2d.json') as f:
+        assert len(json.load(f)) == sum(len(info['cam_instances'][view])
+                                        for info in mmengine.load(dataset['infos'])['data_list']
+                                        for view in info['images'])

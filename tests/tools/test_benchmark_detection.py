@@ -268,6 +268,7 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     tests = [c for c in commands if 'tools/test.py' in c]
     assert len(tests) == 2
     config, nms = tests
+    assert 'test_evaluator.evaluate_3d=False' in bench.DETECTIONS_ONLY_OPTIONS
     own = [*bench.DETECTIONS_ONLY_OPTIONS, bench.NMS_PER_CLASS_OPTION]
     assert nms[-len(own):] == own
     assert nms[:-len(own)][nms.index('--work-dir') + 2:] == \

@@ -96,10 +96,11 @@ class XrayDet3DMetric(BaseMetric):
         evaluate_3d (bool): False for a model without its 3D stage (``model.roi_head=None``,
             the 2D detections only, e.g. ``tools/benchmark_detection.py``'s per-class-NMS
             detections): no 3D figures and no ``pred_out_file``; ``out_file`` holds
-            ``{'eval_2d': ...}`` and the 2D detections are written as usual, instead of
-            3D figures of 0 for boxes the model never makes. A run that attaches no 2D
-            detections then raises :class:`XrayConfigError` (as does a value other than
-            True or False). Defaults to True.
+            ``{'eval_2d': ...}`` (``{}`` with a warning when there is no COCO file) and
+            the 2D detections are written as usual, instead of 3D figures of 0 for boxes
+            the model never makes. A case without 2D detections then raises
+            :class:`XrayConfigError` (as does a value other than True or False).
+            Defaults to True.
         collect_device (str): 'cpu' or 'gpu'. Defaults to 'cpu'.
         prefix (str, optional): prefix of the logged names. Defaults to none.
     """
@@ -140,9 +141,9 @@ class XrayDet3DMetric(BaseMetric):
         if coco_ann_file == 'auto':
             coco_ann_file = coco_path(self.ann_file)
             self._coco_optional = True
-        else:
+        else:    # None: no 2D evaluation; a path: it must be there
             coco_ann_file = self._join(data_root, coco_ann_file)
-            self._coco_optional = False
+            self._coco_optional = coco_ann_file is None
         self.coco_ann_file = coco_ann_file
         self._infos = None
 
@@ -194,6 +195,8 @@ class XrayDet3DMetric(BaseMetric):
                     raise KeyError(f'data sample without token and with unknown '
                                    f'sample_idx {idx!r} (ann_file {self.ann_file})')
                 token = info['token']
+            if token not in self._load_infos()['by_token']:
+                raise KeyError(f'case {token!r} is not in the ground truth {self.ann_file}')
             pred = _get(sample, 'pred_instances_3d')
             record = dict(token=token, boxes=np.zeros((0, 7)), scores=np.zeros(0),
                           labels=np.zeros(0, np.int64))
@@ -205,6 +208,10 @@ class XrayDet3DMetric(BaseMetric):
             if dets2d is not None and _get(dets2d, 'bboxes') is not None and \
                     _get(dets2d, 'view_ids') is not None:
                 record['dets2d'] = self._dets2d_original(sample, dets2d)
+            elif not self.evaluate_3d:   # here, on every process of a distributed run
+                raise XrayConfigError(f'XrayDet3DMetric(evaluate_3d=False) on {self.ann_file}:'
+                                      f' case {token!r} has no 2D detections (pred_instances '
+                                      'with view_ids) to evaluate')
             self.results.append(record)
 
     @staticmethod
@@ -237,7 +244,8 @@ class XrayDet3DMetric(BaseMetric):
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Evaluate every processed case; log the tables, write the files, return the flat
         figures (``CPM``, ``mAP_dist``, ``AP_dist@2mm``, ``AP_iou@0.1``, ``FROC@1``,
-        ``centre_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...)."""
+        ``centre_error_mm``, ``CPM_3-6mm``, ``2d/AP@0.5`` ...; the ``2d/`` ones alone with
+        ``evaluate_3d=False``)."""
         infos = self._load_infos()
         classes = self._classes()
         preds, result, flat, tables = None, {}, {}, []
@@ -246,16 +254,15 @@ class XrayDet3DMetric(BaseMetric):
             flat = flatten_metrics(result)
             tables.append(format_table(result))
         dets2d = self._coco_results(results, infos, classes)
-        if dets2d is None and not self.evaluate_3d:
-            raise XrayConfigError(f'XrayDet3DMetric(evaluate_3d=False) on {self.ann_file}: '
-                                  'the model attached no 2D detections (pred_instances with '
-                                  'view_ids) to evaluate')
         result2d = None if dets2d is None else self._evaluate_2d(
             dets2d, {r['token'] for r in results if 'dets2d' in r})
         if result2d is not None:
             result['eval_2d'] = result2d
             flat.update(flatten_2d(result2d))
             tables.append('Per-view 2D detection (COCO):\n' + format_table_2d(result2d))
+        elif not self.evaluate_3d:
+            print_log(f'no COCO file for {self.ann_file} ({self.coco_ann_file}): the 2D '
+                      'detections are written, not evaluated', logger='current', level=30)
         if tables:
             print_log('\n' + '\n\n'.join(tables), logger='current')
         self._write_files(result, preds, dets2d)
@@ -279,13 +286,11 @@ class XrayDet3DMetric(BaseMetric):
                            classes: Tuple[str, ...]) -> Tuple[Dict[str, CasePred], int]:
         """``{token: CasePred}`` of the processed cases (boxes ``(P, 7)`` ct mm) without the
         boxes that are non-finite, have a negative size or an unknown label (logged), and
-        how many those were. ``KeyError`` for a case not in ``ann_file``."""
+        how many those were (:meth:`process` kept only cases of ``ann_file``)."""
         preds: Dict[str, CasePred] = {}
         num_invalid = 0
         for record in results:
             token = record['token']
-            if token not in infos['by_token']:
-                raise KeyError(f'case {token!r} is not in the ground truth {self.ann_file}')
             boxes, scores, labels = record['boxes'], record['scores'], record['labels']
             ok = np.isfinite(boxes).all(1) & np.isfinite(scores) & (boxes[:, 3:6] >= 0).all(1) \
                 & (labels >= 0) & (labels < len(classes))
