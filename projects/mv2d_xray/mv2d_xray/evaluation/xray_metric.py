@@ -195,7 +195,7 @@ class XrayDet3DMetric(BaseMetric):
                     raise KeyError(f'data sample without token and with unknown '
                                    f'sample_idx {idx!r} (ann_file {self.ann_file})')
                 token = info['token']
-            if token not in self._load_infos()['by_token']:
+            elif token not in self._load_infos()['by_token']:
                 raise KeyError(f'case {token!r} is not in the ground truth {self.ann_file}')
             pred = _get(sample, 'pred_instances_3d')
             record = dict(token=token, boxes=np.zeros((0, 7)), scores=np.zeros(0),
