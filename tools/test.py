@@ -8,7 +8,10 @@ CUDA the config's dataloaders do not pin memory (``_common.pin_memory_only_with_
 
 The metrics are printed as a table and, for the project's metric, written to
 ``<work dir>/metrics.json`` (the format of ``tools/evaluate.py``; the 2D figures alone for
-a model run without its 3D stage, ``model.roi_head=None test_evaluator.evaluate_3d=False``).
+a model run without its 3D stage, ``model.roi_head=None test_evaluator.evaluate_3d=False``),
+with ``predictions.json`` and ``dets2d.json`` beside it. Always into this run's work dir,
+also from the config an earlier test dumped into its own (which names that run's files);
+only ``--cfg-options test_evaluator.out_file=PATH`` puts them elsewhere.
 """
 import argparse
 import inspect
@@ -45,16 +48,26 @@ def parse_args():
 
 
 def _route_metrics_json(evaluator_cfg, path: str) -> None:
-    """Point metrics that can write a JSON file (an ``out_file`` argument) at ``path``."""
+    """Point metrics that can write a JSON file (an ``out_file`` argument) at ``path``,
+    whatever ``out_file`` the config holds: the config that mmengine dumps into a test's
+    work dir carries that run's ``out_file``, and a later test from that config with
+    another ``--work-dir`` would otherwise overwrite the first run's metrics and
+    predictions (``main`` skips this when ``--cfg-options`` names an ``out_file``)."""
     from mmdet3d.registry import METRICS
     from mmengine.registry import DefaultScope
     metrics = evaluator_cfg if isinstance(evaluator_cfg, list) else [evaluator_cfg]
     with DefaultScope.overwrite_default_scope('mmdet3d'):
         for metric in metrics:
             cls = METRICS.get(metric.get('type')) if isinstance(metric, dict) else None
-            if cls is not None and 'out_file' in inspect.signature(cls).parameters \
-                    and metric.get('out_file') is None:
+            if cls is not None and 'out_file' in inspect.signature(cls).parameters:
                 metric['out_file'] = path
+
+
+def _names_out_file(cfg_options) -> bool:
+    """Whether ``--cfg-options`` sets a test metric's ``out_file`` (``test_evaluator.
+    out_file``, or ``test_evaluator.N.out_file`` for a list of metrics)."""
+    return any(key.startswith('test_evaluator.') and key.endswith('.out_file')
+               for key in cfg_options or {})
 
 
 def main():
@@ -68,7 +81,7 @@ def main():
     cfg.load_from = args.checkpoint
     setup_distributed(cfg, args.launcher)
     pin_memory_only_with_cuda(cfg)
-    if cfg.get('test_evaluator') is not None:
+    if cfg.get('test_evaluator') is not None and not _names_out_file(args.cfg_options):
         _route_metrics_json(cfg.test_evaluator, osp.join(cfg.work_dir, 'metrics.json'))
 
     from mmengine.registry import RUNNERS

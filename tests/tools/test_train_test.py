@@ -154,12 +154,22 @@ def test_train_resume_then_test(small_config_file, demo_dataset, tmp_path):
             assert len(box['bbox_3d']) == 7 and np.isfinite(box['score'])
 
     # the 2D stage alone, as the benchmark runs it for its per-class-NMS baseline: the
-    # same 2D detections, a metrics file with the 2D figures only, no 3D predictions
+    # same 2D detections, a metrics file with the 2D figures only, no 3D predictions.
+    # Run from the config the first test dumped into its work dir, which names that
+    # run's metrics file: this run writes into its own work dir, the first run's files
+    # stay as they were
+    first_files = {name: open(osp.join(test_dir, name)).read()
+                   for name in os.listdir(test_dir) if name.endswith('.json')}
+    assert {'metrics.json', 'predictions.json'} <= set(first_files)
+    dumped_config = osp.join(test_dir, osp.basename(small_config_file))
+    assert osp.join(test_dir, 'metrics.json') in open(dumped_config).read()
     bench = import_from('tools', 'benchmark_detection')
     only_2d = str(tmp_path / 'test_2d')
-    test = run_tool('test.py', small_config_file, osp.join(work_dir, 'epoch_2.pth'),
+    test = run_tool('test.py', dumped_config, osp.join(work_dir, 'epoch_2.pth'),
                     '--work-dir', only_2d, '--cfg-options', *bench.DETECTIONS_ONLY_OPTIONS)
     assert test.returncode == 0, test.stderr[-3000:]
+    assert {name: open(osp.join(test_dir, name)).read() for name in first_files} == \
+        first_files
     assert set(json.load(open(osp.join(only_2d, 'metrics.json')))) == {'eval_2d'}
     assert not osp.exists(osp.join(only_2d, 'predictions.json'))
     assert json.load(open(osp.join(only_2d, 'dets2d.json'))) == \
@@ -196,6 +206,17 @@ def test_tools_test_routes_metrics_json():
     cfg = ConfigDict(type='XrayDet3DMetric', ann_file='x.pkl')
     module._route_metrics_json(cfg, 'work/metrics.json')
     assert cfg['out_file'] == 'work/metrics.json'
+    # a config dumped by an earlier test names that run's file: routed to this run's
+    dumped = [ConfigDict(type='XrayDet3DMetric', ann_file='x.pkl',
+                         out_file='earlier/metrics.json'), ConfigDict(type='NoSuchMetric')]
+    module._route_metrics_json(dumped, 'work/metrics.json')
+    assert dumped[0]['out_file'] == 'work/metrics.json' and 'out_file' not in dumped[1]
+    # ... unless the command line names the file
+    assert module._names_out_file({'test_evaluator.out_file': 'm.json'})
+    assert module._names_out_file({'test_evaluator.0.out_file': 'm.json'})
+    assert not module._names_out_file({'test_evaluator.pred_out_file': 'p.json'})
+    assert not module._names_out_file({'val_evaluator.out_file': 'm.json'})
+    assert not module._names_out_file(None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU (bf16) path')
