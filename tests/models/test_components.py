@@ -552,6 +552,30 @@ def test_centre_distance_nms():
     assert agnostic['labels'].tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize('ratio, kept', [
+    (None, [0, 2, 1, 3]),   # per class: the crack and inclusion names stay
+    (1.0, [0, 3]),          # as class_agnostic: every other name at the pore goes
+    (2.0, [0, 2, 3]),       # the crack scores 1/3 of the pore (goes), the inclusion 3/5
+    (4.0, [0, 2, 1, 3]),    # neither scores under 1/4 of the pore
+])
+def test_centre_distance_nms_cross_class_ratio(ratio, kept):
+    """``cross_class_ratio``: a box of another class within the NMS's reach goes only
+    when the kept box scores at least ``ratio`` times as much; a box out of reach stays
+    whatever its score; boxes of one class suppress each other as always."""
+    boxes = torch.tensor([[0., 0., 0., 2., 2., 2., 0.],      # pore, 0.9
+                          [0.5, 0., 0., 2., 2., 2., 0.],     # crack 0.5 mm away, 0.3
+                          [0., 0.4, 0., 2., 2., 2., 0.],     # inclusion 0.4 mm away, 0.54
+                          [9., 0., 0., 2., 2., 2., 0.],      # crack 9 mm away, 0.1
+                          [0., 0., 0.3, 2., 2., 2., 0.]])    # pore 0.3 mm away, 0.05
+    scores = torch.tensor([0.9, 0.3, 0.54, 0.1, 0.05])
+    labels = torch.tensor([0, 2, 1, 2, 0])
+    out = centre_distance_nms(boxes, scores, labels, dist_thr_mm=2.0,
+                              cross_class_ratio=ratio)
+    assert out['keep'].tolist() == kept
+    with pytest.raises(ValueError, match='cross_class_ratio is at least 1'):
+        centre_distance_nms(boxes, scores, labels, cross_class_ratio=0.5)
+
+
 def _refine_head(radius):
     return MODELS.build(dict(tiny_mv2d_config()['roi_head'],
                              test_cfg=dict(refine_radius_mm=radius)))

@@ -41,7 +41,8 @@ OBJECTNESS_SUPPORT_KEYS = ('weight', 'levels', 'search_depths')
 #: (``logit_skip``: ``MV2DXrayRoIHead.support_logit``).
 SUPPORT_EMBEDDING_KEYS = ('gate_px', 'gate_frac', 'top_views', 'logit_skip')
 #: ``test_cfg.rcnn.nms``: ``type`` and :func:`centre_distance_nms`'s arguments.
-CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge', 'class_agnostic')
+CENTRE_NMS_KEYS = ('type', 'dist_thr_mm', 'inside_box', 'merge', 'class_agnostic',
+                   'cross_class_ratio')
 
 
 class XrayConfigError(ValueError):

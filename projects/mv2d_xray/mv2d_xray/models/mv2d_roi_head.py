@@ -220,7 +220,8 @@ class MV2DXrayRoIHead(BaseModule):
             levels=[0], search_depths=None)``), then
             (:meth:`select`) ``score_thr`` (keep scores
             above it; default 0), ``nms`` (None, or ``dict(type='centre_distance',
-            dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False)``, see
+            dist_thr_mm=..., inside_box=True, merge=False, class_agnostic=False,
+            cross_class_ratio=None)``, see
             :func:`centre_distance_nms`) and ``max_per_scene`` (keep the best
             ones; default 300). The only score threshold and cap of the 3D stage.
         init_cfg (dict, optional): Defaults to None.

@@ -41,7 +41,8 @@ def centre_distance_nms(bboxes: Tensor,
                         dist_thr_mm: float = 0.0,
                         inside_box: bool = True,
                         merge: bool = False,
-                        class_agnostic: bool = False) -> Dict[str, Tensor]:
+                        class_agnostic: bool = False,
+                        cross_class_ratio: Optional[float] = None) -> Dict[str, Tensor]:
     """Greedy centre-distance NMS, per class or across classes.
 
     Args:
@@ -59,6 +60,12 @@ def centre_distance_nms(bboxes: Tensor,
             query's other classes at the same centre, and nearby boxes of other
             classes, go), as mmdet's ``class_agnostic`` NMS. Defaults to False (per
             class).
+        cross_class_ratio (float, optional): With per-class NMS, also suppress a box of
+            another class when the kept box scores at least this many times as much
+            (``kept >= ratio * other``): one finding named two ways keeps its clearly
+            better name, while two names of similar score both stay (1 would be
+            ``class_agnostic``; with ``merge`` those boxes are merged too). None (the
+            default): only boxes of the kept box's class.
 
     Returns:
         dict: ``bboxes``, ``scores``, ``labels`` of the kept detections, by
@@ -71,7 +78,13 @@ def centre_distance_nms(bboxes: Tensor,
     if inside_box:
         dup |= (offset <= bboxes[:, None, 3:6] / 2).all(dim=-1)
     if not class_agnostic:
-        dup &= labels[:, None] == labels[None, :]
+        same_class = labels[:, None] == labels[None, :]
+        if cross_class_ratio is not None:
+            if not cross_class_ratio >= 1:
+                raise ValueError(f'centre_distance_nms: cross_class_ratio is at least 1, '
+                                 f'not {cross_class_ratio!r}')
+            same_class |= scores[:, None] >= cross_class_ratio * scores[None, :]
+        dup &= same_class
     keep, members = greedy_clusters(scores, dup)
     out = bboxes[keep].clone()
     if merge:
