@@ -18,6 +18,11 @@ train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
 # the 2D stage's own weights, not averaged (the MV2D config's EMAHook is for MV2D's training)
 custom_hooks = []
 
+# no 3D head: the val and test passes report the per-view COCO figures alone
+# (XrayDet3DMetric's evaluate_3d=False), not 3D figures of 0 for boxes it never makes
+val_evaluator = dict(evaluate_3d=False)
+test_evaluator = dict(evaluate_3d=False)
+
 # 12 epochs (3126 s in all on 2 CPU cores kept to AVX2: 2420 training views of 15 nodules
 # each, with the chest config's RPN / R-CNN sampling of 64 / 128) to fit `make benchmark`'s
 # 90 min (77.4 min in all, README "Results (chest, seed 0)"). On val, one 12-epoch

@@ -18,6 +18,11 @@ model = dict(
         detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 train_dataloader = dict(dataset=dict(pipeline={{_base_.train_pipeline_2d}}))
 
+# no 3D head: the val and test passes report the per-view COCO figures alone
+# (XrayDet3DMetric's evaluate_3d=False), not 3D figures of 0 for boxes it never makes
+val_evaluator = dict(evaluate_3d=False)
+test_evaluator = dict(evaluate_3d=False)
+
 # -- schedule: from scratch, so the backbone learns at the full rate ---------------------------
 max_epochs = 12
 optim_wrapper = dict(

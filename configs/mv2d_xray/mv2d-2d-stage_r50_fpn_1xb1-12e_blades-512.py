@@ -10,6 +10,11 @@ model = dict(
         _delete_=True,
         detection_proposal={{_base_.model.test_cfg.detection_proposal}}))
 
+# no 3D head: the val and test passes report the per-view COCO figures alone
+# (XrayDet3DMetric's evaluate_3d=False), not 3D figures of 0 for boxes it never makes
+val_evaluator = dict(evaluate_3d=False)
+test_evaluator = dict(evaluate_3d=False)
+
 # -- schedule: 12 epochs; the backbone learns at the full rate from scratch ----------------------
 max_epochs = 12
 optim_wrapper = dict(

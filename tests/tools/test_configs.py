@@ -230,6 +230,21 @@ def test_2d_stage_checkpoint_initialises_the_full_model(tmp_path, name_2d, name)
         assert torch.equal(loaded[key], value), key
 
 
+@pytest.mark.parametrize('name_2d, name', [(STAGE_2D, PAPER), (DEMO_2D, DEMO),
+                                           (BENCH_2D, BENCH), (BLADES_2D, BLADES),
+                                           (BLADES_DEMO_2D, BLADES_DEMO),
+                                           (BLADES_BENCH_2D, BLADES_BENCH)])
+def test_2d_stage_evaluates_2d_only(name_2d, name):
+    """A 2D-stage config (no 3D head) evaluates its val and test passes in 2D alone
+    (``evaluate_3d=False``: no 3D figures of 0 in its log); the full model's evaluates
+    in 3D, on the same files."""
+    stage_2d, full = load(name_2d), load(name)
+    for key in ('val_evaluator', 'test_evaluator'):
+        assert stage_2d[key]['evaluate_3d'] is False, (name_2d, key)
+        assert full[key].get('evaluate_3d', True) is True, (name, key)
+        assert stage_2d[key]['ann_file'] == full[key]['ann_file']
+
+
 def test_2d_stage_model_trains_and_predicts_2d_only():
     """With ``roi_head=None`` the model has the 2D losses only and predicts per-view 2D
     detections with empty 3D results (what the metric's 2D evaluation reads)."""
