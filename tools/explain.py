@@ -46,8 +46,9 @@ import argparse
 import math
 import os.path as osp
 
-from _checkpoints import CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP, load_weights
+from _checkpoints import CHECKPOINT_HELP, MAX_UNFIT_FRACTION, TRUST_HELP
 from _common import add_debug_flag, fail, load_config, run_main
+from _model import build_dataset, build_model, case_inputs, register_modules
 
 
 def parse_args():
@@ -129,44 +130,11 @@ def check_args(args) -> None:
 
 
 # -- model and data ---------------------------------------------------------------------------
-def register_modules(cfg) -> None:
-    """Import the plugin (its modules register themselves) and use the config's scope."""
-    from mmengine.registry import init_default_scope
-    import projects.mv2d_xray.mv2d_xray  # noqa: F401
-    init_default_scope(cfg.get('default_scope', 'mmdet3d'))
-
-
-def build_model(cfg, checkpoint: str, device: str, trust: bool = False):
-    """The config's model with the checkpoint's weights, in eval mode on ``device``
-    (safe loading unless ``trust``; a checkpoint that does not fit is refused)."""
-    from mmdet3d.registry import MODELS
-    model = MODELS.build(cfg.model)
-    load_weights(model, checkpoint, trust)
-    return model.to(device).eval()
-
-
-def build_dataset(cfg, infos: str):
-    """The config's test dataset and pipeline on ``infos`` (its folder is the data root;
-    the config's acquisition is still checked against the data)."""
-    from mmdet3d.registry import DATASETS
-    dataset_cfg = cfg.test_dataloader.dataset.copy()
-    dataset_cfg.update(data_root=osp.dirname(osp.abspath(infos)) + '/',
-                       ann_file=osp.basename(infos), test_mode=True)
-    return DATASETS.build(dataset_cfg)
-
-
 def case_index(dataset, token: str) -> int:
     tokens = [dataset.get_data_info(i)['token'] for i in range(len(dataset))]
     if token not in tokens:
         fail(f'case {token!r} is not in the info pickle (cases: {", ".join(tokens[:5])}...)')
     return tokens.index(token)
-
-
-def case_inputs(model, dataset, index: int) -> dict:
-    """The case through the test pipeline and the model's ``data_preprocessor``:
-    ``inputs['imgs']`` ``(1, N, 3, H, W)`` and ``data_samples``."""
-    from mmengine.dataset import pseudo_collate
-    return model.data_preprocessor(pseudo_collate([dataset[index]]), False)
 
 
 def run_case(model, dataset, index: int, explain: bool):

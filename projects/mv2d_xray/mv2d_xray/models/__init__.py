@@ -19,6 +19,8 @@ from projects.mv2d_xray.mv2d_xray.models.post_processing import (ObjectnessMaps,
 from projects.mv2d_xray.mv2d_xray.models.query_generator import MV2DXrayQueryGenerator
 from projects.mv2d_xray.mv2d_xray.models.transformer import MV2DXrayTransformer
 from projects.mv2d_xray.mv2d_xray.models.two_stage_2d import MV2DXrayTwoStage2D
+from projects.mv2d_xray.mv2d_xray.models.volume_fusion_head import (XrayVolumeFusionHead,
+                                                                   heat_target, voxel_grid)
 
 __all__ = [
     'MV2DXray', 'MV2DXrayTwoStage2D', 'MV2DXrayRoIHead', 'MV2DXrayQueryGenerator',
@@ -27,5 +29,6 @@ __all__ = [
     'MV2DXrayHungarianAssigner3D', 'MV2DXrayBBox3DL1Cost', 'MV2DXrayNMSFreeCoder',
     'XrayGridMask', 'XrayContextRoIExtractor', 'ObjectnessMaps', 'centre_distance_nms',
     'objectness_at_projections',
-    'objectness_support', 'objectness_support_by_size', 'view_support', 'view_support_scores'
+    'objectness_support', 'objectness_support_by_size', 'view_support', 'view_support_scores',
+    'XrayVolumeFusionHead', 'heat_target', 'voxel_grid'
 ]
