@@ -117,9 +117,10 @@ def view_features(args, cfg):
 
     Returns:
         tuple: the split's class names and per case a dict: ``token``, ``feats``
-        ``(V, C, h, w)`` fp16 (the finest FPN level), ``lidar2img`` ``(V, 4, 4)`` ct -> img px of the network input,
-        ``img_shape`` ``(H, W)`` of that input, and its ground truth ``gt``
-        (``core.data_format.CaseGT``) and CT box ``ct_min`` / ``ct_max`` (ct mm).
+        ``(V, C, h, w)`` fp16 (the finest FPN level), ``lidar2img`` ``(V, 4, 4)`` ct ->
+        img px of the network input, ``img_shape`` ``(H, W)`` of that input, and its
+        ground truth ``gt`` (``core.data_format.CaseGT``) and CT box ``ct_min`` /
+        ``ct_max`` (ct mm).
     """
     import numpy as np
     import torch
