@@ -53,9 +53,10 @@ def voxel_grid(ct_min: Sequence[float], ct_max: Sequence[float], voxel_mm: float
     Returns:
         Tensor: ``(X, Y, Z, 3)`` float32 ct mm; along each axis the first centre lies
         half a voxel inside the grown box. Built in float32 (``torch.arange``), as the
-        head reads it: a finding centre midway between two voxel centres (common: the
-        converter writes 0.1 mm) goes to the one float32 rounding makes nearer, the same
-        one every epoch.
+        session-65 probe's: a finding centred midway between two voxel centres (common:
+        the converter writes 0.1 mm) has its target peak on whichever float32 rounding
+        makes nearer; a grid built in float64 and cast breaks some of those ties the
+        other way (README, blades ablations: heads trained on either).
     """
     axes = [torch.arange(float(lo) - margin_mm + voxel_mm / 2, float(hi) + margin_mm,
                          voxel_mm, dtype=torch.float32) for lo, hi in zip(ct_min, ct_max)]
