@@ -196,13 +196,41 @@ def training_window(grid, centres, crop: int, rng):
     return grid.narrow(axis, start, crop)
 
 
+def train_epoch(head, cases, optimizer, schedule, crop_voxels: int, rng, desc: str) -> float:
+    """One pass over ``cases`` in a random order, one case per step: a training window of
+    its grid, CenterNet's target there, one optimiser and schedule step. Returns the mean
+    loss."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from projects.mv2d_xray.mv2d_xray.models.volume_fusion_head import heat_target
+    losses = []
+    for index in tqdm(rng.permutation(len(cases)), desc=desc, unit='case', leave=False):
+        case, gt = cases[index], cases[index]['gt']
+        centres = gt.boxes[:, :3]
+        grid = training_window(head.grid(case['ct_min'], case['ct_max']), centres,
+                               crop_voxels, rng)
+        heat, ignored = heat_target(
+            grid, torch.as_tensor(centres, dtype=torch.float32), torch.as_tensor(gt.labels),
+            torch.as_tensor(gt.diameters_mm), torch.as_tensor(gt.ignore), head.num_classes,
+            head.sigma_min_mm)
+        logits = head(case['feats'].float(), case['lidar2img'], case['img_shape'], grid)
+        loss = head.loss(logits, heat, ignored)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
 def train(args, cfg) -> None:
     import numpy as np
     import torch
 
     from projects.mv2d_xray.core.io import atomic_output
-    from projects.mv2d_xray.mv2d_xray.models.volume_fusion_head import (XrayVolumeFusionHead,
-                                                                         heat_target)
+    from projects.mv2d_xray.mv2d_xray.models.volume_fusion_head import XrayVolumeFusionHead
     classes, cases = view_features(args, cfg)
     if not cases:
         fail(f'{args.infos} has no cases')
@@ -210,34 +238,15 @@ def train(args, cfg) -> None:
                     box_size_mm=class_box_sizes(cases, len(classes)), voxel_mm=args.voxel_mm)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    head = XrayVolumeFusionHead(**head_cfg)
+    head = XrayVolumeFusionHead(**head_cfg).train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * len(cases)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps,
-                                                   pct_start=0.05)
-    head.train()
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=args.epochs * len(cases), pct_start=0.05)
     start = time.time()
     for epoch in range(args.epochs):
-        losses = []
-        for index in rng.permutation(len(cases)):
-            case = cases[index]
-            gt = case['gt']
-            centres = gt.boxes[:, :3]
-            grid = training_window(head.grid(case['ct_min'], case['ct_max']), centres,
-                                   args.crop_voxels, rng)
-            heat, ignored = heat_target(grid, torch.as_tensor(centres, dtype=torch.float32),
-                                        torch.as_tensor(gt.labels),
-                                        torch.as_tensor(gt.diameters_mm), torch.as_tensor(
-                                            gt.ignore), head.num_classes, head.sigma_min_mm)
-            logits = head(case['feats'].float(), case['lidar2img'], case['img_shape'], grid)
-            loss = head.loss(logits, heat, ignored)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-        print(f'epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f} '
-              f'({time.time() - start:.0f} s)', flush=True)
+        desc = f'epoch {epoch + 1}/{args.epochs}'
+        loss = train_epoch(head, cases, optimizer, schedule, args.crop_voxels, rng, desc)
+        print(f'{desc}: loss {loss:.4f} ({time.time() - start:.0f} s)', flush=True)
     path = osp.join(args.work_dir, HEAD_FILE)
     with atomic_output(path) as tmp:
         torch.save(dict(state_dict=head.state_dict(), head_cfg=head_cfg,
