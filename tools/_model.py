@@ -36,4 +36,3 @@ def case_inputs(model, dataset, index: int) -> dict:
     ``inputs['imgs']`` ``(1, N, 3, H, W)`` and ``data_samples``."""
     from mmengine.dataset import pseudo_collate
     return model.data_preprocessor(pseudo_collate([dataset[index]]), False)
-
