@@ -283,7 +283,7 @@ def load_head(path: str):
         fail(str(exc))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         fail(f'{path}: not a volume fusion head saved by tools/volume_fusion.py train '
-             f'({type(exc).__name__}: {str(exc).splitlines()[0][:200]})')
+             f'({type(exc).__name__}: {(str(exc).splitlines() or [""])[0][:200]})')
     return head.eval()
 
 
