@@ -116,8 +116,9 @@ def view_features(args, cfg):
     """Every case of ``--infos`` through the config's test pipeline and the frozen 2D stage.
 
     Returns:
-        tuple: the split's class names and per case a dict: ``token``, ``feats``
-        ``(V, C, h, w)`` fp16 (the finest FPN level), ``lidar2img`` ``(V, 4, 4)`` ct ->
+        tuple: the split's class names and an iterator over its cases, each computed when
+        it is read (``predict`` holds one case's features at a time), a dict: ``token``,
+        ``feats`` ``(V, C, h, w)`` fp16 (the finest FPN level), ``lidar2img`` ``(V, 4, 4)`` ct ->
         img px of the network input, ``img_shape`` ``(H, W)`` of that input, and its
         ground truth ``gt`` (``core.data_format.CaseGT``) and CT box ``ct_min`` /
         ``ct_max`` (ct mm).
@@ -136,21 +137,22 @@ def view_features(args, cfg):
         fail(str(exc))
     by_token = {info['token']: info for info in infos['data_list']}
     dataset = build_dataset(cfg, args.infos)
-    cases = []
-    with torch.no_grad():
+
+    def cases():
         for index in tqdm(range(len(dataset)), desc='2D features', unit='case'):
-            data = case_inputs(model, dataset, index)
-            imgs = data['inputs']['imgs']                                   # (1, V, 3, H, W)
+            with torch.no_grad():
+                data = case_inputs(model, dataset, index)
+                imgs = data['inputs']['imgs']                               # (1, V, 3, H, W)
+                feats = model.extract_feat(imgs)[0].to(torch.float16)
             meta = data['data_samples'][0].metainfo
             info = by_token[meta['token']]
             corners = case_ct_box(info)
-            cases.append(dict(token=meta['token'],
-                              feats=model.extract_feat(imgs)[0].to(torch.float16),
-                              lidar2img=torch.as_tensor(np.asarray(meta['lidar2img']),
-                                                        dtype=torch.float32),
-                              img_shape=tuple(imgs.shape[-2:]), gt=case_gt_from_info(info),
-                              ct_min=corners[0], ct_max=corners[1]))
-    return infos_classes(infos), cases
+            yield dict(token=meta['token'], feats=feats,
+                       lidar2img=torch.as_tensor(np.asarray(meta['lidar2img']),
+                                                 dtype=torch.float32),
+                       img_shape=tuple(imgs.shape[-2:]), gt=case_gt_from_info(info),
+                       ct_min=corners[0], ct_max=corners[1])
+    return infos_classes(infos), cases()
 
 
 def case_ct_box(info: dict):
@@ -232,6 +234,7 @@ def train(args, cfg) -> None:
     from projects.mv2d_xray.core.io import atomic_output
     from projects.mv2d_xray.mv2d_xray.models.volume_fusion_head import XrayVolumeFusionHead
     classes, cases = view_features(args, cfg)
+    cases = list(cases)                        # each step draws any case: all in memory
     if not cases:
         fail(f'{args.infos} has no cases')
     head_cfg = dict(in_channels=int(cases[0]['feats'].shape[1]),
@@ -296,12 +299,12 @@ def predict(args, cfg) -> None:
     if len(classes) != head.num_classes:
         fail(f'{args.head}: the head has {head.num_classes} classes, {args.infos} has '
              f'{len(classes)} ({", ".join(classes)})')
-    if cases and cases[0]['feats'].shape[1] != head.view_reduce[0].in_channels:
-        fail(f'{args.head}: the head reads {head.view_reduce[0].in_channels} feature '
-             f'channels, the model of {args.config} gives {cases[0]["feats"].shape[1]}')
     preds = {}
     with torch.no_grad():
         for case in cases:
+            if case['feats'].shape[1] != head.view_reduce[0].in_channels:
+                fail(f'{args.head}: the head reads {head.view_reduce[0].in_channels} feature '
+                     f'channels, the model of {args.config} gives {case["feats"].shape[1]}')
             grid = head.grid(case['ct_min'], case['ct_max'])
             logits = head(case['feats'].float(), case['lidar2img'], case['img_shape'], grid)
             boxes, scores, labels = head.predict(logits, grid)
