@@ -64,6 +64,9 @@ def parse_args():
                        '(default: 64)')
     train.add_argument('--voxel-mm', type=float, default=0.5, help='voxel side, mm '
                        '(default: 0.5)')
+    train.add_argument('--sigma-min-mm', type=float, default=0.5, help='the smallest '
+                       'target Gaussian\'s sigma, mm; a finding\'s is max(this, d / 6) '
+                       '(default: 0.5; about half a voxel suits coarse grids)')
     train.add_argument('--seed', type=int, default=0, help='seed of the head\'s weights, '
                        'the case order and the windows (default: 0)')
     predict = sub.choices['predict']
@@ -107,6 +110,8 @@ def check_args(args) -> None:
             fail(f'--crop-voxels must be 0 (no window) or >= 3, got {args.crop_voxels}')
         if not args.voxel_mm > 0:
             fail(f'--voxel-mm must be > 0, got {args.voxel_mm}')
+        if not args.sigma_min_mm > 0:
+            fail(f'--sigma-min-mm must be > 0, got {args.sigma_min_mm}')
         if osp.exists(args.work_dir) and not osp.isdir(args.work_dir):
             fail(f'--work-dir {args.work_dir} exists and is not a folder')
 
@@ -238,7 +243,8 @@ def train(args, cfg) -> None:
     if not cases:
         fail(f'{args.infos} has no cases')
     head_cfg = dict(in_channels=int(cases[0]['feats'].shape[1]),
-                    box_size_mm=class_box_sizes(cases, len(classes)), voxel_mm=args.voxel_mm)
+                    box_size_mm=class_box_sizes(cases, len(classes)), voxel_mm=args.voxel_mm,
+                    sigma_min_mm=args.sigma_min_mm)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     head = XrayVolumeFusionHead(**head_cfg).train()

@@ -17,6 +17,7 @@ from projects.mv2d_xray.core.data_format import case_gt_from_info, load_infos
 from projects.mv2d_xray.core.geometry import index_to_ct
 
 VOXEL_MM = 20.0
+SIGMA_MIN_MM = 10.0
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +26,8 @@ def trained_head(explain_setup, demo_dataset, tmp_path_factory):  # noqa: F811
     work_dir = tmp_path_factory.mktemp('volume_fusion')
     result = run_tool('volume_fusion.py', 'train', config, checkpoint, '--infos',
                       demo_dataset.train_pkl, '--work-dir', str(work_dir), '--epochs', '2',
-                      '--voxel-mm', str(VOXEL_MM), '--crop-voxels', '6')
+                      '--voxel-mm', str(VOXEL_MM), '--crop-voxels', '6',
+                      '--sigma-min-mm', str(SIGMA_MIN_MM))
     assert result.returncode == 0, result.stderr[-3000:]
     return result, str(work_dir / 'volume_fusion.pth')
 
@@ -41,6 +43,7 @@ def test_train_writes_a_head_sized_by_the_training_findings(trained_head, demo_d
                                                        'data_list'])])
     assert saved['head_cfg']['box_size_mm'] == pytest.approx([np.median(diameters)])
     assert saved['head_cfg']['voxel_mm'] == VOXEL_MM and saved['meta']['epochs'] == 2
+    assert saved['head_cfg']['sigma_min_mm'] == SIGMA_MIN_MM
 
 
 def test_predict_and_fuse_on_val(trained_head, explain_setup, demo_dataset,  # noqa: F811
@@ -90,6 +93,7 @@ def test_bad_input_is_one_line_and_runs_nothing(trained_head, explain_setup,  # 
              str(work_dir))
     one_line(run_tool('volume_fusion.py', *train, '--epochs', '0'), '--epochs')
     one_line(run_tool('volume_fusion.py', *train, '--crop-voxels', '2'), '--crop-voxels')
+    one_line(run_tool('volume_fusion.py', *train, '--sigma-min-mm', '0'), '--sigma-min-mm')
     one_line(run_tool('volume_fusion.py', 'train', config, checkpoint, '--infos',
                       str(tmp_path / 'none.pkl'), '--work-dir', str(work_dir)), 'none.pkl')
     assert not work_dir.exists()
