@@ -45,6 +45,19 @@ def write_metrics(result: dict, path: str) -> None:
     print(f'\nmetrics written to {path}')
 
 
+def write_predictions(results: dict, path: str, what: str = '3D predictions') -> None:
+    """``{token: [prediction dict, ...]}`` (README prediction format) written atomically as
+    ``{"results": ...}``, one line saying how many; one line and exit 2 when ``path``
+    cannot be written."""
+    from projects.mv2d_xray.core.io import write_json
+    try:
+        write_json(path, dict(results=results))
+    except OSError as exc:
+        fail(f'cannot write {path}: {exc}')
+    print(f'{sum(len(v) for v in results.values())} {what} for {len(results)} cases '
+          f'written to {path}')
+
+
 def load_scored_split(gt_path: str, pred_paths, allow_missing: bool = False):
     """The split to score and the prediction files on it, for ``tools/evaluate.py`` and
     ``tools/compare_predictions.py`` (core only: numpy, no torch); one line and exit 2 on

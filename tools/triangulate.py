@@ -18,7 +18,7 @@ prediction format, ready for ``tools/evaluate.py``.
 """
 import argparse
 
-from _common import add_debug_flag, fail, run_main
+from _common import add_debug_flag, fail, run_main, write_predictions
 
 
 def parse_args():
@@ -55,7 +55,7 @@ def main():
     args = parse_args()
     from projects.mv2d_xray.core.data_format import (coco_path, load_coco, load_infos,
                                                      resolve_detections)
-    from projects.mv2d_xray.core.io import read_json, write_json
+    from projects.mv2d_xray.core.io import read_json
     from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (
         TriangulationConfig, coco_annotations_as_detections, group_detections, triangulate_dataset)
     try:
@@ -84,12 +84,7 @@ def main():
     findings = triangulate_dataset(infos, grouped, cfg, progress=True)
     results = {token: [dict(bbox_3d=f['bbox_3d'], score=f['score'], label=f['label'])
                        for f in items] for token, items in findings.items()}
-    try:
-        write_json(args.out, dict(results=results))
-    except OSError as exc:
-        fail(f'cannot write {args.out}: {exc}')
-    num = sum(len(v) for v in results.values())
-    print(f'{num} 3D predictions for {len(results)} cases written to {args.out}')
+    write_predictions(results, args.out)
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import os.path as osp
 import time
 
 from _checkpoints import CHECKPOINT_HELP, TRUST_HELP, CheckpointError
-from _common import add_debug_flag, fail, load_config, run_main
+from _common import add_debug_flag, fail, load_config, run_main, write_predictions
 from _model import build_dataset, build_model, case_inputs, register_modules
 
 #: The head's checkpoint file in ``--work-dir``.
@@ -266,19 +266,6 @@ def train(args, cfg) -> None:
 
 
 # -- predict ------------------------------------------------------------------------------
-def write_predictions(preds, path: str, what: str) -> None:
-    """``{token: CasePred}`` written atomically in the README prediction format, one line
-    saying how many; one line and exit 2 when ``path`` cannot be written."""
-    from projects.mv2d_xray.core.data_format import predictions_to_json
-    from projects.mv2d_xray.core.io import write_json
-    try:
-        write_json(path, predictions_to_json(preds))
-    except OSError as exc:
-        fail(f'cannot write {path}: {exc}')
-    print(f'{sum(len(p.scores) for p in preds.values())} {what} for {len(preds)} cases '
-          f'written to {path}')
-
-
 def load_head(path: str):
     """The head saved by ``train`` (weights-only loading: a file from elsewhere cannot run
     code)."""
@@ -299,7 +286,7 @@ def load_head(path: str):
 def predict(args, cfg) -> None:
     import torch
 
-    from projects.mv2d_xray.core.data_format import CasePred
+    from projects.mv2d_xray.core.data_format import CasePred, predictions_to_json
     head = load_head(args.head)
     classes, cases = view_features(args, cfg)
     if len(classes) != head.num_classes:
@@ -315,7 +302,7 @@ def predict(args, cfg) -> None:
             logits = head(case['feats'].float(), case['lidar2img'], case['img_shape'], grid)
             boxes, scores, labels = head.predict(logits, grid)
             preds[case['token']] = CasePred(boxes.numpy(), scores.numpy(), labels.numpy())
-    write_predictions(preds, args.out, '3D predictions')
+    write_predictions(predictions_to_json(preds)['results'], args.out)
 
 
 # -- fuse ---------------------------------------------------------------------------------
@@ -323,7 +310,7 @@ def fuse(args) -> None:
     from _common import load_scored_split
 
     from projects.mv2d_xray.core.box_fusion import fuse_boxes
-    from projects.mv2d_xray.core.data_format import CasePred
+    from projects.mv2d_xray.core.data_format import CasePred, predictions_to_json
     cases, _, _, (first, second) = load_scored_split(args.infos, [args.first, args.second],
                                                      allow_missing=True)
     empty = CasePred.empty()
@@ -332,7 +319,8 @@ def fuse(args) -> None:
         a, b = first.get(token, empty), second.get(token, empty)
         fused[token] = CasePred(*fuse_boxes(a.boxes, a.scores, a.labels, b.boxes, b.scores,
                                             b.labels, args.dist_mm))
-    write_predictions(fused, args.out, 'fused 3D predictions')
+    write_predictions(predictions_to_json(fused)['results'], args.out,
+                      'fused 3D predictions')
 
 
 def main():
