@@ -161,13 +161,14 @@ def view_features(args, cfg):
 
 
 def case_ct_box(info: dict):
-    """``(ct_min, ct_max)``: the corners of the case's CT volume, ct mm (x, y, z)."""
-    import numpy as np
-
-    from projects.mv2d_xray.core.geometry import index_to_ct
-    shape, spacing = info['ct']['shape'], info['ct']['spacing_mm']
-    return (index_to_ct(np.full(3, -0.5), shape, spacing),
-            index_to_ct(np.asarray(shape, np.float64) - 0.5, shape, spacing))
+    """``(ct_min, ct_max)``: the corners of the case's CT volume, ct mm (x, y, z); one line
+    and exit 2 for an info item without the CT's shape and spacing."""
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import ct_bounds
+    bounds = ct_bounds(info, voxel_edges=True)
+    if bounds is None:
+        fail(f'case {info.get("token")!r} has no CT shape and spacing_mm in its info '
+             '(the head\'s grid covers the CT volume)')
+    return bounds[:, 0], bounds[:, 1]
 
 
 # -- train --------------------------------------------------------------------------------

@@ -16,6 +16,15 @@ from projects.mv2d_xray.mv2d_xray.baselines.triangulation import (TriangulationC
                                                                   triangulate_case)
 
 
+def test_ct_bounds_of_voxel_centres_and_of_the_volume_corners():
+    # 4 rows of 0.5 mm, 6 columns of 1 mm, 3 slices of 2.5 mm; x along columns, y along rows
+    info = dict(ct=dict(shape=[4, 6, 3], spacing_mm=[0.5, 1.0, 2.5]))
+    assert ct_bounds(info).tolist() == [[-2.5, 2.5], [-0.75, 0.75], [-2.5, 2.5]]
+    assert ct_bounds(info, voxel_edges=True).tolist() == [[-3.0, 3.0], [-1.0, 1.0],
+                                                          [-3.75, 3.75]]
+    assert ct_bounds(dict(ct={})) is None and ct_bounds({}) is None
+
+
 def tolerance_mm(extents):
     """The bound for exact 2D boxes: max(1 mm, 10 % of the finding's largest extent)."""
     return max(1.0, 0.1 * float(np.max(extents)))

@@ -219,15 +219,23 @@ def _refine(lidar2img, dets, member, pool, min_views: int = 2):
     return point, member, reprojection_errors(lidar2img[views], uv, point)
 
 
-def ct_bounds(info: dict) -> Optional[np.ndarray]:
-    """``(3, 2)`` ct extent (mm, voxel centres) of a case's CT from its info ``ct`` entry
-    (``shape`` ``[rows, cols, slices]``, ``spacing_mm``; x runs along columns, y along
-    rows, z along slices), or None when the info has none."""
+def ct_bounds(info: dict, voxel_edges: bool = False) -> Optional[np.ndarray]:
+    """``(3, 2)`` ct extent (mm) of a case's CT from its info ``ct`` entry (``shape``
+    ``[rows, cols, slices]``, ``spacing_mm``; x runs along columns, y along rows, z along
+    slices), or None when the info has none.
+
+    Args:
+        info (dict): the case's info item.
+        voxel_edges (bool): the volume's outer corners (half a voxel beyond the first and
+            last voxel centres) instead of the voxel centres. Defaults to False.
+    """
     ct = info.get('ct') or {}
     if not ct.get('shape') or not ct.get('spacing_mm'):
         return None
     shape = [int(s) for s in ct['shape'][:3]]
-    first_last = index_to_ct([[0, 0, 0], [s - 1 for s in shape]], shape, ct['spacing_mm'][:3])
+    half = 0.5 if voxel_edges else 0.0
+    first_last = index_to_ct([[-half] * 3, [s - 1 + half for s in shape]], shape,
+                             ct['spacing_mm'][:3])
     return first_last.T
 
 
