@@ -22,9 +22,15 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
    (:data:`NMS_PER_CLASS_OPTION`; the config's NMS across classes suppresses a box of
    one class beside another's) and those are triangulated too
    (``triangulation_nms_per_class``, the stronger baseline there);
-5. scores the 3D methods on the same cases with 95 % case-bootstrap intervals and
-   the paired bootstrap of MV2D - each triangulation of its 2D detections
-   (:mod:`projects.mv2d_xray.core.bootstrap`), and each method again on the findings
+5. with ``--volume-head``, trains the volume fusion head (``XrayVolumeFusionHead``,
+   ``tools/volume_fusion.py train``) on MV2D's frozen 2D stage with the domain's settings
+   (:attr:`Domain.volume_head_args`) into ``volume_head-<MV2D's folder>``, reused while
+   its settings and MV2D's checkpoint are unchanged, and predicts the split with it
+   (``volume_head``; the chest's settings add ~36 min on 2 CPU cores, past the 90 min of
+   ``make benchmark``, so it is not a default);
+6. scores the 3D methods on the same cases with 95 % case-bootstrap intervals and
+   the paired bootstrap of MV2D - each triangulation of its 2D detections (and of the
+   head - each of those and - MV2D: :mod:`projects.mv2d_xray.core.bootstrap`), and each method again on the findings
    grouped by how many views' 2D detections hold them (0, 1, 2, 3 or more:
    :mod:`projects.mv2d_xray.mv2d_xray.evaluation.views_detected`): where they are lost.
 
@@ -86,6 +92,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from _common import add_debug_flag, check_amp_device, fail, run_main
+from volume_fusion import HEAD_FILE
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -111,6 +118,8 @@ class Domain:
             (``<data>-tn<N>``, built with ``train_nodules_flag``; the configs'
             ``train_data_root``; its val and test splits are the benchmark's); None: they
             train on ``data``.
+        volume_head_args: ``tools/volume_fusion.py train`` arguments of the volume fusion
+            head (``--volume-head``; the tool's defaults where empty).
     """
     source: str
     data: str
@@ -123,6 +132,7 @@ class Domain:
     target_bands: Tuple[Tuple[str, float, float], ...] = ()
     train_nodules_flag: Optional[str] = None
     train_nodules: Optional[int] = None
+    volume_head_args: Tuple[str, ...] = ()
 
 
 DOMAINS: Dict[str, Domain] = {
@@ -137,7 +147,12 @@ DOMAINS: Dict[str, Domain] = {
         quick_build_args=('--cases', '12', '--deformations', '1,1,1',
                           '--test-fraction', '0.34', '--val-fraction', '0.25'),
         target_bands=(('>=6mm', 6.0, math.inf), ), train_nodules_flag='--train-nodules',
-        train_nodules=15),
+        train_nodules=15,
+        # the sixty-seventh session's head (README chest ablations, "the volume fusion head
+        # on the chest"; fixed before any result): 4 mm voxels (P2's cell is 5 mm at the
+        # isocentre), sigma >= half a voxel, 96 mm windows, 5 epochs; 32 min on 2 CPU cores
+        volume_head_args=('--voxel-mm', '4', '--sigma-min-mm', '2', '--crop-voxels', '24',
+                          '--epochs', '5')),
     # generated cast blades (data_converters/sources/blades.py) at the blades demo's
     # acquisition and size (its model runs on a CPU), 360 parts: 216 / 72 / 72, so that
     # the test split holds over 100 defects (157)
@@ -171,6 +186,9 @@ NMS_PER_CLASS_OPTION = 'model.test_cfg.detection_proposal.nms.class_agnostic=Fal
 #: ``model.roi_head.KEY`` given before it, and fails on one given after it.
 DETECTIONS_ONLY_OPTIONS = ('model.roi_head=None', 'model.freeze_base_detector=False',
                            'test_evaluator.evaluate_3d=False')
+
+#: ``--quick``: the head's arguments after the domain's (argparse: the last one wins).
+QUICK_VOLUME_HEAD_ARGS = ('--epochs', '1')
 
 #: ``--amp-2d``: the wrapper override of ``tools/train.py --amp`` (mixed precision: bf16 on
 #: the CPU, the wrapper's fp16 with a loss scale on a GPU).
@@ -239,6 +257,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         '<K>), and MV2D takes its training queries from those detections '
                         '(model.train_cfg.detections_file); its features and its test '
                         'step use the full 2D stage. With --variant; K >= 2')
+    parser.add_argument('--volume-head', action='store_true',
+                        help="also train the volume fusion head on MV2D's frozen 2D stage "
+                        "(tools/volume_fusion.py, the domain's settings) and score its boxes "
+                        'as volume_head, paired with the triangulations and with MV2D; chest: '
+                        '~36 min more on 2 CPU cores')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.resamples < 10:
@@ -565,6 +588,56 @@ def cross_fit_detections(name: str, domain: Domain, out: str, options: Sequence[
     return files
 
 
+def volume_head_folder(mv2d_dir: str) -> str:
+    """The volume fusion head's training folder: beside the MV2D training whose frozen 2D
+    stage it reads, named after it (``volume_head-mv2d``)."""
+    return osp.join(osp.dirname(mv2d_dir), f'volume_head-{osp.basename(mv2d_dir)}')
+
+
+def volume_head_digest(checkpoint: str, command: Sequence[str]) -> str:
+    """SHA-1 of what a head's training depends on: MV2D's checkpoint (its path, size and
+    modification time: a retrained MV2D writes a new file at the same path) and the
+    training command after the checkpoint (data, settings, seed, overrides)."""
+    stat = os.stat(checkpoint)
+    text = json.dumps([checkpoint, stat.st_size, stat.st_mtime_ns,
+                       list(command[command.index(checkpoint) + 1:])])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def train_volume_head(name: str, domain: Domain, checkpoint: str, head_dir: str,
+                      train_pkl: str, args: argparse.Namespace, log: List[dict]) -> str:
+    """Train the volume fusion head on the frozen 2D stage of MV2D's ``checkpoint`` with
+    the cases of ``train_pkl`` into ``head_dir``; returns the head's checkpoint.
+
+    A finished head (its ``benchmark_done`` marker) is reused while
+    :func:`volume_head_digest` is unchanged; otherwise this stops with one line rather
+    than score a head of another MV2D or other settings. ``tools/volume_fusion.py`` does
+    not resume: an interrupted head trains again."""
+    head_args = list(domain.volume_head_args)
+    if args.quick:
+        head_args += QUICK_VOLUME_HEAD_ARGS
+    command = [sys.executable, 'tools/volume_fusion.py', 'train', domain.config, checkpoint,
+               '--infos', train_pkl, '--work-dir', head_dir, *head_args,
+               '--seed', str(args.seed)]
+    if args.cfg_options:            # MV2D's model overrides: its checkpoint loads with them
+        command += ['--cfg-options', *args.cfg_options]
+    head = osp.join(head_dir, HEAD_FILE)
+    done_marker = osp.join(head_dir, 'benchmark_done')
+    digest = volume_head_digest(checkpoint, command)
+    if osp.isfile(done_marker) and osp.isfile(head):
+        if recorded_digest(done_marker) != digest:
+            fail(f'{head_dir} holds a volume fusion head of another MV2D checkpoint or '
+                 'other settings: delete that folder to retrain, or use another --work-dir')
+        print(f'\n== {name}: already trained ({head})')
+        return head
+    run_step(name, command, log)
+    if not osp.isfile(head):
+        fail(f'{name}: no {HEAD_FILE} in {head_dir} after training')
+    with open(done_marker, 'w') as f:
+        f.write(head + '\n' + DIGEST_PREFIX + digest + '\n')
+    return head
+
+
 def report_key(args: argparse.Namespace) -> str:
     """The split's key in the report: ``test``, or ``val+<variant>`` for a variant;
     ``quick-`` before it for ``--quick``, so a smoke run never replaces a real entry."""
@@ -574,7 +647,7 @@ def report_key(args: argparse.Namespace) -> str:
 
 def run_domain(name: str, domain: Domain, args: argparse.Namespace,
                log: List[dict]) -> Dict[str, str]:
-    """Steps 1-4 for one domain; returns the prediction and metric files."""
+    """Steps 1-5 for one domain; returns the prediction and metric files."""
     out = osp.join(args.work_dir, f'{name}-quick' if args.quick else name)
     data = osp.join(out, 'data') if args.quick else domain.data
     build = domain.quick_build_args if args.quick else domain.build_args
@@ -648,11 +721,21 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
     run_step(f'{name}: the 2D stage per view (COCO)',
              [sys.executable, 'tools/evaluate_2d.py', '--coco', coco, '--dets',
               files['dets2d'], '--out', files['metrics_2d']], log)
+    if args.volume_head:
+        head = train_volume_head(
+            f'{name}: training the volume fusion head', domain, ckpt,
+            volume_head_folder(mv2d_dir), split_files(train_data, domain.prefix, 'train')[0],
+            args, log)
+        files['volume_head'] = osp.join(out, f'volume_head-{key}', 'predictions.json')
+        run_step(f'{name}: the volume fusion head on the {key} split',
+                 [sys.executable, 'tools/volume_fusion.py', 'predict', domain.config, ckpt,
+                  head, '--infos', pkl, '--out', files['volume_head'],
+                  *(['--cfg-options', *args.cfg_options] if args.cfg_options else [])], log)
     return files
 
 
 def score_domain(name: str, files: Dict[str, str], args: argparse.Namespace) -> dict:
-    """Step 5: the bootstrap report of one domain's split, and its FROC plot."""
+    """Step 6: the bootstrap report of one domain's split, and its FROC plot."""
     from tqdm import tqdm
 
     from projects.mv2d_xray.core.bootstrap import bootstrap_metrics
@@ -760,7 +843,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    cfg_options=args.cfg_options, cfg_options_2d=args.cfg_options_2d,
                    amp_2d=args.amp_2d, cycles_2d=args.cycles_2d,
                    train_nodules_2d=args.train_nodules_2d,
-                   cross_fit_2d=args.cross_fit_2d, steps=log)
+                   cross_fit_2d=args.cross_fit_2d, volume_head=args.volume_head, steps=log)
         files = run_domain(name, DOMAINS[name], args, log)
         entry = score_domain(name, files, args)
         entry['run'] = dict(run, seconds=round(time.time() - start, 1))

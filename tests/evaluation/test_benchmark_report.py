@@ -69,3 +69,25 @@ def test_verdict_against_the_per_class_nms_baseline_where_it_was_run():
     del entry['mv2d_minus_triangulation_nms_per_class']
     assert 'nms_per_class' not in verdict(entry)
     assert len(verdict_lines('chest, test', verdict(entry))) == 1
+
+
+def test_verdicts_of_the_volume_head_where_it_was_run():
+    """The head's paired differences it holds each get a verdict under ``volume_head`` and a
+    printed line, after MV2D's; an entry without the head has neither."""
+    entry = {'mv2d_minus_triangulation': {'CPM': 0.02, 'CPM_ci': [-0.01, 0.05]},
+             'volume_head_minus_triangulation': {'CPM': 0.09, 'CPM_ci': [0.05, 0.13]},
+             'volume_head_minus_mv2d': {'CPM': 0.06, 'CPM_ci': [-0.01, 0.10]}}
+    v = verdict(entry)
+    assert v['winner'] == 'undecided'
+    assert v['volume_head'] == {
+        'volume_head_minus_triangulation': dict(winner='volume_head', CPM_difference=0.09,
+                                                CPM_difference_ci=[0.05, 0.13]),
+        'volume_head_minus_mv2d': dict(winner='undecided', CPM_difference=0.06,
+                                       CPM_difference_ci=[-0.01, 0.10])}
+    assert verdict_lines('chest, test', v) == [
+        'chest, test: MV2D - triangulation (paired), CPM 0.020 [-0.010, 0.050]: undecided',
+        'chest, test: volume head - triangulation (paired), CPM 0.090 [0.050, 0.130]: '
+        'volume_head',
+        'chest, test: volume head - MV2D (paired), CPM 0.060 [-0.010, 0.100]: undecided']
+    del entry['volume_head_minus_triangulation'], entry['volume_head_minus_mv2d']
+    assert 'volume_head' not in verdict(entry)

@@ -202,7 +202,11 @@ def _run_domain(tmp_path, monkeypatch, *argv, on_step=None, domain_name='chest',
 
     def train(name, config, work_dir, cfg_options, log):
         trainings.append((work_dir, dict(o.split('=', 1) for o in cfg_options)))
-        return osp.join(work_dir, 'epoch_1.pth')
+        checkpoint = osp.join(work_dir, 'epoch_1.pth')
+        if not osp.isfile(checkpoint):      # the volume head's digest reads its stat
+            os.makedirs(work_dir, exist_ok=True)
+            open(checkpoint, 'wb').close()
+        return checkpoint
     monkeypatch.setattr(bench, 'train', train)
     data = tmp_path / 'bench'
     data.mkdir(exist_ok=True)
@@ -264,7 +268,7 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     _run_domain(tmp_path, monkeypatch, '--variant', 'k30', '--test-cfg-options',
                 'model.test_cfg.detection_proposal.max_per_img=30',
                 on_step=commands.append, domain_name='blades', files=files)
-    assert set(METHODS) <= set(files)       # step 5 scores every method
+    assert set(METHODS) - set(files) == {'volume_head'}     # step 6 scores the others
     tests = [c for c in commands if 'tools/test.py' in c]
     assert len(tests) == 2
     config, nms = tests
@@ -285,7 +289,7 @@ def test_blades_also_triangulate_their_2d_detections_nmsed_per_class(tmp_path, m
     commands.clear()
     files.clear()
     _run_domain(tmp_path, monkeypatch, on_step=commands.append, files=files)
-    assert set(METHODS) - set(files) == {'triangulation_nms_per_class'}
+    assert set(METHODS) - set(files) == {'triangulation_nms_per_class', 'volume_head'}
     assert len([c for c in commands if 'tools/test.py' in c]) == 1
     assert len([c for c in commands if 'tools/triangulate.py' in c]) == 2
 
@@ -664,3 +668,94 @@ def test_cross_fitting_is_refused_where_it_cannot_work(tmp_path):
         assert out.returncode == 2
         assert (message or '--cross-fit-2d go together') in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_volume_head_trains_on_mv2d_and_predicts_the_split(tmp_path, monkeypatch, capsys):
+    """``--volume-head``: the head trains on MV2D's checkpoint with the domain's training
+    build and settings (and ``--quick``'s one epoch after them), beside MV2D's folder, then
+    predicts the split as ``volume_head``; a finished head is reused, one of another MV2D
+    checkpoint or seed stops the run with one line naming its folder."""
+    import pytest
+    bench = _benchmark_module()
+    commands, files = [], {}
+
+    def on_step(command):
+        if 'tools/volume_fusion.py' in command and 'train' in command:
+            work_dir = command[command.index('--work-dir') + 1]
+            os.makedirs(work_dir, exist_ok=True)
+            open(osp.join(work_dir, 'volume_fusion.pth'), 'wb').close()
+        commands.append(command)
+    data, _, trainings = _run_domain(tmp_path, monkeypatch, '--volume-head', on_step=on_step,
+                                     files=files)
+    heads = [c for c in commands if 'tools/volume_fusion.py' in c]
+    assert [c[c.index('tools/volume_fusion.py') + 1] for c in heads] == ['train', 'predict']
+    train, predict = heads
+    checkpoint = osp.join(trainings[1][0], 'epoch_1.pth')
+    work = str(tmp_path / 'work' / 'chest')
+    head_dir = osp.join(work, 'volume_head-mv2d')
+    assert train[train.index('train') + 1:] == [
+        bench.DOMAINS['chest'].config, checkpoint,
+        '--infos', osp.join(data + '-tn15', 'chest_bench_infos_train.pkl'),
+        '--work-dir', head_dir, '--voxel-mm', '4', '--sigma-min-mm', '2',
+        '--crop-voxels', '24', '--epochs', '5', '--seed', '0']
+    assert predict[predict.index('predict') + 1:] == [
+        bench.DOMAINS['chest'].config, checkpoint, osp.join(head_dir, 'volume_fusion.pth'),
+        '--infos', osp.join(data, 'chest_bench_infos_val.pkl'),
+        '--out', osp.join(work, 'volume_head-val', 'predictions.json')]
+    assert files['volume_head'] == predict[-1]
+
+    # finished: reused, only the prediction runs again
+    commands.clear()
+    _run_domain(tmp_path, monkeypatch, '--volume-head', on_step=on_step)
+    assert [c[c.index('tools/volume_fusion.py') + 1] for c in commands
+            if 'tools/volume_fusion.py' in c] == ['predict']
+    assert 'already trained' in capsys.readouterr().out
+    # another seed, then a retrained MV2D (a new file at the same path): refused
+    for argv in (['--seed', '1'], []):
+        with pytest.raises(SystemExit) as stop:
+            _run_domain(tmp_path, monkeypatch, '--volume-head', *argv, on_step=on_step)
+        assert stop.value.code == 2
+        assert f'{head_dir} holds a volume fusion head of another' in capsys.readouterr().err
+        os.utime(checkpoint, ns=(1, 1))         # the second round: MV2D written anew
+
+    # --quick: one epoch, the domain's settings before it
+    (tmp_path / 'work' / 'chest-quick' / 'data').mkdir(parents=True)
+    write_fake_dataset(str(tmp_path / 'work' / 'chest-quick' / 'data'), cases=[],
+                       classes=DOMAIN_CLASSES['chest'], split='val', prefix='chest_bench')
+    commands.clear()
+    _run_domain(tmp_path, monkeypatch, '--volume-head', '--quick', on_step=on_step)
+    train = next(c for c in commands if 'tools/volume_fusion.py' in c)
+    assert train[-4:] == ['--epochs', '1', '--seed', '0']
+    # without the flag: no head
+    commands.clear()
+    _run_domain(tmp_path, monkeypatch, on_step=on_step, files=files.clear() or files)
+    assert not [c for c in commands if 'tools/volume_fusion.py' in c]
+    assert 'volume_head' not in files
+
+
+def test_the_report_pairs_the_volume_head_with_triangulation_and_mv2d(tmp_path):
+    """Step 6 with the head's predictions: the head finds every finding, MV2D and the
+    triangulation none; its paired differences (+1 each), their verdicts and table rows."""
+    from eval_fake_data import write_eval_dataset
+
+    from projects.mv2d_xray.core.io import read_json
+    from projects.mv2d_xray.mv2d_xray.baselines.triangulation import \
+        coco_annotations_as_detections
+    from projects.mv2d_xray.mv2d_xray.evaluation.benchmark_report import markdown_report
+    data = write_eval_dataset(str(tmp_path / 'data'))
+    dets = coco_annotations_as_detections(read_json(data['coco']), include_crowd=False)
+    right = _exact_predictions(data['infos'])
+    entry = _scored(tmp_path, 'chest', data, dets,
+                    dict(mv2d={}, volume_head=right, triangulation={}, triangulation_gt2d=right))
+    assert entry['volume_head']['CPM'] == 1.0 and entry['mv2d']['CPM'] == 0.0
+    for key in ('volume_head_minus_triangulation', 'volume_head_minus_mv2d'):
+        assert (entry[key]['CPM'], entry[key]['CPM_ci']) == (1.0, [1.0, 1.0])
+    assert 'volume_head_minus_triangulation_nms_per_class' not in entry
+    assert entry['verdict']['volume_head']['volume_head_minus_mv2d']['winner'] == 'volume_head'
+    assert entry['by_views_detected']['groups']['3+']['volume_head']['CPM'] == 1.0
+    text = markdown_report(entry, list(entry['mv2d']['by_size']), 'chest, val split', 'val')
+    rows = [[cell.strip() for cell in line.strip('|').split('|')]
+            for line in text.splitlines() if line.startswith('| volume head - ')]
+    assert [row[:3] for row in rows if row[1] == 'all'] == [
+        ['volume head - triangulation (paired)', 'all', '1.000 [1.000, 1.000]'],
+        ['volume head - MV2D (paired)', 'all', '1.000 [1.000, 1.000]']]

@@ -16,7 +16,10 @@ Methods (their names in ``benchmark.json``):
   baseline (blades test +0.119 CPM over ``triangulation``, README "A stronger
   baseline"); with one class the same as ``triangulation``, so not run;
 * ``triangulation_gt2d`` -- the exact 2D boxes triangulated: the ceiling of associating
-  and triangulating per-view boxes.
+  and triangulating per-view boxes;
+* ``volume_head`` -- the volume fusion head's 3D boxes (``XrayVolumeFusionHead`` on
+  MV2D's frozen 2D stage, ``tools/volume_fusion.py``; the benchmark's ``--volume-head``),
+  paired with each triangulation of MV2D's 2D detections and with MV2D.
 
 All lengths are mm in the ``ct`` frame; sensitivities are per finding, FP rates per scan.
 """
@@ -28,13 +31,17 @@ from projects.mv2d_xray.core.bootstrap import format_interval
 from projects.mv2d_xray.core.metric import markdown_table
 
 #: The methods in report order.
-METHODS = ('mv2d', 'triangulation', 'triangulation_nms_per_class', 'triangulation_gt2d')
+METHODS = ('mv2d', 'volume_head', 'triangulation', 'triangulation_nms_per_class',
+           'triangulation_gt2d')
 #: The paired comparison the benchmark exists for.
 PAIR = ('mv2d', 'triangulation')
 #: The same against the baseline of the 2D detections NMSed per class (several classes).
 PAIR_NMS_PER_CLASS = ('mv2d', 'triangulation_nms_per_class')
+#: The volume fusion head against the same baselines, and against MV2D (where it was run).
+VOLUME_HEAD_PAIRS = (('volume_head', 'triangulation'),
+                     ('volume_head', 'triangulation_nms_per_class'), ('volume_head', 'mv2d'))
 #: The paired comparisons in report order.
-PAIRS = (PAIR, PAIR_NMS_PER_CLASS)
+PAIRS = (PAIR, PAIR_NMS_PER_CLASS, *VOLUME_HEAD_PAIRS)
 
 
 def diff_key(pair: Sequence[str]) -> str:
@@ -55,7 +62,10 @@ CLASS_AGNOSTIC_FIGURES = (('CPM', 'CPM'), ('FROC@0.125', 'sens@1/8'), ('FROC@1',
                           ('FROC@8', 'sens@8'))
 #: The row names of the paired differences in the tables, in :data:`PAIRS`' order.
 PAIRED_LABELS = {diff_key(pair): label for pair, label in zip(
-    PAIRS, ('MV2D - triangulation (paired)', 'MV2D - triangulation, NMS per class (paired)'))}
+    PAIRS, ('MV2D - triangulation (paired)', 'MV2D - triangulation, NMS per class (paired)',
+            'volume head - triangulation (paired)',
+            'volume head - triangulation, NMS per class (paired)',
+            'volume head - MV2D (paired)'))}
 
 
 def _figures(intervals: Mapping[str, dict], suffix: str, bands: Sequence[str]) -> dict:
@@ -225,10 +235,16 @@ def pair_verdict(entry: Mapping, pair: Sequence[str]) -> Dict[str, object]:
 
 def verdict(entry: Mapping) -> Dict[str, object]:
     """Whether MV2D beats triangulation on CPM (:func:`pair_verdict` of :data:`PAIR`); where
-    the per-class-NMS baseline was run, its verdict too, under ``nms_per_class``."""
+    the per-class-NMS baseline was run, its verdict too, under ``nms_per_class``; where the
+    volume fusion head was, those of :data:`VOLUME_HEAD_PAIRS` it holds, under
+    ``volume_head`` (keyed by :func:`diff_key`)."""
     out = pair_verdict(entry, PAIR)
     if DIFF_KEY_NMS_PER_CLASS in entry:
         out['nms_per_class'] = pair_verdict(entry, PAIR_NMS_PER_CLASS)
+    head = {diff_key(pair): pair_verdict(entry, pair) for pair in VOLUME_HEAD_PAIRS
+            if diff_key(pair) in entry}
+    if head:
+        out['volume_head'] = head
     return out
 
 
@@ -236,7 +252,9 @@ def verdict_lines(title: str, result: Mapping) -> List[str]:
     """The lines printed for a :func:`verdict`, one per paired comparison it holds, each
     named by its row in the tables (:data:`PAIRED_LABELS`): ``<title>: MV2D -
     triangulation (paired), CPM 0.090 [0.040, 0.140]: mv2d``."""
-    pairs = ((PAIR, result), (PAIR_NMS_PER_CLASS, result.get('nms_per_class')))
+    head = result.get('volume_head', {})
+    pairs = ((PAIR, result), (PAIR_NMS_PER_CLASS, result.get('nms_per_class')),
+             *((pair, head.get(diff_key(pair))) for pair in VOLUME_HEAD_PAIRS))
     return [f"{title}: {PAIRED_LABELS[diff_key(pair)]}, CPM "
             f"{format_interval(dict(value=v['CPM_difference'], ci=v['CPM_difference_ci']))}"
             f": {v['winner']}" for pair, v in pairs if v is not None]
