@@ -595,11 +595,12 @@ def volume_head_folder(mv2d_dir: str) -> str:
 
 
 def volume_head_digest(checkpoint: str, command: Sequence[str]) -> str:
-    """SHA-1 of what a head's training depends on: MV2D's checkpoint (its path, size and
-    modification time: a retrained MV2D writes a new file at the same path) and the
-    training command after the checkpoint (data, settings, seed, overrides)."""
+    """SHA-1 of what a head's training depends on: MV2D's checkpoint (its path, relative
+    to the repository where it lies inside it, size and modification time: a retrained
+    MV2D writes a new file at the same path) and the training command after the
+    checkpoint (data, settings, seed, overrides)."""
     stat = os.stat(checkpoint)
-    text = json.dumps([checkpoint, stat.st_size, stat.st_mtime_ns,
+    text = json.dumps([repo_path(checkpoint), stat.st_size, stat.st_mtime_ns,
                        list(command[command.index(checkpoint) + 1:])])
     return hashlib.sha1(text.encode()).hexdigest()
 
