@@ -30,9 +30,10 @@ Per domain (``chest``: the chest benchmark source; ``blades``: generated cast bl
    ``make benchmark``, so it is not a default);
 6. scores the 3D methods on the same cases with 95 % case-bootstrap intervals and
    the paired bootstrap of MV2D - each triangulation of its 2D detections (and of the
-   head - each of those and - MV2D: :mod:`projects.mv2d_xray.core.bootstrap`), and each method again on the findings
-   grouped by how many views' 2D detections hold them (0, 1, 2, 3 or more:
-   :mod:`projects.mv2d_xray.mv2d_xray.evaluation.views_detected`): where they are lost.
+   head - each of those, and - MV2D: :mod:`projects.mv2d_xray.core.bootstrap`), and each
+   method again on the findings grouped by how many views' 2D detections hold them (0, 1,
+   2, 3 or more: :mod:`projects.mv2d_xray.mv2d_xray.evaluation.views_detected`): where
+   they are lost.
 
 Settings of MV2D's test step are tried on val with ``--split val --variant NAME
 --test-cfg-options KEY=VALUE ...`` (e.g. ``model.test_cfg.rcnn.view_support.weight=0.5``):
@@ -70,7 +71,8 @@ is read again then, so runs side by side in one ``--work-dir`` keep each other's
 
 It writes ``benchmark.json`` (per domain and split, per method ``CPM``, ``CPM_ci`` and the
 other figures with ``_ci``, ``by_size``; ``mv2d_minus_triangulation`` and, with several
-classes, ``mv2d_minus_triangulation_nms_per_class``; ``2d_stage``;
+classes, ``mv2d_minus_triangulation_nms_per_class``; with ``--volume-head`` the method
+``volume_head`` and its ``volume_head_minus_*`` differences; ``2d_stage``;
 ``by_views_detected``; with several classes ``class_agnostic``, the same figures with every
 box scored against every finding whatever their classes; under ``run`` the machine, time
 and command), ``benchmark.md`` and ``froc_<domain>_<split>.png`` (one curve per method) to
