@@ -394,6 +394,13 @@ def recorded_digest(done_marker: str) -> Optional[str]:
     return None
 
 
+def mark_done(done_marker: str, product: str, digest: str) -> None:
+    """Write a ``benchmark_done`` marker: what the step made (a checkpoint), then its
+    settings' digest (:data:`DIGEST_PREFIX`, read back by :func:`recorded_digest`)."""
+    with open(done_marker, 'w') as f:
+        f.write(product + '\n' + DIGEST_PREFIX + digest + '\n')
+
+
 def train(name: str, config: str, work_dir: str, cfg_options: Sequence[str],
           log: List[dict]) -> str:
     """Train (or resume) ``config`` into ``work_dir``; returns the last checkpoint.
@@ -422,8 +429,7 @@ def train(name: str, config: str, work_dir: str, cfg_options: Sequence[str],
     checkpoint = finished_checkpoint(work_dir)
     if checkpoint is None:
         fail(f'{name}: no checkpoint in {work_dir} after training')
-    with open(done_marker, 'w') as f:
-        f.write(checkpoint + '\n' + DIGEST_PREFIX + digest + '\n')
+    mark_done(done_marker, checkpoint, digest)
     return checkpoint
 
 
@@ -607,6 +613,18 @@ def volume_head_digest(checkpoint: str, command: Sequence[str]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+def volume_fusion_command(verb: str, domain: Domain, checkpoint: str,
+                          args: argparse.Namespace, *more: str) -> List[str]:
+    """``tools/volume_fusion.py VERB`` on MV2D's config and ``checkpoint`` with ``more``
+    arguments, then the run's ``--cfg-options`` (MV2D's model overrides: its checkpoint
+    loads with them)."""
+    command = [sys.executable, 'tools/volume_fusion.py', verb, domain.config, checkpoint,
+               *more]
+    if args.cfg_options:
+        command += ['--cfg-options', *args.cfg_options]
+    return command
+
+
 def train_volume_head(name: str, domain: Domain, checkpoint: str, head_dir: str,
                       train_pkl: str, args: argparse.Namespace, log: List[dict]) -> str:
     """Train the volume fusion head on the frozen 2D stage of MV2D's ``checkpoint`` with
@@ -619,11 +637,9 @@ def train_volume_head(name: str, domain: Domain, checkpoint: str, head_dir: str,
     head_args = list(domain.volume_head_args)
     if args.quick:
         head_args += QUICK_VOLUME_HEAD_ARGS
-    command = [sys.executable, 'tools/volume_fusion.py', 'train', domain.config, checkpoint,
-               '--infos', train_pkl, '--work-dir', head_dir, *head_args,
-               '--seed', str(args.seed)]
-    if args.cfg_options:            # MV2D's model overrides: its checkpoint loads with them
-        command += ['--cfg-options', *args.cfg_options]
+    command = volume_fusion_command('train', domain, checkpoint, args, '--infos', train_pkl,
+                                    '--work-dir', head_dir, *head_args,
+                                    '--seed', str(args.seed))
     head = osp.join(head_dir, HEAD_FILE)
     done_marker = osp.join(head_dir, 'benchmark_done')
     digest = volume_head_digest(checkpoint, command)
@@ -636,8 +652,7 @@ def train_volume_head(name: str, domain: Domain, checkpoint: str, head_dir: str,
     run_step(name, command, log)
     if not osp.isfile(head):
         fail(f'{name}: no {HEAD_FILE} in {head_dir} after training')
-    with open(done_marker, 'w') as f:
-        f.write(head + '\n' + DIGEST_PREFIX + digest + '\n')
+    mark_done(done_marker, head, digest)
     return head
 
 
@@ -731,9 +746,8 @@ def run_domain(name: str, domain: Domain, args: argparse.Namespace,
             args, log)
         files['volume_head'] = osp.join(out, f'volume_head-{key}', 'predictions.json')
         run_step(f'{name}: the volume fusion head on the {key} split',
-                 [sys.executable, 'tools/volume_fusion.py', 'predict', domain.config, ckpt,
-                  head, '--infos', pkl, '--out', files['volume_head'],
-                  *(['--cfg-options', *args.cfg_options] if args.cfg_options else [])], log)
+                 volume_fusion_command('predict', domain, ckpt, args, head, '--infos', pkl,
+                                       '--out', files['volume_head']), log)
     return files
 
 

@@ -728,7 +728,8 @@ def test_the_volume_head_trains_on_mv2d_and_predicts_the_split(tmp_path, monkeyp
     assert train[-4:] == ['--epochs', '1', '--seed', '0']
     # without the flag: no head
     commands.clear()
-    _run_domain(tmp_path, monkeypatch, on_step=on_step, files=files.clear() or files)
+    files.clear()
+    _run_domain(tmp_path, monkeypatch, on_step=on_step, files=files)
     assert not [c for c in commands if 'tools/volume_fusion.py' in c]
     assert 'volume_head' not in files
 
